@@ -1,0 +1,1 @@
+//! angle-data (being written)

@@ -1,0 +1,1 @@
+//! angle-encoder (being written)

@@ -1,0 +1,1 @@
+//! angle-loss (being written)

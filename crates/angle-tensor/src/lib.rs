@@ -1,0 +1,1 @@
+//! angle-tensor (being written)

@@ -1,0 +1,1 @@
+//! angle-train (being written)
