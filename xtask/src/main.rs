@@ -1,5 +1,14 @@
 //! `cargo xtask <task>`: the project's jobs that are too heavy for unit tests.
+//!
+//! - `train`     the default AnglE recipe end to end (`train.rs`)
+//! - `bench`     encoder throughput and memory beside PyTorch's numbers (`bench.rs`)
+//! - `gpu-check` prepares and describes the one GPU run (`gpu_check.rs`)
+
 fn main() -> anyhow::Result<()> {
-    let task = std::env::args().nth(1).unwrap_or_default();
-    anyhow::bail!("unknown task {task:?}; tasks: train, bench, gpu-check")
+    let mut args = std::env::args().skip(1);
+    let task = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    match task.as_str() {
+        other => anyhow::bail!("unknown task {other:?}; tasks: train, bench, gpu-check ({rest:?})"),
+    }
 }
