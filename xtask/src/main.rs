@@ -4,11 +4,18 @@
 //! - `bench`     encoder throughput and memory beside PyTorch's numbers (`bench.rs`)
 //! - `gpu-check` prepares and describes the one GPU run (`gpu_check.rs`)
 
+mod bench;
+mod gpu_check;
+mod train;
+
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let task = args.next().unwrap_or_default();
     let rest: Vec<String> = args.collect();
     match task.as_str() {
-        other => anyhow::bail!("unknown task {other:?}; tasks: train, bench, gpu-check ({rest:?})"),
+        "train" => train::run(&rest),
+        "bench" => bench::run(&rest),
+        "gpu-check" => gpu_check::run(&rest),
+        other => anyhow::bail!("unknown task {other:?}; tasks: train, bench, gpu-check"),
     }
 }
