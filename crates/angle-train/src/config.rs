@@ -1,0 +1,394 @@
+//! The training configuration: what `angle train` takes, what `angle_config.json` records in every checkpoint, and
+//! what `--resume` reads back. Defaults are the project's default recipe (see the README).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+
+/// How token states become one sentence embedding (the sentence-transformers pooling modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolingMode {
+    /// Mean over the sequence's tokens.
+    Mean,
+    /// The first token's state (`[CLS]`).
+    Cls,
+    /// Element-wise maximum over the tokens.
+    Max,
+}
+
+impl PoolingMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            PoolingMode::Mean => "mean",
+            PoolingMode::Cls => "cls",
+            PoolingMode::Max => "max",
+        }
+    }
+}
+
+impl std::str::FromStr for PoolingMode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "mean" | "avg" => Ok(PoolingMode::Mean),
+            "cls" => Ok(PoolingMode::Cls),
+            "max" => Ok(PoolingMode::Max),
+            _ => Err(format!("unknown pooling {s:?}: expected mean, cls or max")),
+        }
+    }
+}
+
+/// How the angle objective pools the real/imaginary halves' angle differences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnglePooling {
+    Sum,
+    Mean,
+}
+
+impl std::str::FromStr for AnglePooling {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "sum" => Ok(AnglePooling::Sum),
+            "mean" => Ok(AnglePooling::Mean),
+            _ => Err(format!("unknown angle pooling {s:?}: expected sum or mean")),
+        }
+    }
+}
+
+/// Weights and temperatures (scales) of the AnglE objectives.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LossConfig {
+    pub cosine_w: f32,
+    pub ibn_w: f32,
+    pub angle_w: f32,
+    /// Weight of the query/positive(/negative) contrastive objective (formats B and C).
+    pub cln_w: f32,
+    pub cosine_tau: f32,
+    pub ibn_tau: f32,
+    pub angle_tau: f32,
+    pub cln_tau: f32,
+    pub angle_pooling: AnglePooling,
+}
+
+impl Default for LossConfig {
+    fn default() -> Self {
+        Self {
+            cosine_w: 1.0,
+            ibn_w: 0.0,
+            angle_w: 1.0,
+            cln_w: 1.0,
+            cosine_tau: 20.0,
+            ibn_tau: 20.0,
+            angle_tau: 20.0,
+            cln_tau: 20.0,
+            angle_pooling: AnglePooling::Sum,
+        }
+    }
+}
+
+/// Everything that defines a training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainConfig {
+    pub model: PathBuf,
+    pub train: PathBuf,
+    pub valid: Option<PathBuf>,
+    pub output: PathBuf,
+
+    /// Force the data format (`A`, `B`, `C`) instead of detecting it from the columns.
+    pub format: Option<String>,
+    /// Column renames, `from:to,...` (e.g. `sentence1:text1,sentence2:text2,score:label`).
+    pub columns: Option<String>,
+    pub text_prompt: Option<String>,
+    pub query_prompt: Option<String>,
+    pub doc_prompt: Option<String>,
+    pub max_length: usize,
+    /// Skip malformed rows (counted in the summary) instead of failing on the first one.
+    pub skip_invalid: bool,
+    /// Group examples of similar length into batches (less padding work; changes batch composition).
+    pub group_by_length: bool,
+    /// Drop examples whose texts already occur in the batch (angle-emb's `filter_duplicate`) instead of masking.
+    pub drop_duplicates: bool,
+
+    pub loss: LossConfig,
+    pub pooling: PoolingMode,
+    /// Dropout as the model's config.json says (true) or none (false).
+    pub dropout: bool,
+
+    pub epochs: u32,
+    /// Stop after this many optimizer steps (overrides `epochs` when set).
+    pub max_steps: Option<u64>,
+    /// Examples (pairs for format A) per micro-batch.
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    pub lr: f32,
+    pub warmup_steps: u64,
+    pub weight_decay: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    /// Clip the global gradient norm to this value; 0 disables clipping.
+    pub max_grad_norm: f32,
+    pub seed: u64,
+
+    /// Evaluate every N optimizer steps (0: at the end of each epoch). The end of training is always evaluated.
+    pub eval_steps: u64,
+    /// Save `checkpoint-last` every N steps (0: at the end of each epoch). The end of training is always saved.
+    pub save_steps: u64,
+    pub log_steps: u64,
+    /// Worker threads (0: all cores).
+    pub threads: usize,
+    /// Batch size (texts) when encoding the validation set.
+    pub eval_batch_size: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            model: PathBuf::new(),
+            train: PathBuf::new(),
+            valid: None,
+            output: PathBuf::new(),
+            format: None,
+            columns: None,
+            text_prompt: None,
+            query_prompt: None,
+            doc_prompt: None,
+            max_length: 64,
+            skip_invalid: false,
+            group_by_length: false,
+            drop_duplicates: false,
+            loss: LossConfig::default(),
+            pooling: PoolingMode::Mean,
+            dropout: true,
+            epochs: 3,
+            max_steps: None,
+            batch_size: 32,
+            grad_accum: 1,
+            lr: 5e-5,
+            warmup_steps: 0,
+            weight_decay: 0.0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            max_grad_norm: 0.0,
+            seed: 42,
+            eval_steps: 0,
+            save_steps: 0,
+            log_steps: 10,
+            threads: 0,
+            eval_batch_size: 64,
+        }
+    }
+}
+
+/// Keys a resumed run may change: where and how often it reports, not what it computes.
+pub const RESUME_MUTABLE: &[&str] = &[
+    "output",
+    "valid",
+    "eval_steps",
+    "save_steps",
+    "log_steps",
+    "threads",
+    "eval_batch_size",
+    "skip_invalid",
+];
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(TrainError::Config(m));
+        if self.batch_size == 0 {
+            return bad("batch_size must be at least 1".into());
+        }
+        if self.grad_accum == 0 {
+            return bad("grad_accum must be at least 1".into());
+        }
+        if self.max_length < 2 {
+            return bad(format!(
+                "max_length {} is too short for [CLS] and [SEP]",
+                self.max_length
+            ));
+        }
+        if !(self.lr.is_finite() && self.lr >= 0.0) {
+            return bad(format!(
+                "learning rate {} must be a finite non-negative number",
+                self.lr
+            ));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad(format!(
+                "weight_decay {} must be finite and non-negative",
+                self.weight_decay
+            ));
+        }
+        if !(self.max_grad_norm.is_finite() && self.max_grad_norm >= 0.0) {
+            return bad(format!(
+                "max_grad_norm {} must be finite and non-negative",
+                self.max_grad_norm
+            ));
+        }
+        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) || self.eps <= 0.0 {
+            return bad("AdamW needs 0 <= beta < 1 and eps > 0".into());
+        }
+        if self.epochs == 0 && self.max_steps.is_none() {
+            return bad("epochs is 0 and no max_steps: nothing to train".into());
+        }
+        if self.eval_batch_size == 0 {
+            return bad("eval_batch_size must be at least 1".into());
+        }
+        let l = &self.loss;
+        for (name, w) in [
+            ("cosine_w", l.cosine_w),
+            ("ibn_w", l.ibn_w),
+            ("angle_w", l.angle_w),
+            ("cln_w", l.cln_w),
+        ] {
+            if !(w.is_finite() && w >= 0.0) {
+                return bad(format!("{name} {w} must be finite and non-negative"));
+            }
+        }
+        for (name, t) in [
+            ("cosine_tau", l.cosine_tau),
+            ("ibn_tau", l.ibn_tau),
+            ("angle_tau", l.angle_tau),
+            ("cln_tau", l.cln_tau),
+        ] {
+            if !(t.is_finite() && t > 0.0) {
+                return bad(format!("{name} {t} must be finite and positive"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Merge a resumed run's saved configuration with the keys given anew on the command line (`explicit`, as JSON
+    /// key paths of this struct). Keys outside [`RESUME_MUTABLE`] must keep their saved value: a resumed run that
+    /// computes something else would not be the same run.
+    pub fn merge_for_resume(
+        saved: &TrainConfig,
+        given: &TrainConfig,
+        explicit: &[String],
+    ) -> Result<TrainConfig> {
+        let to_map = |c: &TrainConfig| match serde_json::to_value(c) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        };
+        let mut merged = to_map(saved);
+        let new = to_map(given);
+        let mut refused = Vec::new();
+        for key in explicit {
+            let (top, sub) = match key.split_once('.') {
+                Some((t, s)) => (t, Some(s)),
+                None => (key.as_str(), None),
+            };
+            let new_v = match sub {
+                Some(s) => new.get(top).and_then(|v| v.get(s)).cloned(),
+                None => new.get(top).cloned(),
+            };
+            let Some(new_v) = new_v else { continue };
+            let old_v = match sub {
+                Some(s) => merged.get(top).and_then(|v| v.get(s)).cloned(),
+                None => merged.get(top).cloned(),
+            };
+            if old_v.as_ref() == Some(&new_v) {
+                continue;
+            }
+            if !RESUME_MUTABLE.contains(&top) {
+                refused.push(format!(
+                    "{key} (saved {}, given {new_v})",
+                    old_v.unwrap_or_default()
+                ));
+                continue;
+            }
+            merged.insert(top.to_string(), new_v);
+        }
+        if !refused.is_empty() {
+            return Err(TrainError::Config(format!(
+                "--resume continues the saved run; these options differ from it: {}",
+                refused.join(", ")
+            )));
+        }
+        serde_json::from_value(serde_json::Value::Object(merged))
+            .map_err(|e| TrainError::Config(format!("saved configuration: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_default_recipe_and_validate() {
+        let c = TrainConfig::default();
+        assert_eq!((c.loss.cosine_w, c.loss.ibn_w, c.loss.angle_w), (1.0, 0.0, 1.0));
+        assert_eq!(
+            (c.lr, c.batch_size, c.max_length, c.epochs, c.seed),
+            (5e-5, 32, 64, 3, 42)
+        );
+        assert_eq!((c.warmup_steps, c.weight_decay), (0, 0.0));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn json_round_trip_and_missing_keys_take_defaults() {
+        let c = TrainConfig {
+            lr: 1e-4,
+            ..Default::default()
+        };
+        let back: TrainConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        let partial: TrainConfig = serde_json::from_str(r#"{"lr": 0.001, "loss": {"ibn_w": 2.0}}"#).unwrap();
+        assert_eq!(partial.lr, 0.001);
+        assert_eq!(partial.loss.ibn_w, 2.0);
+        assert_eq!(partial.loss.angle_w, 1.0);
+    }
+
+    #[test]
+    fn validation_names_the_bad_option() {
+        let c = TrainConfig {
+            batch_size: 0,
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("batch_size"));
+        let mut c = TrainConfig::default();
+        c.loss.angle_tau = 0.0;
+        assert!(c.validate().unwrap_err().to_string().contains("angle_tau"));
+    }
+
+    #[test]
+    fn resume_merge_allows_reporting_changes_and_refuses_others() {
+        let saved = TrainConfig {
+            lr: 1e-4,
+            ..Default::default()
+        };
+        let given = TrainConfig {
+            lr: 1e-4,
+            threads: 2,
+            eval_steps: 7,
+            ..Default::default()
+        };
+        let m =
+            TrainConfig::merge_for_resume(&saved, &given, &["threads".into(), "eval_steps".into()]).unwrap();
+        assert_eq!((m.threads, m.eval_steps, m.lr), (2, 7, 1e-4));
+
+        let given = TrainConfig {
+            lr: 3e-4,
+            ..Default::default()
+        };
+        let err = TrainConfig::merge_for_resume(&saved, &given, &["lr".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lr"), "{err}");
+        // Not given explicitly: the saved value wins silently.
+        let m = TrainConfig::merge_for_resume(&saved, &given, &[]).unwrap();
+        assert_eq!(m.lr, 1e-4);
+        let mut given = saved.clone();
+        given.loss.ibn_w = 5.0;
+        assert!(TrainConfig::merge_for_resume(&saved, &given, &["loss.ibn_w".into()]).is_err());
+    }
+}
