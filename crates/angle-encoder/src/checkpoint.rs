@@ -1,0 +1,174 @@
+//! `model.safetensors` in and out, by Hugging Face name.
+//!
+//! Loading memory-maps the file and converts each tensor (f32, f16 or bf16) straight into its slot of the
+//! flat parameter buffer, so peak memory is the buffer plus the pages of the map being read. Names may carry
+//! the model-type prefix (`bert.`, `roberta.`); the pooler is skipped (sentence encoders pool themselves).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use safetensors::SafeTensors;
+use safetensors::tensor::{Dtype, TensorView};
+
+use crate::config::BertConfig;
+use crate::error::{EncoderError, Result, io_err};
+use crate::params::ParamLayout;
+
+#[cfg(target_endian = "big")]
+compile_error!("safetensors data is little-endian; this crate reinterprets f32 buffers as bytes");
+
+/// The name prefix a checkpoint used (`""` when none), kept so that `save` writes the names it read.
+pub fn model_prefix(cfg: &BertConfig) -> &'static str {
+    if cfg.position_offset == 0 {
+        "bert."
+    } else {
+        "roberta."
+    }
+}
+
+/// Tensors a checkpoint may carry that are not encoder parameters.
+fn ignored(name: &str) -> bool {
+    name.starts_with("pooler.") || name == "embeddings.position_ids"
+}
+
+/// Parameters read from a checkpoint.
+#[derive(Debug)]
+pub struct Loaded {
+    pub params: Vec<f32>,
+    /// `"bert."` when the file's names had that prefix, else `""`.
+    pub prefix: String,
+}
+
+/// Reads every parameter of `layout` from `path` into a new flat buffer.
+pub fn load(path: impl AsRef<Path>, cfg: &BertConfig, layout: &ParamLayout) -> Result<Loaded> {
+    let path = path.as_ref();
+    let file = File::open(path).map_err(io_err(path))?;
+    // SAFETY: the map is read-only and lives only inside this function. Another process truncating the
+    // file meanwhile could fault; `save` never does that (it renames a new file into place).
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err(path))?;
+    let st = SafeTensors::deserialize(&map).map_err(|e| EncoderError::Safetensors {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })?;
+
+    let mut params = vec![0.0f32; layout.total];
+    let mut seen = vec![false; layout.entries.len()];
+    let index: HashMap<&str, usize> = layout
+        .entries
+        .iter()
+        .enumerate()
+        .map(|(k, e)| (e.name.as_str(), k))
+        .collect();
+    let full_prefix = model_prefix(cfg);
+    let mut prefix = String::new();
+
+    for (file_name, view) in st.iter() {
+        let name = match file_name.strip_prefix(full_prefix) {
+            Some(rest) => {
+                prefix = full_prefix.to_string();
+                rest
+            }
+            None => file_name,
+        };
+        if ignored(name) {
+            continue;
+        }
+        let Some(&k) = index.get(name) else {
+            return Err(EncoderError::UnexpectedTensor {
+                path: path.to_path_buf(),
+                name: file_name.to_string(),
+            });
+        };
+        let entry = &layout.entries[k];
+        if view.shape() != entry.shape.as_slice() {
+            return Err(EncoderError::ShapeMismatch {
+                path: path.to_path_buf(),
+                name: file_name.to_string(),
+                found: view.shape().to_vec(),
+                expected: entry.shape.clone(),
+            });
+        }
+        convert(&view, &mut params[entry.range()]).map_err(|dtype| EncoderError::UnsupportedDtype {
+            path: path.to_path_buf(),
+            name: file_name.to_string(),
+            dtype,
+        })?;
+        seen[k] = true;
+    }
+    if let Some(k) = seen.iter().position(|s| !s) {
+        return Err(EncoderError::MissingTensor {
+            path: path.to_path_buf(),
+            name: format!("{prefix}{}", layout.entries[k].name),
+        });
+    }
+    Ok(Loaded { params, prefix })
+}
+
+/// Little-endian bytes to f32; `Err(dtype)` for a dtype we do not read.
+fn convert(view: &TensorView<'_>, out: &mut [f32]) -> std::result::Result<(), String> {
+    let data = view.data();
+    match view.dtype() {
+        Dtype::F32 => {
+            for (o, b) in out.iter_mut().zip(data.chunks_exact(4)) {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        Dtype::F16 => {
+            for (o, b) in out.iter_mut().zip(data.chunks_exact(2)) {
+                *o = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+            }
+        }
+        Dtype::BF16 => {
+            for (o, b) in out.iter_mut().zip(data.chunks_exact(2)) {
+                *o = half::bf16::from_le_bytes([b[0], b[1]]).to_f32();
+            }
+        }
+        other => return Err(format!("{other:?}")),
+    }
+    Ok(())
+}
+
+/// Writes `params` to `path` as f32 safetensors with the Hugging Face names (`prefix` + name), atomically:
+/// the data goes to a temporary file in the same directory that is then renamed over `path`, so a reader
+/// (or a crash) never sees a half-written checkpoint.
+pub fn save(path: impl AsRef<Path>, layout: &ParamLayout, params: &[f32], prefix: &str) -> Result<()> {
+    let path = path.as_ref();
+    if params.len() != layout.total {
+        return Err(EncoderError::BufferSize {
+            found: params.len(),
+            expected: layout.total,
+        });
+    }
+    let bytes: &[u8] = bytemuck::cast_slice(params);
+    let tensors = layout.entries.iter().map(|e| {
+        let r = e.range();
+        let view = TensorView::new(Dtype::F32, e.shape.clone(), &bytes[r.start * 4..r.end * 4])
+            .expect("the slice length is the shape's size by construction");
+        (format!("{prefix}{}", e.name), view)
+    });
+    let tmp = temp_path(path);
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(tensors, Some(meta), &tmp).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        EncoderError::Safetensors {
+            path: tmp.clone(),
+            msg: e.to_string(),
+        }
+    })?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        EncoderError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }
+    })
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp{}", std::process::id()))
+}
