@@ -1,0 +1,123 @@
+//! Shared test helpers: paths to `../shared`, the encoder fixture, padded-to-packed conversion.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use safetensors::tensor::Dtype;
+use safetensors::SafeTensors;
+
+/// `../shared/<rel>` from the workspace root.
+pub fn shared(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared").join(rel)
+}
+
+pub fn model_dir() -> PathBuf {
+    std::env::var_os("ANGLE_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|| shared("models/all-MiniLM-L6-v2"))
+}
+
+pub fn fixture_path() -> PathBuf {
+    std::env::var_os("ANGLE_ENCODER_FIXTURE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| shared("fixtures/encoder/minilm-mean-reference.safetensors"))
+}
+
+/// A tensor of the fixture, as f64 (floats) or i64 (ids), with its shape.
+pub struct Tensor {
+    pub shape: Vec<usize>,
+    pub f: Vec<f64>,
+    pub i: Vec<i64>,
+}
+
+pub struct Fixture {
+    pub path: PathBuf,
+    pub meta: HashMap<String, String>,
+    pub tensors: HashMap<String, Tensor>,
+    /// Packed batch: ids, type ids, offsets; `rows[t]` = (b, position) of packed token t in the padded [B, T].
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u32>,
+    pub seq_offsets: Vec<usize>,
+    pub rows: Vec<(usize, usize)>,
+    pub b: usize,
+    pub t: usize,
+}
+
+impl Fixture {
+    pub fn load() -> Fixture {
+        let path = fixture_path();
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()));
+        let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+        let meta = header.metadata().clone().unwrap_or_default();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let mut tensors = HashMap::new();
+        for (name, v) in st.iter() {
+            let d = v.data();
+            let (f, i) = match v.dtype() {
+                Dtype::F32 => (d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(), vec![]),
+                Dtype::F64 => (d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(), vec![]),
+                Dtype::I64 => (vec![], d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()),
+                other => panic!("{name}: unexpected dtype {other:?}"),
+            };
+            tensors.insert(name.to_string(), Tensor { shape: v.shape().to_vec(), f, i });
+        }
+        let ids = &tensors["input_ids"];
+        let (b, t) = (ids.shape[0], ids.shape[1]);
+        let mask = &tensors["attention_mask"].i;
+        let tt = &tensors["token_type_ids"].i;
+        let mut f = Fixture {
+            path,
+            meta,
+            ids: vec![],
+            type_ids: vec![],
+            seq_offsets: vec![0],
+            rows: vec![],
+            b,
+            t,
+            tensors: HashMap::new(),
+        };
+        // Drop masked positions: what remains of each row is its packed sequence.
+        for bi in 0..b {
+            for ti in 0..t {
+                if mask[bi * t + ti] != 0 {
+                    f.ids.push(ids.i[bi * t + ti] as u32);
+                    f.type_ids.push(tt[bi * t + ti] as u32);
+                    f.rows.push((bi, ti));
+                }
+            }
+            f.seq_offsets.push(f.ids.len());
+        }
+        f.tensors = tensors;
+        f
+    }
+
+    pub fn floats(&self, name: &str) -> &[f64] {
+        &self.tensors.get(name).unwrap_or_else(|| panic!("fixture has no tensor {name}")).f
+    }
+
+    pub fn meta(&self, key: &str) -> &str {
+        self.meta.get(key).unwrap_or_else(|| panic!("fixture metadata has no `{key}`"))
+    }
+
+    /// `key X` pairs of the objective description, e.g. `cosine_w 1, ibn_w 1, angle_w 0.02, taus 20`.
+    pub fn objective_value(&self, key: &str) -> f64 {
+        let text = self.meta("objective");
+        let words: Vec<&str> = text.split(|c: char| c == ',' || c == ':' || c.is_whitespace()).filter(|w| !w.is_empty()).collect();
+        words
+            .windows(2)
+            .find(|w| w[0] == key)
+            .and_then(|w| w[1].parse().ok())
+            .unwrap_or_else(|| panic!("objective `{text}` has no `{key} <number>`"))
+    }
+}
+
+/// ‖a − b‖ / ‖b‖.
+pub fn rel_l2(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
+    let den: f64 = b.iter().map(|y| y * y).sum();
+    (num / den).sqrt()
+}
+
+pub fn norm(a: &[f64]) -> f64 {
+    a.iter().map(|x| x * x).sum::<f64>().sqrt()
+}
