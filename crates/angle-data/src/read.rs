@@ -1,0 +1,598 @@
+//! Readers: CSV, TSV and JSONL files into [`RawDataset`]s of untokenised examples.
+//!
+//! The layout (A, B or C) comes from the column names after renaming ([`ColumnMap`]). A CSV/TSV file's first row is
+//! its header when it names a layout; otherwise the file is headerless and read by position. Bad rows are errors
+//! naming file, line and column; with [`ReadOptions::skip_invalid`] they are skipped and recorded instead.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use crate::error::{SkipCounts, SkippedRow};
+use crate::{ColumnMap, DataError, Format, Role};
+
+/// The syntax of a data file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    /// Comma-separated, RFC 4180 quoting (`"a, b"`, `""` for a quote inside quotes).
+    Csv,
+    /// Tab-separated, no quoting: quotes are ordinary characters (SentEval's STS files have unbalanced ones).
+    Tsv,
+    /// One JSON object per line; text fields are strings or non-empty lists of strings (one is drawn per epoch).
+    Jsonl,
+}
+
+impl FileKind {
+    /// From the extension: `.csv`; `.tsv` or `.txt`; `.jsonl` or `.json`.
+    pub fn from_path(path: &Path) -> Option<FileKind> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        match ext.as_str() {
+            "csv" => Some(FileKind::Csv),
+            "tsv" | "txt" => Some(FileKind::Tsv),
+            "jsonl" | "json" => Some(FileKind::Jsonl),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a CSV/TSV file starts with a header row.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Header {
+    /// A header when the first row (after renaming) names a layout's columns; otherwise headerless.
+    #[default]
+    Auto,
+    Present,
+    Absent,
+}
+
+/// How to read a file. `Default` detects everything and fails on the first bad row.
+#[derive(Clone, Debug, Default)]
+pub struct ReadOptions {
+    /// `None`: from the file extension.
+    pub kind: Option<FileKind>,
+    pub header: Header,
+    /// Names of the positions of a headerless file (renamed by `columns` like header names; unknown names are
+    /// ignored columns). `None`: 3 fields are `text1,text2,label`, or `label,text1,text2` when the first row's first
+    /// field is a number and its last is not (SentEval STS TSV, `score<TAB>s1<TAB>s2`); 2 fields are
+    /// `query,positive`.
+    pub positional: Option<Vec<String>>,
+    pub columns: ColumnMap,
+    /// `None`: detected from the columns.
+    pub format: Option<Format>,
+    /// Inclusive range the labels must lie in, e.g. `(0.0, 5.0)` for STS-B.
+    pub label_range: Option<(f32, f32)>,
+    /// Skip bad rows and record them in [`RawDataset::skipped`] instead of failing.
+    pub skip_invalid: bool,
+}
+
+impl ReadOptions {
+    /// SentEval-style STS TSV: headerless `score<TAB>s1<TAB>s2`.
+    pub fn sts_tsv() -> Self {
+        ReadOptions {
+            kind: Some(FileKind::Tsv),
+            header: Header::Absent,
+            positional: Some(vec!["label".into(), "text1".into(), "text2".into()]),
+            ..Default::default()
+        }
+    }
+
+    /// The STS-B CSV files of `../shared/data/stsb`: headerless `sentence1,sentence2,score`, scores in [0, 5].
+    pub fn stsb_csv() -> Self {
+        ReadOptions {
+            kind: Some(FileKind::Csv),
+            header: Header::Absent,
+            positional: Some(vec!["text1".into(), "text2".into(), "label".into()]),
+            label_range: Some((0.0, 5.0)),
+            ..Default::default()
+        }
+    }
+}
+
+/// One example before prompts and tokenisation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RawExample {
+    /// 1-based line where the row starts.
+    pub line: u64,
+    /// One entry per text role of the format (`Format::text_roles`), each a non-empty list of alternatives (one
+    /// element except for list-valued JSONL fields).
+    pub texts: Vec<Vec<String>>,
+    /// Format A only.
+    pub label: Option<f32>,
+}
+
+/// The examples of one file.
+#[derive(Clone, Debug)]
+pub struct RawDataset {
+    pub path: PathBuf,
+    pub format: Format,
+    pub examples: Vec<RawExample>,
+    /// Rows left out under `skip_invalid` (always empty otherwise).
+    pub skipped: Vec<SkippedRow>,
+}
+
+impl RawDataset {
+    pub fn len(&self) -> usize {
+        self.examples.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.examples.is_empty()
+    }
+
+    pub fn skip_counts(&self) -> SkipCounts {
+        SkipCounts::from_rows(&self.skipped)
+    }
+}
+
+/// Reads a data file.
+pub fn read_file(path: impl AsRef<Path>, options: &ReadOptions) -> Result<RawDataset, DataError> {
+    let path = path.as_ref();
+    let kind = match options.kind.or_else(|| FileKind::from_path(path)) {
+        Some(k) => k,
+        None => {
+            return Err(DataError::UnknownFileKind {
+                path: path.to_path_buf(),
+            });
+        }
+    };
+    let file = File::open(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    read_from(BufReader::new(file), path, kind, options)
+}
+
+/// Reads data of the given kind from any reader; `path` only names the source in messages.
+pub fn read_from<R: Read>(
+    reader: R,
+    path: &Path,
+    kind: FileKind,
+    options: &ReadOptions,
+) -> Result<RawDataset, DataError> {
+    let mut sink = Sink {
+        path: path.to_path_buf(),
+        skip: options.skip_invalid,
+        examples: Vec::new(),
+        skipped: Vec::new(),
+    };
+    let format = match kind {
+        FileKind::Csv => read_delimited(reader, b',', true, options, &mut sink)?,
+        FileKind::Tsv => read_delimited(reader, b'\t', false, options, &mut sink)?,
+        FileKind::Jsonl => read_jsonl(reader, options, &mut sink)?,
+    };
+    let Some(format) = format.filter(|_| !sink.examples.is_empty()) else {
+        let skipped = if sink.skipped.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", SkipCounts::from_rows(&sink.skipped))
+        };
+        return Err(DataError::NoExamples {
+            path: sink.path,
+            skipped,
+        });
+    };
+    Ok(RawDataset {
+        path: sink.path,
+        format,
+        examples: sink.examples,
+        skipped: sink.skipped,
+    })
+}
+
+/// Collects rows: an example is kept, a row-level error is skipped (if allowed) or returned.
+struct Sink {
+    path: PathBuf,
+    skip: bool,
+    examples: Vec<RawExample>,
+    skipped: Vec<SkippedRow>,
+}
+
+impl Sink {
+    fn push(&mut self, row: Result<RawExample, DataError>) -> Result<(), DataError> {
+        match row {
+            Ok(ex) => self.examples.push(ex),
+            Err(e) => match (self.skip, e.skip_reason(), e.line()) {
+                (true, Some(reason), Some(line)) => self.skipped.push(SkippedRow {
+                    line,
+                    reason,
+                    message: e.to_string(),
+                }),
+                _ => return Err(e),
+            },
+        }
+        Ok(())
+    }
+}
+
+/// Where each role of the format sits in a CSV/TSV row, and the column names to report.
+struct Columns {
+    format: Format,
+    /// `(field index, column name for messages)` per role of `format.roles()`.
+    fields: Vec<(usize, String)>,
+    expected_fields: usize,
+}
+
+fn column_layout(
+    names: &[String],
+    positional: bool,
+    options: &ReadOptions,
+    path: &Path,
+    line: u64,
+) -> Result<Columns, DataError> {
+    let roles: Vec<Option<Role>> = names.iter().map(|n| options.columns.role_of(n)).collect();
+    let has = |r: Role| roles.contains(&Some(r));
+    let format = match options.format {
+        Some(f) => {
+            if !f.roles().iter().all(|&r| has(r)) {
+                return Err(DataError::FormatMismatch {
+                    path: path.to_path_buf(),
+                    format: f,
+                    columns: names.to_vec(),
+                });
+            }
+            f
+        }
+        None => Format::detect(has).map_err(|ambiguous| {
+            let (path, columns) = (path.to_path_buf(), names.to_vec());
+            if ambiguous {
+                DataError::AmbiguousLayout { path, line, columns }
+            } else {
+                DataError::UnknownLayout { path, line, columns }
+            }
+        })?,
+    };
+    let mut fields = Vec::new();
+    for &role in format.roles() {
+        let found: Vec<usize> = (0..names.len()).filter(|&i| roles[i] == Some(role)).collect();
+        if found.len() > 1 {
+            return Err(DataError::Config(format!(
+                "{}:{line}: columns {:?} all map to `{role}`",
+                path.display(),
+                found.iter().map(|&i| &names[i]).collect::<Vec<_>>()
+            )));
+        }
+        let i = found[0];
+        let name = if positional {
+            format!("{} (field {})", names[i].trim(), i + 1)
+        } else {
+            names[i].trim().to_string()
+        };
+        fields.push((i, name));
+    }
+    Ok(Columns {
+        format,
+        fields,
+        expected_fields: names.len(),
+    })
+}
+
+fn default_positional(first: &csv::StringRecord) -> Option<Vec<String>> {
+    let is_number = |s: &str| s.trim().parse::<f32>().is_ok_and(|v| v.is_finite());
+    let names: &[&str] = match first.len() {
+        3 if is_number(&first[0]) && !is_number(&first[2]) => &["label", "text1", "text2"],
+        3 => &["text1", "text2", "label"],
+        2 => &["query", "positive"],
+        _ => return None,
+    };
+    Some(names.iter().map(|s| s.to_string()).collect())
+}
+
+fn read_delimited<R: Read>(
+    reader: R,
+    delimiter: u8,
+    quoting: bool,
+    options: &ReadOptions,
+    sink: &mut Sink,
+) -> Result<Option<Format>, DataError> {
+    // `flexible`: a row with the wrong number of fields is our error (naming file and line), not csv's.
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .delimiter(delimiter)
+        .quoting(quoting)
+        .from_reader(reader);
+    let path = sink.path.clone();
+    let mut layout: Option<Columns> = None;
+    let mut record = csv::StringRecord::new();
+    loop {
+        let line = rdr.position().line();
+        match rdr.read_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => {
+                let err = csv_error(&path, line, e)?;
+                sink.push(Err(err))?;
+                continue;
+            }
+        }
+        let line = record.position().map_or(line, |p| p.line());
+        let cols = match &layout {
+            Some(c) => c,
+            None => {
+                let first: Vec<String> = record.iter().map(str::to_string).collect();
+                let header = match options.header {
+                    Header::Present => true,
+                    Header::Absent => false,
+                    Header::Auto => {
+                        let has = |r: Role| first.iter().any(|n| options.columns.role_of(n) == Some(r));
+                        match Format::detect(has) {
+                            Ok(_) => true,
+                            Err(ambiguous) => {
+                                ambiguous || options.format.is_some_and(|f| f.roles().iter().all(|&r| has(r)))
+                            }
+                        }
+                    }
+                };
+                if header {
+                    layout = Some(column_layout(&first, false, options, &path, line)?);
+                    continue;
+                }
+                let names = match options.positional.clone().or_else(|| default_positional(&record)) {
+                    Some(n) => n,
+                    None => {
+                        return Err(DataError::UnknownLayout {
+                            path,
+                            line,
+                            columns: (1..=record.len()).map(|i| format!("field {i}")).collect(),
+                        });
+                    }
+                };
+                layout.insert(column_layout(&names, true, options, &path, line)?)
+            }
+        };
+        sink.push(delimited_row(&record, line, cols, options, &path))?;
+    }
+    Ok(layout.map(|c| c.format))
+}
+
+/// A csv error at `line`: a row-level `Malformed` (bad UTF-8), or a fatal I/O error.
+fn csv_error(path: &Path, line: u64, e: csv::Error) -> Result<DataError, DataError> {
+    let line = e.position().map_or(line, |p| p.line());
+    let message = e.to_string();
+    match e.into_kind() {
+        csv::ErrorKind::Io(source) => Err(DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+        _ => Ok(DataError::Malformed {
+            path: path.to_path_buf(),
+            line,
+            message,
+        }),
+    }
+}
+
+fn delimited_row(
+    record: &csv::StringRecord,
+    line: u64,
+    cols: &Columns,
+    options: &ReadOptions,
+    path: &Path,
+) -> Result<RawExample, DataError> {
+    if record.len() != cols.expected_fields {
+        return Err(DataError::FieldCount {
+            path: path.to_path_buf(),
+            line,
+            expected: cols.expected_fields,
+            found: record.len(),
+        });
+    }
+    let mut texts = Vec::with_capacity(cols.format.rows_per_example());
+    let mut label = None;
+    for (&role, (i, name)) in cols.format.roles().iter().zip(&cols.fields) {
+        let value = &record[*i];
+        if role == Role::Label {
+            label = Some(parse_label(value, options, path, line, name)?);
+        } else {
+            texts.push(vec![check_text(value, path, line, name)?]);
+        }
+    }
+    Ok(RawExample { line, texts, label })
+}
+
+fn check_text(value: &str, path: &Path, line: u64, column: &str) -> Result<String, DataError> {
+    if value.trim().is_empty() {
+        return Err(DataError::EmptyText {
+            path: path.to_path_buf(),
+            line,
+            column: column.to_string(),
+        });
+    }
+    Ok(value.to_string())
+}
+
+fn parse_label(
+    value: &str,
+    options: &ReadOptions,
+    path: &Path,
+    line: u64,
+    column: &str,
+) -> Result<f32, DataError> {
+    let v = match value.trim().parse::<f32>() {
+        Ok(v) if v.is_finite() => v,
+        _ => {
+            return Err(DataError::BadLabel {
+                path: path.to_path_buf(),
+                line,
+                column: column.to_string(),
+                value: value.to_string(),
+            });
+        }
+    };
+    check_range(v, options, path, line, column)
+}
+
+fn check_range(
+    v: f32,
+    options: &ReadOptions,
+    path: &Path,
+    line: u64,
+    column: &str,
+) -> Result<f32, DataError> {
+    if let Some((min, max)) = options.label_range {
+        if !(min..=max).contains(&v) {
+            return Err(DataError::LabelOutOfRange {
+                path: path.to_path_buf(),
+                line,
+                column: column.to_string(),
+                value: v,
+                min,
+                max,
+            });
+        }
+    }
+    Ok(v)
+}
+
+fn read_jsonl<R: Read>(
+    reader: R,
+    options: &ReadOptions,
+    sink: &mut Sink,
+) -> Result<Option<Format>, DataError> {
+    let path = sink.path.clone();
+    let mut reader = BufReader::new(reader);
+    let mut buf = Vec::new();
+    let mut line = 0u64;
+    let mut format = options.format;
+    loop {
+        buf.clear();
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|source| DataError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        if n == 0 {
+            break;
+        }
+        line += 1;
+        let mut bytes = &buf[..];
+        if line == 1 {
+            bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+        }
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let row = json_row(bytes, line, &mut format, options, &path);
+        if let Err(e @ (DataError::UnknownLayout { .. } | DataError::AmbiguousLayout { .. })) = row {
+            return Err(e);
+        }
+        sink.push(row)?;
+    }
+    Ok(format)
+}
+
+fn json_row(
+    bytes: &[u8],
+    line: u64,
+    format: &mut Option<Format>,
+    options: &ReadOptions,
+    path: &Path,
+) -> Result<RawExample, DataError> {
+    let malformed = |message: String| DataError::Malformed {
+        path: path.to_path_buf(),
+        line,
+        message,
+    };
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
+    let serde_json::Value::Object(obj) = value else {
+        return Err(malformed("not a JSON object".into()));
+    };
+    let format = match *format {
+        Some(f) => f,
+        None => {
+            let has = |r: Role| obj.keys().any(|k| options.columns.role_of(k) == Some(r));
+            let f = Format::detect(has).map_err(|ambiguous| {
+                let columns = obj.keys().cloned().collect();
+                let path = path.to_path_buf();
+                if ambiguous {
+                    DataError::AmbiguousLayout { path, line, columns }
+                } else {
+                    DataError::UnknownLayout { path, line, columns }
+                }
+            })?;
+            *format = Some(f);
+            f
+        }
+    };
+    let mut texts = Vec::with_capacity(format.rows_per_example());
+    let mut label = None;
+    for &role in format.roles() {
+        let mut keys = obj.keys().filter(|k| options.columns.role_of(k) == Some(role));
+        let Some(key) = keys.next() else {
+            return Err(DataError::MissingColumn {
+                path: path.to_path_buf(),
+                line,
+                column: role.name().to_string(),
+            });
+        };
+        if let Some(other) = keys.next() {
+            return Err(DataError::BadField {
+                path: path.to_path_buf(),
+                line,
+                column: key.clone(),
+                message: format!("`{key}` and `{other}` both map to `{role}`"),
+            });
+        }
+        let value = &obj[key];
+        if role == Role::Label {
+            label = Some(json_label(value, options, path, line, key)?);
+        } else {
+            texts.push(json_texts(value, path, line, key)?);
+        }
+    }
+    Ok(RawExample { line, texts, label })
+}
+
+fn json_label(
+    value: &serde_json::Value,
+    options: &ReadOptions,
+    path: &Path,
+    line: u64,
+    key: &str,
+) -> Result<f32, DataError> {
+    match value {
+        serde_json::Value::String(s) => parse_label(s, options, path, line, key),
+        serde_json::Value::Number(n) => match n.as_f64().map(|v| v as f32) {
+            Some(v) if v.is_finite() => check_range(v, options, path, line, key),
+            _ => Err(DataError::BadLabel {
+                path: path.to_path_buf(),
+                line,
+                column: key.to_string(),
+                value: n.to_string(),
+            }),
+        },
+        other => Err(DataError::BadLabel {
+            path: path.to_path_buf(),
+            line,
+            column: key.to_string(),
+            value: other.to_string(),
+        }),
+    }
+}
+
+fn json_texts(
+    value: &serde_json::Value,
+    path: &Path,
+    line: u64,
+    key: &str,
+) -> Result<Vec<String>, DataError> {
+    let bad = |message: &str| DataError::BadField {
+        path: path.to_path_buf(),
+        line,
+        column: key.to_string(),
+        message: message.to_string(),
+    };
+    match value {
+        serde_json::Value::String(s) => Ok(vec![check_text(s, path, line, key)?]),
+        serde_json::Value::Array(items) if items.is_empty() => Err(bad("empty list of texts")),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .map(|v| match v {
+                serde_json::Value::String(s) => check_text(s, path, line, key),
+                _ => Err(bad("a list of texts must hold only strings")),
+            })
+            .collect(),
+        _ => Err(bad("expected a string or a list of strings")),
+    }
+}

@@ -1,0 +1,140 @@
+//! Tokenisation with a model's `tokenizer.json`.
+//!
+//! The file's own padding and truncation are switched off (all-MiniLM-L6-v2's pads every text to 128): padding is
+//! the batcher's business (packed batches have none) and truncation is ours, at the requested maximum length with
+//! the special tokens kept, exactly as Hugging Face's `truncation=True, max_length=L` does (`[CLS] t1 .. t(L-2)
+//! [SEP]` for BERT). Every text is encoded on its own, as angle-emb does.
+
+use std::path::{Path, PathBuf};
+
+use tokenizers::{PostProcessor, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+use crate::DataError;
+use crate::batch::PackedBatch;
+
+/// One tokenised text.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Encoded {
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u32>,
+    /// The text was longer than the maximum length and was cut.
+    pub truncated: bool,
+}
+
+/// A `tokenizer.json` set up for AnglE: no padding, truncation at `max_len` keeping special tokens.
+#[derive(Clone)]
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    path: PathBuf,
+    max_len: usize,
+    pad_id: u32,
+}
+
+impl std::fmt::Debug for TextTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextTokenizer")
+            .field("path", &self.path)
+            .field("max_len", &self.max_len)
+            .field("pad_id", &self.pad_id)
+            .finish()
+    }
+}
+
+impl TextTokenizer {
+    /// Loads `tokenizer.json` (give the file, or a model folder holding it).
+    pub fn from_file(path: impl AsRef<Path>, max_len: usize) -> Result<Self, DataError> {
+        let mut path = path.as_ref().to_path_buf();
+        if path.is_dir() {
+            path.push("tokenizer.json");
+        }
+        let err = |message: String, path: &Path| DataError::Tokenizer {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut inner = Tokenizer::from_file(&path).map_err(|e| err(e.to_string(), &path))?;
+        // The padding id is taken from the file's padding section before it is switched off; `[PAD]` otherwise.
+        let pad_id = inner
+            .get_padding()
+            .map(|p| p.pad_id)
+            .or_else(|| inner.token_to_id("[PAD]"))
+            .unwrap_or(0);
+        let added = inner.get_post_processor().map_or(0, |p| p.added_tokens(false));
+        if max_len <= added {
+            return Err(err(
+                format!("max length {max_len} leaves no room for text beside the {added} special tokens"),
+                &path,
+            ));
+        }
+        inner.with_padding(None);
+        inner
+            .with_truncation(Some(TruncationParams {
+                direction: TruncationDirection::Right,
+                max_length: max_len,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+            }))
+            .map_err(|e| err(e.to_string(), &path))?;
+        Ok(TextTokenizer {
+            inner,
+            path,
+            max_len,
+            pad_id,
+        })
+    }
+
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// The id padded positions get in [`crate::PaddedBatch`] (the file's padding token).
+    pub fn pad_id(&self) -> u32 {
+        self.pad_id
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The underlying `tokenizers` tokenizer (padding and truncation as set here).
+    pub fn inner(&self) -> &Tokenizer {
+        &self.inner
+    }
+
+    pub fn encode(&self, text: &str) -> Result<Encoded, DataError> {
+        let enc = self.inner.encode(text, true).map_err(|e| self.error(e))?;
+        Ok(to_encoded(&enc))
+    }
+
+    /// Encodes many texts in parallel (the `tokenizers` batch API, on rayon's pool), each on its own.
+    pub fn encode_batch(&self, texts: &[String]) -> Result<Vec<Encoded>, DataError> {
+        let inputs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let encs = self.inner.encode_batch(inputs, true).map_err(|e| self.error(e))?;
+        Ok(encs.iter().map(to_encoded).collect())
+    }
+
+    /// Texts to one packed batch, rows in the given order (for encoding and evaluation; labels empty, text ids the
+    /// row numbers).
+    pub fn encode_packed(&self, texts: &[String]) -> Result<PackedBatch, DataError> {
+        let encs = self.encode_batch(texts)?;
+        let mut batch = PackedBatch::default();
+        for (i, e) in encs.iter().enumerate() {
+            batch.push_row(&e.ids, &e.type_ids, i as u64);
+        }
+        Ok(batch)
+    }
+
+    fn error(&self, e: tokenizers::Error) -> DataError {
+        DataError::Tokenizer {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
+    }
+}
+
+fn to_encoded(e: &tokenizers::Encoding) -> Encoded {
+    Encoded {
+        ids: e.get_ids().to_vec(),
+        type_ids: e.get_type_ids().to_vec(),
+        truncated: !e.get_overflowing().is_empty(),
+    }
+}
