@@ -266,6 +266,11 @@ fn column_layout(
     })
 }
 
+fn looks_like_name(field: &str) -> bool {
+    let f = field.trim();
+    !f.is_empty() && f.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '-')
+}
+
 fn default_positional(first: &csv::StringRecord) -> Option<Vec<String>> {
     let is_number = |s: &str| s.trim().parse::<f32>().is_ok_and(|v| v.is_finite());
     let names: &[&str] = match first.len() {
@@ -337,7 +342,19 @@ fn read_delimited<R: Read>(
                         });
                     }
                 };
-                layout.insert(column_layout(&names, true, options, &path, line)?)
+                let cols = layout.insert(column_layout(&names, true, options, &path, line)?);
+                let row = delimited_row(&record, line, cols, options, &path);
+                // A first row that fails as data and looks like column names is an unrecognised header: say so
+                // (with the hint to rename) rather than report a bad label on line 1.
+                if row.is_err() && options.header == Header::Auto && record.iter().all(looks_like_name) {
+                    return Err(DataError::UnknownLayout {
+                        path,
+                        line,
+                        columns: record.iter().map(str::to_string).collect(),
+                    });
+                }
+                sink.push(row)?;
+                continue;
             }
         };
         sink.push(delimited_row(&record, line, cols, options, &path))?;
