@@ -239,7 +239,7 @@ impl BertConfig {
                 return Err(cfg_err(path, key, format!("{p} is not in [0, 1)")));
             }
         }
-        if !(self.layer_norm_eps > 0.0) {
+        if self.layer_norm_eps.is_nan() || self.layer_norm_eps <= 0.0 {
             return Err(cfg_err(path, "layer_norm_eps", "must be positive"));
         }
         Ok(())

@@ -17,10 +17,20 @@ fn minilm_matches_pytorch_reference() {
     let pooling = Pooling::parse(fx.meta("pooling")).expect("fixture pooling");
     let maxlen: usize = fx.meta("maxlen").parse().unwrap();
     let longest = fx.seq_offsets.windows(2).map(|w| w[1] - w[0]).max().unwrap();
-    assert!(longest <= maxlen, "fixture sequence of {longest} tokens exceeds its maxlen {maxlen}");
+    assert!(
+        longest <= maxlen,
+        "fixture sequence of {longest} tokens exceeds its maxlen {maxlen}"
+    );
 
-    let batch = Batch { input_ids: &fx.ids, token_type_ids: Some(&fx.type_ids), seq_offsets: &fx.seq_offsets };
-    let cap = Capacity { max_tokens: fx.ids.len(), max_seq_len: maxlen };
+    let batch = Batch {
+        input_ids: &fx.ids,
+        token_type_ids: Some(&fx.type_ids),
+        seq_offsets: &fx.seq_offsets,
+    };
+    let cap = Capacity {
+        max_tokens: fx.ids.len(),
+        max_seq_len: maxlen,
+    };
     let mut acts = enc.activations(cap, Mode::Train);
     let hidden = enc.forward(&batch, &mut acts, None).unwrap().to_vec();
 
@@ -34,7 +44,10 @@ fn minilm_matches_pytorch_reference() {
         }
     }
     println!("last_hidden_state max abs err {max_err:.3e}");
-    assert!(max_err <= 2e-4, "last_hidden_state max abs err {max_err:.3e} > 2e-4");
+    assert!(
+        max_err <= 2e-4,
+        "last_hidden_state max abs err {max_err:.3e} > 2e-4"
+    );
 
     // pooled
     let mut pooler = Pooler::new(pooling);
@@ -42,7 +55,11 @@ fn minilm_matches_pytorch_reference() {
     pooler.forward(&mut pooled, &hidden, &fx.seq_offsets, h).unwrap();
     let pooled64: Vec<f64> = pooled.iter().map(|&x| x as f64).collect();
     let ref_pooled = fx.floats("pooled");
-    let perr = pooled64.iter().zip(ref_pooled).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    let perr = pooled64
+        .iter()
+        .zip(ref_pooled)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
     println!("pooled max abs err {perr:.3e}");
     assert!(perr <= 1e-4, "pooled max abs err {perr:.3e} > 1e-4");
 
@@ -59,7 +76,13 @@ fn minilm_matches_pytorch_reference() {
         ..Default::default()
     });
     let labels: Vec<f64> = fx.floats("labels").to_vec();
-    let out = loss_fn.format_a(ArrayView2::from_shape((fx.b, h), &pooled64).unwrap(), &labels, None).unwrap();
+    let out = loss_fn
+        .format_a(
+            ArrayView2::from_shape((fx.b, h), &pooled64).unwrap(),
+            &labels,
+            None,
+        )
+        .unwrap();
     let ref_loss = fx.floats("loss")[0];
     let lerr = (out.loss - ref_loss).abs() / ref_loss.abs();
     println!("loss {} vs {ref_loss}: rel err {lerr:.3e}", out.loss);
@@ -72,7 +95,9 @@ fn minilm_matches_pytorch_reference() {
     // backward from our loss gradient
     enc.zero_grad();
     let dpooled32: Vec<f32> = dpooled.iter().map(|&x| x as f32).collect();
-    pooler.backward(acts.dhidden_mut(), &dpooled32, &fx.seq_offsets, h).unwrap();
+    pooler
+        .backward(acts.dhidden_mut(), &dpooled32, &fx.seq_offsets, h)
+        .unwrap();
     enc.backward(&mut acts).unwrap();
     let grads = &enc.buffers.grads;
 
@@ -86,9 +111,18 @@ fn minilm_matches_pytorch_reference() {
         let ours: Vec<f64> = if name == "embeddings.word_embeddings.weight" {
             let rows = &fx.tensors["grad.embeddings.word_embeddings.rows"].i;
             let table = enc.layout.view(grads, name).unwrap();
-            rows.iter().flat_map(|&r| table[r as usize * h..(r as usize + 1) * h].iter().map(|&x| x as f64)).collect()
+            rows.iter()
+                .flat_map(|&r| {
+                    table[r as usize * h..(r as usize + 1) * h]
+                        .iter()
+                        .map(|&x| x as f64)
+                })
+                .collect()
         } else {
-            let v = enc.layout.view(grads, name).unwrap_or_else(|| panic!("no parameter {name}"));
+            let v = enc
+                .layout
+                .view(grads, name)
+                .unwrap_or_else(|| panic!("no parameter {name}"));
             v.iter().map(|&x| x as f64).collect()
         };
         checked += 1;
@@ -106,6 +140,13 @@ fn minilm_matches_pytorch_reference() {
             }
         }
     }
-    assert!(checked >= 5 + 2 * 16, "only {checked} gradient tensors in the fixture");
-    assert!(failures.is_empty(), "gradient mismatches:\n{}", failures.join("\n"));
+    assert!(
+        checked >= 5 + 2 * 16,
+        "only {checked} gradient tensors in the fixture"
+    );
+    assert!(
+        failures.is_empty(),
+        "gradient mismatches:\n{}",
+        failures.join("\n")
+    );
 }

@@ -4,16 +4,20 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
+use safetensors::tensor::Dtype;
 
 /// `../shared/<rel>` from the workspace root.
 pub fn shared(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared")
+        .join(rel)
 }
 
 pub fn model_dir() -> PathBuf {
-    std::env::var_os("ANGLE_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|| shared("models/all-MiniLM-L6-v2"))
+    std::env::var_os("ANGLE_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| shared("models/all-MiniLM-L6-v2"))
 }
 
 pub fn fixture_path() -> PathBuf {
@@ -53,12 +57,34 @@ impl Fixture {
         for (name, v) in st.iter() {
             let d = v.data();
             let (f, i) = match v.dtype() {
-                Dtype::F32 => (d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(), vec![]),
-                Dtype::F64 => (d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(), vec![]),
-                Dtype::I64 => (vec![], d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()),
+                Dtype::F32 => (
+                    d.chunks_exact(4)
+                        .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                        .collect(),
+                    vec![],
+                ),
+                Dtype::F64 => (
+                    d.chunks_exact(8)
+                        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                        .collect(),
+                    vec![],
+                ),
+                Dtype::I64 => (
+                    vec![],
+                    d.chunks_exact(8)
+                        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                        .collect(),
+                ),
                 other => panic!("{name}: unexpected dtype {other:?}"),
             };
-            tensors.insert(name.to_string(), Tensor { shape: v.shape().to_vec(), f, i });
+            tensors.insert(
+                name.to_string(),
+                Tensor {
+                    shape: v.shape().to_vec(),
+                    f,
+                    i,
+                },
+            );
         }
         let ids = &tensors["input_ids"];
         let (b, t) = (ids.shape[0], ids.shape[1]);
@@ -91,17 +117,26 @@ impl Fixture {
     }
 
     pub fn floats(&self, name: &str) -> &[f64] {
-        &self.tensors.get(name).unwrap_or_else(|| panic!("fixture has no tensor {name}")).f
+        &self
+            .tensors
+            .get(name)
+            .unwrap_or_else(|| panic!("fixture has no tensor {name}"))
+            .f
     }
 
     pub fn meta(&self, key: &str) -> &str {
-        self.meta.get(key).unwrap_or_else(|| panic!("fixture metadata has no `{key}`"))
+        self.meta
+            .get(key)
+            .unwrap_or_else(|| panic!("fixture metadata has no `{key}`"))
     }
 
     /// `key X` pairs of the objective description, e.g. `cosine_w 1, ibn_w 1, angle_w 0.02, taus 20`.
     pub fn objective_value(&self, key: &str) -> f64 {
         let text = self.meta("objective");
-        let words: Vec<&str> = text.split(|c: char| c == ',' || c == ':' || c.is_whitespace()).filter(|w| !w.is_empty()).collect();
+        let words: Vec<&str> = text
+            .split(|c: char| c == ',' || c == ':' || c.is_whitespace())
+            .filter(|w| !w.is_empty())
+            .collect();
         words
             .windows(2)
             .find(|w| w[0] == key)
@@ -120,4 +155,24 @@ pub fn rel_l2(a: &[f64], b: &[f64]) -> f64 {
 
 pub fn norm(a: &[f64]) -> f64 {
     a.iter().map(|x| x * x).sum::<f64>().sqrt()
+}
+
+/// Deterministic pseudo-random floats in [-scale, scale).
+pub fn random_vec(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    (0..n as u64)
+        .map(|i| ((angle_tensor::rng::uniform(seed, i) * 2.0 - 1.0) as f32) * scale)
+        .collect()
+}
+
+/// A tiny BERT with random weights (layer norms near identity so activations stay well scaled).
+pub fn tiny_encoder(seed: u64) -> angle_encoder::Encoder {
+    let cfg = angle_encoder::BertConfig::bert(16, 2, 4, 32, 30, 24);
+    let layout = angle_encoder::ParamLayout::new(&cfg);
+    let mut params = random_vec(layout.total, seed, 0.3);
+    for e in &layout.entries {
+        if e.name.ends_with("LayerNorm.weight") {
+            params[e.range()].iter_mut().for_each(|x| *x += 1.0);
+        }
+    }
+    angle_encoder::Encoder::from_params(cfg, params).unwrap()
 }
