@@ -1,0 +1,82 @@
+//! Tests that run without a GPU: every kernel file compiles with NVRTC for sm_90 (CI installs
+//! NVRTC with `.ci/install-nvrtc.sh`); GPU checks say they were skipped and why.
+
+use super::{compile_all_for_arch, Gpu, GpuError};
+
+const TEST_NAME: &str = "cuda::tests::every_kernel_compiles_for_sm90";
+const CHILD_ENV: &str = "ANGLE_NVRTC_CHILD";
+
+/// Where `.ci/install-nvrtc.sh` puts libnvrtc, unless `ANGLE_NVRTC_DIR` says otherwise.
+fn nvrtc_dir() -> std::path::PathBuf {
+    if let Some(d) = std::env::var_os("ANGLE_NVRTC_DIR") {
+        return d.into();
+    }
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../.angle-cache/nvrtc/13.0.88/nvidia/cu13/lib")
+}
+
+#[test]
+fn every_kernel_compiles_for_sm90() {
+    // SAFETY: only tries dlopen on candidate names.
+    if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        let compiled = compile_all_for_arch("sm_90").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(compiled.len(), super::SOURCES.len());
+        for (file, bytes) in compiled {
+            assert!(bytes > 0, "{file}: empty CUBIN");
+            println!("compiled {file} for sm_90: {bytes} bytes of CUBIN");
+        }
+        return;
+    }
+    // The loader reads LD_LIBRARY_PATH only at process start: run this test again in a child
+    // process that has NVRTC's folder on it. Never passes without compiling.
+    assert!(
+        std::env::var_os(CHILD_ENV).is_none(),
+        "libnvrtc.so.13 not loadable even with {} on LD_LIBRARY_PATH",
+        nvrtc_dir().display()
+    );
+    let dir = nvrtc_dir();
+    assert!(
+        dir.join("libnvrtc.so.13").is_file(),
+        "NVRTC not found: no libnvrtc.so.13 on LD_LIBRARY_PATH nor in {} \
+         (run .ci/install-nvrtc.sh, or set ANGLE_NVRTC_DIR to the folder holding libnvrtc.so.13)",
+        dir.display()
+    );
+    let mut path = dir.into_os_string();
+    if let Some(old) = std::env::var_os("LD_LIBRARY_PATH") {
+        path.push(":");
+        path.push(old);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let out = std::process::Command::new(exe)
+        .args(["--exact", TEST_NAME, "--nocapture", "--test-threads=1"])
+        .env("LD_LIBRARY_PATH", path)
+        .env(CHILD_ENV, "1")
+        .output()
+        .expect("rerun the test binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    print!("{stdout}");
+    assert!(out.status.success(), "kernel compile failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("1 passed"),
+        "the child process did not run the compile test:\n{stdout}"
+    );
+}
+
+#[test]
+fn gpu_kernels_match_cpu_or_skip() {
+    match Gpu::new(0) {
+        Err(GpuError::Unavailable { reason }) => {
+            println!("skipped: no CUDA device ({reason})");
+        }
+        Err(e) => panic!("{e}"),
+        Ok(gpu) => {
+            let results = super::check::run_kernel_checks(&gpu).unwrap_or_else(|e| panic!("{e}"));
+            let failed: Vec<_> = results.iter().filter(|r| !r.passed()).collect();
+            for r in &results {
+                println!("{r}");
+            }
+            assert!(failed.is_empty(), "{} kernel checks failed", failed.len());
+        }
+    }
+}
