@@ -130,3 +130,221 @@ fn stsb_train_batches_in_zigzag_layout() {
     assert!(seen.iter().all(|&n| n == 1), "every pair exactly once per epoch");
     let _ = DuplicatePolicy::Mask;
 }
+
+fn write(dir: &tempfile::TempDir, name: &str, content: &str) -> PathBuf {
+    let p = dir.path().join(name);
+    std::fs::write(&p, content).unwrap();
+    p
+}
+
+fn rows(batch: &PackedBatch) -> Vec<&[u32]> {
+    (0..batch.rows())
+        .map(|r| &batch.input_ids[batch.seq_offsets[r]..batch.seq_offsets[r + 1]])
+        .collect()
+}
+
+#[test]
+fn formats_b_and_c_interleave_rows_with_their_prompts() {
+    let tok = tokenizer(32);
+    let dir = tempfile::tempdir().unwrap();
+    let prompts =
+        Prompts::from_templates(Some("T {text}"), Some("query: {text}"), Some("doc: {text}")).unwrap();
+    let p = write(
+        &dir,
+        "c.jsonl",
+        "{\"query\":\"a cat\",\"positive\":\"a kitten\",\"negative\":\"a car\"}\n{\"query\":\"dogs\",\"positive\":\"puppies\",\"negative\":\"logs\"}\n",
+    );
+    let data = Dataset::load(&p, &ReadOptions::default(), &prompts, &tok).unwrap();
+    assert_eq!(data.format(), Format::C);
+    let batch = data
+        .batch(&data.plan_epoch(&BatchConfig::eval(8), 0).unwrap(), 0)
+        .unwrap();
+    assert_eq!(
+        (batch.rows(), batch.rows_per_example, batch.labels.len()),
+        (6, 3, 0)
+    );
+    let expect = [
+        "query: a cat",
+        "doc: a kitten",
+        "doc: a car",
+        "query: dogs",
+        "doc: puppies",
+        "doc: logs",
+    ];
+    for (row, text) in rows(&batch).into_iter().zip(expect) {
+        assert_eq!(row, tok.encode(text).unwrap().ids.as_slice(), "{text}");
+    }
+    assert_eq!(batch.token_type_ids, vec![0; batch.tokens()]);
+
+    let p = write(&dir, "b.csv", "query,positive\nq1,p1\nq2,p2\nq3,p3\n");
+    let data = Dataset::load(&p, &ReadOptions::default(), &Prompts::default(), &tok).unwrap();
+    let plan = data.plan_epoch(&BatchConfig::eval(2), 0).unwrap();
+    assert_eq!(plan.len(), 2);
+    let b1 = data.batch(&plan, 1).unwrap();
+    assert_eq!(
+        rows(&b1),
+        [
+            tok.encode("q3").unwrap().ids.as_slice(),
+            tok.encode("p3").unwrap().ids.as_slice()
+        ]
+    );
+    assert!(
+        data.batch(&plan, 2).is_err(),
+        "out of range is an error, not a panic"
+    );
+    assert!(data.plan_epoch(&BatchConfig::eval(0), 0).is_err());
+}
+
+#[test]
+fn duplicates_are_masked_by_identity_or_dropped() {
+    let tok = tokenizer(32);
+    let dir = tempfile::tempdir().unwrap();
+    // "Same text" and "same  TEXT" tokenise alike (lower-casing, whitespace): one identity.
+    let p = write(
+        &dir,
+        "d.csv",
+        "text1,text2,label\nSame text,other,1\nthird,same  TEXT,0\nfourth,fifth,1\nsix,six,1\n",
+    );
+    let data = Dataset::load(&p, &ReadOptions::default(), &Prompts::default(), &tok).unwrap();
+    assert_eq!(
+        data.num_texts(),
+        7,
+        "distinct strings; identities are per token sequence"
+    );
+    let mut config = BatchConfig::eval(4);
+    let plan = data.plan_epoch(&config, 0).unwrap();
+    let masked = data.batch(&plan, 0).unwrap();
+    assert_eq!(masked.rows(), 8);
+    let ids = &masked.text_ids;
+    assert_eq!(ids[0], ids[3]);
+    assert_eq!(ids[6], ids[7]);
+    let distinct: std::collections::BTreeSet<_> = ids.iter().collect();
+    assert_eq!(distinct.len(), 6);
+
+    config.duplicates = DuplicatePolicy::Drop;
+    let plan = data.plan_epoch(&config, 0).unwrap();
+    let dropped = data.batch(&plan, 0).unwrap();
+    // Pair 1 repeats pair 0's text: dropped. Pair 3 repeats only itself: kept.
+    assert_eq!(dropped.examples, [0, 2, 3]);
+    assert_eq!(
+        (dropped.dropped, dropped.rows(), dropped.labels),
+        (1, 6, vec![1.0, 1.0, 1.0])
+    );
+}
+
+#[test]
+fn list_fields_are_drawn_per_epoch_from_the_seed() {
+    let tok = tokenizer(32);
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        &dir,
+        "l.jsonl",
+        "{\"query\":\"q\",\"positive\":[\"p one\",\"p two\",\"p three\",\"p four\"]}\n",
+    );
+    let data = Dataset::load(&p, &ReadOptions::default(), &Prompts::default(), &tok).unwrap();
+    assert_eq!(data.num_alternatives(0, 1), 4);
+    let config = BatchConfig::train(1, 42);
+    let drawn: Vec<Vec<u32>> = (0..32)
+        .map(|epoch| rows(&data.batch(&data.plan_epoch(&config, epoch).unwrap(), 0).unwrap())[1].to_vec())
+        .collect();
+    let again = rows(&data.batch(&data.plan_epoch(&config, 5).unwrap(), 0).unwrap())[1].to_vec();
+    assert_eq!(drawn[5], again, "a pure function of (seed, epoch)");
+    let distinct: std::collections::BTreeSet<_> = drawn.iter().collect();
+    assert_eq!(distinct.len(), 4, "every alternative is drawn over 32 epochs");
+}
+
+#[test]
+fn shuffle_is_deterministic_and_resumable() {
+    let tok = tokenizer(64);
+    let path = stsb("stsb-en-dev.csv");
+    let a = Dataset::load(&path, &ReadOptions::stsb_csv(), &Prompts::default(), &tok).unwrap();
+    let b = Dataset::load(&path, &ReadOptions::stsb_csv(), &Prompts::default(), &tok).unwrap();
+    let config = BatchConfig::train(32, 42);
+    // A "resumed" run rebuilds the plan of the epoch it stopped in and continues at the saved batch index.
+    let plan = a.plan_epoch(&config, 1).unwrap();
+    let resumed = b.plan_epoch(&config, 1).unwrap();
+    assert_eq!(plan, resumed);
+    for i in [0, 17, plan.len() - 1] {
+        assert_eq!(a.batch(&plan, i).unwrap(), b.batch(&resumed, i).unwrap());
+    }
+    assert_ne!(a.plan_epoch(&config, 0).unwrap().examples(0), plan.examples(0));
+    let other = BatchConfig::train(32, 7);
+    assert_ne!(a.plan_epoch(&other, 1).unwrap().examples(0), plan.examples(0));
+    // Evaluation keeps file order.
+    let eval = a.plan_epoch(&BatchConfig::eval(32), 0).unwrap();
+    assert_eq!(eval.examples(1), (32..64).collect::<Vec<u32>>().as_slice());
+    // drop_last leaves out the partial batch.
+    let mut dl = config.clone();
+    dl.drop_last = true;
+    let p = a.plan_epoch(&dl, 0).unwrap();
+    assert_eq!((p.len(), a.batches_per_epoch(&dl)), (46, 46));
+    assert!((0..p.len()).all(|i| p.examples(i).len() == 32));
+}
+
+#[test]
+fn length_grouping_cuts_padding_and_keeps_every_example() {
+    let tok = tokenizer(64);
+    let data = Dataset::load(
+        stsb("stsb-en-train.csv"),
+        &ReadOptions::stsb_csv(),
+        &Prompts::default(),
+        &tok,
+    )
+    .unwrap();
+    let padded_tokens = |config: &BatchConfig| {
+        let plan = data.plan_epoch(config, 0).unwrap();
+        let mut seen = vec![0u8; data.len()];
+        let mut total = 0;
+        for i in 0..plan.len() {
+            let b = data.batch(&plan, i).unwrap();
+            total += b.rows() * b.max_row_len();
+            b.examples.iter().for_each(|&e| seen[e as usize] += 1);
+        }
+        assert!(seen.iter().all(|&n| n == 1));
+        (total, plan.len())
+    };
+    let plain = BatchConfig::train(32, 42);
+    let grouped = BatchConfig {
+        length_grouped: true,
+        ..plain.clone()
+    };
+    let (t_plain, n_plain) = padded_tokens(&plain);
+    let (t_grouped, n_grouped) = padded_tokens(&grouped);
+    assert_eq!(n_plain, n_grouped);
+    let real = data
+        .batch(&data.plan_epoch(&BatchConfig::eval(data.len()), 0).unwrap(), 0)
+        .unwrap()
+        .tokens();
+    eprintln!(
+        "STS-B train, batch 32: real tokens {real}, padded shuffled {t_plain}, padded length-grouped {t_grouped}"
+    );
+    assert!(
+        t_grouped * 10 < t_plain * 9,
+        "grouping should cut padded tokens by >10%: {t_grouped} vs {t_plain}"
+    );
+    // Batches are shuffled: the first is not simply the longest.
+    let plan = data.plan_epoch(&grouped, 0).unwrap();
+    assert_ne!(
+        plan.examples(0),
+        data.plan_epoch(&grouped, 1).unwrap().examples(0)
+    );
+}
+
+#[test]
+fn padded_form_matches_the_packed_one() {
+    let mut b = PackedBatch::default();
+    b.push_row(&[101, 5, 102], &[0, 0, 0], 0);
+    b.push_row(&[101, 102], &[0, 0], 1);
+    let p = b.to_padded(0);
+    assert_eq!((p.rows, p.seq_len), (2, 3));
+    assert_eq!(p.input_ids, [101, 5, 102, 101, 102, 0]);
+    assert_eq!(p.attention_mask, [1, 1, 1, 1, 1, 0]);
+    assert_eq!(p.token_type_ids, [0; 6]);
+    assert_eq!((b.rows(), b.tokens(), b.sum_sq_len()), (2, 5, 13));
+    let tok = tokenizer(16);
+    let packed = tok
+        .encode_packed(&["hello".to_string(), "hello world".to_string()])
+        .unwrap();
+    assert_eq!(packed.seq_offsets, [0, 3, 7]);
+    assert_eq!(packed.text_ids, [0, 1]);
+}
