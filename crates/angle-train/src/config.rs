@@ -5,92 +5,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use angle_loss::AngleLossConfig;
+
 use crate::error::{Result, TrainError};
-
-/// How token states become one sentence embedding (the sentence-transformers pooling modes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PoolingMode {
-    /// Mean over the sequence's tokens.
-    Mean,
-    /// The first token's state (`[CLS]`).
-    Cls,
-    /// Element-wise maximum over the tokens.
-    Max,
-}
-
-impl PoolingMode {
-    pub fn name(self) -> &'static str {
-        match self {
-            PoolingMode::Mean => "mean",
-            PoolingMode::Cls => "cls",
-            PoolingMode::Max => "max",
-        }
-    }
-}
-
-impl std::str::FromStr for PoolingMode {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "mean" | "avg" => Ok(PoolingMode::Mean),
-            "cls" => Ok(PoolingMode::Cls),
-            "max" => Ok(PoolingMode::Max),
-            _ => Err(format!("unknown pooling {s:?}: expected mean, cls or max")),
-        }
-    }
-}
-
-/// How the angle objective pools the real/imaginary halves' angle differences.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AnglePooling {
-    Sum,
-    Mean,
-}
-
-impl std::str::FromStr for AnglePooling {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "sum" => Ok(AnglePooling::Sum),
-            "mean" => Ok(AnglePooling::Mean),
-            _ => Err(format!("unknown angle pooling {s:?}: expected sum or mean")),
-        }
-    }
-}
-
-/// Weights and temperatures (scales) of the AnglE objectives.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct LossConfig {
-    pub cosine_w: f32,
-    pub ibn_w: f32,
-    pub angle_w: f32,
-    /// Weight of the query/positive(/negative) contrastive objective (formats B and C).
-    pub cln_w: f32,
-    pub cosine_tau: f32,
-    pub ibn_tau: f32,
-    pub angle_tau: f32,
-    pub cln_tau: f32,
-    pub angle_pooling: AnglePooling,
-}
-
-impl Default for LossConfig {
-    fn default() -> Self {
-        Self {
-            cosine_w: 1.0,
-            ibn_w: 0.0,
-            angle_w: 1.0,
-            cln_w: 1.0,
-            cosine_tau: 20.0,
-            ibn_tau: 20.0,
-            angle_tau: 20.0,
-            cln_tau: 20.0,
-            angle_pooling: AnglePooling::Sum,
-        }
-    }
-}
 
 /// Everything that defines a training run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -116,8 +33,10 @@ pub struct TrainConfig {
     /// Drop examples whose texts already occur in the batch (angle-emb's `filter_duplicate`) instead of masking.
     pub drop_duplicates: bool,
 
-    pub loss: LossConfig,
-    pub pooling: PoolingMode,
+    /// Objective weights and scales (angle-emb's names).
+    pub loss: AngleLossConfig,
+    /// Sentence pooling, angle-emb's names: `mean`, `cls`, `max`, `cls_avg`, `last`, or a token index.
+    pub pooling: String,
     /// Dropout as the model's config.json says (true) or none (false).
     pub dropout: bool,
 
@@ -164,8 +83,8 @@ impl Default for TrainConfig {
             skip_invalid: false,
             group_by_length: false,
             drop_duplicates: false,
-            loss: LossConfig::default(),
-            pooling: PoolingMode::Mean,
+            loss: default_recipe_loss(),
+            pooling: "mean".into(),
             dropout: true,
             epochs: 3,
             max_steps: None,
@@ -185,6 +104,16 @@ impl Default for TrainConfig {
             threads: 0,
             eval_batch_size: 64,
         }
+    }
+}
+
+/// The default recipe's objective: cosine 1 + angle 1, no in-batch negatives, all scales 20, angle pooling sum.
+pub fn default_recipe_loss() -> AngleLossConfig {
+    AngleLossConfig {
+        cosine_w: 1.0,
+        ibn_w: 0.0,
+        angle_w: 1.0,
+        ..AngleLossConfig::default()
     }
 }
 
@@ -242,6 +171,12 @@ impl TrainConfig {
         if self.eval_batch_size == 0 {
             return bad("eval_batch_size must be at least 1".into());
         }
+        if angle_encoder::Pooling::parse(&self.pooling).is_none() {
+            return bad(format!(
+                "unknown pooling {:?}: expected mean, cls, max, cls_avg, last or a token index",
+                self.pooling
+            ));
+        }
         let l = &self.loss;
         for (name, w) in [
             ("cosine_w", l.cosine_w),
@@ -257,7 +192,6 @@ impl TrainConfig {
             ("cosine_tau", l.cosine_tau),
             ("ibn_tau", l.ibn_tau),
             ("angle_tau", l.angle_tau),
-            ("cln_tau", l.cln_tau),
         ] {
             if !(t.is_finite() && t > 0.0) {
                 return bad(format!("{name} {t} must be finite and positive"));
@@ -342,10 +276,9 @@ mod tests {
         };
         let back: TrainConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
         assert_eq!(back, c);
-        let partial: TrainConfig = serde_json::from_str(r#"{"lr": 0.001, "loss": {"ibn_w": 2.0}}"#).unwrap();
-        assert_eq!(partial.lr, 0.001);
-        assert_eq!(partial.loss.ibn_w, 2.0);
-        assert_eq!(partial.loss.angle_w, 1.0);
+        let partial: TrainConfig = serde_json::from_str(r#"{"lr": 0.001, "max_length": 32}"#).unwrap();
+        assert_eq!((partial.lr, partial.max_length), (0.001, 32));
+        assert_eq!(partial.loss, default_recipe_loss());
     }
 
     #[test]
@@ -358,6 +291,11 @@ mod tests {
         let mut c = TrainConfig::default();
         c.loss.angle_tau = 0.0;
         assert!(c.validate().unwrap_err().to_string().contains("angle_tau"));
+        let c = TrainConfig {
+            pooling: "median".into(),
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("median"));
     }
 
     #[test]

@@ -6,13 +6,18 @@
 //! it: [`trainer`] runs the loop, [`checkpoint`] writes and reads checkpoints, [`evaluate`] scores STS data.
 
 pub mod atomic;
+pub mod checkpoint;
 pub mod config;
+pub mod embed;
 pub mod error;
+pub mod evaluate;
 pub mod metrics;
 pub mod npy;
 pub mod plot;
 pub mod schedule;
 pub mod stats;
+pub mod trainer;
 
-pub use config::{AnglePooling, LossConfig, PoolingMode, TrainConfig};
+pub use config::TrainConfig;
 pub use error::{Result, TrainError};
+pub use trainer::{RunSummary, TrainOptions, train};

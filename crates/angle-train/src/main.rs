@@ -1,1 +1,536 @@
-fn main() {}
+//! `angle`: train AnglE sentence embeddings, encode texts, score STS data.
+
+use std::io::{BufRead, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use angle_encoder::Pooling;
+use angle_train::embed::{Embedder, ModelDefaults, load_model};
+use angle_train::evaluate::{evaluate, load_sts};
+use angle_train::stats::cosine;
+use angle_train::{TrainConfig, TrainOptions};
+use anyhow::{Context, bail};
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "angle",
+    version,
+    about = "AnglE sentence embeddings: train, encode, evaluate"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fine-tune a BERT-family model with the AnglE objectives.
+    Train(Box<TrainArgs>),
+    /// Embed lines of text (a file or stdin) into JSONL or .npy.
+    Encode(EncodeArgs),
+    /// Cosine similarity of texts under a model.
+    Similarity(SimilarityArgs),
+    /// Spearman and Pearson (× 100) on an STS file (STS-B CSV, STS TSV, or format A).
+    Eval(EvalArgs),
+}
+
+/// Boolean options (`--dropout`, `--skip-invalid`, ...) take `true` or `false` and mean it; alone they mean true.
+#[derive(Args)]
+#[command(args_override_self = true)]
+struct TrainArgs {
+    /// Model directory (Hugging Face layout: config.json, model.safetensors, tokenizer.json).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Training data: CSV, TSV or JSONL in angle-emb format A (text1,text2,label), B (query,positive) or C
+    /// (query,positive,negative).
+    #[arg(long)]
+    train: Option<PathBuf>,
+    /// Validation data with scores (format A): evaluated every --eval-steps, the best checkpoint kept.
+    #[arg(long)]
+    valid: Option<PathBuf>,
+    /// Output directory: checkpoint-last/, best/, metrics.jsonl, training.svg, summary.json.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Continue the run saved in this checkpoint-last directory (same data and options).
+    #[arg(long)]
+    resume: Option<PathBuf>,
+
+    /// Force the data format: A, B or C [default: from the columns].
+    #[arg(long)]
+    format: Option<String>,
+    /// Column renames, e.g. sentence1:text1,sentence2:text2,score:label.
+    #[arg(long)]
+    columns: Option<String>,
+    /// Prompt for format-A texts, with a {text} placeholder.
+    #[arg(long)]
+    text_prompt: Option<String>,
+    /// Prompt for queries (formats B, C), with {text}.
+    #[arg(long)]
+    query_prompt: Option<String>,
+    /// Prompt for positives and negatives (formats B, C), with {text}.
+    #[arg(long)]
+    doc_prompt: Option<String>,
+    /// Maximum tokens per text, special tokens included [default: 64].
+    #[arg(long)]
+    max_length: Option<usize>,
+    /// Skip malformed rows (counted in the summary) instead of stopping at the first [default: false].
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    skip_invalid: Option<bool>,
+    /// Batch texts of similar length together (changes batch composition) [default: false].
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    group_by_length: Option<bool>,
+    /// Drop examples whose text already occurs in the batch (angle-emb's filter_duplicate) instead of masking
+    /// them in the loss [default: false].
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    drop_duplicates: Option<bool>,
+
+    /// Weight of the cosine (CoSENT) objective [default: 1].
+    #[arg(long)]
+    cosine_w: Option<f64>,
+    /// Weight of in-batch negatives (format A) / query-positive contrast (format C) [default: 0].
+    #[arg(long)]
+    ibn_w: Option<f64>,
+    /// Weight of the angle objective [default: 1].
+    #[arg(long)]
+    angle_w: Option<f64>,
+    /// Weight of the query-positive-negative contrast (format C) [default: 1].
+    #[arg(long)]
+    cln_w: Option<f64>,
+    /// Scale of the cosine objective [default: 20].
+    #[arg(long)]
+    cosine_tau: Option<f64>,
+    /// Scale of in-batch negatives and the contrastive objectives [default: 20].
+    #[arg(long)]
+    ibn_tau: Option<f64>,
+    /// Scale of the angle objective [default: 20].
+    #[arg(long)]
+    angle_tau: Option<f64>,
+    /// Pooling of the angle objective: sum or mean [default: sum].
+    #[arg(long)]
+    angle_pooling: Option<String>,
+    /// Sentence pooling: mean, cls, max, cls_avg, last or a token index [default: mean].
+    #[arg(long)]
+    pooling: Option<String>,
+    /// Dropout as the model's config.json sets it (true) or none (false) [default: true].
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    dropout: Option<bool>,
+
+    /// Passes over the training data [default: 3].
+    #[arg(long)]
+    epochs: Option<u32>,
+    /// Stop after this many optimizer steps (overrides --epochs).
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Examples (pairs for format A) per micro-batch [default: 32].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Micro-batches per optimizer step [default: 1].
+    #[arg(long, alias = "gradient-accumulation-steps")]
+    grad_accum: Option<usize>,
+    /// Peak learning rate [default: 5e-5].
+    #[arg(long, alias = "learning-rate")]
+    lr: Option<f32>,
+    /// Linear warmup steps; then linear decay to 0 [default: 0].
+    #[arg(long)]
+    warmup_steps: Option<u64>,
+    /// AdamW decoupled weight decay [default: 0].
+    #[arg(long)]
+    weight_decay: Option<f32>,
+    /// Clip the global gradient norm to this; 0 disables [default: 0].
+    #[arg(long)]
+    max_grad_norm: Option<f32>,
+    /// Seed of the data order, list-field draws and dropout [default: 42].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Evaluate every N steps; 0 = at each epoch's end [default: 0].
+    #[arg(long)]
+    eval_steps: Option<u64>,
+    /// Save checkpoint-last every N steps; 0 = at each epoch's end [default: 0].
+    #[arg(long)]
+    save_steps: Option<u64>,
+    /// Write a metrics.jsonl record every N steps [default: 10].
+    #[arg(long)]
+    log_steps: Option<u64>,
+    /// Texts per batch when evaluating [default: 64].
+    #[arg(long)]
+    eval_batch_size: Option<usize>,
+    /// Worker threads; 0 = all cores [default: 0].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Show a progress bar (on a terminal; plain log lines otherwise) [default: true].
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    progress: Option<bool>,
+}
+
+impl TrainArgs {
+    /// The configuration these arguments give, and the config keys they set explicitly.
+    fn to_config(&self) -> (TrainConfig, Vec<String>) {
+        let mut c = TrainConfig::default();
+        let mut set = Vec::new();
+        macro_rules! take {
+            ($field:ident => $($target:ident).+) => {
+                if let Some(v) = &self.$field {
+                    c.$($target).+ = v.clone().into();
+                    set.push(stringify!($($target).+).replace(' ', ""));
+                }
+            };
+        }
+        take!(model => model);
+        take!(train => train);
+        take!(output => output);
+        take!(max_length => max_length);
+        take!(skip_invalid => skip_invalid);
+        take!(group_by_length => group_by_length);
+        take!(drop_duplicates => drop_duplicates);
+        take!(cosine_w => loss.cosine_w);
+        take!(ibn_w => loss.ibn_w);
+        take!(angle_w => loss.angle_w);
+        take!(cln_w => loss.cln_w);
+        take!(cosine_tau => loss.cosine_tau);
+        take!(ibn_tau => loss.ibn_tau);
+        take!(angle_tau => loss.angle_tau);
+        take!(pooling => pooling);
+        take!(dropout => dropout);
+        take!(epochs => epochs);
+        take!(batch_size => batch_size);
+        take!(grad_accum => grad_accum);
+        take!(lr => lr);
+        take!(warmup_steps => warmup_steps);
+        take!(weight_decay => weight_decay);
+        take!(max_grad_norm => max_grad_norm);
+        take!(seed => seed);
+        take!(eval_steps => eval_steps);
+        take!(save_steps => save_steps);
+        take!(log_steps => log_steps);
+        take!(eval_batch_size => eval_batch_size);
+        take!(threads => threads);
+        macro_rules! take_opt {
+            ($field:ident) => {
+                if self.$field.is_some() {
+                    c.$field = self.$field.clone();
+                    set.push(stringify!($field).to_string());
+                }
+            };
+        }
+        take_opt!(valid);
+        take_opt!(format);
+        take_opt!(columns);
+        take_opt!(text_prompt);
+        take_opt!(query_prompt);
+        take_opt!(doc_prompt);
+        take_opt!(max_steps);
+        (c, set)
+    }
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// Model or checkpoint directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Sentence pooling [default: what the directory says: angle_config.json, then 1_Pooling/config.json].
+    #[arg(long)]
+    pooling: Option<String>,
+    /// Prompt with a {text} placeholder applied to every text [default: the model's text prompt, if any].
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Maximum tokens per text [default: the directory's max_seq_length, else 512].
+    #[arg(long)]
+    max_length: Option<usize>,
+    /// Texts per forward pass [default: 64].
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Worker threads; 0 = all cores.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+#[derive(Args)]
+struct EncodeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Scale each embedding to unit length.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    normalize: bool,
+    /// Text file, one text per line [default: stdin].
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Output: FILE.npy (float32 [n, dim]) or JSONL ({"text", "embedding"} per line) [default: JSONL on stdout].
+    #[arg(long)]
+    output: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct SimilarityArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Two or more texts: the cosine of the first with each other one.
+    #[arg(required = true, num_args = 2..)]
+    texts: Vec<String>,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// STS data: STS-B CSV (sentence1,sentence2,score), STS TSV (score, s1, s2) or a format-A file.
+    #[arg(long)]
+    data: PathBuf,
+    /// Skip malformed rows (counted) instead of stopping.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    skip_invalid: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    json: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Train(a) => run_train(&a),
+        Command::Encode(a) => run_encode(&a),
+        Command::Similarity(a) => run_similarity(&a),
+        Command::Eval(a) => run_eval(&a),
+    }
+}
+
+fn set_threads(n: usize) -> anyhow::Result<()> {
+    if n > 0 {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("setting up the thread pool")?;
+    }
+    Ok(())
+}
+
+fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
+    let (given, explicit) = a.to_config();
+    if let Some(name) = &a.angle_pooling {
+        // Parsed through the loss crate's own serde names.
+        serde_json::from_value::<angle_loss::AnglePooling>(serde_json::Value::String(name.clone()))
+            .with_context(|| format!("--angle-pooling {name:?}: expected sum or mean"))?;
+    }
+    let mut given = given;
+    let mut explicit = explicit;
+    if let Some(name) = &a.angle_pooling {
+        given.loss.angle_pooling = serde_json::from_value(serde_json::Value::String(name.clone()))?;
+        explicit.push("loss.angle_pooling".into());
+    }
+    let config = match &a.resume {
+        Some(dir) => TrainConfig::merge_for_resume(&read_saved_config(dir)?, &given, &explicit)?,
+        None => {
+            if a.model.is_none() || a.train.is_none() || a.output.is_none() {
+                bail!("angle train needs --model, --train and --output (or --resume DIR)");
+            }
+            given
+        }
+    };
+    set_threads(config.threads)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                eprintln!("second Ctrl-C: exiting without saving");
+                std::process::exit(130);
+            }
+            eprintln!("Ctrl-C: saving checkpoint-last after this step (press again to quit at once)");
+        })
+        .context("installing the Ctrl-C handler")?;
+    }
+    let opts = TrainOptions {
+        stop,
+        progress: a.progress.unwrap_or(true),
+        halt_after: None,
+    };
+    let s = angle_train::train(config, a.resume.as_deref(), &opts)?;
+    println!("== run summary");
+    println!(
+        "steps {}/{} ({:.2} epochs){}",
+        s.steps,
+        s.total_steps,
+        s.epochs,
+        if s.interrupted { ", interrupted" } else { "" }
+    );
+    println!(
+        "training {:.1} s ({:.1} pairs/s, {:.0} tokens/s), evaluation {:.1} s, wall {:.1} s",
+        s.train_seconds, s.pairs_per_s, s.tokens_per_s, s.eval_seconds, s.wall_seconds
+    );
+    if let (Some(b), Some(step)) = (s.best_spearman, s.best_step) {
+        println!(
+            "best validation Spearman {b:.2} at step {step} → {}",
+            s.output.join("best").display()
+        );
+    }
+    if let Some(e) = &s.last_eval {
+        println!(
+            "last validation: Spearman {:.2} Pearson {:.2}",
+            e.spearman, e.pearson
+        );
+    }
+    println!(
+        "skipped rows: train {}, valid {}; texts truncated: {}",
+        s.skipped_train_rows, s.skipped_valid_rows, s.truncated_texts
+    );
+    println!("output: {}", s.output.display());
+    if s.interrupted {
+        std::process::exit(130);
+    }
+    Ok(())
+}
+
+/// The `train` section of a checkpoint's angle_config.json.
+fn read_saved_config(dir: &Path) -> anyhow::Result<TrainConfig> {
+    let dir = angle_train::atomic::resolve(dir)?;
+    let path = dir.join(angle_train::checkpoint::ANGLE_CONFIG);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let v: angle_train::checkpoint::AngleConfigFile =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    Ok(v.train)
+}
+
+/// Encoder, tokenizer, embedder and prompt for a model directory under the command's options.
+struct Loaded {
+    enc: angle_encoder::Encoder,
+    tok: angle_data::TextTokenizer,
+    emb: Embedder,
+    prompt: Option<angle_data::Prompt>,
+}
+
+fn load(m: &ModelArgs) -> anyhow::Result<Loaded> {
+    set_threads(m.threads)?;
+    let defaults = ModelDefaults::from_dir(&m.model)?;
+    let pooling = match &m.pooling {
+        Some(p) => Pooling::parse(p).with_context(|| format!("unknown pooling {p:?}"))?,
+        None => defaults.pooling,
+    };
+    let max_len = m.max_length.or(defaults.max_length).unwrap_or(512);
+    let (enc, tok) = load_model(&m.model, max_len)?;
+    let emb = Embedder::new(&enc, pooling, m.batch_size, tok.max_len());
+    let prompt = match m.prompt.clone().or(defaults.text_prompt) {
+        Some(p) => Some(angle_data::Prompt::new(p)?),
+        None => None,
+    };
+    Ok(Loaded {
+        enc,
+        tok,
+        emb,
+        prompt,
+    })
+}
+
+fn embed_lines(l: &mut Loaded, texts: &[String]) -> anyhow::Result<Vec<f32>> {
+    let prompted: Vec<String> = match &l.prompt {
+        Some(p) => texts.iter().map(|t| p.apply(t)).collect(),
+        None => texts.to_vec(),
+    };
+    let mut out = Vec::new();
+    l.emb.embed_texts(&l.enc, &l.tok, &prompted, &mut out)?;
+    Ok(out)
+}
+
+fn run_encode(a: &EncodeArgs) -> anyhow::Result<()> {
+    let mut l = load(&a.model)?;
+    let lines: Vec<String> = match &a.input {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("reading {}", p.display()))?
+            .lines()
+            .map(str::to_owned)
+            .collect(),
+        None => std::io::stdin()
+            .lock()
+            .lines()
+            .collect::<std::io::Result<_>>()
+            .context("reading stdin")?,
+    };
+    let texts: Vec<String> = lines.into_iter().filter(|t| !t.trim().is_empty()).collect();
+    let h = l.enc.config.hidden_size;
+    let mut emb = if texts.is_empty() {
+        Vec::new()
+    } else {
+        embed_lines(&mut l, &texts)?
+    };
+    if a.normalize {
+        for row in emb.chunks_mut(h) {
+            let norm = row
+                .iter()
+                .map(|&x| (x as f64) * (x as f64))
+                .sum::<f64>()
+                .sqrt()
+                .max(1e-12) as f32;
+            row.iter_mut().for_each(|x| *x /= norm);
+        }
+    }
+    match &a.output {
+        Some(p) if p.extension().is_some_and(|e| e == "npy") => {
+            let f = std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?;
+            let mut w = BufWriter::new(f);
+            angle_train::npy::write_npy_f32(&mut w, &emb, texts.len(), h)?;
+            w.flush()?;
+        }
+        Some(p) => {
+            let f = std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?;
+            write_jsonl(&mut BufWriter::new(f), &texts, &emb, h)?;
+        }
+        None => write_jsonl(&mut BufWriter::new(std::io::stdout().lock()), &texts, &emb, h)?,
+    }
+    Ok(())
+}
+
+fn write_jsonl(w: &mut impl Write, texts: &[String], emb: &[f32], h: usize) -> anyhow::Result<()> {
+    for (t, row) in texts.iter().zip(emb.chunks(h)) {
+        let line = serde_json::json!({"text": t, "embedding": row});
+        writeln!(w, "{line}")?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+fn run_similarity(a: &SimilarityArgs) -> anyhow::Result<()> {
+    let mut l = load(&a.model)?;
+    let emb = embed_lines(&mut l, &a.texts)?;
+    let h = l.enc.config.hidden_size;
+    let first = &emb[..h];
+    for (k, t) in a.texts.iter().enumerate().skip(1) {
+        println!("{:.4}\t{t}", cosine(first, &emb[k * h..(k + 1) * h]));
+    }
+    Ok(())
+}
+
+fn run_eval(a: &EvalArgs) -> anyhow::Result<()> {
+    let mut l = load(&a.model)?;
+    let mut prompts = angle_data::Prompts::default();
+    prompts.text = l.prompt.clone();
+    let data = load_sts(&a.data, &l.tok, &prompts, a.skip_invalid)?;
+    let mut scratch = Vec::new();
+    let s = evaluate(&l.enc, &mut l.emb, &data, &mut scratch)?;
+    let skipped = data.skip_counts().total;
+    if a.json {
+        let v = serde_json::json!({
+            "data": a.data, "spearman": s.spearman, "pearson": s.pearson, "pairs": s.pairs,
+            "skipped": skipped, "seconds": s.seconds, "pooling": l.emb.pooling().name(),
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "{}: Spearman {:.2}  Pearson {:.2}  ({} pairs, {} skipped, {:.1} s, pooling {})",
+            a.data.display(),
+            s.spearman,
+            s.pearson,
+            s.pairs,
+            skipped,
+            s.seconds,
+            l.emb.pooling().name()
+        );
+    }
+    Ok(())
+}

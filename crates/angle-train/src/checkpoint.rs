@@ -1,0 +1,325 @@
+//! Checkpoints in Hugging Face / sentence-transformers layout, plus the trainer state a resumed run needs.
+//!
+//! A model directory holds `config.json`, `model.safetensors`, the tokenizer files copied from the source model,
+//! `modules.json` + `1_Pooling/config.json` (our pooling), `sentence_bert_config.json` (our maximum length) and
+//! `angle_config.json` (the AnglE training configuration). `checkpoint-last` adds `trainer_state.json` (step, epoch,
+//! position in the epoch, seed, best score, counters) and `optimizer.safetensors` (the AdamW moments, flat, in the
+//! encoder's parameter layout). Every directory is written atomically ([`crate::atomic`]).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use angle_encoder::{Encoder, Pooling};
+use safetensors::SafeTensors;
+use safetensors::tensor::{Dtype, TensorView};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::atomic::{resolve, write_dir_atomic};
+use crate::config::TrainConfig;
+use crate::error::{Result, TrainError, io_err};
+
+pub const ANGLE_CONFIG: &str = "angle_config.json";
+pub const TRAINER_STATE: &str = "trainer_state.json";
+pub const OPTIMIZER: &str = "optimizer.safetensors";
+
+/// Files copied from the source model when present: tokenizers of the BERT and RoBERTa families and the
+/// sentence-transformers config that names the library version.
+const COPIED: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "sentencepiece.bpe.model",
+    "config_sentence_transformers.json",
+];
+
+/// Where the trainer is, and what it has counted; everything else a resumed run needs is in the config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Optimizer steps done.
+    pub step: u64,
+    pub total_steps: u64,
+    /// The epoch the next batch comes from, and its index in that epoch's plan.
+    pub epoch: u64,
+    pub batch_in_epoch: usize,
+    /// Seeds the data order, the alternatives drawn from list-valued fields, and dropout.
+    pub seed: u64,
+    pub best_spearman: Option<f64>,
+    pub best_step: Option<u64>,
+    /// Seconds of training (evaluation and checkpoint writing excluded) and examples/tokens seen, over all runs.
+    pub train_seconds: f64,
+    pub examples_seen: u64,
+    pub tokens_seen: u64,
+    /// Number of examples of the training file, to catch a resume against a different file.
+    pub train_examples: usize,
+}
+
+/// What `angle_config.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AngleConfigFile {
+    pub pooling: String,
+    pub max_length: usize,
+    pub text_prompt: Option<String>,
+    pub query_prompt: Option<String>,
+    pub doc_prompt: Option<String>,
+    pub step: u64,
+    pub train: TrainConfig,
+}
+
+/// A sentence-transformers pooling config for `pooling`; `None` for poolings sentence-transformers lacks
+/// (`cls_avg`, a fixed token index), which only `angle_config.json` can express.
+fn st_pooling(pooling: Pooling, dim: usize) -> Option<serde_json::Value> {
+    let mode = match pooling {
+        Pooling::Cls => "pooling_mode_cls_token",
+        Pooling::Mean => "pooling_mode_mean_tokens",
+        Pooling::Max => "pooling_mode_max_tokens",
+        Pooling::Last => "pooling_mode_lasttoken",
+        Pooling::ClsAvg | Pooling::Token(_) => return None,
+    };
+    let mut v = json!({
+        "word_embedding_dimension": dim,
+        "pooling_mode_cls_token": false,
+        "pooling_mode_mean_tokens": false,
+        "pooling_mode_max_tokens": false,
+        "pooling_mode_mean_sqrt_len_tokens": false,
+        "pooling_mode_weightedmean_tokens": false,
+        "pooling_mode_lasttoken": false,
+    });
+    v[mode] = json!(true);
+    Some(v)
+}
+
+fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(v).map_err(|source| TrainError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    std::fs::write(path, text + "\n").map_err(io_err(path))
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    serde_json::from_str(&text).map_err(|source| TrainError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes the model files of a checkpoint into `dir` (which exists and is empty).
+pub fn write_model_files(
+    dir: &Path,
+    enc: &Encoder,
+    files_from: &Path,
+    config: &TrainConfig,
+    pooling: Pooling,
+    step: u64,
+) -> Result<()> {
+    // config.json is copied when the source has one, so keys we do not model (`_name_or_path`,
+    // `architectures`, ...) survive; the weights keep the layout it describes.
+    let src_cfg = files_from.join("config.json");
+    if src_cfg.is_file() {
+        std::fs::copy(&src_cfg, dir.join("config.json")).map_err(io_err(&src_cfg))?;
+    } else {
+        let p = dir.join("config.json");
+        std::fs::write(&p, enc.config.to_json_string()).map_err(io_err(&p))?;
+    }
+    enc.save(dir.join("model.safetensors"))
+        .map_err(|e| TrainError::Encoder(e.to_string()))?;
+    for name in COPIED {
+        let src = files_from.join(name);
+        if src.is_file() {
+            std::fs::copy(&src, dir.join(name)).map_err(io_err(&src))?;
+        }
+    }
+    let h = enc.config.hidden_size;
+    match st_pooling(pooling, h) {
+        Some(pool) => {
+            let modules = json!([
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            ]);
+            write_json(&dir.join("modules.json"), &modules)?;
+            let pdir = dir.join("1_Pooling");
+            std::fs::create_dir_all(&pdir).map_err(io_err(&pdir))?;
+            write_json(&pdir.join("config.json"), &pool)?;
+        }
+        None => {
+            // A stale modules.json copied along would claim another pooling: none is written instead.
+            tracing::warn!(
+                "pooling {} has no sentence-transformers equivalent; only {ANGLE_CONFIG} records it",
+                pooling.name()
+            );
+        }
+    }
+    write_json(
+        &dir.join("sentence_bert_config.json"),
+        &json!({"max_seq_length": config.max_length, "do_lower_case": false}),
+    )?;
+    let angle = AngleConfigFile {
+        pooling: pooling.name(),
+        max_length: config.max_length,
+        text_prompt: config.text_prompt.clone(),
+        query_prompt: config.query_prompt.clone(),
+        doc_prompt: config.doc_prompt.clone(),
+        step,
+        train: config.clone(),
+    };
+    write_json(&dir.join(ANGLE_CONFIG), &angle)
+}
+
+/// Writes a model-only checkpoint (e.g. `best`) atomically.
+pub fn save_model_dir(
+    dest: &Path,
+    enc: &Encoder,
+    files_from: &Path,
+    config: &TrainConfig,
+    pooling: Pooling,
+    step: u64,
+) -> Result<()> {
+    write_dir_atomic(dest, |dir| {
+        write_model_files(dir, enc, files_from, config, pooling, step)
+    })
+}
+
+/// Writes a resumable checkpoint (model files, trainer state, optimizer moments) atomically.
+pub fn save_training_checkpoint(
+    dest: &Path,
+    enc: &Encoder,
+    files_from: &Path,
+    config: &TrainConfig,
+    pooling: Pooling,
+    state: &TrainerState,
+) -> Result<()> {
+    write_dir_atomic(dest, |dir| {
+        write_model_files(dir, enc, files_from, config, pooling, state.step)?;
+        write_json(&dir.join(TRAINER_STATE), state)?;
+        save_moments(&dir.join(OPTIMIZER), &enc.buffers.adam_m, &enc.buffers.adam_v)
+    })
+}
+
+fn save_moments(path: &Path, m: &[f32], v: &[f32]) -> Result<()> {
+    let st_err = |e: safetensors::SafeTensorError| TrainError::Safetensors {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    };
+    let (mb, vb) = (bytemuck_bytes(m), bytemuck_bytes(v));
+    let tensors = [
+        (
+            "adam_m",
+            TensorView::new(Dtype::F32, vec![m.len()], &mb).map_err(st_err)?,
+        ),
+        (
+            "adam_v",
+            TensorView::new(Dtype::F32, vec![v.len()], &vb).map_err(st_err)?,
+        ),
+    ];
+    let meta = HashMap::from([(
+        "layout".to_string(),
+        "angle-encoder ParamLayout, flat".to_string(),
+    )]);
+    safetensors::serialize_to_file(tensors, Some(meta), path).map_err(st_err)
+}
+
+/// Little-endian bytes of an f32 slice (safetensors' byte order).
+fn bytemuck_bytes(x: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(x.len() * 4);
+    for v in x {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+/// A resumable checkpoint read back.
+#[derive(Debug)]
+pub struct Resumed {
+    pub dir: std::path::PathBuf,
+    pub config: TrainConfig,
+    pub state: TrainerState,
+    pub adam_m: Vec<f32>,
+    pub adam_v: Vec<f32>,
+}
+
+/// Reads `trainer_state.json`, `angle_config.json` and the moments of a `checkpoint-last` directory (or the
+/// `.old` copy a kill between renames left). The weights are loaded by the caller with the encoder.
+pub fn load_training_checkpoint(path: &Path, params: usize) -> Result<Resumed> {
+    let dir = resolve(path)?;
+    let state: TrainerState = read_json(&dir.join(TRAINER_STATE))?;
+    let angle: AngleConfigFile = read_json(&dir.join(ANGLE_CONFIG))?;
+    let opt = dir.join(OPTIMIZER);
+    let bytes = std::fs::read(&opt).map_err(io_err(&opt))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| TrainError::Safetensors {
+        path: opt.clone(),
+        msg: e.to_string(),
+    })?;
+    let take = |name: &str| -> Result<Vec<f32>> {
+        let t = st.tensor(name).map_err(|e| TrainError::Safetensors {
+            path: opt.clone(),
+            msg: format!("{name}: {e}"),
+        })?;
+        if t.dtype() != Dtype::F32 || t.shape() != [params] {
+            return Err(TrainError::Checkpoint {
+                path: opt.clone(),
+                msg: format!(
+                    "{name}: expected f32 [{params}], found {:?} {:?}",
+                    t.dtype(),
+                    t.shape()
+                ),
+            });
+        }
+        Ok(t.data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    };
+    let adam_m = take("adam_m")?;
+    let adam_v = take("adam_v")?;
+    Ok(Resumed {
+        dir,
+        config: angle.train,
+        state,
+        adam_m,
+        adam_v,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pooling_configs_name_exactly_one_mode() {
+        for (p, key) in [
+            (Pooling::Mean, "pooling_mode_mean_tokens"),
+            (Pooling::Cls, "pooling_mode_cls_token"),
+            (Pooling::Max, "pooling_mode_max_tokens"),
+        ] {
+            let v = st_pooling(p, 8).unwrap();
+            let on: Vec<&str> = v
+                .as_object()
+                .unwrap()
+                .iter()
+                .filter(|(_, v)| v.as_bool() == Some(true))
+                .map(|(k, _)| k.as_str())
+                .collect();
+            assert_eq!(on, vec![key]);
+            // The encoder crate reads it back as the same pooling.
+            let back = Pooling::from_sentence_transformers_json(&v.to_string(), Path::new("x")).unwrap();
+            assert_eq!(back, p);
+        }
+        assert!(st_pooling(Pooling::ClsAvg, 8).is_none());
+    }
+
+    #[test]
+    fn moments_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(OPTIMIZER);
+        save_moments(&p, &[1.0, -2.5, 3.25], &[0.5, 0.0, 1e-20]).unwrap();
+        let bytes = std::fs::read(&p).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(st.tensor("adam_v").unwrap().shape(), [3]);
+    }
+}

@@ -1,0 +1,73 @@
+//! STS evaluation: Spearman and Pearson (× 100) of the cosine similarity of each pair's embeddings against the gold
+//! scores, as angle-emb and sentence-transformers report them.
+
+use std::path::Path;
+use std::time::Instant;
+
+use angle_data::{Dataset, Format, Prompts, ReadOptions, TextTokenizer};
+use angle_encoder::Encoder;
+use serde::{Deserialize, Serialize};
+
+use crate::embed::Embedder;
+use crate::error::{Result, TrainError};
+use crate::stats::{cosine, pearson, spearman};
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StsScores {
+    pub spearman: f64,
+    pub pearson: f64,
+    pub pairs: usize,
+    pub seconds: f64,
+}
+
+/// Reads an STS file for evaluation: STS-B CSV, SentEval STS TSV, or any format-A file (detected by angle-data).
+pub fn load_sts(path: &Path, tok: &TextTokenizer, prompts: &Prompts, skip_invalid: bool) -> Result<Dataset> {
+    let opts = ReadOptions {
+        skip_invalid,
+        ..ReadOptions::default()
+    };
+    let data = Dataset::load(path, &opts, prompts, tok).map_err(|e| TrainError::Data(e.to_string()))?;
+    if data.format() != Format::A {
+        return Err(TrainError::Data(format!(
+            "{}: evaluation needs scored pairs (format A: text1, text2, label); this file is format {:?}",
+            path.display(),
+            data.format()
+        )));
+    }
+    if data.len() < 2 {
+        return Err(TrainError::Data(format!(
+            "{}: fewer than 2 pairs to correlate",
+            path.display()
+        )));
+    }
+    Ok(data)
+}
+
+/// Scores a format-A dataset. `scratch` holds the embeddings of the distinct texts (reused across evaluations).
+pub fn evaluate(
+    enc: &Encoder,
+    emb: &mut Embedder,
+    data: &Dataset,
+    scratch: &mut Vec<f32>,
+) -> Result<StsScores> {
+    let started = Instant::now();
+    emb.embed_dataset(enc, data, scratch)?;
+    let h = enc.config.hidden_size;
+    let row = |t: usize| &scratch[t * h..(t + 1) * h];
+    let sims: Vec<f64> = (0..data.len())
+        .map(|e| cosine(row(data.text_of(e, 0, 0, 0)), row(data.text_of(e, 1, 0, 0))))
+        .collect();
+    let gold: Vec<f64> = data.labels().iter().map(|&l| l as f64).collect();
+    let undefined = || {
+        TrainError::Data(format!(
+            "{}: correlation undefined (constant scores)",
+            data.path().display()
+        ))
+    };
+    Ok(StsScores {
+        spearman: 100.0 * spearman(&sims, &gold).ok_or_else(undefined)?,
+        pearson: 100.0 * pearson(&sims, &gold).ok_or_else(undefined)?,
+        pairs: data.len(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
