@@ -1,7 +1,7 @@
 //! Global gradient norm, clipping and fused AdamW over the flat f32 buffers; kernels in
 //! `adamw.cu`.
 
-use super::context::{arg_err, check_len, kargs, Gpu, GpuError, KernelSource};
+use super::context::{Gpu, GpuError, KernelSource, arg_err, check_len, kargs};
 use super::memory::DSlice;
 
 pub(crate) const SRC: KernelSource = KernelSource {

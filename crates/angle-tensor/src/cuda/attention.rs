@@ -3,8 +3,8 @@
 //! the batch). Padded rows and columns are zeros and the softmax masks columns `j >= len_b`,
 //! so the real rows equal [`crate::cpu::attention_forward`]'s, dropout numbering included.
 
-use super::blas::{gemm_strided_batched, Gemm, MatOp};
-use super::context::{check_len, dim, kargs, Gpu, GpuError, KernelSource};
+use super::blas::{Gemm, MatOp, gemm_strided_batched};
+use super::context::{Gpu, GpuError, KernelSource, check_len, dim, kargs};
 use super::memory::{DSlice, DType};
 
 pub(crate) const SRC: KernelSource = KernelSource {
@@ -71,7 +71,21 @@ fn geo_args(op: &'static str, s: &AttentionShape) -> Result<[i32; 4], GpuError> 
     ])
 }
 
-fn batched(ta: MatOp, tb: MatOp, m: usize, n: usize, k: usize, alpha: f32, lda: usize, ldb: usize, ldc: usize, sa: usize, sb: usize, sc: usize, batch: usize) -> Gemm {
+fn batched(
+    ta: MatOp,
+    tb: MatOp,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    lda: usize,
+    ldb: usize,
+    ldc: usize,
+    sa: usize,
+    sb: usize,
+    sc: usize,
+    batch: usize,
+) -> Gemm {
     Gemm {
         ta,
         tb,
@@ -138,12 +152,37 @@ pub fn attention_forward<T: DType>(
         (super::grid_1d(pl), 1, 1),
         256,
         0,
-        &mut kargs![saved.q, saved.k, saved.v, qkv, qkv_bias.unwrap_or(DSlice::null()), offsets, b, nh, tm, hd],
+        &mut kargs![
+            saved.q,
+            saved.k,
+            saved.v,
+            qkv,
+            qkv_bias.unwrap_or(DSlice::null()),
+            offsets,
+            b,
+            nh,
+            tm,
+            hd
+        ],
     )?;
     let (t, d, bh) = (s.t_max, s.head_dim, s.batch * s.n_heads);
     let scale = 1.0 / (d as f32).sqrt();
     // scores (row-major [i][j] = q_i·k_j) = column-major Kᵀ·Q.
-    let g = batched(MatOp::T, MatOp::N, t, t, d, scale, d, d, t, t * d, t * d, t * t, bh);
+    let g = batched(
+        MatOp::T,
+        MatOp::N,
+        t,
+        t,
+        d,
+        scale,
+        d,
+        d,
+        t,
+        t * d,
+        t * d,
+        t * t,
+        bh,
+    );
     gemm_strided_batched(gpu, g, saved.k, saved.q, scores)?;
     let (p, seed) = dropout.unwrap_or((0.0, 0));
     let (thr, dscale) = super::dropout::params(OP, p)?;
@@ -154,7 +193,20 @@ pub fn attention_forward<T: DType>(
         (rows.div_ceil(8).max(1) as u32, 1, 1),
         256,
         0,
-        &mut kargs![saved.probs, scores, scores, offsets, pbase, b, nh, tm, thr, dscale, seed, i32::from(p > 0.0)],
+        &mut kargs![
+            saved.probs,
+            scores,
+            scores,
+            offsets,
+            pbase,
+            b,
+            nh,
+            tm,
+            thr,
+            dscale,
+            seed,
+            i32::from(p > 0.0)
+        ],
     )?;
     let pmat = if p > 0.0 { scores } else { saved.probs };
     // ctx (row-major [i][d] = Σ_j P[i][j] v_j[d]) = column-major V·P.
@@ -192,7 +244,15 @@ pub fn attention_backward<T: DType>(
     let [dq, dk, dv, dctx] = grads;
     check_len(OP, "dqkv", dqkv.len(), s.rows * 3 * h)?;
     check_len(OP, "dout", dout.len(), s.rows * h)?;
-    for (name, v) in [("q", saved.q), ("k", saved.k), ("v", saved.v), ("dq", dq), ("dk", dk), ("dv", dv), ("dctx", dctx)] {
+    for (name, v) in [
+        ("q", saved.q),
+        ("k", saved.k),
+        ("v", saved.v),
+        ("dq", dq),
+        ("dk", dk),
+        ("dv", dv),
+        ("dctx", dctx),
+    ] {
         check_len(OP, name, v.len(), pl)?;
     }
     check_len(OP, "probs", saved.probs.len(), sl)?;
@@ -235,12 +295,52 @@ pub fn attention_backward<T: DType>(
         ((bh * t).div_ceil(8).max(1) as u32, 1, 1),
         256,
         0,
-        &mut kargs![scores, saved.probs, offsets, pbase, b, nh, tm, thr, dscale, seed, i32::from(p > 0.0)],
+        &mut kargs![
+            scores,
+            saved.probs,
+            offsets,
+            pbase,
+            b,
+            nh,
+            tm,
+            thr,
+            dscale,
+            seed,
+            i32::from(p > 0.0)
+        ],
     )?;
     // dQ = dS K / √d: column-major K · dS; dK = dSᵀ Q / √d: column-major Q · dSᵀ.
-    let g = batched(MatOp::N, MatOp::N, d, t, t, scale, d, t, d, t * d, t * t, t * d, bh);
+    let g = batched(
+        MatOp::N,
+        MatOp::N,
+        d,
+        t,
+        t,
+        scale,
+        d,
+        t,
+        d,
+        t * d,
+        t * t,
+        t * d,
+        bh,
+    );
     gemm_strided_batched(gpu, g, saved.k, scores, dq)?;
-    let g = batched(MatOp::N, MatOp::T, d, t, t, scale, d, t, d, t * d, t * t, t * d, bh);
+    let g = batched(
+        MatOp::N,
+        MatOp::T,
+        d,
+        t,
+        t,
+        scale,
+        d,
+        t,
+        d,
+        t * d,
+        t * t,
+        t * d,
+        bh,
+    );
     gemm_strided_batched(gpu, g, saved.q, scores, dk)?;
     gpu.launch(
         &SRC,

@@ -7,11 +7,9 @@ use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use cudarc::cublas::result as blas;
-use cudarc::cublas::sys::{
-    cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType,
-};
+use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
 
-use super::context::{check_len, dim, Gpu, GpuError};
+use super::context::{Gpu, GpuError, check_len, dim};
 use super::memory::{DSlice, DType};
 
 /// Whether f32 products may use TF32 tensor cores (default: yes; checks switch it off to
@@ -105,7 +103,11 @@ pub fn gemm_strided_batched<A: DType, C: DType>(
     };
     let (alpha, beta) = (g.alpha, g.beta);
     let (m, n, k) = (dim(OP, "m", g.m)?, dim(OP, "n", g.n)?, dim(OP, "k", g.k)?);
-    let (lda, ldb, ldc) = (dim(OP, "lda", g.lda)?, dim(OP, "ldb", g.ldb)?, dim(OP, "ldc", g.ldc)?);
+    let (lda, ldb, ldc) = (
+        dim(OP, "lda", g.lda)?,
+        dim(OP, "ldb", g.ldb)?,
+        dim(OP, "ldc", g.ldc)?,
+    );
     let batch = dim(OP, "batch", g.batch)?;
     let algo = cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT;
     // SAFETY: operand extents were checked above; alpha/beta are f32 as COMPUTE_32F* wants.

@@ -1,12 +1,12 @@
 //! The device context: library probe, stream, cuBLAS handle and the per-process kernel cache.
 
 use std::collections::HashMap;
-use std::ffi::{c_void, CString};
+use std::ffi::{CString, c_void};
 use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
-use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys, Ptx};
+use cudarc::nvrtc::{Ptx, result as nvrtc, sys as nvrtc_sys};
 
 /// Errors of the CUDA backend: each names the op, kernel file or tensor at fault.
 #[derive(Debug, thiserror::Error)]

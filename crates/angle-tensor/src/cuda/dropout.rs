@@ -1,6 +1,6 @@
 //! Standalone dropout with the counter-based mask of [`crate::rng`]; kernels in `dropout.cu`.
 
-use super::context::{check_len, kargs, Gpu, GpuError, KernelSource};
+use super::context::{Gpu, GpuError, KernelSource, check_len, kargs};
 use super::memory::{DSlice, DType};
 
 pub(crate) const SRC: KernelSource = KernelSource {
@@ -13,7 +13,10 @@ pub(crate) fn params(op: &'static str, p: f32) -> Result<(i32, f32), GpuError> {
     if !(0.0..1.0).contains(&p) {
         return Err(super::context::arg_err(op, "p", format!("{p} is outside [0, 1)")));
     }
-    Ok((crate::rng::keep_threshold(f64::from(p)) as i32, 1.0f32 / (1.0f32 - p)))
+    Ok((
+        crate::rng::keep_threshold(f64::from(p)) as i32,
+        1.0f32 / (1.0f32 - p),
+    ))
 }
 
 /// `out[i] = keep(seed, i) ? inp[i] / (1 - p) : 0`, as [`crate::cpu::dropout_forward`].
@@ -29,7 +32,11 @@ pub fn dropout_forward<T: DType>(
     check_len(OP, "out", out.len(), n)?;
     check_len(OP, "inp", inp.len(), n)?;
     if p == 0.0 {
-        return if out.ptr == inp.ptr { Ok(()) } else { gpu.copy(out, inp) };
+        return if out.ptr == inp.ptr {
+            Ok(())
+        } else {
+            gpu.copy(out, inp)
+        };
     }
     let (thr, scale) = params(OP, p)?;
     let name = super::kname::<T>("dropout_forward_f32", "dropout_forward_bf16");

@@ -1,6 +1,6 @@
 //! Embedding gather (forward) and scatter-add (backward); kernels in `embedding.cu`.
 
-use super::context::{blocks, check_len, dim, kargs, Gpu, GpuError, KernelSource};
+use super::context::{Gpu, GpuError, KernelSource, blocks, check_len, dim, kargs};
 use super::memory::{DSlice, DType};
 
 pub(crate) const SRC: KernelSource = KernelSource {
@@ -35,7 +35,17 @@ pub fn embedding_forward<T: DType>(
         (blocks(n, 1), 1, 1),
         256,
         0,
-        &mut kargs![out, ids, positions, type_ids, word, pos, typ, dim(OP, "n", n)?, dim(OP, "hidden", hidden)?],
+        &mut kargs![
+            out,
+            ids,
+            positions,
+            type_ids,
+            word,
+            pos,
+            typ,
+            dim(OP, "n", n)?,
+            dim(OP, "hidden", hidden)?
+        ],
     )
 }
 
@@ -65,6 +75,16 @@ pub fn embedding_backward<T: DType>(
         (blocks(n, 1), 1, 1),
         256,
         0,
-        &mut kargs![dword, dpos, dtyp, dout, ids, positions, type_ids, dim(OP, "n", n)?, dim(OP, "hidden", hidden)?],
+        &mut kargs![
+            dword,
+            dpos,
+            dtyp,
+            dout,
+            ids,
+            positions,
+            type_ids,
+            dim(OP, "n", n)?,
+            dim(OP, "hidden", hidden)?
+        ],
     )
 }

@@ -1,6 +1,6 @@
 //! Bias + GELU (erf), fused; kernels in `gelu.cu`.
 
-use super::context::{check_len, dim, kargs, Gpu, GpuError, KernelSource};
+use super::context::{Gpu, GpuError, KernelSource, check_len, dim, kargs};
 use super::memory::{DSlice, DType};
 
 pub(crate) const SRC: KernelSource = KernelSource {
@@ -32,7 +32,13 @@ pub fn bias_gelu_forward<T: DType>(
         (super::grid_1d(n), 1, 1),
         256,
         0,
-        &mut kargs![out, pre, bias.unwrap_or(DSlice::null()), n as u64, dim(OP, "cols", cols)?],
+        &mut kargs![
+            out,
+            pre,
+            bias.unwrap_or(DSlice::null()),
+            n as u64,
+            dim(OP, "cols", cols)?
+        ],
     )
 }
 

@@ -1,7 +1,7 @@
 //! Residual + layer norm, fused (with the sublayer's bias and dropout); kernels in
 //! `layernorm.cu`.
 
-use super::context::{arg_err, check_len, dim, kargs, Gpu, GpuError, KernelSource};
+use super::context::{Gpu, GpuError, KernelSource, arg_err, check_len, dim, kargs};
 use super::memory::{DSlice, DType};
 
 pub(crate) const SRC: KernelSource = KernelSource {

@@ -1,7 +1,7 @@
 //! The AnglE format-A objective on the device (forward and gradient, no host round trip per
 //! step); kernel in `loss.cu`.
 
-use super::context::{arg_err, check_len, dim, kargs, Gpu, GpuError, KernelSource};
+use super::context::{Gpu, GpuError, KernelSource, arg_err, check_len, dim, kargs};
 use super::memory::{DSlice, DeviceBuffer};
 
 pub(crate) const SRC: KernelSource = KernelSource {
@@ -59,10 +59,18 @@ pub fn angle_objective(
 ) -> Result<(), GpuError> {
     const OP: &str = "angle_objective";
     if pairs > obj.max_pairs {
-        return Err(arg_err(OP, "pairs", format!("{pairs} > {} allocated", obj.max_pairs)));
+        return Err(arg_err(
+            OP,
+            "pairs",
+            format!("{pairs} > {} allocated", obj.max_pairs),
+        ));
     }
     if width % 2 != 0 && obj.angle_w != 0.0 {
-        return Err(arg_err(OP, "dim", "the angle objective splits embeddings in halves: odd width"));
+        return Err(arg_err(
+            OP,
+            "dim",
+            "the angle objective splits embeddings in halves: odd width",
+        ));
     }
     check_len(OP, "loss", loss.len(), 1)?;
     check_len(OP, "y", y.len(), 2 * pairs * width)?;

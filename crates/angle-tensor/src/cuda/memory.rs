@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use cudarc::driver::{CudaSlice, DevicePtr};
 
-use super::context::{arg_err, drv, Gpu, GpuError};
+use super::context::{Gpu, GpuError, arg_err, drv};
 
 /// Element types that live on the device.
 pub trait DType: Copy + Default + cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits {

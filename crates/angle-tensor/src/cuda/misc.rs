@@ -1,6 +1,6 @@
 //! Bias add, bias gradient, casts and fills; kernels in `misc.cu`.
 
-use super::context::{check_len, dim, kargs, Gpu, GpuError, KernelSource};
+use super::context::{Gpu, GpuError, KernelSource, check_len, dim, kargs};
 use super::memory::{DSlice, DType};
 
 pub(crate) const SRC: KernelSource = KernelSource {
@@ -52,7 +52,13 @@ pub fn bias_grad<T: DType>(
         ),
         256,
         0,
-        &mut kargs![dbias, dout, dim(OP, "rows", rows)?, dim(OP, "cols", cols)?, BIAS_ROWS_PER_BLOCK as i32],
+        &mut kargs![
+            dbias,
+            dout,
+            dim(OP, "rows", rows)?,
+            dim(OP, "cols", cols)?,
+            BIAS_ROWS_PER_BLOCK as i32
+        ],
     )
 }
 

@@ -32,21 +32,19 @@ mod misc;
 mod pooling;
 
 pub use adamw::{adamw_update, grad_norm_sq, scale_by_norm};
-pub use attention::{
-    attention_backward, attention_forward, attention_scratch_len, AttentionShape,
-};
-pub use blas::{gemm_strided_batched, linear_backward, linear_forward, Gemm, MatOp};
-pub use context::{compile_all_for_arch, driver_probe, Gpu, GpuError, KernelSource, SOURCES};
+pub use attention::{AttentionSaved, attention_pbase};
+pub use attention::{AttentionShape, attention_backward, attention_forward, attention_scratch_len};
+pub use blas::{Gemm, MatOp, gemm_strided_batched, linear_backward, linear_forward};
+pub use context::{Gpu, GpuError, KernelSource, SOURCES, compile_all_for_arch, driver_probe};
 pub use dropout::{dropout_backward, dropout_forward};
 pub use embedding::{embedding_backward, embedding_forward};
 pub use gelu::{bias_gelu_backward, bias_gelu_forward};
 pub use layernorm::{residual_layernorm_backward, residual_layernorm_forward};
-pub use loss::{angle_objective, AngleObjective};
+pub use loss::{AngleObjective, angle_objective};
 pub use memory::{DSlice, DType, DeviceBuffer};
-pub use misc::{bias_grad, cast_bf16_to_f32, cast_f32_to_bf16, fill};
-pub use pooling::{pooling_backward, pooling_forward, Pooling};
-pub use attention::{attention_pbase, AttentionSaved};
 pub use misc::add_bias;
+pub use misc::{bias_grad, cast_bf16_to_f32, cast_f32_to_bf16, fill};
+pub use pooling::{Pooling, pooling_backward, pooling_forward};
 
 /// The kernel name for element type `T` (each kernel exists as `_f32` and `_bf16`).
 fn kname<T: DType>(f32_name: &'static str, bf16_name: &'static str) -> &'static str {

@@ -12,7 +12,7 @@ __device__ void pool_fwd(float* out, const T* x, const int* off, int B, int H, i
             s = len > 0 ? tof(x[(long long)r0 * H + c]) : 0.0f;
         } else {
             for (int t = 0; t < len; t++) s += tof(x[(long long)(r0 + t) * H + c]);
-            s = len > 0 ? s / (float)len : 0.0f;
+            s = len > 0 ? s * (1.0f / (float)len) : 0.0f;
         }
         out[(long long)b * H + c] = s;
     }
@@ -33,7 +33,7 @@ __device__ void pool_bwd(T* dx, const float* dout, const int* off, int B, int H,
             if (mode == 1) {
                 g = t == 0 ? dout[(long long)b * H + c] : 0.0f;
             } else {
-                g = dout[(long long)b * H + c] / (float)len;
+                g = dout[(long long)b * H + c] * (1.0f / (float)len);
             }
             if (accumulate) g += tof(dx[i]);
             dx[i] = fromf<T>(g);

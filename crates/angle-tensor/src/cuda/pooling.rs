@@ -1,7 +1,7 @@
 //! Sentence pooling (mean over each sequence's tokens, or its first token); kernels in
 //! `pooling.cu`. Pooled embeddings are f32.
 
-use super::context::{check_len, dim, kargs, Gpu, GpuError, KernelSource};
+use super::context::{Gpu, GpuError, KernelSource, check_len, dim, kargs};
 use super::memory::{DSlice, DType};
 
 pub(crate) const SRC: KernelSource = KernelSource {
@@ -46,7 +46,14 @@ pub fn pooling_forward<T: DType>(
         (batch.max(1) as u32, 1, 1),
         256,
         0,
-        &mut kargs![out, x, offsets, dim(OP, "batch", batch)?, dim(OP, "hidden", hidden)?, mode(pooling)],
+        &mut kargs![
+            out,
+            x,
+            offsets,
+            dim(OP, "batch", batch)?,
+            dim(OP, "hidden", hidden)?,
+            mode(pooling)
+        ],
     )
 }
 

@@ -1,7 +1,7 @@
 //! Tests that run without a GPU: every kernel file compiles with NVRTC for sm_90 (CI installs
 //! NVRTC with `.ci/install-nvrtc.sh`); GPU checks say they were skipped and why.
 
-use super::{compile_all_for_arch, Gpu, GpuError};
+use super::{Gpu, GpuError, compile_all_for_arch};
 
 const TEST_NAME: &str = "cuda::tests::every_kernel_compiles_for_sm90";
 const CHILD_ENV: &str = "ANGLE_NVRTC_CHILD";
@@ -11,8 +11,7 @@ fn nvrtc_dir() -> std::path::PathBuf {
     if let Some(d) = std::env::var_os("ANGLE_NVRTC_DIR") {
         return d.into();
     }
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../.angle-cache/nvrtc/13.0.88/nvidia/cu13/lib")
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.angle-cache/nvrtc/13.0.88/nvidia/cu13/lib")
 }
 
 #[test]
