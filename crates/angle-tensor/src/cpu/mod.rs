@@ -1,0 +1,26 @@
+//! CPU ops: one module per op family, all re-exported here.
+
+mod adamw;
+mod attention;
+mod dropout;
+mod embedding;
+mod float;
+mod gelu;
+mod gemm;
+mod layernorm;
+mod linear;
+mod residual;
+
+#[cfg(test)]
+pub(crate) mod testutil;
+
+pub use adamw::{adamw_update, clip_grad_norm, grad_norm, scale};
+pub use attention::{AttentionDropout, attention_backward, attention_forward, attention_probs_len};
+pub use dropout::{dropout_backward, dropout_forward, dropout_forward_inplace};
+pub use embedding::{embedding_backward, embedding_forward};
+pub use float::Float;
+pub use gelu::{GeluKind, erf_f32, erf_f64, gelu_backward, gelu_forward};
+pub use gemm::{MatMut, MatRef, gemm};
+pub use layernorm::{layernorm_backward, layernorm_forward};
+pub use linear::{linear_backward, linear_forward};
+pub use residual::{residual_backward, residual_forward};
