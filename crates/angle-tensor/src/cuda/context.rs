@@ -178,6 +178,21 @@ pub fn compile_all_for_arch(arch: &str) -> Result<Vec<(&'static str, usize)>, Gp
         .collect()
 }
 
+/// CUBINs compiled so far in this process, by (file, arch): a second [`Gpu`] (or a context
+/// re-created between benchmarks) loads them without compiling again.
+fn cached_cubin(k: &KernelSource, arch: &str) -> Result<Vec<u8>, GpuError> {
+    type Cache = Mutex<HashMap<(&'static str, String), Vec<u8>>>;
+    static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    let key = (k.file, arch.to_string());
+    if let Some(c) = cache.lock().expect("CUBIN cache poisoned").get(&key) {
+        return Ok(c.clone());
+    }
+    let c = compile_cubin(k, arch)?;
+    cache.lock().expect("CUBIN cache poisoned").insert(key, c.clone());
+    Ok(c)
+}
+
 fn probe_nvrtc() -> Result<(), GpuError> {
     // SAFETY: only tries dlopen on the candidate names; nothing is called.
     if unsafe { nvrtc_sys::is_culib_present() } {
@@ -332,7 +347,7 @@ impl Gpu {
             match modules.get(k.file) {
                 Some(m) => m.clone(),
                 None => {
-                    let cubin = compile_cubin(k, &self.arch)?;
+                    let cubin = cached_cubin(k, &self.arch)?;
                     let m = self
                         .ctx
                         .load_module(Ptx::from_binary(cubin))
