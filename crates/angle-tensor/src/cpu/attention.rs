@@ -106,7 +106,7 @@ fn softmax_rows<T: Float>(p: &mut [T], len: usize) {
         let max = row.iter().copied().fold(T::neg_infinity(), T::max);
         let mut sum = T::zero();
         for v in row.iter_mut() {
-            *v = (*v - max).exp();
+            *v = (*v - max).exp_();
             sum += *v;
         }
         let inv = T::one() / sum;

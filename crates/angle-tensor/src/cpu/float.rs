@@ -23,6 +23,12 @@ pub trait Float:
     /// The error function, accurate to the type's precision (see [`super::erf_f32`],
     /// [`super::erf_f64`]). Named to avoid the unstable inherent `f32::erf`.
     fn erf_(self) -> Self;
+    /// `(erf(x), e^{-x²})` (GELU's forward and derivative need both).
+    fn erf_gauss(self) -> (Self, Self);
+    /// e^x: vectorisable polynomial for f32 (2 ulp), std for f64.
+    fn exp_(self) -> Self;
+    /// tanh: vectorisable for f32 (1e-7 absolute), std for f64.
+    fn tanh_(self) -> Self;
     /// The GEMM backend for this type: `C = alpha * A * B + beta * C` with `A` `m x k`,
     /// `B` `k x n`, `C` `m x n`, each given by a pointer and (row, column) strides in elements.
     /// When `beta == 0`, `C` is not read.
@@ -61,7 +67,19 @@ impl Float for f32 {
     }
     #[inline(always)]
     fn erf_(self) -> Self {
-        super::gelu::erf_f32(self)
+        super::math::erf_f32(self)
+    }
+    #[inline(always)]
+    fn erf_gauss(self) -> (Self, Self) {
+        super::math::erf_gauss_f32(self)
+    }
+    #[inline(always)]
+    fn exp_(self) -> Self {
+        super::math::exp_f32(self)
+    }
+    #[inline(always)]
+    fn tanh_(self) -> Self {
+        super::math::tanh_f32(self)
     }
     unsafe fn gemm_raw(
         m: usize,
@@ -96,6 +114,18 @@ impl Float for f64 {
     #[inline(always)]
     fn erf_(self) -> Self {
         super::gelu::erf_f64(self)
+    }
+    #[inline(always)]
+    fn erf_gauss(self) -> (Self, Self) {
+        (super::gelu::erf_f64(self), (-self * self).exp())
+    }
+    #[inline(always)]
+    fn exp_(self) -> Self {
+        self.exp()
+    }
+    #[inline(always)]
+    fn tanh_(self) -> Self {
+        self.tanh()
     }
     unsafe fn gemm_raw(
         m: usize,

@@ -3,6 +3,7 @@
 use rayon::prelude::*;
 
 use super::Float;
+
 use crate::error::{TensorError, check_len};
 
 /// Which GELU: Hugging Face `hidden_act: "gelu"` is [`GeluKind::Erf`] (exact);
@@ -32,13 +33,13 @@ pub fn gelu_forward<T: Float>(out: &mut [T], inp: &[T], n: usize, kind: GeluKind
             GeluKind::Erf => {
                 let s = T::of(std::f64::consts::FRAC_1_SQRT_2);
                 for (o, &x) in o.iter_mut().zip(x) {
-                    *o = half * x * (T::one() + (x * s).erf_());
+                    *o = half * x * (T::one() + (x * s).erf_gauss().0);
                 }
             }
             GeluKind::Tanh => {
                 let (k, c) = (T::of(SQRT_2_OVER_PI), T::of(TANH_C));
                 for (o, &x) in o.iter_mut().zip(x) {
-                    *o = half * x * (T::one() + (k * (x + c * x * x * x)).tanh());
+                    *o = half * x * (T::one() + (k * (x + c * x * x * x)).tanh_());
                 }
             }
         });
@@ -75,7 +76,7 @@ pub fn gelu_backward<T: Float>(
                     let (k, c) = (T::of(SQRT_2_OVER_PI), T::of(TANH_C));
                     let c3 = T::of(3.0 * TANH_C);
                     for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
-                        let t = (k * (x + c * x * x * x)).tanh();
+                        let t = (k * (x + c * x * x * x)).tanh_();
                         let du = k * (T::one() + c3 * x * x);
                         *dx += dy * (half * (T::one() + t) + half * x * (T::one() - t * t) * du);
                     }
@@ -83,11 +84,6 @@ pub fn gelu_backward<T: Float>(
             }
         });
     Ok(())
-}
-
-/// erf for f32.
-pub fn erf_f32(x: f32) -> f32 {
-    erf_f64(f64::from(x)) as f32
 }
 
 /// erf for f64, accurate to a few ulps: Maclaurin series for |x| < 2.5 (terms peak near
@@ -126,6 +122,7 @@ pub fn erf_f64(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::erf_f32;
     use crate::cpu::testutil::*;
     use proptest::prelude::*;
 

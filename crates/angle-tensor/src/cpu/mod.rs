@@ -9,6 +9,7 @@ mod gelu;
 mod gemm;
 mod layernorm;
 mod linear;
+mod math;
 mod residual;
 
 #[cfg(test)]
@@ -19,8 +20,9 @@ pub use attention::{AttentionDropout, attention_backward, attention_forward, att
 pub use dropout::{dropout_backward, dropout_forward, dropout_forward_inplace};
 pub use embedding::{embedding_backward, embedding_forward};
 pub use float::Float;
-pub use gelu::{GeluKind, erf_f32, erf_f64, gelu_backward, gelu_forward};
+pub use gelu::{GeluKind, erf_f64, gelu_backward, gelu_forward};
 pub use gemm::{MatMut, MatRef, gemm};
 pub use layernorm::{layernorm_backward, layernorm_forward};
 pub use linear::{linear_backward, linear_forward};
+pub use math::{erf_f32, exp_f32, tanh_f32};
 pub use residual::{residual_backward, residual_forward};
