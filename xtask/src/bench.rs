@@ -1,4 +1,456 @@
-//! (being written)
-pub fn run(_args: &[String]) -> anyhow::Result<()> {
-    anyhow::bail!("not written yet")
+//! `cargo xtask bench`: all-MiniLM-L6-v2 encode and train-step throughput and peak memory, beside PyTorch's
+//! numbers on this machine (`../shared/reference/torch-cpu.md`).
+//!
+//! Each measurement runs in a fresh child process (this binary, `bench --child encode|train`) so that the
+//! peak resident set (`VmHWM` of `/proc/self/status`) belongs to that measurement alone. The child prints one
+//! `BENCH {json}` line; the parent prints the table.
+//!
+//! - encode: the 2,758 sentences of STS-B test, tokenisation included, batches of 64 after sorting by token
+//!   length, max length 64, eval mode, mean pooling; median of `--repeat` passes after a warm-up pass.
+//! - train: forward (dropout on), format-A objective (cosine 1 + in-batch 1 + angle 0.02, taus 20), backward
+//!   and AdamW on 32 STS-B train pairs (64 texts, max length 64), a different batch each step; median of
+//!   `--steps` steps after a warm-up step. Tokenisation happens before the steps, as in a trainer.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use angle_data::TextTokenizer;
+use angle_encoder::{AdamW, Capacity, Encoder, Mode, Pooler, Pooling, model::Batch, profile};
+use angle_loss::{AngleLoss, AngleLossConfig};
+use anyhow::{Context, bail};
+use ndarray::ArrayView2;
+use serde_json::{Value, json};
+
+/// PyTorch 2.15 CPU, 2 threads, on this machine (`../shared/reference/torch-cpu.md`).
+const TORCH_ENCODE: (f64, f64) = (145.0, 171.0);
+const TORCH_TRAIN_PAIRS_PER_S: f64 = 14.9;
+const TORCH_PEAK_BYTES: f64 = 2.7e9;
+const CANDLE_ENCODE: (f64, f64) = (64.0, 68.0);
+const CANDLE_PEAK_BYTES: f64 = 181e6;
+
+const MAX_LEN: usize = 64;
+const ENCODE_BATCH: usize = 64;
+const TRAIN_PAIRS: usize = 32;
+
+struct Opts {
+    model: PathBuf,
+    data: PathBuf,
+    threads: usize,
+    steps: usize,
+    repeat: usize,
+    profile: bool,
+    child: Option<String>,
+}
+
+fn usage() -> &'static str {
+    "cargo xtask bench [--threads N] [--steps N] [--repeat N] [--profile] [--model DIR] [--data DIR]\n\n\
+     Encode and train-step throughput of all-MiniLM-L6-v2 on STS-B with peak memory, beside PyTorch's numbers.\n\
+     --threads  rayon threads (default: all cores, as PyTorch's 2 threads on the 2-core build machine)\n\
+     --steps    timed train steps (default 10), --repeat timed encode passes (default 3)\n\
+     --profile  print the time per encoder op\n\
+     Environment: ANGLE_MODEL_DIR, ANGLE_STSB_DIR override where the model and the STS-B CSVs are found."
+}
+
+fn parse(args: &[String]) -> anyhow::Result<Opts> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("xtask has no parent folder")?;
+    let env_or = |var: &str, rel: &str| {
+        std::env::var_os(var)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join(rel))
+    };
+    let mut o = Opts {
+        model: env_or("ANGLE_MODEL_DIR", "../shared/models/all-MiniLM-L6-v2"),
+        data: env_or("ANGLE_STSB_DIR", "../shared/data/stsb"),
+        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        steps: 10,
+        repeat: 3,
+        profile: false,
+        child: None,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--model" => o.model = val()?.into(),
+            "--data" => o.data = val()?.into(),
+            "--threads" => o.threads = val()?.parse().context("--threads")?,
+            "--steps" => o.steps = val()?.parse().context("--steps")?,
+            "--repeat" => o.repeat = val()?.parse().context("--repeat")?,
+            "--child" => o.child = Some(val()?.clone()),
+            "--profile" => o.profile = true,
+            "-h" | "--help" => {
+                println!("{}", usage());
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?}\n{}", usage()),
+        }
+    }
+    if o.steps == 0 || o.repeat == 0 || o.threads == 0 {
+        bail!("--steps, --repeat and --threads must be positive");
+    }
+    Ok(o)
+}
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let o = parse(args)?;
+    if let Some(kind) = &o.child {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(o.threads)
+            .build_global()?;
+        profile::enable(o.profile);
+        let result = match kind.as_str() {
+            "encode" => encode(&o)?,
+            "train" => train(&o)?,
+            other => bail!("unknown child {other:?}"),
+        };
+        println!("BENCH {result}");
+        return Ok(());
+    }
+
+    let mut results = Vec::new();
+    for kind in ["encode", "train"] {
+        eprintln!("bench: {kind} ({} threads) ...", o.threads);
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.arg("bench").args(args).args(["--child", kind]);
+        let out = cmd
+            .output()
+            .with_context(|| format!("running the {kind} child"))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            bail!(
+                "{kind} child failed ({}):\n{stdout}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        for line in stdout.lines().filter(|l| !l.starts_with("BENCH ")) {
+            println!("{line}");
+        }
+        let line = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("BENCH "))
+            .context("child printed no BENCH line")?;
+        results.push(serde_json::from_str::<Value>(line)?);
+    }
+    let (e, t) = (&results[0], &results[1]);
+    let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    let mb = |b: f64| format!("{:.0} MB", b / 1e6);
+    let enc_rate = f(e, "sentences_per_s");
+    let train_rate = f(t, "pairs_per_s");
+    let torch_mid = (TORCH_ENCODE.0 + TORCH_ENCODE.1) / 2.0;
+    println!();
+    println!(
+        "all-MiniLM-L6-v2 on this machine, {} threads (PyTorch: ../shared/reference/torch-cpu.md, 2 threads)",
+        o.threads
+    );
+    println!();
+    println!("| measure | PyTorch | angle (ours) | ours / PyTorch |");
+    println!("| --- | --- | --- | --- |");
+    println!(
+        "| encode STS-B test (2,758 sentences, batch 64, max length 64, tokenisation included) | {}–{} sentences/s (candle: {}–{}) | {:.0} sentences/s | {:.2}× ({:.2}×–{:.2}×) |",
+        TORCH_ENCODE.0,
+        TORCH_ENCODE.1,
+        CANDLE_ENCODE.0,
+        CANDLE_ENCODE.1,
+        enc_rate,
+        enc_rate / torch_mid,
+        enc_rate / TORCH_ENCODE.1,
+        enc_rate / TORCH_ENCODE.0
+    );
+    println!(
+        "| train step (32 STS-B train pairs, max length 64, fwd + format-A loss + bwd + AdamW) | {TORCH_TRAIN_PAIRS_PER_S} pairs/s | {train_rate:.1} pairs/s ({:.0} tokens/s) | {:.2}× |",
+        f(t, "tokens_per_s"),
+        train_rate / TORCH_TRAIN_PAIRS_PER_S
+    );
+    println!(
+        "| peak RSS, encode process | (candle: {}) | {} | |",
+        mb(CANDLE_PEAK_BYTES),
+        mb(f(e, "peak_rss_bytes"))
+    );
+    println!(
+        "| peak RSS, training process | {} (whole training run) | {} (bench steps) | {:.2}× |",
+        mb(TORCH_PEAK_BYTES),
+        mb(f(t, "peak_rss_bytes")),
+        f(t, "peak_rss_bytes") / TORCH_PEAK_BYTES
+    );
+    println!(
+        "| activations per sequence of 64 tokens (train / eval mode) | | {:.2} MB / {:.2} MB | |",
+        f(t, "activation_bytes_per_seq64") / 1e6,
+        f(e, "activation_bytes_per_seq64") / 1e6
+    );
+    println!();
+    println!(
+        "encode: {:.2} s per pass (median of {}), {} tokens; train: {:.3} s per step (median of {}, min {:.3}), {:.0} tokens per step",
+        f(e, "seconds"),
+        o.repeat,
+        f(e, "tokens"),
+        f(t, "step_seconds"),
+        o.steps,
+        f(t, "step_seconds_min"),
+        f(t, "tokens_per_step")
+    );
+    Ok(())
+}
+
+/// Peak resident set of this process in bytes (`VmHWM`).
+fn peak_rss() -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .context("no VmHWM in /proc/self/status")?;
+    let kb: f64 = line.split_whitespace().nth(1).context("VmHWM")?.parse()?;
+    Ok(kb * 1024.0)
+}
+
+/// STS-B CSV rows: (sentence1, sentence2, score).
+fn read_stsb(path: &Path) -> anyhow::Result<Vec<(String, String, f32)>> {
+    let mut r = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_path(path)
+        .with_context(|| format!("{}", path.display()))?;
+    let mut rows = Vec::new();
+    for (i, rec) in r.records().enumerate() {
+        let rec = rec.with_context(|| format!("{}: record {}", path.display(), i + 1))?;
+        let score = rec.get(2).and_then(|s| s.trim().parse().ok());
+        match (rec.get(0), rec.get(1), score) {
+            (Some(a), Some(b), Some(s)) => rows.push((a.to_string(), b.to_string(), s)),
+            _ => bail!(
+                "{}: record {} is not sentence1,sentence2,score",
+                path.display(),
+                i + 1
+            ),
+        }
+    }
+    Ok(rows)
+}
+
+fn splitmix(seed: u64, i: u64) -> u64 {
+    let mut z = seed.wrapping_add(i.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn print_profile(per: f64, what: &str) {
+    let rows = profile::report();
+    let total: f64 = rows.iter().map(|r| r.1).sum();
+    println!(
+        "{what}: encoder ops, ms per {}",
+        if what == "encode" { "pass" } else { "step" }
+    );
+    for (name, s) in rows {
+        println!(
+            "  {name:<34} {:>8.1} ms  {:>5.1}%",
+            s * 1e3 / per,
+            100.0 * s / total
+        );
+    }
+    println!("  {:<34} {:>8.1} ms", "total", total * 1e3 / per);
+}
+
+fn encode(o: &Opts) -> anyhow::Result<Value> {
+    let enc = Encoder::from_dir(&o.model)?;
+    let tok = TextTokenizer::from_file(&o.model, MAX_LEN)?;
+    let rows = read_stsb(&o.data.join("stsb-en-test.csv"))?;
+    let texts: Vec<String> = rows.iter().flat_map(|(a, b, _)| [a.clone(), b.clone()]).collect();
+    let h = enc.config.hidden_size;
+    let cap = Capacity {
+        max_tokens: ENCODE_BATCH * MAX_LEN,
+        max_seq_len: MAX_LEN,
+    };
+    let mut acts = enc.activations(cap, Mode::Eval);
+    let mut pooler = Pooler::new(Pooling::Mean);
+    let mut out = vec![0.0f32; texts.len() * h];
+    let (mut ids, mut types, mut offs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut pooled = vec![0.0f32; ENCODE_BATCH * h];
+    let mut times = Vec::new();
+    let mut tokens = 0;
+    for pass in 0..=o.repeat {
+        if pass == 1 {
+            profile::reset();
+        }
+        let t0 = Instant::now();
+        let encoded = tok.encode_batch(&texts)?;
+        // sorted by length, batches hold similar lengths: less attention imbalance across threads
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| encoded[i].ids.len());
+        tokens = 0;
+        for chunk in order.chunks(ENCODE_BATCH) {
+            ids.clear();
+            types.clear();
+            offs.clear();
+            offs.push(0);
+            for &i in chunk {
+                ids.extend_from_slice(&encoded[i].ids);
+                types.extend_from_slice(&encoded[i].type_ids);
+                offs.push(ids.len());
+            }
+            tokens += ids.len();
+            let batch = Batch {
+                input_ids: &ids,
+                token_type_ids: Some(&types),
+                seq_offsets: &offs,
+            };
+            let hidden = enc.forward(&batch, &mut acts, None)?;
+            let p = &mut pooled[..chunk.len() * h];
+            pooler.forward(p, hidden, &offs, h)?;
+            for (k, &i) in chunk.iter().enumerate() {
+                out[i * h..(i + 1) * h].copy_from_slice(&p[k * h..(k + 1) * h]);
+            }
+        }
+        if pass > 0 {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    if o.profile {
+        print_profile(o.repeat as f64, "encode");
+    }
+    let secs = median(&mut times);
+    // a sanity value: all-MiniLM-L6-v2's mean-pooled embeddings have norms of a few units
+    let norm0 = out[..h].iter().map(|x| x * x).sum::<f32>().sqrt();
+    Ok(json!({
+        "sentences": texts.len(),
+        "tokens": tokens,
+        "seconds": secs,
+        "sentences_per_s": texts.len() as f64 / secs,
+        "peak_rss_bytes": peak_rss()?,
+        "arena_bytes_reserved": acts.bytes_reserved(),
+        "activation_bytes_per_seq64": angle_encoder::Activations::bytes_per_sequence(&enc.config, MAX_LEN, Mode::Eval),
+        "first_embedding_norm": norm0,
+    }))
+}
+
+/// Token ids, type ids, sequence offsets, labels of one zigzag batch.
+type TrainBatch = (Vec<u32>, Vec<u32>, Vec<usize>, Vec<f64>);
+
+fn train(o: &Opts) -> anyhow::Result<Value> {
+    let mut enc = Encoder::from_dir(&o.model)?;
+    let tok = TextTokenizer::from_file(&o.model, MAX_LEN)?;
+    let mut rows = read_stsb(&o.data.join("stsb-en-train.csv"))?;
+    // The file starts with short captions: shuffle (fixed seed) so batches have the data set's length mix, as
+    // a trainer's shuffled epoch does.
+    for i in (1..rows.len()).rev() {
+        rows.swap(i, (splitmix(42, i as u64) % (i as u64 + 1)) as usize);
+    }
+    let steps = o.steps + 1;
+    if rows.len() < steps * TRAIN_PAIRS {
+        bail!(
+            "{} train pairs cannot fill {steps} batches of {TRAIN_PAIRS}",
+            rows.len()
+        );
+    }
+    let h = enc.config.hidden_size;
+    let loss_fn = AngleLoss::new(AngleLossConfig {
+        cosine_w: 1.0,
+        ibn_w: 1.0,
+        angle_w: 0.02,
+        ..Default::default()
+    });
+    let adamw = AdamW {
+        lr: 2e-5,
+        weight_decay: 0.0,
+        ..Default::default()
+    };
+    // zigzag rows: text1, text2 of each pair
+    let batches: Vec<TrainBatch> = rows[..steps * TRAIN_PAIRS]
+        .chunks(TRAIN_PAIRS)
+        .map(|chunk| -> anyhow::Result<_> {
+            let texts: Vec<String> = chunk
+                .iter()
+                .flat_map(|(a, b, _)| [a.clone(), b.clone()])
+                .collect();
+            let enc = tok.encode_batch(&texts)?;
+            let (mut ids, mut types, mut offs) = (Vec::new(), Vec::new(), vec![0]);
+            for e in &enc {
+                ids.extend_from_slice(&e.ids);
+                types.extend_from_slice(&e.type_ids);
+                offs.push(ids.len());
+            }
+            Ok((ids, types, offs, chunk.iter().map(|r| r.2 as f64).collect()))
+        })
+        .collect::<anyhow::Result<_>>()?;
+
+    let cap = Capacity {
+        max_tokens: 2 * TRAIN_PAIRS * MAX_LEN,
+        max_seq_len: MAX_LEN,
+    };
+    let mut acts = enc.activations(cap, Mode::Train);
+    enc.zero_grad();
+    let mut pooler = Pooler::new(Pooling::Mean);
+    let mut pooled = vec![0.0f32; 2 * TRAIN_PAIRS * h];
+    let mut pooled64 = vec![0.0f64; 2 * TRAIN_PAIRS * h];
+    let mut dpooled = vec![0.0f32; 2 * TRAIN_PAIRS * h];
+    let mut times = Vec::new();
+    let mut tokens = 0;
+    let (mut t_loss, mut t_adamw, mut t_zero) = (0.0, 0.0, 0.0);
+    for (step, (ids, types, offs, labels)) in batches.iter().enumerate() {
+        if step == 1 {
+            profile::reset();
+            (t_loss, t_adamw, t_zero) = (0.0, 0.0, 0.0);
+        }
+        let t0 = Instant::now();
+        let batch = Batch {
+            input_ids: ids,
+            token_type_ids: Some(types),
+            seq_offsets: offs,
+        };
+        let hidden = enc.forward(&batch, &mut acts, Some(1000 + step as u64))?;
+        pooler.forward(&mut pooled, hidden, offs, h)?;
+        let tl = Instant::now();
+        pooled64.iter_mut().zip(&pooled).for_each(|(d, &s)| *d = s as f64);
+        let out = loss_fn.format_a(
+            ArrayView2::from_shape((2 * TRAIN_PAIRS, h), &pooled64)?,
+            labels,
+            None,
+        )?;
+        dpooled
+            .iter_mut()
+            .zip(out.grad.iter())
+            .for_each(|(d, &s)| *d = s as f32);
+        t_loss += tl.elapsed().as_secs_f64();
+        let tz = Instant::now();
+        enc.buffers.zero_grad();
+        t_zero += tz.elapsed().as_secs_f64();
+        pooler.backward(acts.dhidden_mut(), &dpooled, offs, h)?;
+        enc.backward(&mut acts)?;
+        let ta = Instant::now();
+        enc.adamw_step(&adamw, step as u64 + 1)?;
+        t_adamw += ta.elapsed().as_secs_f64();
+        if step > 0 {
+            times.push(t0.elapsed().as_secs_f64());
+            tokens += ids.len();
+        }
+        if !out.loss.is_finite() {
+            bail!("step {step}: loss {}", out.loss);
+        }
+    }
+    if o.profile {
+        print_profile(o.steps as f64, "train");
+        let per = |s: f64| s * 1e3 / o.steps as f64;
+        println!("  {:<34} {:>8.1} ms", "loss (format A, f64)", per(t_loss));
+        println!("  {:<34} {:>8.1} ms", "zero_grad", per(t_zero));
+        println!("  {:<34} {:>8.1} ms", "adamw", per(t_adamw));
+    }
+    let min = times.iter().copied().fold(f64::INFINITY, f64::min);
+    let step_s = median(&mut times);
+    let tokens_per_step = tokens as f64 / o.steps as f64;
+    Ok(json!({
+        "step_seconds": step_s,
+        "step_seconds_min": min,
+        "pairs_per_s": TRAIN_PAIRS as f64 / step_s,
+        "tokens_per_step": tokens_per_step,
+        "tokens_per_s": tokens_per_step / step_s,
+        "peak_rss_bytes": peak_rss()?,
+        "arena_bytes_reserved": acts.bytes_reserved(),
+        "activation_bytes_per_seq64": angle_encoder::Activations::bytes_per_sequence(&enc.config, MAX_LEN, Mode::Train),
+    }))
 }

@@ -20,9 +20,12 @@ pub mod arena;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+#[cfg(feature = "cuda")]
+pub mod gpu;
 pub mod model;
 pub mod params;
 pub mod pooling;
+pub mod profile;
 
 pub use arena::{Activations, Capacity, Mode};
 pub use config::{Activation, BertConfig};

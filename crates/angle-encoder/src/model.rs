@@ -17,6 +17,7 @@ use crate::config::{Activation, BertConfig};
 use crate::error::{EncoderError, Result};
 use crate::params::{ParamBuffers, ParamLayout};
 use crate::pooling::Pooling;
+use crate::profile::{self, Op};
 
 /// A batch of packed sequences (no padding): token `t` of sequence `b` is row `seq_offsets[b] + t`.
 #[derive(Debug, Clone, Copy)]
@@ -287,33 +288,39 @@ impl Encoder {
         let e = &self.layout.embeddings;
         let a = acts;
 
-        embedding_forward(
-            &mut a.emb_sum[..n * h],
-            &a.ids,
-            &a.positions,
-            &a.type_ids,
-            &p[e.word.clone()],
-            &p[e.position.clone()],
-            &p[e.token_type.clone()],
-            n,
-            h,
-        )?;
-        {
-            let x0 = &mut a.layer_in[..n * h];
-            layernorm_forward(
-                x0,
-                &mut a.emb_mean[..n],
-                &mut a.emb_rstd[..n],
-                &a.emb_sum[..n * h],
-                &p[e.ln_weight.clone()],
-                &p[e.ln_bias.clone()],
+        timed(Op::Embedding, || {
+            embedding_forward(
+                &mut a.emb_sum[..n * h],
+                &a.ids,
+                &a.positions,
+                &a.type_ids,
+                &p[e.word.clone()],
+                &p[e.position.clone()],
+                &p[e.token_type.clone()],
                 n,
                 h,
-                eps,
-            )?;
+            )
+        })?;
+        {
+            let x0 = &mut a.layer_in[..n * h];
+            timed(Op::LayerNorm, || {
+                layernorm_forward(
+                    x0,
+                    &mut a.emb_mean[..n],
+                    &mut a.emb_rstd[..n],
+                    &a.emb_sum[..n * h],
+                    &p[e.ln_weight.clone()],
+                    &p[e.ln_bias.clone()],
+                    n,
+                    h,
+                    eps,
+                )
+            })?;
             if p_hidden > 0.0 {
                 // in place: backward only needs the mask, which it regenerates
-                angle_tensor::cpu::dropout_forward_inplace(x0, n * h, p_hidden, seed(0))?;
+                timed(Op::ResidualDropout, || {
+                    angle_tensor::cpu::dropout_forward_inplace(x0, n * h, p_hidden, seed(0))
+                })?;
             }
         }
 
@@ -327,15 +334,17 @@ impl Encoder {
             let x_range = in_slot * t_cap * h..in_slot * t_cap * h + n * h;
 
             let qkv = &mut a.qkv[tq..tq + 3 * n * h];
-            linear_forward(
-                qkv,
-                &a.layer_in[x_range.clone()],
-                &p[w.qkv_weight.clone()],
-                Some(&p[w.qkv_bias.clone()]),
-                n,
-                h,
-                3 * h,
-            )?;
+            timed(Op::LinearQkv, || {
+                linear_forward(
+                    qkv,
+                    &a.layer_in[x_range.clone()],
+                    &p[w.qkv_weight.clone()],
+                    Some(&p[w.qkv_bias.clone()]),
+                    n,
+                    h,
+                    3 * h,
+                )
+            })?;
             let probs = &mut a.probs[ls * s2_cap * nh..][..probs_len];
             let ctx = &mut a.ctx[th..th + n * h];
             let att_drop = (p_attn > 0.0).then(|| AttentionDropout {
@@ -347,74 +356,92 @@ impl Encoder {
             } else {
                 &mut []
             };
-            attention_forward(ctx, probs, scratch, qkv, &a.seq_offsets, nh, h, att_drop)?;
+            timed(Op::Attention, || {
+                attention_forward(ctx, probs, scratch, qkv, &a.seq_offsets, nh, h, att_drop)
+            })?;
 
             let proj = &mut a.proj[..n * h];
-            linear_forward(
-                proj,
-                ctx,
-                &p[w.attn_out_weight.clone()],
-                Some(&p[w.attn_out_bias.clone()]),
-                n,
-                h,
-                h,
-            )?;
+            timed(Op::LinearAttnOut, || {
+                linear_forward(
+                    proj,
+                    ctx,
+                    &p[w.attn_out_weight.clone()],
+                    Some(&p[w.attn_out_bias.clone()]),
+                    n,
+                    h,
+                    h,
+                )
+            })?;
             if p_hidden > 0.0 {
-                angle_tensor::cpu::dropout_forward_inplace(proj, n * h, p_hidden, seed(2 + 3 * l as u64))?;
+                timed(Op::ResidualDropout, || {
+                    angle_tensor::cpu::dropout_forward_inplace(proj, n * h, p_hidden, seed(2 + 3 * l as u64))
+                })?;
             }
             let res1 = &mut a.res1[th..th + n * h];
-            residual_forward(res1, proj, &a.layer_in[x_range], n * h)?;
+            timed(Op::ResidualDropout, || {
+                residual_forward(res1, proj, &a.layer_in[x_range], n * h)
+            })?;
             let ln1 = &mut a.ln1[th..th + n * h];
-            layernorm_forward(
-                ln1,
-                &mut a.mean1[tn..tn + n],
-                &mut a.rstd1[tn..tn + n],
-                res1,
-                &p[w.attn_ln_weight.clone()],
-                &p[w.attn_ln_bias.clone()],
-                n,
-                h,
-                eps,
-            )?;
+            timed(Op::LayerNorm, || {
+                layernorm_forward(
+                    ln1,
+                    &mut a.mean1[tn..tn + n],
+                    &mut a.rstd1[tn..tn + n],
+                    res1,
+                    &p[w.attn_ln_weight.clone()],
+                    &p[w.attn_ln_bias.clone()],
+                    n,
+                    h,
+                    eps,
+                )
+            })?;
 
             let fc1 = &mut a.fc1[ti..ti + n * inter];
-            linear_forward(
-                fc1,
-                ln1,
-                &p[w.ffn_in_weight.clone()],
-                Some(&p[w.ffn_in_bias.clone()]),
-                n,
-                h,
-                inter,
-            )?;
+            timed(Op::LinearFfnIn, || {
+                linear_forward(
+                    fc1,
+                    ln1,
+                    &p[w.ffn_in_weight.clone()],
+                    Some(&p[w.ffn_in_bias.clone()]),
+                    n,
+                    h,
+                    inter,
+                )
+            })?;
             let act = &mut a.gelu[ti..ti + n * inter];
-            gelu_forward(act, fc1, n * inter, self.gelu_kind())?;
-            linear_forward(
-                proj,
-                act,
-                &p[w.ffn_out_weight.clone()],
-                Some(&p[w.ffn_out_bias.clone()]),
-                n,
-                inter,
-                h,
-            )?;
+            timed(Op::Gelu, || gelu_forward(act, fc1, n * inter, self.gelu_kind()))?;
+            timed(Op::LinearFfnOut, || {
+                linear_forward(
+                    proj,
+                    act,
+                    &p[w.ffn_out_weight.clone()],
+                    Some(&p[w.ffn_out_bias.clone()]),
+                    n,
+                    inter,
+                    h,
+                )
+            })?;
             if p_hidden > 0.0 {
-                angle_tensor::cpu::dropout_forward_inplace(proj, n * h, p_hidden, seed(3 + 3 * l as u64))?;
+                timed(Op::ResidualDropout, || {
+                    angle_tensor::cpu::dropout_forward_inplace(proj, n * h, p_hidden, seed(3 + 3 * l as u64))
+                })?;
             }
             let res2 = &mut a.res2[th..th + n * h];
-            residual_forward(res2, proj, ln1, n * h)?;
+            timed(Op::ResidualDropout, || residual_forward(res2, proj, ln1, n * h))?;
             let out = &mut a.layer_in[out_slot * t_cap * h..][..n * h];
-            layernorm_forward(
-                out,
-                &mut a.mean2[tn..tn + n],
-                &mut a.rstd2[tn..tn + n],
-                res2,
-                &p[w.ffn_ln_weight.clone()],
-                &p[w.ffn_ln_bias.clone()],
-                n,
-                h,
-                eps,
-            )?;
+            timed(Op::LayerNorm, || {
+                layernorm_forward(
+                    out,
+                    &mut a.mean2[tn..tn + n],
+                    &mut a.rstd2[tn..tn + n],
+                    res2,
+                    &p[w.ffn_ln_weight.clone()],
+                    &p[w.ffn_ln_bias.clone()],
+                    n,
+                    h,
+                    eps,
+                )
+            })?;
         }
         if train {
             a.dhidden[..n * h].fill(0.0);
@@ -468,89 +495,105 @@ impl Encoder {
             let dres = &mut a.dres[..nh_];
             dres.fill(0.0);
             let (dw, db) = split2(gl, r(&w.ffn_ln_weight), r(&w.ffn_ln_bias));
-            layernorm_backward(
-                dres,
-                dw,
-                db,
-                &a.dx[..nh_],
-                &a.res2[th..th + nh_],
-                &p[w.ffn_ln_weight.clone()],
-                &a.mean2[tn..tn + n],
-                &a.rstd2[tn..tn + n],
-                n,
-                h,
-            )?;
+            timed(Op::BwdLayerNorm, || {
+                layernorm_backward(
+                    dres,
+                    dw,
+                    db,
+                    &a.dx[..nh_],
+                    &a.res2[th..th + nh_],
+                    &p[w.ffn_ln_weight.clone()],
+                    &a.mean2[tn..tn + n],
+                    &a.rstd2[tn..tn + n],
+                    n,
+                    h,
+                )
+            })?;
             // res2 = dropout(fc2) + ln1
             let dln1 = &mut a.dln1[..nh_];
             dln1.copy_from_slice(dres);
             let dproj = &mut a.dproj[..nh_];
-            dropout_grad(dproj, dres, p_hidden, seed(3 + 3 * l as u64))?;
+            timed(Op::BwdResidualDropout, || {
+                dropout_grad(dproj, dres, p_hidden, seed(3 + 3 * l as u64))
+            })?;
             // fc2 = gelu · W2ᵀ + b2
             let dgelu = &mut a.dgelu[..n * inter];
             dgelu.fill(0.0);
             let (dw, db) = split2(gl, r(&w.ffn_out_weight), r(&w.ffn_out_bias));
-            linear_backward(
-                Some(dgelu),
-                dw,
-                Some(db),
-                dproj,
-                &a.gelu[ti..ti + n * inter],
-                &p[w.ffn_out_weight.clone()],
-                n,
-                inter,
-                h,
-            )?;
+            timed(Op::BwdLinearFfnOut, || {
+                linear_backward(
+                    Some(dgelu),
+                    dw,
+                    Some(db),
+                    dproj,
+                    &a.gelu[ti..ti + n * inter],
+                    &p[w.ffn_out_weight.clone()],
+                    n,
+                    inter,
+                    h,
+                )
+            })?;
             let dfc1 = &mut a.dfc1[..n * inter];
             dfc1.fill(0.0);
-            gelu_backward(dfc1, &a.fc1[ti..ti + n * inter], dgelu, n * inter, gelu_kind)?;
+            timed(Op::BwdGelu, || {
+                gelu_backward(dfc1, &a.fc1[ti..ti + n * inter], dgelu, n * inter, gelu_kind)
+            })?;
             // fc1 = ln1 · W1ᵀ + b1
             let (dw, db) = split2(gl, r(&w.ffn_in_weight), r(&w.ffn_in_bias));
-            linear_backward(
-                Some(dln1),
-                dw,
-                Some(db),
-                dfc1,
-                &a.ln1[th..th + nh_],
-                &p[w.ffn_in_weight.clone()],
-                n,
-                h,
-                inter,
-            )?;
+            timed(Op::BwdLinearFfnIn, || {
+                linear_backward(
+                    Some(dln1),
+                    dw,
+                    Some(db),
+                    dfc1,
+                    &a.ln1[th..th + nh_],
+                    &p[w.ffn_in_weight.clone()],
+                    n,
+                    h,
+                    inter,
+                )
+            })?;
             // ln1 = LN1(res1): dres1
             let dres = &mut a.dres[..nh_];
             dres.fill(0.0);
             let (dw, db) = split2(gl, r(&w.attn_ln_weight), r(&w.attn_ln_bias));
-            layernorm_backward(
-                dres,
-                dw,
-                db,
-                dln1,
-                &a.res1[th..th + nh_],
-                &p[w.attn_ln_weight.clone()],
-                &a.mean1[tn..tn + n],
-                &a.rstd1[tn..tn + n],
-                n,
-                h,
-            )?;
+            timed(Op::BwdLayerNorm, || {
+                layernorm_backward(
+                    dres,
+                    dw,
+                    db,
+                    dln1,
+                    &a.res1[th..th + nh_],
+                    &p[w.attn_ln_weight.clone()],
+                    &a.mean1[tn..tn + n],
+                    &a.rstd1[tn..tn + n],
+                    n,
+                    h,
+                )
+            })?;
             // res1 = dropout(attn_out) + x: the residual branch seeds dx of the layer input
             let dx = &mut a.dx[..nh_];
             dx.copy_from_slice(dres);
-            dropout_grad(dproj, dres, p_hidden, seed(2 + 3 * l as u64))?;
+            timed(Op::BwdResidualDropout, || {
+                dropout_grad(dproj, dres, p_hidden, seed(2 + 3 * l as u64))
+            })?;
             // attn_out = ctx · Woᵀ + bo
             let dctx = &mut a.dctx[..nh_];
             dctx.fill(0.0);
             let (dw, db) = split2(gl, r(&w.attn_out_weight), r(&w.attn_out_bias));
-            linear_backward(
-                Some(dctx),
-                dw,
-                Some(db),
-                dproj,
-                &a.ctx[th..th + nh_],
-                &p[w.attn_out_weight.clone()],
-                n,
-                h,
-                h,
-            )?;
+            timed(Op::BwdLinearAttnOut, || {
+                linear_backward(
+                    Some(dctx),
+                    dw,
+                    Some(db),
+                    dproj,
+                    &a.ctx[th..th + nh_],
+                    &p[w.attn_out_weight.clone()],
+                    n,
+                    h,
+                    h,
+                )
+            })?;
             // ctx = attention(qkv)
             let dqkv = &mut a.dqkv[..3 * nh_];
             dqkv.fill(0.0);
@@ -558,65 +601,75 @@ impl Encoder {
                 p: p_attn as f64,
                 seed: seed(1 + 3 * l as u64),
             });
-            attention_backward(
-                dqkv,
-                &mut a.probs_scratch[..probs_len],
-                dctx,
-                &a.qkv[tq..tq + 3 * nh_],
-                &a.probs[l * s2_cap * nh..][..probs_len],
-                &a.seq_offsets,
-                nh,
-                h,
-                att_drop,
-            )?;
+            timed(Op::BwdAttention, || {
+                attention_backward(
+                    dqkv,
+                    &mut a.probs_scratch[..probs_len],
+                    dctx,
+                    &a.qkv[tq..tq + 3 * nh_],
+                    &a.probs[l * s2_cap * nh..][..probs_len],
+                    &a.seq_offsets,
+                    nh,
+                    h,
+                    att_drop,
+                )
+            })?;
             // qkv = x · Wqkvᵀ + bqkv
             let (dw, db) = split2(gl, r(&w.qkv_weight), r(&w.qkv_bias));
-            linear_backward(
-                Some(dx),
-                dw,
-                Some(db),
-                dqkv,
-                x,
-                &p[w.qkv_weight.clone()],
-                n,
-                h,
-                3 * h,
-            )?;
+            timed(Op::BwdLinearQkv, || {
+                linear_backward(
+                    Some(dx),
+                    dw,
+                    Some(db),
+                    dqkv,
+                    x,
+                    &p[w.qkv_weight.clone()],
+                    n,
+                    h,
+                    3 * h,
+                )
+            })?;
         }
 
         // x0 = dropout(LN(emb_sum))
         let e = &self.layout.embeddings;
         let dproj = &mut a.dproj[..nh_];
-        dropout_grad(dproj, &a.dx[..nh_], p_hidden, seed(0))?;
+        timed(Op::BwdResidualDropout, || {
+            dropout_grad(dproj, &a.dx[..nh_], p_hidden, seed(0))
+        })?;
         let dsum = &mut a.dres[..nh_];
         dsum.fill(0.0);
         let (dw, db) = split2(g, e.ln_weight.clone(), e.ln_bias.clone());
-        layernorm_backward(
-            dsum,
-            dw,
-            db,
-            dproj,
-            &a.emb_sum[..nh_],
-            &p[e.ln_weight.clone()],
-            &a.emb_mean[..n],
-            &a.emb_rstd[..n],
-            n,
-            h,
-        )?;
+        timed(Op::BwdLayerNorm, || {
+            layernorm_backward(
+                dsum,
+                dw,
+                db,
+                dproj,
+                &a.emb_sum[..nh_],
+                &p[e.ln_weight.clone()],
+                &a.emb_mean[..n],
+                &a.emb_rstd[..n],
+                n,
+                h,
+            )
+        })?;
         let (dword, rest) = g.split_at_mut(e.position.start);
         let (dpos, rest) = rest.split_at_mut(e.position.len());
         let dtyp = &mut rest[..e.token_type.len()];
-        embedding_backward(
-            &mut dword[e.word.clone()],
-            dpos,
-            dtyp,
-            dsum,
-            &a.ids,
-            &a.positions,
-            &a.type_ids,
-            n,
-            h,
-        )?;
+        timed(Op::BwdEmbedding, || {
+            embedding_backward(
+                &mut dword[e.word.clone()],
+                dpos,
+                dtyp,
+                dsum,
+                &a.ids,
+                &a.positions,
+                &a.type_ids,
+                n,
+                h,
+            )
+        })?;
         Ok(())
     }
 }
@@ -637,4 +690,13 @@ fn split2(buf: &mut [f32], a: std::ops::Range<usize>, b: std::ops::Range<usize>)
     debug_assert!(a.end <= b.start);
     let (lo, hi) = buf.split_at_mut(b.start);
     (&mut lo[a], &mut hi[..b.end - b.start])
+}
+
+/// Runs `f`, adding its wall time to `op`'s counter when profiling is on.
+#[inline]
+fn timed<R>(op: Op, f: impl FnOnce() -> R) -> R {
+    let t = profile::start();
+    let r = f();
+    profile::stop(op, t);
+    r
 }
