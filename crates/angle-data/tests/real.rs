@@ -348,3 +348,46 @@ fn padded_form_matches_the_packed_one() {
     assert_eq!(packed.seq_offsets, [0, 3, 7]);
     assert_eq!(packed.text_ids, [0, 1]);
 }
+
+/// The encoder fixture's batch was tokenised by Hugging Face (padded, maxlen from its metadata). Its texts are not
+/// stored, so decode each row and re-encode it: our ids, and our padded form of the packed batch, must equal the
+/// fixture's `input_ids`, `token_type_ids` and `attention_mask` exactly.
+#[test]
+fn padded_batch_matches_the_hugging_face_fixture() {
+    let path = std::env::var_os("ANGLE_ENCODER_FIXTURE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| shared().join("fixtures/encoder/minilm-mean-reference.safetensors"));
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let maxlen: usize = meta.metadata().as_ref().unwrap()["maxlen"].parse().unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let ints = |name: &str| -> (Vec<u32>, Vec<usize>) {
+        let t = st.tensor(name).unwrap();
+        assert_eq!(t.dtype(), safetensors::Dtype::I64);
+        let v = t
+            .data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
+            .collect();
+        (v, t.shape().to_vec())
+    };
+    let (ids, shape) = ints("input_ids");
+    let (mask, _) = ints("attention_mask");
+    let (types, _) = ints("token_type_ids");
+    let (rows, t) = (shape[0], shape[1]);
+    let tok = tokenizer(maxlen);
+    let texts: Vec<String> = (0..rows)
+        .map(|r| {
+            let len = mask[r * t..(r + 1) * t].iter().filter(|&&m| m == 1).count();
+            // Without [CLS]/[SEP], keeping [UNK] (an added token: it re-encodes to its own id).
+            tok.inner()
+                .decode(&ids[r * t + 1..r * t + len - 1], false)
+                .unwrap()
+        })
+        .collect();
+    let padded = tok.encode_packed(&texts).unwrap().to_padded(tok.pad_id());
+    assert_eq!((padded.rows, padded.seq_len), (rows, t));
+    assert_eq!(padded.input_ids, ids, "texts: {texts:?}");
+    assert_eq!(padded.attention_mask, mask);
+    assert_eq!(padded.token_type_ids, types);
+}
