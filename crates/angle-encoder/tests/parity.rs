@@ -150,3 +150,21 @@ fn minilm_matches_pytorch_reference() {
         failures.join("\n")
     );
 }
+
+/// The fixture holds token ids only: decoding them and re-encoding the text with the model's
+/// `tokenizer.json` (our tokenisation: no fixed padding, truncation at the fixture's maxlen) gives them back.
+/// `[UNK]` (the fixture has Chinese rows the English vocabulary lacks) is kept as text so that it re-encodes
+/// to itself; `[CLS]`/`[SEP]` are dropped before decoding and re-added by the encoder.
+#[test]
+fn fixture_token_ids_are_ours() {
+    let fx = Fixture::load();
+    let maxlen: usize = fx.meta("maxlen").parse().unwrap();
+    let tok = angle_data::TextTokenizer::from_file(model_dir(), maxlen).unwrap();
+    for (b, w) in fx.seq_offsets.windows(2).enumerate() {
+        let ids = &fx.ids[w[0]..w[1]];
+        let text = tok.inner().decode(&ids[1..ids.len() - 1], false).unwrap();
+        let ours = tok.encode(&text).unwrap();
+        assert_eq!(ours.ids, ids, "row {b}: {text:?}");
+        assert_eq!(ours.type_ids, &fx.type_ids[w[0]..w[1]], "row {b}: token types");
+    }
+}
