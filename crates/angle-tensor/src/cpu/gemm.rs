@@ -312,53 +312,98 @@ unsafe fn call<T: Float>(
     }
 }
 
-/// The GEMM library: single-threaded calls, parallelism is ours (above).
+/// The GEMM libraries: single-threaded calls, parallelism is ours (above).
+///
+/// faer is faster than matrixmultiply on the forward form (`A · Bᵀ`), on `A · B` and on the
+/// per-head attention products; matrixmultiply is faster when A is column-major (the weight
+/// gradient `doutᵀ · inp`). Measurements: crate README.
 pub(crate) mod backend {
-    /// # Safety
-    /// As `matrixmultiply::sgemm`.
-    #[inline]
-    pub(crate) unsafe fn sgemm(
-        m: usize,
-        k: usize,
-        n: usize,
-        alpha: f32,
-        a: *const f32,
-        rsa: isize,
-        csa: isize,
-        b: *const f32,
-        rsb: isize,
-        csb: isize,
-        beta: f32,
-        c: *mut f32,
-        rsc: isize,
-        csc: isize,
-    ) {
-        // SAFETY: forwarded contract.
-        unsafe { matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+    use std::sync::atomic::{AtomicU8, Ordering};
+
+    /// Which library runs products; changeable for benchmarks only.
+    #[doc(hidden)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum GemmBackend {
+        /// faer, except matrixmultiply for column-major A (measured best per form).
+        Auto = 0,
+        /// matrixmultiply for everything.
+        MatrixMultiply = 1,
+        /// faer for everything.
+        Faer = 2,
     }
 
-    /// # Safety
-    /// As `matrixmultiply::dgemm`.
-    #[inline]
-    pub(crate) unsafe fn dgemm(
-        m: usize,
-        k: usize,
-        n: usize,
-        alpha: f64,
-        a: *const f64,
-        rsa: isize,
-        csa: isize,
-        b: *const f64,
-        rsb: isize,
-        csb: isize,
-        beta: f64,
-        c: *mut f64,
-        rsc: isize,
-        csc: isize,
-    ) {
-        // SAFETY: forwarded contract.
-        unsafe { matrixmultiply::dgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+    static BACKEND: AtomicU8 = AtomicU8::new(GemmBackend::Auto as u8);
+
+    /// Selects the GEMM library (benchmarks compare them in one process).
+    #[doc(hidden)]
+    pub fn set_gemm_backend(b: GemmBackend) {
+        BACKEND.store(b as u8, Ordering::Relaxed);
     }
+
+    #[inline]
+    fn use_faer(rsa: isize, csa: isize) -> bool {
+        match BACKEND.load(Ordering::Relaxed) {
+            1 => false,
+            2 => true,
+            _ => !(rsa == 1 && csa != 1),
+        }
+    }
+
+    macro_rules! backend_fn {
+        ($name:ident, $t:ty, $mm:path) => {
+            /// # Safety
+            /// As `matrixmultiply::sgemm`: every addressed element in bounds, C injective and
+            /// not aliasing A or B.
+            #[inline]
+            pub(crate) unsafe fn $name(
+                m: usize,
+                k: usize,
+                n: usize,
+                alpha: $t,
+                a: *const $t,
+                rsa: isize,
+                csa: isize,
+                b: *const $t,
+                rsb: isize,
+                csb: isize,
+                beta: $t,
+                c: *mut $t,
+                rsc: isize,
+                csc: isize,
+            ) {
+                if m == 0 || n == 0 {
+                    return;
+                }
+                if k == 0 || !use_faer(rsa, csa) {
+                    // SAFETY: forwarded contract.
+                    unsafe { $mm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) };
+                    return;
+                }
+                // SAFETY: forwarded contract (faer's views have the same requirements).
+                unsafe {
+                    let mut cm = faer::MatMut::from_raw_parts_mut(c, m, n, rsc, csc);
+                    let accum = if beta == 0.0 {
+                        faer::Accum::Replace
+                    } else {
+                        if beta != 1.0 {
+                            for j in 0..n {
+                                for i in 0..m {
+                                    *c.offset(i as isize * rsc + j as isize * csc) *= beta;
+                                }
+                            }
+                        }
+                        faer::Accum::Add
+                    };
+                    let am = faer::MatRef::from_raw_parts(a, m, k, rsa, csa);
+                    let bm = faer::MatRef::from_raw_parts(b, k, n, rsb, csb);
+                    faer::linalg::matmul::matmul(cm.as_mut(), accum, am, bm, alpha, faer::Par::Seq);
+                }
+            }
+        };
+    }
+
+    backend_fn!(sgemm, f32, matrixmultiply::sgemm);
+    backend_fn!(dgemm, f64, matrixmultiply::dgemm);
 }
 
 #[cfg(test)]
@@ -389,33 +434,49 @@ mod tests {
             let am = if ta { MatRef::new(&a, k, m).t() } else { MatRef::new(&a, m, k) };
             let bm = if tb { MatRef::new(&b, n, k).t() } else { MatRef::new(&b, k, n) };
             let c0 = r.vec(m * n);
-            let mut c = c0.clone();
-            gemm(2.0, am, bm, 0.5, MatMut::new(&mut c, m, n)).unwrap();
-            let want: Vec<f64> = naive(am, bm).iter().zip(&c0).map(|(x, y)| 2.0 * x + 0.5 * y).collect();
-            assert_close(&c, &want, 1e-12);
+            for beta in [0.0, 1.0, 0.5] {
+                let mut c = c0.clone();
+                gemm(2.0, am, bm, beta, MatMut::new(&mut c, m, n)).unwrap();
+                let want: Vec<f64> = naive(am, bm).iter().zip(&c0).map(|(x, y)| 2.0 * x + beta * y).collect();
+                assert_close(&c, &want, 1e-12);
+                // f32 through the same path
+                let (a32, b32): (Vec<f32>, Vec<f32>) = (a.iter().map(|&v| v as f32).collect(), b.iter().map(|&v| v as f32).collect());
+                let am32 = MatRef::strided(&a32, am.rows, am.cols, am.rs, am.cs);
+                let bm32 = MatRef::strided(&b32, bm.rows, bm.cols, bm.rs, bm.cs);
+                let mut c32: Vec<f32> = c0.iter().map(|&v| v as f32).collect();
+                gemm(2.0, am32, bm32, beta as f32, MatMut::new(&mut c32, m, n)).unwrap();
+                let c32: Vec<f64> = c32.iter().map(|&v| f64::from(v)).collect();
+                assert_close(&c32, &want, 1e-5);
+            }
         }
     }
 
     #[test]
-    fn large_parallel_matches_naive() {
+    fn every_backend_matches_naive() {
+        use backend::{GemmBackend, set_gemm_backend};
         let (m, k, n) = (130, 70, 90);
         let mut r = TestRng::new(3);
         let a = r.vec(m * k);
         let b = r.vec(k * n);
-        let mut c = vec![f64::NAN; m * n];
-        gemm(
-            1.0,
-            MatRef::new(&a, m, k),
-            MatRef::new(&b, k, n),
-            0.0,
-            MatMut::new(&mut c, m, n),
-        )
-        .unwrap();
-        assert_close(&c, &naive(MatRef::new(&a, m, k), MatRef::new(&b, k, n)), 1e-12);
-        let mut c = vec![0.0; m * n];
-        let bt = MatRef::new(&b, n, k); // n x k used as k x n transposed
-        gemm(1.0, MatRef::new(&a, m, k), bt.t(), 0.0, MatMut::new(&mut c, m, n)).unwrap();
-        assert_close(&c, &naive(MatRef::new(&a, m, k), bt.t()), 1e-12);
+        for be in [GemmBackend::MatrixMultiply, GemmBackend::Faer, GemmBackend::Auto] {
+            set_gemm_backend(be);
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let am = if ta {
+                    MatRef::new(&a, k, m).t()
+                } else {
+                    MatRef::new(&a, m, k)
+                };
+                let bm = if tb {
+                    MatRef::new(&b, n, k).t()
+                } else {
+                    MatRef::new(&b, k, n)
+                };
+                let mut c = vec![f64::NAN; m * n];
+                gemm(1.0, am, bm, 0.0, MatMut::new(&mut c, m, n)).unwrap();
+                assert_close(&c, &naive(am, bm), 1e-12);
+            }
+        }
+        set_gemm_backend(GemmBackend::Auto);
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub use dropout::{dropout_backward, dropout_forward, dropout_forward_inplace};
 pub use embedding::{embedding_backward, embedding_forward};
 pub use float::Float;
 pub use gelu::{GeluKind, erf_f64, gelu_backward, gelu_forward};
+pub use gemm::backend::{GemmBackend, set_gemm_backend};
 pub use gemm::{MatMut, MatRef, gemm};
 pub use layernorm::{layernorm_backward, layernorm_forward};
 pub use linear::{linear_backward, linear_forward};
