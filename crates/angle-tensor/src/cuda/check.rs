@@ -139,8 +139,8 @@ pub fn run_kernel_checks(gpu: &Gpu) -> Result<Vec<CheckResult>, GpuError> {
     gpu.set_tf32(false);
     all.extend(checks::<f32>(gpu, "f32", 1e-5, 1e-5)?);
     gpu.set_tf32(true);
-    all.extend(checks_gemm::<f32>(gpu, "tf32", 2e-3)?);
-    all.extend(checks::<half::bf16>(gpu, "bf16", 2e-2, 2e-2)?);
+    all.extend(checks_gemm::<f32>(gpu, "tf32", 3e-3)?);
+    all.extend(checks::<half::bf16>(gpu, "bf16", 1e-2, 3e-2)?);
     all.extend(checks_optimizer(gpu)?);
     Ok(all)
 }
@@ -503,7 +503,7 @@ fn attention<T: Elem>(c: &mut Ctx, s: u64) -> Result<(), GpuError> {
         let shape = AttentionShape::new(&offs, nh, hidden);
         let n = shape.rows;
         let seed = 1234 + s;
-        let qkv_raw = rand::<T>(s * 100 + 1, n * 3 * hidden, 1.5);
+        let qkv_raw = rand::<T>(s * 100 + 1, n * 3 * hidden, 1.0);
         let bias = rand::<f32>(s * 100 + 2, 3 * hidden, 0.3);
         let qkv: Vec<f32> = (0..n * 3 * hidden)
             .map(|i| T::from_f32(qkv_raw[i] + bias[i % (3 * hidden)]).to_f32())

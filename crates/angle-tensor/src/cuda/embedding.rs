@@ -68,6 +68,8 @@ pub fn embedding_backward<T: DType>(
     for (name, v) in [("ids", ids), ("positions", positions), ("type_ids", type_ids)] {
         check_len(OP, name, v.len(), n)?;
     }
+    let ntypes = dtyp.len() / hidden.max(1);
+    let reduce_types = ntypes <= 4;
     let name = super::kname::<T>("embedding_backward_f32", "embedding_backward_bf16");
     gpu.launch(
         &SRC,
@@ -78,7 +80,7 @@ pub fn embedding_backward<T: DType>(
         &mut kargs![
             dword,
             dpos,
-            dtyp,
+            if reduce_types { DSlice::null() } else { dtyp },
             dout,
             ids,
             positions,
@@ -86,5 +88,29 @@ pub fn embedding_backward<T: DType>(
             dim(OP, "n", n)?,
             dim(OP, "hidden", hidden)?
         ],
-    )
+    )?;
+    if reduce_types {
+        const ROWS: usize = 256;
+        gpu.launch(
+            &SRC,
+            super::kname::<T>("embedding_type_grad_f32", "embedding_type_grad_bf16"),
+            (
+                hidden.div_ceil(32).max(1) as u32,
+                n.div_ceil(ROWS).max(1) as u32,
+                1,
+            ),
+            256,
+            0,
+            &mut kargs![
+                dtyp,
+                dout,
+                type_ids,
+                dim(OP, "n", n)?,
+                dim(OP, "hidden", hidden)?,
+                ntypes as i32,
+                ROWS as i32
+            ],
+        )?;
+    }
+    Ok(())
 }

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The one GPU run (prepared by `cargo xtask gpu-check`): kernel checks, parity, benchmark beside
+# PyTorch, summary table last. Everything it writes goes to $OUT.
+set -uo pipefail
+OUT="${OUT:-.gpu/out}"
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+# CUDA 13 libraries: the toolkit's, else the pip wheels beside PyTorch.
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+    $(python3 -c 'import glob, site; print(" ".join(sorted(glob.glob(site.getsitepackages()[0] + "/nvidia/*/lib"))))' 2>/dev/null); do
+    [ -d "$d" ] && export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+done
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 | tee "$OUT/device.txt"
+date -u | tee -a "$OUT/device.txt"
+[ -f .gpu/data/minilm/model.safetensors ] || gunzip -kf .gpu/data/minilm/model.safetensors.gz
+STEPS="${STEPS:-10}"
+rc=0
+# Sections in separate processes: a fault in one (a sticky CUDA error) leaves the others running.
+: > "$OUT/gpu_check.log"
+for only in kernels,loss parity bench; do
+    timeout 240 .gpu/bin/gpu_check --data .gpu/data --out "$OUT" --steps "$STEPS" --only "$only" 2>&1 \
+        | tee -a "$OUT/gpu_check.log" || rc=$?
+done
+python3 scripts/gpu/torch_baseline.py --out "$OUT" --steps "$STEPS" 2>&1 | tee "$OUT/torch.log" || rc=$?
+python3 scripts/gpu/table.py "$OUT" 2>&1 | tee "$OUT/table.txt"
+exit $rc
