@@ -206,15 +206,16 @@ fn save_moments(path: &Path, m: &[f32], v: &[f32]) -> Result<()> {
         path: path.to_path_buf(),
         msg: e.to_string(),
     };
-    let (mb, vb) = (bytemuck_bytes(m), bytemuck_bytes(v));
+    // safetensors is little-endian, as every target we build for (the encoder crate refuses big-endian ones).
+    let (mb, vb): (&[u8], &[u8]) = (bytemuck::cast_slice(m), bytemuck::cast_slice(v));
     let tensors = [
         (
             "adam_m",
-            TensorView::new(Dtype::F32, vec![m.len()], &mb).map_err(st_err)?,
+            TensorView::new(Dtype::F32, vec![m.len()], mb).map_err(st_err)?,
         ),
         (
             "adam_v",
-            TensorView::new(Dtype::F32, vec![v.len()], &vb).map_err(st_err)?,
+            TensorView::new(Dtype::F32, vec![v.len()], vb).map_err(st_err)?,
         ),
     ];
     let meta = HashMap::from([(
@@ -222,15 +223,6 @@ fn save_moments(path: &Path, m: &[f32], v: &[f32]) -> Result<()> {
         "angle-encoder ParamLayout, flat".to_string(),
     )]);
     safetensors::serialize_to_file(tensors, Some(meta), path).map_err(st_err)
-}
-
-/// Little-endian bytes of an f32 slice (safetensors' byte order).
-fn bytemuck_bytes(x: &[f32]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(x.len() * 4);
-    for v in x {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    out
 }
 
 /// A resumable checkpoint read back.

@@ -508,8 +508,10 @@ fn run_similarity(a: &SimilarityArgs) -> anyhow::Result<()> {
 
 fn run_eval(a: &EvalArgs) -> anyhow::Result<()> {
     let mut l = load(&a.model)?;
-    let mut prompts = angle_data::Prompts::default();
-    prompts.text = l.prompt.clone();
+    let prompts = angle_data::Prompts {
+        text: l.prompt.clone(),
+        ..Default::default()
+    };
     let data = load_sts(&a.data, &l.tok, &prompts, a.skip_invalid)?;
     let mut scratch = Vec::new();
     let s = evaluate(&l.enc, &mut l.emb, &data, &mut scratch)?;
