@@ -13,6 +13,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use angle_data::TextTokenizer;
@@ -39,15 +41,19 @@ struct Opts {
     threads: usize,
     steps: usize,
     repeat: usize,
+    streams: usize,
+    only: Option<String>,
     profile: bool,
     child: Option<String>,
 }
 
 fn usage() -> &'static str {
-    "cargo xtask bench [--threads N] [--steps N] [--repeat N] [--profile] [--model DIR] [--data DIR]\n\n\
+    "cargo xtask bench [--threads N] [--steps N] [--repeat N] [--streams N] [--profile] [--model DIR] [--data DIR]\n\n\
      Encode and train-step throughput of all-MiniLM-L6-v2 on STS-B with peak memory, beside PyTorch's numbers.\n\
      --threads  rayon threads (default: all cores, as PyTorch's 2 threads on the 2-core build machine)\n\
      --steps    timed train steps (default 10), --repeat timed encode passes (default 3)\n\
+     --streams  encode batches on N independent workers, threads/N each (default 1)\n\
+     --only     encode | train: run one measurement (no table)\n\
      --profile  print the time per encoder op\n\
      Environment: ANGLE_MODEL_DIR, ANGLE_STSB_DIR override where the model and the STS-B CSVs are found."
 }
@@ -67,6 +73,8 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
         threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
         steps: 10,
         repeat: 3,
+        streams: 1,
+        only: None,
         profile: false,
         child: None,
     };
@@ -79,6 +87,8 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
             "--threads" => o.threads = val()?.parse().context("--threads")?,
             "--steps" => o.steps = val()?.parse().context("--steps")?,
             "--repeat" => o.repeat = val()?.parse().context("--repeat")?,
+            "--streams" => o.streams = val()?.parse().context("--streams")?,
+            "--only" => o.only = Some(val()?.clone()),
             "--child" => o.child = Some(val()?.clone()),
             "--profile" => o.profile = true,
             "-h" | "--help" => {
@@ -88,8 +98,8 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
             other => bail!("unknown argument {other:?}\n{}", usage()),
         }
     }
-    if o.steps == 0 || o.repeat == 0 || o.threads == 0 {
-        bail!("--steps, --repeat and --threads must be positive");
+    if o.steps == 0 || o.repeat == 0 || o.threads == 0 || o.streams == 0 {
+        bail!("--steps, --repeat, --streams and --threads must be positive");
     }
     Ok(o)
 }
@@ -112,6 +122,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 
     let mut results = Vec::new();
     for kind in ["encode", "train"] {
+        if o.only.as_deref().is_some_and(|k| k != kind) {
+            continue;
+        }
         eprintln!("bench: {kind} ({} threads) ...", o.threads);
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.arg("bench").args(args).args(["--child", kind]);
@@ -134,6 +147,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             .find_map(|l| l.strip_prefix("BENCH "))
             .context("child printed no BENCH line")?;
         results.push(serde_json::from_str::<Value>(line)?);
+    }
+    if o.only.is_some() {
+        for r in &results {
+            println!("{r}");
+        }
+        return Ok(());
     }
     let (e, t) = (&results[0], &results[1]);
     let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
@@ -166,6 +185,14 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         train_rate / TORCH_TRAIN_PAIRS_PER_S
     );
     println!(
+        "| same, estimated from CPU time (work / (CPU seconds / threads): what {} uncontended cores would give) | | {:.0} sentences/s, {:.1} pairs/s | {:.2}×, {:.2}× |",
+        o.threads,
+        f(e, "sentences_per_s_uncontended_estimate"),
+        f(t, "pairs_per_s_uncontended_estimate"),
+        f(e, "sentences_per_s_uncontended_estimate") / torch_mid,
+        f(t, "pairs_per_s_uncontended_estimate") / TORCH_TRAIN_PAIRS_PER_S
+    );
+    println!(
         "| peak RSS, encode process | (candle: {}) | {} | |",
         mb(CANDLE_PEAK_BYTES),
         mb(f(e, "peak_rss_bytes"))
@@ -182,6 +209,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         f(e, "activation_bytes_per_seq64") / 1e6
     );
     println!();
+    if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
+        println!("load average at the end: {}", load.trim());
+    }
     println!(
         "encode: {:.2} s per pass (median of {}), {} tokens; train: {:.3} s per step (median of {}, min {:.3}), {:.0} tokens per step",
         f(e, "seconds"),
@@ -204,6 +234,17 @@ fn peak_rss() -> anyhow::Result<f64> {
         .context("no VmHWM in /proc/self/status")?;
     let kb: f64 = line.split_whitespace().nth(1).context("VmHWM")?.parse()?;
     Ok(kb * 1024.0)
+}
+
+/// CPU seconds (user + system, all threads) this process has used: with other jobs on the machine, wall
+/// time stretches but CPU time much less, so `work / (cpu_seconds / threads)` estimates the uncontended rate.
+fn cpu_seconds() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // fields after the command name (which may hold spaces) start at field 3; utime, stime are 14, 15
+    let rest = stat.rsplit_once(')').context("/proc/self/stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    Ok(ticks / 100.0)
 }
 
 /// STS-B CSV rows: (sentence1, sentence2, score).
@@ -257,6 +298,57 @@ fn print_profile(per: f64, what: &str) {
     println!("  {:<34} {:>8.1} ms", "total", total * 1e3 / per);
 }
 
+/// One encode worker: its own rayon pool, arena and buffers.
+struct Stream {
+    pool: rayon::ThreadPool,
+    acts: angle_encoder::Activations,
+    pooler: Pooler,
+    ids: Vec<u32>,
+    types: Vec<u32>,
+    offs: Vec<usize>,
+    pooled: Vec<f32>,
+}
+
+impl Stream {
+    /// Encodes the texts `chunk` (indices into `encoded`) and writes their embeddings into `out`; returns
+    /// the number of tokens.
+    fn run(
+        &mut self,
+        enc: &Encoder,
+        chunk: &[usize],
+        encoded: &[angle_data::Encoded],
+        out: &Mutex<Vec<f32>>,
+    ) -> anyhow::Result<usize> {
+        let h = enc.config.hidden_size;
+        self.ids.clear();
+        self.types.clear();
+        self.offs.clear();
+        self.offs.push(0);
+        for &i in chunk {
+            self.ids.extend_from_slice(&encoded[i].ids);
+            self.types.extend_from_slice(&encoded[i].type_ids);
+            self.offs.push(self.ids.len());
+        }
+        let batch = Batch {
+            input_ids: &self.ids,
+            token_type_ids: Some(&self.types),
+            seq_offsets: &self.offs,
+        };
+        let (acts, pooler, pooled) = (&mut self.acts, &mut self.pooler, &mut self.pooled);
+        let p = &mut pooled[..chunk.len() * h];
+        self.pool.install(|| -> anyhow::Result<()> {
+            let hidden = enc.forward(&batch, acts, None)?;
+            pooler.forward(p, hidden, batch.seq_offsets, h)?;
+            Ok(())
+        })?;
+        let mut out = out.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        for (k, &i) in chunk.iter().enumerate() {
+            out[i * h..(i + 1) * h].copy_from_slice(&p[k * h..(k + 1) * h]);
+        }
+        Ok(self.ids.len())
+    }
+}
+
 fn encode(o: &Opts) -> anyhow::Result<Value> {
     let enc = Encoder::from_dir(&o.model)?;
     let tok = TextTokenizer::from_file(&o.model, MAX_LEN)?;
@@ -267,50 +359,65 @@ fn encode(o: &Opts) -> anyhow::Result<Value> {
         max_tokens: ENCODE_BATCH * MAX_LEN,
         max_seq_len: MAX_LEN,
     };
-    let mut acts = enc.activations(cap, Mode::Eval);
-    let mut pooler = Pooler::new(Pooling::Mean);
-    let mut out = vec![0.0f32; texts.len() * h];
-    let (mut ids, mut types, mut offs) = (Vec::new(), Vec::new(), Vec::new());
-    let mut pooled = vec![0.0f32; ENCODE_BATCH * h];
+    let per_stream = (o.threads / o.streams).max(1);
+    let mut streams = (0..o.streams)
+        .map(|_| -> anyhow::Result<Stream> {
+            Ok(Stream {
+                pool: rayon::ThreadPoolBuilder::new().num_threads(per_stream).build()?,
+                acts: enc.activations(cap, Mode::Eval),
+                pooler: Pooler::new(Pooling::Mean),
+                ids: Vec::new(),
+                types: Vec::new(),
+                offs: Vec::new(),
+                pooled: vec![0.0f32; ENCODE_BATCH * h],
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let out = Mutex::new(vec![0.0f32; texts.len() * h]);
     let mut times = Vec::new();
     let mut tokens = 0;
+    let mut cpu0 = 0.0;
     for pass in 0..=o.repeat {
         if pass == 1 {
             profile::reset();
+            cpu0 = cpu_seconds()?;
         }
         let t0 = Instant::now();
         let encoded = tok.encode_batch(&texts)?;
-        // sorted by length, batches hold similar lengths: less attention imbalance across threads
+        // sorted by length: batches of similar lengths (even attention work, no padding anyway)
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| encoded[i].ids.len());
-        tokens = 0;
-        for chunk in order.chunks(ENCODE_BATCH) {
-            ids.clear();
-            types.clear();
-            offs.clear();
-            offs.push(0);
-            for &i in chunk {
-                ids.extend_from_slice(&encoded[i].ids);
-                types.extend_from_slice(&encoded[i].type_ids);
-                offs.push(ids.len());
-            }
-            tokens += ids.len();
-            let batch = Batch {
-                input_ids: &ids,
-                token_type_ids: Some(&types),
-                seq_offsets: &offs,
-            };
-            let hidden = enc.forward(&batch, &mut acts, None)?;
-            let p = &mut pooled[..chunk.len() * h];
-            pooler.forward(p, hidden, &offs, h)?;
-            for (k, &i) in chunk.iter().enumerate() {
-                out[i * h..(i + 1) * h].copy_from_slice(&p[k * h..(k + 1) * h]);
-            }
-        }
+        let chunks: Vec<&[usize]> = order.chunks(ENCODE_BATCH).collect();
+        // streams take the next batch as they finish one: longest batches last, so the tail stays short
+        let next = AtomicUsize::new(0);
+        let counts = std::thread::scope(|scope| {
+            let handles: Vec<_> = streams
+                .iter_mut()
+                .map(|st| {
+                    let (enc, chunks, encoded, out, next) = (&enc, &chunks, &encoded, &out, &next);
+                    scope.spawn(move || -> anyhow::Result<usize> {
+                        let mut n = 0;
+                        loop {
+                            let b = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(chunk) = chunks.get(b) else { return Ok(n) };
+                            n += st.run(enc, chunk, encoded, out)?;
+                        }
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("encode stream panicked"))
+                .collect::<anyhow::Result<Vec<_>>>()
+        })?;
+        tokens = counts.iter().sum();
         if pass > 0 {
             times.push(t0.elapsed().as_secs_f64());
         }
     }
+    let cpu = (cpu_seconds()? - cpu0) / o.repeat as f64;
+    let out = out.into_inner().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    let acts = &streams[0].acts;
     if o.profile {
         print_profile(o.repeat as f64, "encode");
     }
@@ -322,6 +429,8 @@ fn encode(o: &Opts) -> anyhow::Result<Value> {
         "tokens": tokens,
         "seconds": secs,
         "sentences_per_s": texts.len() as f64 / secs,
+        "cpu_seconds": cpu,
+        "sentences_per_s_uncontended_estimate": texts.len() as f64 / (cpu / o.threads as f64),
         "peak_rss_bytes": peak_rss()?,
         "arena_bytes_reserved": acts.bytes_reserved(),
         "activation_bytes_per_seq64": angle_encoder::Activations::bytes_per_sequence(&enc.config, MAX_LEN, Mode::Eval),
@@ -392,8 +501,10 @@ fn train(o: &Opts) -> anyhow::Result<Value> {
     let mut times = Vec::new();
     let mut tokens = 0;
     let (mut t_loss, mut t_adamw, mut t_zero) = (0.0, 0.0, 0.0);
+    let mut cpu0 = 0.0;
     for (step, (ids, types, offs, labels)) in batches.iter().enumerate() {
         if step == 1 {
+            cpu0 = cpu_seconds()?;
             profile::reset();
             (t_loss, t_adamw, t_zero) = (0.0, 0.0, 0.0);
         }
@@ -440,6 +551,7 @@ fn train(o: &Opts) -> anyhow::Result<Value> {
         println!("  {:<34} {:>8.1} ms", "zero_grad", per(t_zero));
         println!("  {:<34} {:>8.1} ms", "adamw", per(t_adamw));
     }
+    let cpu = (cpu_seconds()? - cpu0) / o.steps as f64;
     let min = times.iter().copied().fold(f64::INFINITY, f64::min);
     let step_s = median(&mut times);
     let tokens_per_step = tokens as f64 / o.steps as f64;
@@ -447,6 +559,8 @@ fn train(o: &Opts) -> anyhow::Result<Value> {
         "step_seconds": step_s,
         "step_seconds_min": min,
         "pairs_per_s": TRAIN_PAIRS as f64 / step_s,
+        "cpu_seconds_per_step": cpu,
+        "pairs_per_s_uncontended_estimate": TRAIN_PAIRS as f64 / (cpu / o.threads as f64),
         "tokens_per_step": tokens_per_step,
         "tokens_per_s": tokens_per_step / step_s,
         "peak_rss_bytes": peak_rss()?,
