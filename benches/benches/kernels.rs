@@ -9,9 +9,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use angle_tensor::cpu::{
-    AttentionDropout, GeluKind, adamw_update, attention_backward, attention_forward, attention_probs_len,
-    dropout_forward, embedding_backward, embedding_forward, gelu_backward, gelu_forward, layernorm_backward,
-    layernorm_forward, linear_backward, linear_forward,
+    AttentionDropout, GeluKind, GemmBackend, adamw_update, attention_backward, attention_forward,
+    attention_probs_len, dropout_forward, embedding_backward, embedding_forward, gelu_backward, gelu_forward,
+    layernorm_backward, layernorm_forward, linear_backward, linear_forward, set_gemm_backend,
 };
 use criterion::{
     BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main, measurement::WallTime,
@@ -48,6 +48,8 @@ fn group<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {
     g
 }
 
+/// Every GEMM backend on the linear layers' shapes (forward `inp · Wᵀ`; backward `dout · W` and
+/// `doutᵀ · inp`), so one run compares them under the same machine load.
 fn linear(c: &mut Criterion) {
     let n = *offsets().last().unwrap();
     let mut g = group(c, "linear");
@@ -57,31 +59,34 @@ fn linear(c: &mut Criterion) {
         ("ffn_up", H, INTER),
         ("ffn_down", INTER, H),
     ] {
-        let (x, w, b) = (data(n * i, 1), data(o * i, 2), data(o, 3));
+        let (x, w, b, dy) = (data(n * i, 1), data(o * i, 2), data(o, 3), data(n * o, 4));
         let mut out = vec![0.0f32; n * o];
-        g.throughput(Throughput::Elements((2 * n * i * o) as u64));
-        g.bench_function(format!("{name}_forward"), |bch| {
-            bch.iter(|| linear_forward(&mut out, black_box(&x), &w, Some(&b), n, i, o).unwrap())
-        });
-        let dy = data(n * o, 4);
         let (mut dx, mut dw, mut db) = (vec![0.0f32; n * i], vec![0.0f32; o * i], vec![0.0f32; o]);
-        g.throughput(Throughput::Elements((4 * n * i * o) as u64));
-        g.bench_function(format!("{name}_backward"), |bch| {
-            bch.iter(|| {
-                linear_backward(
-                    Some(&mut dx),
-                    &mut dw,
-                    Some(&mut db),
-                    black_box(&dy),
-                    &x,
-                    &w,
-                    n,
-                    i,
-                    o,
-                )
-                .unwrap()
-            })
-        });
+        for backend in [GemmBackend::Auto, GemmBackend::Faer, GemmBackend::MatrixMultiply] {
+            set_gemm_backend(backend);
+            g.throughput(Throughput::Elements((2 * n * i * o) as u64));
+            g.bench_function(format!("{name}_forward/{backend:?}"), |bch| {
+                bch.iter(|| linear_forward(&mut out, black_box(&x), &w, Some(&b), n, i, o).unwrap())
+            });
+            g.throughput(Throughput::Elements((4 * n * i * o) as u64));
+            g.bench_function(format!("{name}_backward/{backend:?}"), |bch| {
+                bch.iter(|| {
+                    linear_backward(
+                        Some(&mut dx),
+                        &mut dw,
+                        Some(&mut db),
+                        black_box(&dy),
+                        &x,
+                        &w,
+                        n,
+                        i,
+                        o,
+                    )
+                    .unwrap()
+                })
+            });
+        }
+        set_gemm_backend(GemmBackend::Auto);
     }
 }
 

@@ -104,12 +104,11 @@ fn split_by<T>(mut buf: &mut [T], lens: impl Iterator<Item = usize>) -> Vec<&mut
 fn softmax_rows<T: Float>(p: &mut [T], len: usize) {
     for row in p.chunks_exact_mut(len) {
         let max = row.iter().copied().fold(T::neg_infinity(), T::max);
-        let mut sum = T::zero();
+        // Separate loops: the exp loop vectorises only without the sum's dependency chain.
         for v in row.iter_mut() {
             *v = (*v - max).exp_();
-            sum += *v;
         }
-        let inv = T::one() / sum;
+        let inv = T::one() / row.iter().copied().sum::<T>();
         for v in row.iter_mut() {
             *v *= inv;
         }

@@ -60,27 +60,39 @@ pub fn linear_backward<T: Float>(
     check_len(OP, "inp", inp.len(), rows * in_dim)?;
     check_len(OP, "weight", weight.len(), out_dim * in_dim)?;
     check_len(OP, "dweight", dweight.len(), out_dim * in_dim)?;
-    if let Some(dinp) = dinp {
-        check_len(OP, "dinp", dinp.len(), rows * in_dim)?;
-        gemm(
-            T::one(),
-            MatRef::new(dout, rows, out_dim),
-            MatRef::new(weight, out_dim, in_dim),
-            T::one(),
-            MatMut::new(dinp, rows, in_dim),
-        )?;
+    if let Some(d) = &dinp {
+        check_len(OP, "dinp", d.len(), rows * in_dim)?;
     }
-    gemm(
-        T::one(),
-        MatRef::new(dout, rows, out_dim).t(),
-        MatRef::new(inp, rows, in_dim),
-        T::one(),
-        MatMut::new(dweight, out_dim, in_dim),
-    )?;
-    if let Some(dbias) = dbias {
-        check_len(OP, "dbias", dbias.len(), out_dim)?;
-        column_sums_add(dbias, dout, rows, out_dim);
+    if let Some(d) = &dbias {
+        check_len(OP, "dbias", d.len(), out_dim)?;
     }
+    // The two products have the same cost and share nothing written: run them side by side.
+    let (r1, r2) = rayon::join(
+        || match dinp {
+            Some(dinp) => gemm(
+                T::one(),
+                MatRef::new(dout, rows, out_dim),
+                MatRef::new(weight, out_dim, in_dim),
+                T::one(),
+                MatMut::new(dinp, rows, in_dim),
+            ),
+            None => Ok(()),
+        },
+        || {
+            if let Some(dbias) = dbias {
+                column_sums_add(dbias, dout, rows, out_dim);
+            }
+            gemm(
+                T::one(),
+                MatRef::new(dout, rows, out_dim).t(),
+                MatRef::new(inp, rows, in_dim),
+                T::one(),
+                MatMut::new(dweight, out_dim, in_dim),
+            )
+        },
+    );
+    r1?;
+    r2?;
     Ok(())
 }
 
