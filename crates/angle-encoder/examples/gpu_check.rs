@@ -630,6 +630,31 @@ mod run {
         let dt = t0.elapsed().as_secs_f64() / steps as f64;
         let last = g.read_loss()?;
         let (free1, _) = g.gpu.mem_info()?;
+        // Where the step goes: each phase alone, averaged (for the next round of optimisation).
+        let mut phases = Vec::new();
+        for (pname, which) in [("forward", 0u8), ("loss", 1), ("backward", 2), ("adamw", 3)] {
+            let reps = 5;
+            g.gpu.synchronize()?;
+            let t0 = Instant::now();
+            for _ in 0..reps {
+                match which {
+                    0 => g.forward(Some(1))?,
+                    1 => g.loss()?,
+                    2 => g.backward()?,
+                    _ => g.adamw_step(&hp, 100, Some(1.0))?,
+                }
+            }
+            g.gpu.synchronize()?;
+            phases.push((pname, t0.elapsed().as_secs_f64() * 1e3 / reps as f64));
+        }
+        println!(
+            "      phases: {}",
+            phases
+                .iter()
+                .map(|(p, ms)| format!("{p} {ms:.2} ms"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         let (h, l, inter) = (
             cfg.hidden_size as f64,
             cfg.num_hidden_layers as f64,
@@ -657,6 +682,7 @@ mod run {
             "step_ms": dt * 1e3, "tokens_per_s": n as f64 / dt, "mfu": mfu, "peak_flops": peak,
             "flops_per_step": flops, "mem_mib": mb(free0.saturating_sub(free1)), "alloc_mib": mb(m.total),
             "mem_total_mib": mb(total), "loss_first": first, "loss_last": last,
+            "phases_ms": phases.iter().map(|(p, ms)| (p.to_string(), serde_json::json!(ms))).collect::<serde_json::Map<_, _>>(),
         }))
     }
 }

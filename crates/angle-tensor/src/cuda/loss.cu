@@ -31,7 +31,7 @@ __device__ float cosent(const float* s, const float* lab, float* g, int P, float
     return mx + logf(z);
 }
 
-extern "C" __global__ void angle_objective(float* loss, float* dy, float* work, const float* y,
+extern "C" __global__ void __launch_bounds__(1024) angle_objective(float* loss, float* dy, float* work, const float* y,
                                            const float* labels, int P, int D, float cos_w,
                                            float cos_tau, float angle_w, float angle_tau,
                                            int angle_mean, float ibn_w, float ibn_tau) {

@@ -79,3 +79,39 @@ fn gpu_kernels_match_cpu_or_skip() {
         }
     }
 }
+
+#[test]
+fn attention_geometry_on_the_host() {
+    let offs = [0usize, 3, 10, 11];
+    let s = super::AttentionShape::new(&offs, 4, 32);
+    assert_eq!(
+        (s.batch, s.t_max, s.n_heads, s.head_dim, s.rows),
+        (3, 7, 4, 8, 11)
+    );
+    // the dropout numbering base equals the CPU op's probs layout
+    assert_eq!(super::attention_pbase(&offs, 4), vec![0, 4 * 9, 4 * 9 + 4 * 49]);
+    assert_eq!(
+        crate::cpu::attention_probs_len(&offs, 4),
+        (4 * 9 + 4 * 49 + 4) as usize
+    );
+    let (pad, scores) = super::attention_scratch_len(&s);
+    assert_eq!((pad, scores), (3 * 4 * 7 * 8, 3 * 4 * 7 * 7));
+}
+
+#[test]
+fn views_refuse_out_of_range_slices() {
+    let v = super::DSlice::<f32>::null();
+    assert!(v.slice(0..0).is_ok());
+    assert!(matches!(v.slice(0..1), Err(GpuError::Arg { .. })));
+}
+
+#[test]
+fn dropout_parameters_match_the_cpu_rng() {
+    for p in [0.0f32, 0.1, 0.5, 0.9] {
+        let (thr, scale) = super::dropout::params("test", p).expect("valid p");
+        assert_eq!(thr as u32, crate::rng::keep_threshold(f64::from(p)));
+        assert_eq!(scale, 1.0f32 / (1.0f32 - p));
+    }
+    assert!(super::dropout::params("test", 1.0).is_err());
+    assert!(super::dropout::params("test", -0.1).is_err());
+}
