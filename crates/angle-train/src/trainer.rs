@@ -427,10 +427,14 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
                 pairs: scores.pairs,
                 seconds: scores.seconds,
             }))?;
-            bar.println(format!(
-                "step {}: validation Spearman {:.2} Pearson {:.2} ({} pairs, {:.1} s)",
-                state.step, scores.spearman, scores.pearson, scores.pairs, scores.seconds
-            ));
+            say(
+                &bar,
+                opts.progress,
+                format!(
+                    "step {}: validation Spearman {:.2} Pearson {:.2} ({} pairs, {:.1} s)",
+                    state.step, scores.spearman, scores.pearson, scores.pairs, scores.seconds
+                ),
+            );
             if state.best_spearman.is_none_or(|b| scores.spearman > b) {
                 state.best_spearman = Some(scores.spearman);
                 state.best_step = Some(state.step);
@@ -459,11 +463,15 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
             )?;
         }
         if stop && !last {
-            bar.println(format!(
-                "interrupted: saved {} at step {}",
-                out.join(CHECKPOINT_LAST).display(),
-                state.step
-            ));
+            say(
+                &bar,
+                opts.progress,
+                format!(
+                    "interrupted: saved {} at step {}",
+                    out.join(CHECKPOINT_LAST).display(),
+                    state.step
+                ),
+            );
             interrupted = true;
             break;
         }
@@ -499,6 +507,15 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
     })?;
     std::fs::write(&p, text + "\n").map_err(io_err(&p))?;
     Ok(summary)
+}
+
+/// A line above the bar; on stderr as plain text when the bar is hidden (not a terminal) but progress is wanted.
+fn say(bar: &ProgressBar, progress: bool, line: String) {
+    if !bar.is_hidden() {
+        bar.println(line);
+    } else if progress {
+        eprintln!("{line}");
+    }
 }
 
 fn progress_bar(enabled: bool, total: u64, done: u64) -> ProgressBar {
