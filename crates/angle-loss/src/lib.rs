@@ -24,10 +24,10 @@
 //! // Pooled embeddings of a batch of 2 sentence pairs (zigzag: rows 0, 1 are pair 0; rows 2, 3 pair 1), as some
 //! // encoder produced them.
 //! let embeddings: Array2<f32> = ndarray::array![
-//!     [0.9, 0.1, 0.3, -0.2],
-//!     [0.8, 0.2, 0.1, -0.1],
-//!     [0.1, -0.7, 0.5, 0.4],
-//!     [-0.6, 0.3, 0.2, 0.9],
+//!     [1.0, 0.2, -0.3, 0.5],
+//!     [0.1, 0.9, 0.4, -0.2],
+//!     [0.8, 0.1, -0.2, 0.6],
+//!     [-0.5, 0.3, 0.9, 0.1],
 //! ];
 //! let labels = [1.0f32, 0.0]; // pair 0 similar, pair 1 not
 //!
@@ -63,12 +63,15 @@
 mod ce;
 mod check;
 mod combined;
+mod dot;
 mod error;
 mod norm;
 mod objectives;
 mod pairs;
+mod par;
 mod rank;
 mod real;
+mod sym;
 
 pub use combined::{AngleLoss, AngleLossConfig, AngleLossOutput, DataFormat, LossParts};
 pub use error::LossError;

@@ -3,10 +3,10 @@
 //! The clamp is what keeps a zero embedding finite: its normalised row is 0 and its gradient `dx̂ / ε` (large, but
 //! finite in both `f32` and `f64`).
 
-use ndarray::{Array2, ArrayView2, ArrayViewMut2};
-use rayon::prelude::*;
-
+use crate::dot::{dot, sum_sq};
+use crate::par;
 use crate::{NORM_EPS, Real};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 
 /// Returns the normalised rows and each row's (unclamped) norm.
 pub(crate) fn normalize_rows<F: Real>(y: &ArrayView2<'_, F>) -> (Array2<F>, Vec<f64>) {
@@ -14,19 +14,15 @@ pub(crate) fn normalize_rows<F: Real>(y: &ArrayView2<'_, F>) -> (Array2<F>, Vec<
     let flat = y.as_slice().expect("callers pass standard-layout views");
     let mut out = vec![F::zero(); n * d];
     let mut norms = vec![0.0f64; n];
-    out.par_chunks_mut(d.max(1))
-        .zip(norms.par_iter_mut())
-        .enumerate()
-        .with_min_len(64)
-        .for_each(|(i, (o, nrm))| {
-            let x = &flat[i * d..(i + 1) * d];
-            let ss: f64 = x.iter().map(|v| v.f64() * v.f64()).sum();
-            *nrm = ss.sqrt();
-            let inv = 1.0 / nrm.max(NORM_EPS);
-            for (ov, xv) in o.iter_mut().zip(x) {
-                *ov = F::of(xv.f64() * inv);
-            }
-        });
+    par::chunks_mut(&mut norms, 1, n * d, |i, nrm| {
+        nrm[0] = sum_sq(&flat[i * d..(i + 1) * d]).sqrt();
+    });
+    par::chunks_mut(&mut out, d, n * d, |i, o| {
+        let inv = 1.0 / norms[i].max(NORM_EPS);
+        for (ov, xv) in o.iter_mut().zip(&flat[i * d..(i + 1) * d]) {
+            *ov = F::of(xv.f64() * inv);
+        }
+    });
     let out = Array2::from_shape_vec((n, d), out).expect("n * d elements");
     (out, norms)
 }
@@ -46,7 +42,7 @@ pub(crate) fn normalize_backward<F: Real>(
         let x = &xh[i * d..(i + 1) * d];
         let nrm = norms[i];
         if nrm >= NORM_EPS {
-            let proj: f64 = dx.iter().zip(x).map(|(a, b)| a.f64() * b.f64()).sum();
+            let proj = dot(dx, x);
             let inv = 1.0 / nrm;
             for t in 0..d {
                 g[t] += F::of((dx[t].f64() - proj * x[t].f64()) * inv);
@@ -58,11 +54,9 @@ pub(crate) fn normalize_backward<F: Real>(
             }
         }
     };
+    let work = dh.len();
     if let Some(gs) = grad.as_slice_mut() {
-        gs.par_chunks_mut(d.max(1))
-            .enumerate()
-            .with_min_len(64)
-            .for_each(|(i, g)| apply(i, ndarray::ArrayViewMut1::from(g)));
+        par::chunks_mut(gs, d, work, |i, g| apply(i, ndarray::ArrayViewMut1::from(g)));
     } else {
         for (i, g) in grad.rows_mut().into_iter().enumerate() {
             apply(i, g);

@@ -5,10 +5,11 @@
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, CowArray, Ix2};
 use serde::{Deserialize, Serialize};
 
-use crate::ce::{CeRows, softmax_ce};
+use crate::ce::softmax_ce;
 use crate::check;
 use crate::norm::{normalize_backward, normalize_rows};
 use crate::pairs::{AnglePooling, PairScore, pair_objective};
+use crate::sym::{InBatch, in_batch_softmax};
 use crate::{LossError, Real};
 
 /// A loss and its gradient with respect to `y_pred` (same shape as `y_pred`).
@@ -176,36 +177,19 @@ pub fn in_batch_negative_loss_into<F: Real>(
     check::grad_shape(grad, &y_pred)?;
     let tau = check::scale("tau", tau)?;
     let weight = check::weight("weight", weight)?;
-    let (n, d) = y_pred.dim();
-    let query_rows: Vec<usize> = (0..n).filter(|&i| is_positive(labels[i / 2])).collect();
-    if query_rows.is_empty() {
+    let n = y_pred.nrows();
+    let positive: Vec<bool> = (0..n).map(|i| is_positive(labels[i / 2])).collect();
+    if !positive.contains(&true) {
         return Ok(F::zero());
     }
     let y = standard(&y_pred);
     let (xhat, norms) = normalize_rows(&y.view());
-    let q = xhat.select(ndarray::Axis(0), &query_rows);
-    let target: Vec<usize> = query_rows.iter().map(|&i| i ^ 1).collect();
-    let query_ids: Option<Vec<u64>> = text_ids.map(|ids| query_rows.iter().map(|&i| ids[i]).collect());
-    let rows = CeRows {
-        target: &target,
-        self_col: Some(&query_rows),
-        ids: query_ids.as_deref().zip(text_ids),
+    let rows = InBatch {
+        positive: &positive,
+        ids: text_ids,
     };
-    let mut dq = Array2::zeros((query_rows.len(), d));
-    let mut dxhat = Array2::zeros((n, d));
-    let sum = softmax_ce(
-        &q.view(),
-        &xhat.view(),
-        &rows,
-        tau,
-        weight / n as f64,
-        &mut dq,
-        &mut dxhat,
-    );
-    for (k, &i) in query_rows.iter().enumerate() {
-        let mut r = dxhat.row_mut(i);
-        r += &dq.row(k);
-    }
+    let mut dxhat = Array2::zeros(xhat.dim());
+    let sum = in_batch_softmax(&xhat.view(), &rows, tau, weight / n as f64, &mut dxhat);
     if weight != 0.0 {
         normalize_backward(&dxhat.view(), &xhat.view(), &norms, grad);
     }
@@ -278,17 +262,12 @@ pub(crate) fn contrastive_core<F: Real>(
     let q = xhat.select(ndarray::Axis(0), &q_rows);
     let t = xhat.select(ndarray::Axis(0), &t_rows);
     let target: Vec<usize> = (0..b).collect();
-    let rows = CeRows {
-        target: &target,
-        self_col: None,
-        ids: None,
-    };
     let mut dq = Array2::zeros((b, d));
     let mut dt = Array2::zeros((t_rows.len(), d));
     let sum = softmax_ce(
         &q.view(),
         &t.view(),
-        &rows,
+        &target,
         tau,
         weight / b as f64,
         &mut dq,

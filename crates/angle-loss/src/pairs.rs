@@ -3,9 +3,10 @@
 //! cosine and `V = [[I, −I], [I, I]]` for the angle (see `docs/angle-objective.md`), so one backward serves both.
 
 use ndarray::{ArrayView2, ArrayViewMut2};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::dot::{angle_numerator, dot, sum_sq};
+use crate::par;
 use crate::rank::rank_loss;
 use crate::{NORM_EPS, Real};
 
@@ -37,32 +38,11 @@ struct Geom {
 }
 
 fn geom<F: Real>(x: &[F], y: &[F], score: PairScore) -> Geom {
-    let (mut sx, mut sy, mut num) = (0.0f64, 0.0f64, 0.0f64);
-    for k in 0..x.len() {
-        let (xk, yk) = (x[k].f64(), y[k].f64());
-        sx += xk * xk;
-        sy += yk * yk;
-    }
-    let pool = match score {
-        PairScore::Cosine => {
-            for k in 0..x.len() {
-                num += x[k].f64() * y[k].f64();
-            }
-            1.0
-        }
-        PairScore::Angle(pooling) => {
-            // (a + bi) / (c + di) summed over real and imaginary parts: Σ (ac + bd) + (bc − ad).
-            let h = x.len() / 2;
-            for k in 0..h {
-                let (a, b) = (x[k].f64(), x[h + k].f64());
-                let (c, d) = (y[k].f64(), y[h + k].f64());
-                num += a * c + b * d + b * c - a * d;
-            }
-            match pooling {
-                AnglePooling::Sum => 1.0,
-                AnglePooling::Mean => 1.0 / x.len() as f64,
-            }
-        }
+    let (sx, sy) = (sum_sq(x), sum_sq(y));
+    let (num, pool) = match score {
+        PairScore::Cosine => (dot(x, y), 1.0),
+        PairScore::Angle(AnglePooling::Sum) => (angle_numerator(x, y), 1.0),
+        PairScore::Angle(AnglePooling::Mean) => (angle_numerator(x, y), 1.0 / x.len() as f64),
     };
     let nx = sx.sqrt().max(NORM_EPS);
     let ny = sy.sqrt().max(NORM_EPS);
@@ -97,11 +77,10 @@ pub(crate) fn pair_objective<F: Real>(
     let flat = y.as_slice().expect("callers pass standard-layout views");
     let row = |i: usize| &flat[i * dim..(i + 1) * dim];
 
-    let geoms: Vec<Geom> = pairs
-        .par_iter()
-        .with_min_len(64)
-        .map(|&(i, j)| geom(row(i), row(j), score))
-        .collect();
+    let work = pairs.len() * dim;
+    let geoms: Vec<Geom> = par::map_collect(pairs.len(), work, |k| {
+        geom(row(pairs[k].0), row(pairs[k].1), score)
+    });
     let v: Vec<f64> = geoms
         .iter()
         .map(|g| match score {
@@ -117,59 +96,71 @@ pub(crate) fn pair_objective<F: Real>(
 
     let c = pool_scale(score, dim);
     let h = dim / 2;
-    // Per-pair gradient rows [dx | dy], computed in parallel, then added in pair order (rows may repeat).
-    let mut buf = vec![F::zero(); pairs.len() * 2 * dim];
-    buf.par_chunks_mut(2 * dim)
-        .with_min_len(16)
-        .enumerate()
-        .for_each(|(k, out)| {
-            let g = geoms[k];
-            // dL/ds: the ranking gradient through the scale (and, for the angle, through |s|, whose slope at 0 is 0).
-            let ds = weight
-                * dv[k]
-                * match score {
-                    PairScore::Cosine => tau,
-                    PairScore::Angle(_) => tau * sign(g.s),
-                };
-            if ds == 0.0 {
-                return;
-            }
-            let (x, y) = (row(pairs[k].0), row(pairs[k].1));
-            let inv = c / (g.nx * g.ny);
-            // −s·x/‖x‖² is the derivative of the norm; below the clamp the norm is a constant and it drops out.
-            let rx = if g.sx.sqrt() >= NORM_EPS { g.s / g.sx } else { 0.0 };
-            let ry = if g.sy.sqrt() >= NORM_EPS { g.s / g.sy } else { 0.0 };
-            let (dx, dy) = out.split_at_mut(dim);
-            match score {
-                PairScore::Cosine => {
-                    for t in 0..dim {
-                        let (xt, yt) = (x[t].f64(), y[t].f64());
-                        dx[t] = F::of(ds * (inv * yt - rx * xt));
-                        dy[t] = F::of(ds * (inv * xt - ry * yt));
-                    }
-                }
-                PairScore::Angle(_) => {
-                    for t in 0..h {
-                        let (a, b) = (x[t].f64(), x[h + t].f64());
-                        let (cc, d) = (y[t].f64(), y[h + t].f64());
-                        // V y = [c − d, c + d], Vᵀ x = [a + b, b − a].
-                        dx[t] = F::of(ds * (inv * (cc - d) - rx * a));
-                        dx[h + t] = F::of(ds * (inv * (cc + d) - rx * b));
-                        dy[t] = F::of(ds * (inv * (a + b) - ry * cc));
-                        dy[h + t] = F::of(ds * (inv * (b - a) - ry * d));
-                    }
-                }
-            }
-        });
-    for (k, &(i, j)) in pairs.iter().enumerate() {
-        let chunk = &buf[k * 2 * dim..(k + 1) * 2 * dim];
-        let mut gi = grad.row_mut(i);
-        for (g, &d) in gi.iter_mut().zip(&chunk[..dim]) {
-            *g += d;
+    // dL/dx and dL/dy of pair k, added into `dx`, `dy`.
+    let pair_grad = |k: usize, dx: &mut [F], dy: &mut [F]| {
+        let g = geoms[k];
+        // dL/ds: the ranking gradient through the scale (and, for the angle, through |s|, whose slope at 0 is 0).
+        let ds = weight
+            * dv[k]
+            * match score {
+                PairScore::Cosine => tau,
+                PairScore::Angle(_) => tau * sign(g.s),
+            };
+        if ds == 0.0 {
+            return;
         }
-        let mut gj = grad.row_mut(j);
-        for (g, &d) in gj.iter_mut().zip(&chunk[dim..]) {
-            *g += d;
+        let (x, y) = (row(pairs[k].0), row(pairs[k].1));
+        let inv = c / (g.nx * g.ny);
+        // −s·x/‖x‖² is the derivative of the norm; below the clamp the norm is a constant and it drops out.
+        let rx = if g.sx.sqrt() >= NORM_EPS { g.s / g.sx } else { 0.0 };
+        let ry = if g.sy.sqrt() >= NORM_EPS { g.s / g.sy } else { 0.0 };
+        match score {
+            PairScore::Cosine => {
+                for t in 0..dim {
+                    let (xt, yt) = (x[t].f64(), y[t].f64());
+                    dx[t] += F::of(ds * (inv * yt - rx * xt));
+                    dy[t] += F::of(ds * (inv * xt - ry * yt));
+                }
+            }
+            PairScore::Angle(_) => {
+                for t in 0..h {
+                    let (a, b) = (x[t].f64(), x[h + t].f64());
+                    let (cc, d) = (y[t].f64(), y[h + t].f64());
+                    // V y = [c − d, c + d], Vᵀ x = [a + b, b − a].
+                    dx[t] += F::of(ds * (inv * (cc - d) - rx * a));
+                    dx[h + t] += F::of(ds * (inv * (cc + d) - rx * b));
+                    dy[t] += F::of(ds * (inv * (a + b) - ry * cc));
+                    dy[h + t] += F::of(ds * (inv * (b - a) - ry * d));
+                }
+            }
+        }
+    };
+    let zigzag = pairs
+        .iter()
+        .enumerate()
+        .all(|(k, &(i, j))| i == 2 * k && j == 2 * k + 1);
+    match grad.as_slice_mut() {
+        // Zigzag pairs own disjoint, contiguous rows: write straight into the gradient.
+        Some(gs) if zigzag => par::chunks_mut(gs, 2 * dim, work, |k, out| {
+            let (dx, dy) = out.split_at_mut(dim);
+            pair_grad(k, dx, dy);
+        }),
+        // Rows shared between pairs (format C) or a strided buffer: per-pair rows, then added in pair order.
+        _ => {
+            let mut buf = vec![F::zero(); pairs.len() * 2 * dim];
+            par::chunks_mut(&mut buf, 2 * dim, work, |k, out| {
+                let (dx, dy) = out.split_at_mut(dim);
+                pair_grad(k, dx, dy);
+            });
+            for (k, &(i, j)) in pairs.iter().enumerate() {
+                let chunk = &buf[k * 2 * dim..(k + 1) * 2 * dim];
+                for (g, &d) in grad.row_mut(i).iter_mut().zip(&chunk[..dim]) {
+                    *g += d;
+                }
+                for (g, &d) in grad.row_mut(j).iter_mut().zip(&chunk[dim..]) {
+                    *g += d;
+                }
+            }
         }
     }
     loss
