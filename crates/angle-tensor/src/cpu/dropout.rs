@@ -7,6 +7,7 @@
 use rayon::prelude::*;
 
 use super::Float;
+use super::simd::with_avx2;
 use crate::error::{TensorError, arg_err, check_len};
 use crate::rng;
 
@@ -23,6 +24,12 @@ fn check_p<T: Float>(op: &'static str, p: T) -> Result<(), TensorError> {
             format!("drop probability {pf} is outside [0, 1)"),
         ))
     }
+}
+
+/// The mask factor of element `i`: `scale` when kept, 0 when dropped.
+#[inline(always)]
+fn factor<T: Float>(seed: u64, i: u64, thr: u32, scale: T) -> T {
+    if rng::keep(seed, i, thr) { scale } else { T::zero() }
 }
 
 /// `out[i] = keep(i) ? inp[i] / (1 - p) : 0` over `n` elements.
@@ -50,13 +57,11 @@ pub fn dropout_forward<T: Float>(
         .enumerate()
         .for_each(|(ci, (o, x))| {
             let base = (ci * CHUNK) as u64;
-            for (j, (o, &x)) in o.iter_mut().zip(x).enumerate() {
-                *o = if rng::keep(seed, base + j as u64, thr) {
-                    x * scale
-                } else {
-                    T::zero()
-                };
-            }
+            with_avx2(|| {
+                for (j, (o, &x)) in o.iter_mut().zip(x).enumerate() {
+                    *o = x * factor(seed, base + j as u64, thr, scale);
+                }
+            })
         });
     Ok(())
 }
@@ -73,13 +78,11 @@ pub fn dropout_forward_inplace<T: Float>(x: &mut [T], n: usize, p: T, seed: u64)
     let scale = T::one() / (T::one() - p);
     x.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, x)| {
         let base = (ci * CHUNK) as u64;
-        for (j, x) in x.iter_mut().enumerate() {
-            *x = if rng::keep(seed, base + j as u64, thr) {
-                *x * scale
-            } else {
-                T::zero()
-            };
-        }
+        with_avx2(|| {
+            for (j, x) in x.iter_mut().enumerate() {
+                *x *= factor(seed, base + j as u64, thr, scale);
+            }
+        })
     });
     Ok(())
 }
@@ -103,11 +106,11 @@ pub fn dropout_backward<T: Float>(
         .enumerate()
         .for_each(|(ci, (dx, dy))| {
             let base = (ci * CHUNK) as u64;
-            for (j, (dx, &dy)) in dx.iter_mut().zip(dy).enumerate() {
-                if thr == 0 || rng::keep(seed, base + j as u64, thr) {
-                    *dx += dy * scale;
+            with_avx2(|| {
+                for (j, (dx, &dy)) in dx.iter_mut().zip(dy).enumerate() {
+                    *dx += dy * factor(seed, base + j as u64, thr, scale);
                 }
-            }
+            })
         });
     Ok(())
 }

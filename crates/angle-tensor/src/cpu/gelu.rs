@@ -3,6 +3,7 @@
 use rayon::prelude::*;
 
 use super::Float;
+use super::simd::with_avx2;
 
 use crate::error::{TensorError, check_len};
 
@@ -26,24 +27,29 @@ pub fn gelu_forward<T: Float>(out: &mut [T], inp: &[T], n: usize, kind: GeluKind
     const OP: &str = "gelu_forward";
     check_len(OP, "out", out.len(), n)?;
     check_len(OP, "inp", inp.len(), n)?;
-    let half = T::of(0.5);
     out.par_chunks_mut(CHUNK)
         .zip(inp.par_chunks(CHUNK))
-        .for_each(|(o, x)| match kind {
-            GeluKind::Erf => {
-                let s = T::of(std::f64::consts::FRAC_1_SQRT_2);
-                for (o, &x) in o.iter_mut().zip(x) {
-                    *o = half * x * (T::one() + (x * s).erf_gauss().0);
-                }
-            }
-            GeluKind::Tanh => {
-                let (k, c) = (T::of(SQRT_2_OVER_PI), T::of(TANH_C));
-                for (o, &x) in o.iter_mut().zip(x) {
-                    *o = half * x * (T::one() + (k * (x + c * x * x * x)).tanh_());
-                }
-            }
-        });
+        .for_each(|(o, x)| with_avx2(|| forward_chunk(o, x, kind)));
     Ok(())
+}
+
+#[inline(always)]
+fn forward_chunk<T: Float>(out: &mut [T], inp: &[T], kind: GeluKind) {
+    let half = T::of(0.5);
+    match kind {
+        GeluKind::Erf => {
+            let s = T::of(std::f64::consts::FRAC_1_SQRT_2);
+            for (o, &x) in out.iter_mut().zip(inp) {
+                *o = half * x * (T::one() + (x * s).erf_gauss().0);
+            }
+        }
+        GeluKind::Tanh => {
+            let (k, c) = (T::of(SQRT_2_OVER_PI), T::of(TANH_C));
+            for (o, &x) in out.iter_mut().zip(inp) {
+                *o = half * x * (T::one() + (k * (x + c * x * x * x)).tanh_());
+            }
+        }
+    }
 }
 
 /// `dinp += gelu'(inp) * dout`.
@@ -58,32 +64,35 @@ pub fn gelu_backward<T: Float>(
     check_len(OP, "dinp", dinp.len(), n)?;
     check_len(OP, "inp", inp.len(), n)?;
     check_len(OP, "dout", dout.len(), n)?;
-    let half = T::of(0.5);
     dinp.par_chunks_mut(CHUNK)
         .zip(inp.par_chunks(CHUNK).zip(dout.par_chunks(CHUNK)))
-        .for_each(|(dx, (x, dy))| {
-            match kind {
-                GeluKind::Erf => {
-                    let s = T::of(std::f64::consts::FRAC_1_SQRT_2);
-                    let p = T::of(FRAC_1_SQRT_2PI);
-                    for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
-                        // d/dx [0.5 x (1 + erf(x/√2))] = 0.5 (1 + erf(x/√2)) + x φ(x)
-                        let pdf = p * (-half * x * x).exp();
-                        *dx += dy * (half * (T::one() + (x * s).erf_()) + x * pdf);
-                    }
-                }
-                GeluKind::Tanh => {
-                    let (k, c) = (T::of(SQRT_2_OVER_PI), T::of(TANH_C));
-                    let c3 = T::of(3.0 * TANH_C);
-                    for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
-                        let t = (k * (x + c * x * x * x)).tanh_();
-                        let du = k * (T::one() + c3 * x * x);
-                        *dx += dy * (half * (T::one() + t) + half * x * (T::one() - t * t) * du);
-                    }
-                }
-            }
-        });
+        .for_each(|(dx, (x, dy))| with_avx2(|| backward_chunk(dx, x, dy, kind)));
     Ok(())
+}
+
+#[inline(always)]
+fn backward_chunk<T: Float>(dinp: &mut [T], inp: &[T], dout: &[T], kind: GeluKind) {
+    let half = T::of(0.5);
+    match kind {
+        GeluKind::Erf => {
+            let s = T::of(std::f64::consts::FRAC_1_SQRT_2);
+            let p = T::of(FRAC_1_SQRT_2PI);
+            for ((dx, &x), &dy) in dinp.iter_mut().zip(inp).zip(dout) {
+                // d/dx [0.5 x (1 + erf(x/√2))] = 0.5 (1 + erf(x/√2)) + x φ(x), φ(x) = p e^{-(x/√2)²}
+                let (erf, gauss) = (x * s).erf_gauss();
+                *dx += dy * (half * (T::one() + erf) + x * p * gauss);
+            }
+        }
+        GeluKind::Tanh => {
+            let (k, c) = (T::of(SQRT_2_OVER_PI), T::of(TANH_C));
+            let c3 = T::of(3.0 * TANH_C);
+            for ((dx, &x), &dy) in dinp.iter_mut().zip(inp).zip(dout) {
+                let t = (k * (x + c * x * x * x)).tanh_();
+                let du = k * (T::one() + c3 * x * x);
+                *dx += dy * (half * (T::one() + t) + half * x * (T::one() - t * t) * du);
+            }
+        }
+    }
 }
 
 /// erf for f64, accurate to a few ulps: Maclaurin series for |x| < 2.5 (terms peak near

@@ -3,6 +3,7 @@
 use rayon::prelude::*;
 
 use super::Float;
+use super::simd::with_avx2;
 use crate::error::{TensorError, check_len};
 
 const LANES: usize = 8;
@@ -50,14 +51,16 @@ pub fn layernorm_forward<T: Float>(
         .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
         .with_min_len(16)
         .for_each(|((o, x), (m, s))| {
-            let mu = lane_sum(x, |v| v) * inv_dim;
-            let var = lane_sum(x, |v| (v - mu) * (v - mu)) * inv_dim;
-            let r = T::one() / (var + eps).sqrt();
-            for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(weight).zip(bias) {
-                *o = (x - mu) * r * w + b;
-            }
-            *m = mu;
-            *s = r;
+            with_avx2(|| {
+                let mu = lane_sum(x, |v| v) * inv_dim;
+                let var = lane_sum(x, |v| (v - mu) * (v - mu)) * inv_dim;
+                let r = T::one() / (var + eps).sqrt();
+                for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(weight).zip(bias) {
+                    *o = (x - mu) * r * w + b;
+                }
+                *m = mu;
+                *s = r;
+            })
         });
     Ok(())
 }
@@ -94,31 +97,33 @@ pub fn layernorm_backward<T: Float>(
         .zip(mean.par_iter().zip(rstd.par_iter()))
         .with_min_len(16)
         .for_each(|((dx, (dy, x)), (&mu, &r))| {
-            // dnorm = dy * w; dx = r * (dnorm - mean(dnorm) - xhat * mean(dnorm * xhat))
-            let (mut a1, mut a2) = ([T::zero(); LANES], [T::zero(); LANES]);
-            let mut tail = (T::zero(), T::zero());
-            let body = dy.len() / LANES * LANES;
-            for ((dy, x), w) in dy[..body]
-                .chunks_exact(LANES)
-                .zip(x[..body].chunks_exact(LANES))
-                .zip(weight[..body].chunks_exact(LANES))
-            {
-                for l in 0..LANES {
-                    let dn = dy[l] * w[l];
-                    a1[l] += dn;
-                    a2[l] += dn * (x[l] - mu);
+            with_avx2(|| {
+                // dnorm = dy * w; dx = r * (dnorm - mean(dnorm) - xhat * mean(dnorm * xhat))
+                let (mut a1, mut a2) = ([T::zero(); LANES], [T::zero(); LANES]);
+                let mut tail = (T::zero(), T::zero());
+                let body = dy.len() / LANES * LANES;
+                for ((dy, x), w) in dy[..body]
+                    .chunks_exact(LANES)
+                    .zip(x[..body].chunks_exact(LANES))
+                    .zip(weight[..body].chunks_exact(LANES))
+                {
+                    for l in 0..LANES {
+                        let dn = dy[l] * w[l];
+                        a1[l] += dn;
+                        a2[l] += dn * (x[l] - mu);
+                    }
                 }
-            }
-            for ((&dy, &x), &w) in dy[body..].iter().zip(&x[body..]).zip(&weight[body..]) {
-                tail.0 += dy * w;
-                tail.1 += dy * w * (x - mu);
-            }
-            let s1 = (a1.iter().copied().sum::<T>() + tail.0) * inv_dim;
-            let s2 = (a2.iter().copied().sum::<T>() + tail.1) * r * inv_dim;
-            for (((dx, &dy), &x), &w) in dx.iter_mut().zip(dy).zip(x).zip(weight) {
-                let xhat = (x - mu) * r;
-                *dx += r * (dy * w - s1 - xhat * s2);
-            }
+                for ((&dy, &x), &w) in dy[body..].iter().zip(&x[body..]).zip(&weight[body..]) {
+                    tail.0 += dy * w;
+                    tail.1 += dy * w * (x - mu);
+                }
+                let s1 = (a1.iter().copied().sum::<T>() + tail.0) * inv_dim;
+                let s2 = (a2.iter().copied().sum::<T>() + tail.1) * r * inv_dim;
+                for (((dx, &dy), &x), &w) in dx.iter_mut().zip(dy).zip(x).zip(weight) {
+                    let xhat = (x - mu) * r;
+                    *dx += r * (dy * w - s1 - xhat * s2);
+                }
+            })
         });
     // dweight, dbias: column blocks, each summing over all rows in order (deterministic).
     const BLOCK: usize = 64;
@@ -127,17 +132,19 @@ pub fn layernorm_backward<T: Float>(
         .zip(dbias.par_chunks_mut(BLOCK))
         .enumerate()
         .for_each(|(bi, (dw, db))| {
-            let c0 = bi * BLOCK;
-            let c1 = c0 + dw.len();
-            for r in 0..rows {
-                let (mu, rs) = (mean[r], rstd[r]);
-                let dy = &dout[r * dim + c0..r * dim + c1];
-                let x = &inp[r * dim + c0..r * dim + c1];
-                for (((dw, db), &dy), &x) in dw.iter_mut().zip(db.iter_mut()).zip(dy).zip(x) {
-                    *dw += dy * (x - mu) * rs;
-                    *db += dy;
+            with_avx2(|| {
+                let c0 = bi * BLOCK;
+                let c1 = c0 + dw.len();
+                for r in 0..rows {
+                    let (mu, rs) = (mean[r], rstd[r]);
+                    let dy = &dout[r * dim + c0..r * dim + c1];
+                    let x = &inp[r * dim + c0..r * dim + c1];
+                    for (((dw, db), &dy), &x) in dw.iter_mut().zip(db.iter_mut()).zip(dy).zip(x) {
+                        *dw += dy * (x - mu) * rs;
+                        *db += dy;
+                    }
                 }
-            }
+            })
         });
     Ok(())
 }

@@ -11,6 +11,7 @@ mod layernorm;
 mod linear;
 mod math;
 mod residual;
+mod simd;
 
 #[cfg(test)]
 pub(crate) mod testutil;
