@@ -2,7 +2,8 @@
 //!
 //! Loading memory-maps the file and converts each tensor (f32, f16 or bf16) straight into its slot of the
 //! flat parameter buffer, so peak memory is the buffer plus the pages of the map being read. Names may carry
-//! the model-type prefix (`bert.`, `roberta.`); the pooler is skipped (sentence encoders pool themselves).
+//! the model-type prefix (`bert.`, `roberta.`); the pooler and pre-training heads are skipped (sentence
+//! encoders pool themselves).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -27,9 +28,14 @@ pub fn model_prefix(cfg: &BertConfig) -> &'static str {
     }
 }
 
-/// Tensors a checkpoint may carry that are not encoder parameters.
+/// Tensors a checkpoint may carry that are not encoder parameters: the pooler, the position-id buffer of
+/// older files, and the pre-training heads of `BertForPreTraining` / `*ForMaskedLM` files (`cls.`,
+/// `lm_head.`, e.g. bert-base-uncased's own checkpoint). Any other unknown name is an error.
 fn ignored(name: &str) -> bool {
-    name.starts_with("pooler.") || name == "embeddings.position_ids"
+    name.starts_with("pooler.")
+        || name == "embeddings.position_ids"
+        || name.starts_with("cls.")
+        || name.starts_with("lm_head.")
 }
 
 /// Parameters read from a checkpoint.

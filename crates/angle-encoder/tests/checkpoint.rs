@@ -188,3 +188,69 @@ fn minilm_loads_with_its_pooling() {
     assert_eq!(enc.default_pooling, angle_encoder::Pooling::Mean);
     assert_eq!(enc.buffers.params.len(), 22_565_376);
 }
+
+/// RoBERTa-family checkpoints: `roberta.` names, positions counted from `pad_token_id + 1`. A RoBERTa whose
+/// position table is a BERT's shifted down by two rows computes exactly what the BERT computes.
+#[test]
+fn roberta_positions_and_prefix() {
+    use angle_encoder::{Capacity, Mode, model::Batch};
+    let bert = tiny_encoder(5);
+    let mut cfg = bert.config.clone();
+    cfg.model_type = "roberta".into();
+    cfg.pad_token_id = 1;
+    cfg.position_offset = 2;
+    cfg.max_position_embeddings += 2;
+    let cfg = BertConfig::from_json_str(&cfg.to_json_string(), "config.json").unwrap();
+    assert_eq!(cfg.position_offset, 2);
+    let layout = ParamLayout::new(&cfg);
+    let mut params = vec![0.5f32; layout.total];
+    for e in &bert.layout.entries {
+        let src = &bert.buffers.params[e.range()];
+        let dst = layout.view_mut(&mut params, &e.name).unwrap();
+        if e.name == "embeddings.position_embeddings.weight" {
+            dst[2 * 16..].copy_from_slice(src);
+        } else {
+            dst.copy_from_slice(src);
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    angle_encoder::checkpoint::save(&path, &layout, &params, "roberta.").unwrap();
+    let roberta = Encoder::from_files(cfg, &path).unwrap();
+    assert_eq!(roberta.name_prefix, "roberta.");
+
+    let ids: Vec<u32> = (0..24).map(|i| (i * 5 % 30) as u32).collect();
+    let offs = [0usize, 24];
+    let batch = Batch {
+        input_ids: &ids,
+        token_type_ids: None,
+        seq_offsets: &offs,
+    };
+    let cap = Capacity {
+        max_tokens: 24,
+        max_seq_len: 24,
+    };
+    let (mut a, mut b) = (
+        bert.activations(cap, Mode::Eval),
+        roberta.activations(cap, Mode::Eval),
+    );
+    let x = bert.forward(&batch, &mut a, None).unwrap();
+    let y = roberta.forward(&batch, &mut b, None).unwrap();
+    assert!(x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()));
+    // the position table holds 24 positions after the offset: a 25-token sequence is an error, not a panic
+    let long: Vec<u32> = vec![5; 25];
+    let offs = [0usize, 25];
+    let batch = Batch {
+        input_ids: &long,
+        token_type_ids: None,
+        seq_offsets: &offs,
+    };
+    let mut c = roberta.activations(
+        Capacity {
+            max_tokens: 25,
+            max_seq_len: 25,
+        },
+        Mode::Eval,
+    );
+    assert!(roberta.forward(&batch, &mut c, None).is_err());
+}

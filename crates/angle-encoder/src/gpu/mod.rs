@@ -429,6 +429,36 @@ impl<T: Elem> GpuEncoder<T> {
         Ok(())
     }
 
+    /// Sentence embeddings `[B, H]` of a packed batch (eval mode: no dropout), e.g. for
+    /// `angle encode --device cuda`.
+    pub fn embed(
+        &mut self,
+        input_ids: &[u32],
+        token_type_ids: Option<&[u32]>,
+        seq_offsets: &[usize],
+    ) -> Result<Vec<f32>> {
+        self.stage(input_ids, token_type_ids, seq_offsets, None)?;
+        self.forward(None)?;
+        self.download_pooled()
+    }
+
+    /// Replaces the parameters (e.g. after loading a checkpoint on the host); refreshes the bf16
+    /// weight copy. Optimizer state is kept.
+    pub fn upload_params(&mut self, params: &[f32]) -> Result<()> {
+        if params.len() != self.layout.total {
+            return Err(GpuModelError::Batch(format!(
+                "{} parameters for a layout of {}",
+                params.len(),
+                self.layout.total
+            )));
+        }
+        self.gpu.upload(self.params.view(), params)?;
+        if let Some(w) = &self.wcopy {
+            k::cast_f32_to_bf16(&self.gpu, w.view(), self.params.view())?;
+        }
+        Ok(())
+    }
+
     /// Weight views for the products: the f32 parameters, or their bf16 copy.
     fn w(&self, r: &std::ops::Range<usize>) -> Result<DSlice<T>> {
         Ok(match &self.wcopy {
