@@ -12,15 +12,22 @@ for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
 done
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 | tee "$OUT/device.txt"
 date -u | tee -a "$OUT/device.txt"
-[ -f .gpu/data/minilm/model.safetensors ] || gunzip -kf .gpu/data/minilm/model.safetensors.gz
+DATA=.gpu/data
+if [ ! -f $DATA/minilm/model.safetensors ] && ! gunzip -kf $DATA/minilm/model.safetensors.gz 2>/dev/null; then
+    # read-only copy: unpack beside it in /tmp
+    mkdir -p /tmp/angle-data/minilm
+    cp $DATA/*.json $DATA/*.safetensors /tmp/angle-data/ && cp $DATA/minilm/config.json /tmp/angle-data/minilm/
+    gunzip -c $DATA/minilm/model.safetensors.gz > /tmp/angle-data/minilm/model.safetensors
+    DATA=/tmp/angle-data
+fi
 STEPS="${STEPS:-10}"
 rc=0
 # Sections in separate processes: a fault in one (a sticky CUDA error) leaves the others running.
 : > "$OUT/gpu_check.log"
 for only in kernels,loss parity bench; do
-    timeout 240 .gpu/bin/gpu_check --data .gpu/data --out "$OUT" --steps "$STEPS" --only "$only" 2>&1 \
+    timeout 240 .gpu/bin/gpu_check --data "$DATA" --out "$OUT" --steps "$STEPS" --only "$only" 2>&1 \
         | tee -a "$OUT/gpu_check.log" || rc=$?
 done
-python3 scripts/gpu/torch_baseline.py --out "$OUT" --steps "$STEPS" 2>&1 | tee "$OUT/torch.log" || rc=$?
+python3 scripts/gpu/torch_baseline.py --out "$OUT" --steps "$STEPS" --minilm-config "$DATA/minilm/config.json" 2>&1 | tee "$OUT/torch.log" || rc=$?
 python3 scripts/gpu/table.py "$OUT" 2>&1 | tee "$OUT/table.txt"
 exit $rc
