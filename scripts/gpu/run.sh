@@ -24,8 +24,15 @@ STEPS="${STEPS:-10}"
 rc=0
 # Sections in separate processes: a fault in one (a sticky CUDA error) leaves the others running.
 : > "$OUT/gpu_check.log"
-for only in kernels,loss parity bench; do
-    timeout 240 .gpu/bin/gpu_check --data "$DATA" --out "$OUT" --steps "$STEPS" --only "$only" 2>&1 \
+# SANITIZE=1: the checks under compute-sanitizer (memcheck), to locate a fault (slow: no bench).
+SAN=""
+SECTIONS="kernels,loss parity bench"
+if [ "${SANITIZE:-0}" = 1 ] && command -v compute-sanitizer >/dev/null; then
+    SAN="compute-sanitizer --tool memcheck --print-limit 20"
+    SECTIONS="kernels,loss parity"
+fi
+for only in $SECTIONS; do
+    timeout 240 $SAN .gpu/bin/gpu_check --data "$DATA" --out "$OUT" --steps "$STEPS" --only "$only" 2>&1 \
         | tee -a "$OUT/gpu_check.log" || rc=$?
 done
 python3 scripts/gpu/torch_baseline.py --out "$OUT" --steps "$STEPS" --minilm-config "$DATA/minilm/config.json" 2>&1 | tee "$OUT/torch.log" || rc=$?
