@@ -647,6 +647,20 @@ mod run {
             g.gpu.synchronize()?;
             phases.push((pname, t0.elapsed().as_secs_f64() * 1e3 / reps as f64));
         }
+        // Per-op profile of two steps (each op synchronised: relative sizes, not the step time).
+        g.set_profiling(true);
+        for t in 0..2u64 {
+            g.train_step(&hp, 200 + t, Some(t), Some(1.0))?;
+        }
+        let prof = g.profile();
+        g.set_profiling(false);
+        println!(
+            "      profile (per step, synchronised): {}",
+            prof.iter()
+                .map(|(op, ms, c)| format!("{op} {:.2} ms/{}", ms / 2.0, c / 2))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         println!(
             "      phases: {}",
             phases
@@ -682,6 +696,7 @@ mod run {
             "step_ms": dt * 1e3, "tokens_per_s": n as f64 / dt, "mfu": mfu, "peak_flops": peak,
             "flops_per_step": flops, "mem_mib": mb(free0.saturating_sub(free1)), "alloc_mib": mb(m.total),
             "mem_total_mib": mb(total), "loss_first": first, "loss_last": last,
+            "profile_ms_per_step": prof.iter().map(|(op, ms, _)| (op.to_string(), serde_json::json!(ms / 2.0))).collect::<serde_json::Map<_, _>>(),
             "phases_ms": phases.iter().map(|(p, ms)| (p.to_string(), serde_json::json!(ms))).collect::<serde_json::Map<_, _>>(),
         }))
     }

@@ -140,6 +140,9 @@ pub struct GpuEncoder<T: Elem> {
     staged: Option<Staged>,
     memory: GpuMemory,
     dropout_seed: Option<u64>,
+    /// When on, every op synchronises and its time is added to `prof` (op name -> ms, calls).
+    profiling: bool,
+    prof: std::cell::RefCell<Vec<(&'static str, f64, usize)>>,
 }
 
 impl<T: Elem> std::fmt::Debug for GpuEncoder<T> {
@@ -265,6 +268,8 @@ impl<T: Elem> GpuEncoder<T> {
             memory: GpuMemory::default(),
             staged: None,
             dropout_seed: None,
+            profiling: false,
+            prof: std::cell::RefCell::new(Vec::new()),
             params: p,
             grads,
             adam_m,
@@ -429,6 +434,44 @@ impl<T: Elem> GpuEncoder<T> {
         Ok(())
     }
 
+    /// Turns per-op timing on (each op then waits for the device: slower, for profiles only)
+    /// and clears what was collected.
+    pub fn set_profiling(&mut self, on: bool) {
+        self.profiling = on;
+        self.prof.borrow_mut().clear();
+    }
+
+    /// Per-op totals since [`Self::set_profiling`]: (op, milliseconds, calls), largest first.
+    pub fn profile(&self) -> Vec<(&'static str, f64, usize)> {
+        let mut v = self.prof.borrow().clone();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1));
+        v
+    }
+
+    fn tick(&self) -> Option<std::time::Instant> {
+        if self.profiling {
+            let _ = self.gpu.synchronize();
+            Some(std::time::Instant::now())
+        } else {
+            None
+        }
+    }
+
+    fn tock(&self, op: &'static str, t: Option<std::time::Instant>) {
+        if let Some(t) = t {
+            let _ = self.gpu.synchronize();
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            let mut p = self.prof.borrow_mut();
+            match p.iter_mut().find(|e| e.0 == op) {
+                Some(e) => {
+                    e.1 += ms;
+                    e.2 += 1;
+                }
+                None => p.push((op, ms, 1)),
+            }
+        }
+    }
+
     /// Sentence embeddings `[B, H]` of a packed batch (eval mode: no dropout), e.g. for
     /// `angle encode --device cuda`.
     pub fn embed(
@@ -495,6 +538,7 @@ impl<T: Elem> GpuEncoder<T> {
         let offs = cut_i(&self.batch.offsets, b + 1)?;
         let pbase = self.batch.pbase.view().slice(0..b)?;
         let emb = cut(&self.emb, nh_)?;
+        let _pt = self.tick();
         k::embedding_forward(
             gpu,
             emb,
@@ -507,7 +551,9 @@ impl<T: Elem> GpuEncoder<T> {
             n,
             h,
         )?;
+        self.tock("embedding_forward", _pt);
         let x0 = cut(&self.layer_io[0], nh_)?;
+        let _pt = self.tick();
         k::residual_layernorm_forward(
             gpu,
             x0,
@@ -525,15 +571,20 @@ impl<T: Elem> GpuEncoder<T> {
             0.0,
             0,
         )?;
+        self.tock("residual_layernorm_forward", _pt);
         if p_hidden > 0.0 {
+            let _pt = self.tick();
             k::dropout_forward(gpu, x0, x0, nh_, p_hidden, seed(0))?;
+            self.tock("dropout_forward", _pt);
         }
         let (pl, sl) = k::attention_scratch_len(&st.shape);
         for (l, w) in self.layout.layers.iter().enumerate() {
             let la = &self.layers[l];
             let x = cut(&self.layer_io[l], nh_)?;
             let qkv = cut(&self.s.qkv, 3 * nh_)?;
+            let _pt = self.tick();
             k::linear_forward(gpu, qkv, x, self.w(&w.qkv_weight)?, None, n, h, 3 * h)?;
+            self.tock("linear_forward", _pt);
             let saved = AttentionSaved {
                 q: cut(&la.q, pl)?,
                 k: cut(&la.k, pl)?,
@@ -542,6 +593,7 @@ impl<T: Elem> GpuEncoder<T> {
             };
             let ctx = cut(&la.ctx, nh_)?;
             let drop = (p_attn > 0.0).then(|| (p_attn, seed(1 + 3 * l as u64)));
+            let _pt = self.tick();
             k::attention_forward(
                 gpu,
                 ctx,
@@ -555,9 +607,13 @@ impl<T: Elem> GpuEncoder<T> {
                 &st.shape,
                 drop,
             )?;
+            self.tock("attention_forward", _pt);
             let proj = cut(&self.s.proj, nh_)?;
+            let _pt = self.tick();
             k::linear_forward(gpu, proj, ctx, self.w(&w.attn_out_weight)?, None, n, h, h)?;
+            self.tock("linear_forward", _pt);
             let ln1 = cut(&la.ln1, nh_)?;
+            let _pt = self.tick();
             k::residual_layernorm_forward(
                 gpu,
                 ln1,
@@ -575,11 +631,19 @@ impl<T: Elem> GpuEncoder<T> {
                 p_hidden,
                 seed(2 + 3 * l as u64),
             )?;
+            self.tock("residual_layernorm_forward", _pt);
             let fc1 = cut(&la.fc1, n * inter)?;
             let act = cut(&la.gelu, n * inter)?;
+            let _pt = self.tick();
             k::linear_forward(gpu, fc1, ln1, self.w(&w.ffn_in_weight)?, None, n, h, inter)?;
+            self.tock("linear_forward", _pt);
+            let _pt = self.tick();
             k::bias_gelu_forward(gpu, act, fc1, Some(self.p(&w.ffn_in_bias)?), n, inter)?;
+            self.tock("bias_gelu_forward", _pt);
+            let _pt = self.tick();
             k::linear_forward(gpu, proj, act, self.w(&w.ffn_out_weight)?, None, n, inter, h)?;
+            self.tock("linear_forward", _pt);
+            let _pt = self.tick();
             k::residual_layernorm_forward(
                 gpu,
                 cut(&self.layer_io[l + 1], nh_)?,
@@ -597,8 +661,10 @@ impl<T: Elem> GpuEncoder<T> {
                 p_hidden,
                 seed(3 + 3 * l as u64),
             )?;
+            self.tock("residual_layernorm_forward", _pt);
         }
         let last = cut(&self.layer_io[cfg.num_hidden_layers], nh_)?;
+        let _pt = self.tick();
         k::pooling_forward(
             gpu,
             cutf(&self.pooled, b * h)?,
@@ -609,6 +675,7 @@ impl<T: Elem> GpuEncoder<T> {
             h,
             self.pool_kind(),
         )?;
+        self.tock("pooling_forward", _pt);
         Ok(())
     }
 
@@ -631,6 +698,7 @@ impl<T: Elem> GpuEncoder<T> {
                 st.b
             )));
         }
+        let _pt = self.tick();
         k::angle_objective(
             &self.gpu,
             &self.objective,
@@ -641,6 +709,7 @@ impl<T: Elem> GpuEncoder<T> {
             pairs,
             h,
         )?;
+        self.tock("angle_objective", _pt);
         Ok(())
     }
 
@@ -688,6 +757,7 @@ impl<T: Elem> GpuEncoder<T> {
         let dctx = cut(&self.s.dctx, nh_)?;
         let dgelu = cut(&self.s.dgelu, n * inter)?;
         let dqkv = cut(&self.s.dqkv, 3 * nh_)?;
+        let _pt = self.tick();
         k::pooling_backward(
             gpu,
             dx,
@@ -699,9 +769,11 @@ impl<T: Elem> GpuEncoder<T> {
             self.pool_kind(),
             false,
         )?;
+        self.tock("pooling_backward", _pt);
         for (l, w) in self.layout.layers.iter().enumerate().rev() {
             let la = &self.layers[l];
             // out = LN2(dropout(fc2 + b2) + ln1)
+            let _pt = self.tick();
             k::residual_layernorm_backward(
                 gpu,
                 Some(dproj),
@@ -719,7 +791,9 @@ impl<T: Elem> GpuEncoder<T> {
                 seed(3 + 3 * l as u64),
                 false,
             )?;
+            self.tock("residual_layernorm_backward", _pt);
             // fc2 = gelu · W2ᵀ + b2
+            let _pt = self.tick();
             k::linear_backward(
                 gpu,
                 Some(dgelu),
@@ -733,8 +807,12 @@ impl<T: Elem> GpuEncoder<T> {
                 inter,
                 h,
             )?;
+            self.tock("linear_backward", _pt);
+            let _pt = self.tick();
             k::bias_gelu_backward(gpu, dgelu, cut(&la.fc1, n * inter)?, dgelu, n * inter, false)?;
+            self.tock("bias_gelu_backward", _pt);
             // fc1 = ln1 · W1ᵀ + b1 (dln1 already holds the residual branch)
+            let _pt = self.tick();
             k::linear_backward(
                 gpu,
                 Some(dln1),
@@ -748,7 +826,9 @@ impl<T: Elem> GpuEncoder<T> {
                 h,
                 inter,
             )?;
+            self.tock("linear_backward", _pt);
             // ln1 = LN1(dropout(attn_out + bo) + x)
+            let _pt = self.tick();
             k::residual_layernorm_backward(
                 gpu,
                 Some(dproj),
@@ -766,6 +846,8 @@ impl<T: Elem> GpuEncoder<T> {
                 seed(2 + 3 * l as u64),
                 false,
             )?;
+            self.tock("residual_layernorm_backward", _pt);
+            let _pt = self.tick();
             k::linear_backward(
                 gpu,
                 Some(dctx),
@@ -779,6 +861,7 @@ impl<T: Elem> GpuEncoder<T> {
                 h,
                 h,
             )?;
+            self.tock("linear_backward", _pt);
             let saved = AttentionSaved {
                 q: cut(&la.q, pl)?,
                 k: cut(&la.k, pl)?,
@@ -792,6 +875,7 @@ impl<T: Elem> GpuEncoder<T> {
                 cut(&self.s.dpad[3], pl)?,
             ];
             let drop = (p_attn > 0.0).then(|| (p_attn, seed(1 + 3 * l as u64)));
+            let _pt = self.tick();
             k::attention_backward(
                 gpu,
                 dqkv,
@@ -805,6 +889,8 @@ impl<T: Elem> GpuEncoder<T> {
                 &st.shape,
                 drop,
             )?;
+            self.tock("attention_backward", _pt);
+            let _pt = self.tick();
             k::linear_backward(
                 gpu,
                 Some(dx),
@@ -818,11 +904,15 @@ impl<T: Elem> GpuEncoder<T> {
                 h,
                 3 * h,
             )?;
+            self.tock("linear_backward", _pt);
         }
         // x0 = dropout(LN(emb))
         let e = &self.layout.embeddings;
+        let _pt = self.tick();
         k::dropout_backward(gpu, dproj, dx, nh_, p_hidden, seed(0), false)?;
+        self.tock("dropout_backward", _pt);
         let demb = dln1;
+        let _pt = self.tick();
         k::residual_layernorm_backward(
             gpu,
             Some(demb),
@@ -840,6 +930,8 @@ impl<T: Elem> GpuEncoder<T> {
             0,
             false,
         )?;
+        self.tock("residual_layernorm_backward", _pt);
+        let _pt = self.tick();
         k::embedding_backward(
             gpu,
             self.g(&e.word)?,
@@ -852,6 +944,7 @@ impl<T: Elem> GpuEncoder<T> {
             n,
             h,
         )?;
+        self.tock("embedding_backward", _pt);
         Ok(())
     }
 
@@ -860,11 +953,14 @@ impl<T: Elem> GpuEncoder<T> {
     pub fn adamw_step(&mut self, hp: &AdamW, t: u64, max_norm: Option<f32>) -> Result<()> {
         let clip = match max_norm {
             Some(mx) => {
+                let _pt = self.tick();
                 k::grad_norm_sq(&self.gpu, self.norm_sq.view(), self.grads.view())?;
+                self.tock("grad_norm_sq", _pt);
                 Some((self.norm_sq.view(), mx))
             }
             None => None,
         };
+        let _pt = self.tick();
         k::adamw_update(
             &self.gpu,
             self.params.view(),
@@ -880,6 +976,7 @@ impl<T: Elem> GpuEncoder<T> {
             t,
             clip,
         )?;
+        self.tock("adamw_update", _pt);
         Ok(())
     }
 
