@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use super::Float;
 use super::gemm::{MatMut, MatRef, gemm};
-use super::simd::with_avx2;
+use super::simd::multiversion;
 use crate::error::{TensorError, arg_err, check_len};
 use crate::rng;
 
@@ -101,18 +101,19 @@ fn split_by<T>(mut buf: &mut [T], lens: impl Iterator<Item = usize>) -> Vec<&mut
     parts
 }
 
-/// Row-wise in-place softmax of a `len x len` block.
-#[inline(always)]
-fn softmax_rows<T: Float>(p: &mut [T], len: usize) {
-    for row in p.chunks_exact_mut(len) {
-        let max = row.iter().copied().fold(T::neg_infinity(), T::max);
-        // Separate loops: the exp loop vectorises only without the sum's dependency chain.
-        for v in row.iter_mut() {
-            *v = (*v - max).exp_();
-        }
-        let inv = T::one() / row.iter().copied().sum::<T>();
-        for v in row.iter_mut() {
-            *v *= inv;
+multiversion! {
+    /// Row-wise in-place softmax of a `len x len` block.
+    fn softmax_rows<T: Float>(p: &mut [T], len: usize) {
+        for row in p.chunks_exact_mut(len) {
+            let max = row.iter().copied().fold(T::neg_infinity(), T::max);
+            // Separate loops: the exp loop vectorises only without the sum's dependency chain.
+            for v in row.iter_mut() {
+                *v = (*v - max).exp_();
+            }
+            let inv = T::one() / row.iter().copied().sum::<T>();
+            for v in row.iter_mut() {
+                *v *= inv;
+            }
         }
     }
 }
@@ -172,7 +173,7 @@ pub fn attention_forward<T: Float>(
                 let v = MatRef::strided(&qkv[2 * hidden + h * d..], len, d, h3, 1);
                 let p = &mut probs[h * len * len..(h + 1) * len * len];
                 gemm(scale, q, k.t(), T::zero(), MatMut::new(p, len, len))?;
-                with_avx2(|| softmax_rows(p, len));
+                softmax_rows(p, len);
                 let o = MatMut::strided(&mut out[h * d..], len, d, hidden, 1);
                 if let Some(dr) = dropout {
                     let thr = rng::keep_threshold(dr.p);

@@ -7,7 +7,7 @@
 use rayon::prelude::*;
 
 use super::Float;
-use super::simd::with_avx2;
+use super::simd::multiversion;
 use crate::error::{TensorError, arg_err, check_len};
 use crate::rng;
 
@@ -30,6 +30,30 @@ fn check_p<T: Float>(op: &'static str, p: T) -> Result<(), TensorError> {
 #[inline(always)]
 fn factor<T: Float>(seed: u64, i: u64, thr: u32, scale: T) -> T {
     if rng::keep(seed, i, thr) { scale } else { T::zero() }
+}
+
+multiversion! {
+    fn mask_copy<T: Float>(out: &mut [T], inp: &[T], seed: u64, base: u64, thr: u32, scale: T) {
+        for (j, (o, &x)) in out.iter_mut().zip(inp).enumerate() {
+            *o = x * factor(seed, base + j as u64, thr, scale);
+        }
+    }
+}
+
+multiversion! {
+    fn mask_inplace<T: Float>(x: &mut [T], seed: u64, base: u64, thr: u32, scale: T) {
+        for (j, x) in x.iter_mut().enumerate() {
+            *x *= factor(seed, base + j as u64, thr, scale);
+        }
+    }
+}
+
+multiversion! {
+    fn mask_add<T: Float>(dinp: &mut [T], dout: &[T], seed: u64, base: u64, thr: u32, scale: T) {
+        for (j, (dx, &dy)) in dinp.iter_mut().zip(dout).enumerate() {
+            *dx += dy * factor(seed, base + j as u64, thr, scale);
+        }
+    }
 }
 
 /// `out[i] = keep(i) ? inp[i] / (1 - p) : 0` over `n` elements.
@@ -57,11 +81,7 @@ pub fn dropout_forward<T: Float>(
         .enumerate()
         .for_each(|(ci, (o, x))| {
             let base = (ci * CHUNK) as u64;
-            with_avx2(|| {
-                for (j, (o, &x)) in o.iter_mut().zip(x).enumerate() {
-                    *o = x * factor(seed, base + j as u64, thr, scale);
-                }
-            })
+            mask_copy(o, x, seed, base, thr, scale)
         });
     Ok(())
 }
@@ -78,11 +98,7 @@ pub fn dropout_forward_inplace<T: Float>(x: &mut [T], n: usize, p: T, seed: u64)
     let scale = T::one() / (T::one() - p);
     x.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, x)| {
         let base = (ci * CHUNK) as u64;
-        with_avx2(|| {
-            for (j, x) in x.iter_mut().enumerate() {
-                *x *= factor(seed, base + j as u64, thr, scale);
-            }
-        })
+        mask_inplace(x, seed, base, thr, scale)
     });
     Ok(())
 }
@@ -106,11 +122,7 @@ pub fn dropout_backward<T: Float>(
         .enumerate()
         .for_each(|(ci, (dx, dy))| {
             let base = (ci * CHUNK) as u64;
-            with_avx2(|| {
-                for (j, (dx, &dy)) in dx.iter_mut().zip(dy).enumerate() {
-                    *dx += dy * factor(seed, base + j as u64, thr, scale);
-                }
-            })
+            mask_add(dx, dy, seed, base, thr, scale)
         });
     Ok(())
 }

@@ -3,7 +3,7 @@
 use rayon::prelude::*;
 
 use super::Float;
-use super::simd::with_avx2;
+use super::simd::multiversion;
 
 use crate::error::{TensorError, check_len};
 
@@ -29,12 +29,12 @@ pub fn gelu_forward<T: Float>(out: &mut [T], inp: &[T], n: usize, kind: GeluKind
     check_len(OP, "inp", inp.len(), n)?;
     out.par_chunks_mut(CHUNK)
         .zip(inp.par_chunks(CHUNK))
-        .for_each(|(o, x)| with_avx2(|| forward_chunk(o, x, kind)));
+        .for_each(|(o, x)| forward_chunk(o, x, kind));
     Ok(())
 }
 
-#[inline(always)]
-fn forward_chunk<T: Float>(out: &mut [T], inp: &[T], kind: GeluKind) {
+multiversion! {
+    fn forward_chunk<T: Float>(out: &mut [T], inp: &[T], kind: GeluKind) {
     let half = T::of(0.5);
     match kind {
         GeluKind::Erf => {
@@ -49,6 +49,7 @@ fn forward_chunk<T: Float>(out: &mut [T], inp: &[T], kind: GeluKind) {
                 *o = half * x * (T::one() + (k * (x + c * x * x * x)).tanh_());
             }
         }
+    }
     }
 }
 
@@ -66,12 +67,12 @@ pub fn gelu_backward<T: Float>(
     check_len(OP, "dout", dout.len(), n)?;
     dinp.par_chunks_mut(CHUNK)
         .zip(inp.par_chunks(CHUNK).zip(dout.par_chunks(CHUNK)))
-        .for_each(|(dx, (x, dy))| with_avx2(|| backward_chunk(dx, x, dy, kind)));
+        .for_each(|(dx, (x, dy))| backward_chunk(dx, x, dy, kind));
     Ok(())
 }
 
-#[inline(always)]
-fn backward_chunk<T: Float>(dinp: &mut [T], inp: &[T], dout: &[T], kind: GeluKind) {
+multiversion! {
+    fn backward_chunk<T: Float>(dinp: &mut [T], inp: &[T], dout: &[T], kind: GeluKind) {
     let half = T::of(0.5);
     match kind {
         GeluKind::Erf => {
@@ -92,6 +93,7 @@ fn backward_chunk<T: Float>(dinp: &mut [T], inp: &[T], dout: &[T], kind: GeluKin
                 *dx += dy * (half * (T::one() + t) + half * x * (T::one() - t * t) * du);
             }
         }
+    }
     }
 }
 

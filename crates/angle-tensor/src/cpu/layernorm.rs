@@ -3,7 +3,7 @@
 use rayon::prelude::*;
 
 use super::Float;
-use super::simd::with_avx2;
+use super::simd::multiversion;
 use crate::error::{TensorError, check_len};
 
 const LANES: usize = 8;
@@ -20,6 +20,64 @@ fn lane_sum<T: Float>(x: &[T], f: impl Fn(T) -> T) -> T {
         }
     }
     acc.iter().copied().sum::<T>() + tail
+}
+
+multiversion! {
+    fn row_forward<T: Float>(o: &mut [T], x: &[T], m: &mut T, s: &mut T, weight: &[T], bias: &[T], inv_dim: T, eps: T) {
+        let mu = lane_sum(x, |v| v) * inv_dim;
+        let var = lane_sum(x, |v| (v - mu) * (v - mu)) * inv_dim;
+        let r = T::one() / (var + eps).sqrt();
+        for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(weight).zip(bias) {
+            *o = (x - mu) * r * w + b;
+        }
+        *m = mu;
+        *s = r;
+    }
+}
+
+multiversion! {
+    /// dnorm = dy * w; dx += r * (dnorm - mean(dnorm) - xhat * mean(dnorm * xhat)).
+    fn row_backward<T: Float>(dx: &mut [T], dy: &[T], x: &[T], mu: T, r: T, weight: &[T], inv_dim: T) {
+        let (mut a1, mut a2) = ([T::zero(); LANES], [T::zero(); LANES]);
+        let mut tail = (T::zero(), T::zero());
+        let body = dy.len() / LANES * LANES;
+        for ((dy, x), w) in dy[..body]
+            .chunks_exact(LANES)
+            .zip(x[..body].chunks_exact(LANES))
+            .zip(weight[..body].chunks_exact(LANES))
+        {
+            for l in 0..LANES {
+                let dn = dy[l] * w[l];
+                a1[l] += dn;
+                a2[l] += dn * (x[l] - mu);
+            }
+        }
+        for ((&dy, &x), &w) in dy[body..].iter().zip(&x[body..]).zip(&weight[body..]) {
+            tail.0 += dy * w;
+            tail.1 += dy * w * (x - mu);
+        }
+        let s1 = (a1.iter().copied().sum::<T>() + tail.0) * inv_dim;
+        let s2 = (a2.iter().copied().sum::<T>() + tail.1) * r * inv_dim;
+        for (((dx, &dy), &x), &w) in dx.iter_mut().zip(dy).zip(x).zip(weight) {
+            let xhat = (x - mu) * r;
+            *dx += r * (dy * w - s1 - xhat * s2);
+        }
+    }
+}
+
+multiversion! {
+    /// Columns `c0 ..` of dweight and dbias, summed over every row in order (deterministic).
+    fn param_grads<T: Float>(dw: &mut [T], db: &mut [T], dout: &[T], inp: &[T], mean: &[T], rstd: &[T], dim: usize, c0: usize) {
+        let c1 = c0 + dw.len();
+        for (r, (&mu, &rs)) in mean.iter().zip(rstd).enumerate() {
+            let dy = &dout[r * dim + c0..r * dim + c1];
+            let x = &inp[r * dim + c0..r * dim + c1];
+            for (((dw, db), &dy), &x) in dw.iter_mut().zip(db.iter_mut()).zip(dy).zip(x) {
+                *dw += dy * (x - mu) * rs;
+                *db += dy;
+            }
+        }
+    }
 }
 
 /// `out = (inp - mean) * rstd * weight + bias` per row; saves `mean[rows]` and
@@ -50,18 +108,7 @@ pub fn layernorm_forward<T: Float>(
         .zip(inp.par_chunks(dim))
         .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
         .with_min_len(16)
-        .for_each(|((o, x), (m, s))| {
-            with_avx2(|| {
-                let mu = lane_sum(x, |v| v) * inv_dim;
-                let var = lane_sum(x, |v| (v - mu) * (v - mu)) * inv_dim;
-                let r = T::one() / (var + eps).sqrt();
-                for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(weight).zip(bias) {
-                    *o = (x - mu) * r * w + b;
-                }
-                *m = mu;
-                *s = r;
-            })
-        });
+        .for_each(|((o, x), (m, s))| row_forward(o, x, m, s, weight, bias, inv_dim, eps));
     Ok(())
 }
 
@@ -96,56 +143,14 @@ pub fn layernorm_backward<T: Float>(
         .zip(dout.par_chunks(dim).zip(inp.par_chunks(dim)))
         .zip(mean.par_iter().zip(rstd.par_iter()))
         .with_min_len(16)
-        .for_each(|((dx, (dy, x)), (&mu, &r))| {
-            with_avx2(|| {
-                // dnorm = dy * w; dx = r * (dnorm - mean(dnorm) - xhat * mean(dnorm * xhat))
-                let (mut a1, mut a2) = ([T::zero(); LANES], [T::zero(); LANES]);
-                let mut tail = (T::zero(), T::zero());
-                let body = dy.len() / LANES * LANES;
-                for ((dy, x), w) in dy[..body]
-                    .chunks_exact(LANES)
-                    .zip(x[..body].chunks_exact(LANES))
-                    .zip(weight[..body].chunks_exact(LANES))
-                {
-                    for l in 0..LANES {
-                        let dn = dy[l] * w[l];
-                        a1[l] += dn;
-                        a2[l] += dn * (x[l] - mu);
-                    }
-                }
-                for ((&dy, &x), &w) in dy[body..].iter().zip(&x[body..]).zip(&weight[body..]) {
-                    tail.0 += dy * w;
-                    tail.1 += dy * w * (x - mu);
-                }
-                let s1 = (a1.iter().copied().sum::<T>() + tail.0) * inv_dim;
-                let s2 = (a2.iter().copied().sum::<T>() + tail.1) * r * inv_dim;
-                for (((dx, &dy), &x), &w) in dx.iter_mut().zip(dy).zip(x).zip(weight) {
-                    let xhat = (x - mu) * r;
-                    *dx += r * (dy * w - s1 - xhat * s2);
-                }
-            })
-        });
+        .for_each(|((dx, (dy, x)), (&mu, &r))| row_backward(dx, dy, x, mu, r, weight, inv_dim));
     // dweight, dbias: column blocks, each summing over all rows in order (deterministic).
     const BLOCK: usize = 64;
     dweight
         .par_chunks_mut(BLOCK)
         .zip(dbias.par_chunks_mut(BLOCK))
         .enumerate()
-        .for_each(|(bi, (dw, db))| {
-            with_avx2(|| {
-                let c0 = bi * BLOCK;
-                let c1 = c0 + dw.len();
-                for r in 0..rows {
-                    let (mu, rs) = (mean[r], rstd[r]);
-                    let dy = &dout[r * dim + c0..r * dim + c1];
-                    let x = &inp[r * dim + c0..r * dim + c1];
-                    for (((dw, db), &dy), &x) in dw.iter_mut().zip(db.iter_mut()).zip(dy).zip(x) {
-                        *dw += dy * (x - mu) * rs;
-                        *db += dy;
-                    }
-                }
-            })
-        });
+        .for_each(|(bi, (dw, db))| param_grads(dw, db, dout, inp, mean, rstd, dim, bi * BLOCK));
     Ok(())
 }
 

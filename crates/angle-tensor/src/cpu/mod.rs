@@ -11,6 +11,7 @@ mod layernorm;
 mod linear;
 mod math;
 mod residual;
+#[macro_use]
 mod simd;
 
 #[cfg(test)]
