@@ -3,6 +3,8 @@
 //! 32 pairs × 384, 256 pairs × 1024 and 4096 pairs × 768.
 //!
 //! `cargo bench -p angle-benches --bench loss`
+//!
+//! Every timing includes the validation of the input and the allocation of the returned gradient.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -74,6 +76,12 @@ fn bench_size(c: &mut Criterion, pairs: usize, dim: usize) {
                 .compute(DataFormat::A, black_box(y.view()), &l, None)
                 .unwrap()
         })
+    });
+    // Same-run yardstick for a noisy machine: the one GEMM of the similarity matrix X Xᵀ ([2·pairs, dim] times its
+    // transpose, ndarray's single-threaded matrixmultiply). PyTorch's in-batch objective costs three of these (forward,
+    // and the two products of the backward); ours costs about 1.75 (docs in angle-loss's sym.rs).
+    group.bench_function("yardstick_gemm_xxt", |b| {
+        b.iter(|| black_box(y.view()).dot(&y.t()))
     });
     group.finish();
 }

@@ -6,8 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::check;
 use crate::norm::normalize_rows;
 use crate::objectives::{
-    ContrastiveLayout, angle_loss_into, check_grouped, contrastive_core, cosine_loss_into,
-    in_batch_negative_loss_into, standard,
+    ContrastiveLayout, check_grouped, contrastive_core, in_batch_core, pair_rank_core, standard,
 };
 use crate::pairs::{AnglePooling, PairScore, pair_objective};
 use crate::{LossError, Real};
@@ -188,42 +187,26 @@ impl AngleLoss {
         if c.angle_w > 0.0 {
             check::even_dim(&y_pred)?;
         }
+        // Validated once above; the objectives run on the same standard-layout view.
+        let y = standard(&y_pred);
+        let yv = y.view();
         let mut parts = LossParts::default();
         let mut loss = 0.0f64;
         if c.cosine_w > 0.0 {
-            let l = cosine_loss_into(
-                y_pred.view(),
-                labels,
-                F::of(c.cosine_tau),
-                F::of(c.cosine_w),
-                grad,
-            )?;
-            loss += c.cosine_w * l.f64();
-            parts.cosine = Some(l);
+            let l = pair_rank_core(&yv, labels, c.cosine_tau, c.cosine_w, grad, PairScore::Cosine);
+            loss += c.cosine_w * l;
+            parts.cosine = Some(F::of(l));
         }
         if c.ibn_w > 0.0 {
-            let l = in_batch_negative_loss_into(
-                y_pred.view(),
-                labels,
-                text_ids,
-                F::of(c.ibn_tau),
-                F::of(c.ibn_w),
-                grad,
-            )?;
-            loss += c.ibn_w * l.f64();
-            parts.in_batch_negative = Some(l);
+            let l = in_batch_core(&yv, labels, text_ids, c.ibn_tau, c.ibn_w, grad);
+            loss += c.ibn_w * l;
+            parts.in_batch_negative = Some(F::of(l));
         }
         if c.angle_w > 0.0 {
-            let l = angle_loss_into(
-                y_pred.view(),
-                labels,
-                F::of(c.angle_tau),
-                c.angle_pooling,
-                F::of(c.angle_w),
-                grad,
-            )?;
-            loss += c.angle_w * l.f64();
-            parts.angle = Some(l);
+            let score = PairScore::Angle(c.angle_pooling);
+            let l = pair_rank_core(&yv, labels, c.angle_tau, c.angle_w, grad, score);
+            loss += c.angle_w * l;
+            parts.angle = Some(F::of(l));
         }
         Ok((F::of(loss), parts))
     }

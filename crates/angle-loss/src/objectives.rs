@@ -130,9 +130,20 @@ fn pair_rank<F: Real>(
     let tau = check::scale("tau", tau)?;
     let weight = check::weight("weight", weight)?;
     let y = standard(&y_pred);
+    Ok(F::of(pair_rank_core(&y.view(), labels, tau, weight, grad, score)))
+}
+
+/// The cosine or angle objective on validated, standard-layout zigzag pairs.
+pub(crate) fn pair_rank_core<F: Real>(
+    y: &ArrayView2<'_, F>,
+    labels: &[F],
+    tau: f64,
+    weight: f64,
+    grad: &mut ArrayViewMut2<'_, F>,
+    score: PairScore,
+) -> f64 {
     let pairs = zigzag_pairs(labels.len());
-    let loss = pair_objective(&y.view(), &pairs, &labels_f64(labels), score, tau, weight, grad);
-    Ok(F::of(loss))
+    pair_objective(y, &pairs, &labels_f64(labels), score, tau, weight, grad)
 }
 
 /// Whether pair `k` is a positive for the in-batch-negative objective: its label truncated to an integer is non-zero
@@ -177,13 +188,32 @@ pub fn in_batch_negative_loss_into<F: Real>(
     check::grad_shape(grad, &y_pred)?;
     let tau = check::scale("tau", tau)?;
     let weight = check::weight("weight", weight)?;
-    let n = y_pred.nrows();
+    let y = standard(&y_pred);
+    Ok(F::of(in_batch_core(
+        &y.view(),
+        labels,
+        text_ids,
+        tau,
+        weight,
+        grad,
+    )))
+}
+
+/// The in-batch-negative objective on validated, standard-layout zigzag pairs.
+pub(crate) fn in_batch_core<F: Real>(
+    y: &ArrayView2<'_, F>,
+    labels: &[F],
+    text_ids: Option<&[u64]>,
+    tau: f64,
+    weight: f64,
+    grad: &mut ArrayViewMut2<'_, F>,
+) -> f64 {
+    let n = y.nrows();
     let positive: Vec<bool> = (0..n).map(|i| is_positive(labels[i / 2])).collect();
     if !positive.contains(&true) {
-        return Ok(F::zero());
+        return 0.0;
     }
-    let y = standard(&y_pred);
-    let (xhat, norms) = normalize_rows(&y.view());
+    let (xhat, norms) = normalize_rows(y);
     let rows = InBatch {
         positive: &positive,
         ids: text_ids,
@@ -193,7 +223,7 @@ pub fn in_batch_negative_loss_into<F: Real>(
     if weight != 0.0 {
         normalize_backward(&dxhat.view(), &xhat.view(), &norms, grad);
     }
-    Ok(F::of(sum / n as f64))
+    sum / n as f64
 }
 
 /// The contrastive objective (InfoNCE): each query against all positives of the batch (and all negatives, for
