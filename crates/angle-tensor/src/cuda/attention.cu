@@ -8,13 +8,16 @@ struct Geo {
     int B, nh, T, hd;
 };
 
-__device__ __forceinline__ void split4(long long idx, Geo g, int& b, int& h, int& t, int& d) {
-    d = (int)(idx % g.hd);
-    long long r = idx / g.hd;
-    t = (int)(r % g.T);
+// 32-bit index arithmetic (the launchers refuse layouts of 2^31 elements or more): 64-bit
+// division costs tens of instructions per element.
+__device__ __forceinline__ void split4(long long idx64, Geo g, int& b, int& h, int& t, int& d) {
+    const int idx = (int)idx64;
+    d = idx % g.hd;
+    int r = idx / g.hd;
+    t = r % g.T;
     r /= g.T;
-    h = (int)(r % g.nh);
-    b = (int)(r / g.nh);
+    h = r % g.nh;
+    b = r / g.nh;
 }
 
 template <typename T>
@@ -109,8 +112,8 @@ __device__ void softmax_fwd(T* att, T* attd, const T* scores, const int* off, co
     const long long row = (blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5;
     const int lane = threadIdx.x & 31;
     if (row >= rows) return;
-    const int i = (int)(row % g.T);
-    const int bh = (int)(row / g.T);
+    const int i = (int)row % g.T;
+    const int bh = (int)row / g.T;
     const int b = bh / g.nh, h = bh % g.nh;
     const int len = off[b + 1] - off[b];
     const T* s = scores + row * g.T;
@@ -145,10 +148,10 @@ __device__ void dropout_regen(T* attd, const T* att, const int* off, const long 
     const long long total = (long long)g.B * g.nh * g.T * g.T;
     for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total;
          idx += (long long)gridDim.x * blockDim.x) {
-        const int j = (int)(idx % g.T);
-        const long long row = idx / g.T;
-        const int i = (int)(row % g.T);
-        const int bh = (int)(row / g.T);
+        const int j = (int)idx % g.T;
+        const int row = (int)idx / g.T;
+        const int i = row % g.T;
+        const int bh = row / g.T;
         const int b = bh / g.nh, h = bh % g.nh;
         const int len = off[b + 1] - off[b];
         float v = 0.0f;
@@ -170,8 +173,8 @@ __device__ void softmax_bwd(T* dp, const T* att, const int* off, const long long
     const long long row = (blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5;
     const int lane = threadIdx.x & 31;
     if (row >= rows) return;
-    const int i = (int)(row % g.T);
-    const int bh = (int)(row / g.T);
+    const int i = (int)row % g.T;
+    const int bh = (int)row / g.T;
     const int b = bh / g.nh, h = bh % g.nh;
     const int len = off[b + 1] - off[b];
     T* d = dp + row * g.T;

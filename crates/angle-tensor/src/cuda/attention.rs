@@ -63,6 +63,10 @@ pub fn attention_pbase(seq_offsets: &[usize], n_heads: usize) -> Vec<i64> {
 }
 
 fn geo_args(op: &'static str, s: &AttentionShape) -> Result<[i32; 4], GpuError> {
+    // the kernels index the padded layouts with 32-bit arithmetic
+    let (pl, sl) = attention_scratch_len(s);
+    dim(op, "padded q/k/v length", pl)?;
+    dim(op, "scores length", sl)?;
     Ok([
         dim(op, "batch", s.batch)?,
         dim(op, "n_heads", s.n_heads)?,

@@ -272,7 +272,13 @@ fn gelu<T: Elem>(c: &mut Ctx, s: u64) -> Result<(), GpuError> {
 }
 
 fn layernorm<T: Elem>(c: &mut Ctx, s: u64) -> Result<(), GpuError> {
-    for (rows, cols, p) in [(37usize, 96usize, 0.0f32), (41, 384, 0.1), (9, 1024, 0.1)] {
+    for (rows, cols, p) in [
+        (37usize, 96usize, 0.0f32),
+        (41, 384, 0.1),
+        (77, 768, 0.1),
+        (9, 1024, 0.1),
+        (5, 2048, 0.1),
+    ] {
         let n = rows * cols;
         let seed = 77 + rows as u64;
         let a = rand::<T>(s * 100 + 1, n, 2.0);

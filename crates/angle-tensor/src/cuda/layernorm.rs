@@ -10,6 +10,77 @@ pub(crate) const SRC: KernelSource = KernelSource {
 };
 
 const THREADS: u32 = 256;
+/// Rows per warp in the warp-per-row backward (its dw, db partials amortise over these).
+const ROWS_PER_WARP: usize = 4;
+
+/// The warp-per-row kernels (forward, backward) for `cols <= 1024`, by values per lane.
+fn warp_kernels<T: DType>(cols: usize) -> Option<(&'static str, &'static str)> {
+    let bf = T::NAME == "bf16";
+    let pick = |f: (&'static str, &'static str), b: (&'static str, &'static str)| if bf { b } else { f };
+    Some(match cols.div_ceil(32) {
+        0..=4 => pick(
+            (
+                "residual_layernorm_forward_w4_f32",
+                "residual_layernorm_backward_w4_f32",
+            ),
+            (
+                "residual_layernorm_forward_w4_bf16",
+                "residual_layernorm_backward_w4_bf16",
+            ),
+        ),
+        5..=8 => pick(
+            (
+                "residual_layernorm_forward_w8_f32",
+                "residual_layernorm_backward_w8_f32",
+            ),
+            (
+                "residual_layernorm_forward_w8_bf16",
+                "residual_layernorm_backward_w8_bf16",
+            ),
+        ),
+        9..=12 => pick(
+            (
+                "residual_layernorm_forward_w12_f32",
+                "residual_layernorm_backward_w12_f32",
+            ),
+            (
+                "residual_layernorm_forward_w12_bf16",
+                "residual_layernorm_backward_w12_bf16",
+            ),
+        ),
+        13..=16 => pick(
+            (
+                "residual_layernorm_forward_w16_f32",
+                "residual_layernorm_backward_w16_f32",
+            ),
+            (
+                "residual_layernorm_forward_w16_bf16",
+                "residual_layernorm_backward_w16_bf16",
+            ),
+        ),
+        17..=24 => pick(
+            (
+                "residual_layernorm_forward_w24_f32",
+                "residual_layernorm_backward_w24_f32",
+            ),
+            (
+                "residual_layernorm_forward_w24_bf16",
+                "residual_layernorm_backward_w24_bf16",
+            ),
+        ),
+        25..=32 => pick(
+            (
+                "residual_layernorm_forward_w32_f32",
+                "residual_layernorm_backward_w32_f32",
+            ),
+            (
+                "residual_layernorm_forward_w32_bf16",
+                "residual_layernorm_backward_w32_bf16",
+            ),
+        ),
+        _ => return None,
+    })
+}
 const MAX_DIM: usize = 256 * 8;
 const ROWS_PER_BLOCK: usize = 32;
 
@@ -54,16 +125,24 @@ pub fn residual_layernorm_forward<T: DType>(
         return Err(arg_err(OP, "cols", format!("{cols} > {MAX_DIM}")));
     }
     let (thr, scale) = super::dropout::params(OP, p)?;
-    let name = super::kname::<T>(
-        "residual_layernorm_forward_f32",
-        "residual_layernorm_forward_bf16",
-    );
+    let (name, grid, shared) = match warp_kernels::<T>(cols) {
+        // one warp per row, 8 rows per block
+        Some((f, _)) => (f, rows.div_ceil(8).max(1) as u32, 0),
+        None => (
+            super::kname::<T>(
+                "residual_layernorm_forward_f32",
+                "residual_layernorm_forward_bf16",
+            ),
+            dim(OP, "rows", rows)?.max(1) as u32,
+            (cols * 4) as u32,
+        ),
+    };
     gpu.launch(
         &SRC,
         name,
-        (dim(OP, "rows", rows)?.max(1) as u32, 1, 1),
+        (grid, 1, 1),
         THREADS,
-        (cols * 4) as u32,
+        shared,
         &mut kargs![
             out,
             sum,
@@ -124,16 +203,30 @@ pub fn residual_layernorm_backward<T: DType>(
         return Err(arg_err(OP, "cols", format!("{cols} > {MAX_DIM}")));
     }
     let (thr, scale) = super::dropout::params(OP, p)?;
-    let name = super::kname::<T>(
-        "residual_layernorm_backward_f32",
-        "residual_layernorm_backward_bf16",
-    );
+    let (name, grid, shared, per) = match warp_kernels::<T>(cols) {
+        // 8 warps per block, ROWS_PER_WARP rows per warp; the block sums dw, db in shared memory
+        Some((_, b)) => (
+            b,
+            rows.div_ceil(8 * ROWS_PER_WARP).max(1) as u32,
+            (2 * cols * 4) as u32,
+            ROWS_PER_WARP,
+        ),
+        None => (
+            super::kname::<T>(
+                "residual_layernorm_backward_f32",
+                "residual_layernorm_backward_bf16",
+            ),
+            rows.div_ceil(ROWS_PER_BLOCK).max(1) as u32,
+            0,
+            ROWS_PER_BLOCK,
+        ),
+    };
     gpu.launch(
         &SRC,
         name,
-        (rows.div_ceil(ROWS_PER_BLOCK).max(1) as u32, 1, 1),
+        (grid, 1, 1),
         THREADS,
-        0,
+        shared,
         &mut kargs![
             da.unwrap_or(DSlice::null()),
             dres.unwrap_or(DSlice::null()),
@@ -151,7 +244,7 @@ pub fn residual_layernorm_backward<T: DType>(
             seed,
             i32::from(p > 0.0),
             i32::from(accumulate),
-            ROWS_PER_BLOCK as i32
+            per as i32
         ],
     )
 }

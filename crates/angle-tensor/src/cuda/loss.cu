@@ -1,7 +1,7 @@
 // The AnglE format-A objective (angle-emb 0.6.1, angle_emb/loss.py), forward and gradient on
 // the device in one block: cosine_w * CoSENT(cos) + angle_w * CoSENT(angle) + ibn_w * in-batch
 // negatives. y [2P, D] f32 in zigzag layout (rows 2k, 2k+1 are pair k), labels [P].
-// Writes loss[0] and dy (overwritten). `work` holds (2P)^2 floats for the in-batch term.
+// Writes loss[0] and dy (overwritten). `work` holds 2 (2P)^2 floats for the in-batch term.
 // Derivations: docs of angle-loss; here each step names what it differentiates.
 
 #define NORM_EPS 1e-12f
@@ -105,11 +105,13 @@ extern "C" __global__ void __launch_bounds__(1024) angle_objective(float* loss, 
         const float gak = angle_w * ga[k] * angle_tau * sg;
         const float P0 = p; // includes fpool
         const float inv_uv = fpool / (a * b);
+        const float inv_uavb = 1.0f / (ua * vb), inv_a2 = 1.0f / (a * a), inv_b2 = 1.0f / (b * b);
+        const float inv_eu = 1.0f / (NORM_EPS * vb), inv_ev = 1.0f / (NORM_EPS * ua);
         for (int d = lane; d < D; d += 32) {
             float gu = 0.0f, gv = 0.0f;
             if (gk != 0.0f) {
-                gu += gk * (a > NORM_EPS ? v[d] / (ua * vb) - c * u[d] / (a * a) : v[d] / (NORM_EPS * vb));
-                gv += gk * (b > NORM_EPS ? u[d] / (ua * vb) - c * v[d] / (b * b) : u[d] / (NORM_EPS * ua));
+                gu += gk * (a > NORM_EPS ? v[d] * inv_uavb - c * u[d] * inv_a2 : v[d] * inv_eu);
+                gv += gk * (b > NORM_EPS ? u[d] * inv_uavb - c * v[d] * inv_b2 : u[d] * inv_ev);
             }
             if (gak != 0.0f) {
                 float dSu, dSv;
@@ -122,8 +124,8 @@ extern "C" __global__ void __launch_bounds__(1024) angle_objective(float* loss, 
                     dSu = v[d] + v[j];
                     dSv = u[d] - u[j];
                 }
-                gu += gak * (dSu * inv_uv - P0 * u[d] / (a * a));
-                gv += gak * (dSv * inv_uv - P0 * v[d] / (b * b));
+                gu += gak * (dSu * inv_uv - P0 * u[d] * inv_a2);
+                gv += gak * (dSv * inv_uv - P0 * v[d] * inv_b2);
             }
             du[d] = gu;
             dv[d] = gv;
@@ -190,26 +192,30 @@ extern "C" __global__ void __launch_bounds__(1024) angle_objective(float* loss, 
         total += ibn_w * lsum / (float)R;
         __syncthreads();
         // dn_i = sum_j (G_ij + G_ji) n_j; dy_i += (dn_i - n_i (n_i . dn_i)) / |y_i|.
+        // M = G + G^T scaled by 1/|y_j| goes to the second half of `work` (no division in the
+        // inner loops: this block is the whole grid).
+        float* M = work + (long long)R * R;
+        for (int idx = threadIdx.x; idx < R * R; idx += blockDim.x) {
+            const int i = idx / R, j = idx % R;
+            M[idx] = (work[idx] + work[(long long)j * R + i]) / rn[j];
+        }
+        __syncthreads();
         for (int i = warp; i < R; i += nwarps) {
             const float* xi = y + (long long)i * D;
+            const float* mi = M + (long long)i * R;
             float* gi = dy + (long long)i * D;
+            const float ri = 1.0f / rn[i];
             float proj = 0.0f;
             for (int d = lane; d < D; d += 32) {
                 float dn = 0.0f;
-                for (int j = 0; j < R; j++) {
-                    const float gij = work[(long long)i * R + j] + work[(long long)j * R + i];
-                    dn += gij * y[(long long)j * D + d] / rn[j];
-                }
-                proj += dn * xi[d] / rn[i];
+                for (int j = 0; j < R; j++) dn += mi[j] * y[(long long)j * D + d];
+                proj += dn * xi[d];
             }
-            proj = warp_sum(proj);
+            proj = warp_sum(proj) * ri;
             for (int d = lane; d < D; d += 32) {
                 float dn = 0.0f;
-                for (int j = 0; j < R; j++) {
-                    const float gij = work[(long long)i * R + j] + work[(long long)j * R + i];
-                    dn += gij * y[(long long)j * D + d] / rn[j];
-                }
-                gi[d] += (dn - proj * xi[d] / rn[i]) / rn[i];
+                for (int j = 0; j < R; j++) dn += mi[j] * y[(long long)j * D + d];
+                gi[d] += (dn - proj * xi[d] * ri) * ri;
             }
         }
     }

@@ -40,7 +40,7 @@ impl AngleObjective {
             ibn_w: 1.0,
             ibn_tau: 20.0,
             max_pairs,
-            work: gpu.alloc::<f32>(r * r)?,
+            work: gpu.alloc::<f32>(2 * r * r)?,
         })
     }
 }
