@@ -265,13 +265,14 @@ impl Encoder {
         acts: &'a mut Activations,
         dropout_seed: Option<u64>,
     ) -> Result<&'a [f32]> {
-        self.stage(batch, acts)?;
         let train = acts.mode == Mode::Train;
         if dropout_seed.is_some() && !train {
             return Err(EncoderError::Batch("dropout needs a train-mode arena".into()));
         }
-        acts.dropout_seed = dropout_seed;
+        // cleared first: a forward that fails half-way must not leave a backward-able arena behind
         acts.ready_for_backward = false;
+        self.stage(batch, acts)?;
+        acts.dropout_seed = dropout_seed;
         let cfg = &self.config;
         let p = &self.buffers.params;
         let (h, inter, nh) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads);
