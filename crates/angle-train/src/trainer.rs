@@ -72,15 +72,25 @@ pub struct RunSummary {
     pub output: PathBuf,
 }
 
-/// Loss parts as (name, value) pairs for `metrics.jsonl`; unweighted values, as the objectives return them.
-fn parts_list(p: &LossParts<f32>) -> [(&'static str, Option<f32>); 5] {
+/// Names of the loss parts in `metrics.jsonl`, in the order of [`part_values`].
+const PART_NAMES: [&str; 5] = ["cosine", "ibn", "angle", "contrastive", "contrastive_negative"];
+
+/// The objectives' unweighted values (`None`: the objective did not run).
+fn part_values(p: &LossParts<f32>) -> [Option<f32>; 5] {
     [
-        ("cosine", p.cosine),
-        ("ibn", p.in_batch_negative),
-        ("angle", p.angle),
-        ("contrastive", p.contrastive),
-        ("contrastive_negative", p.contrastive_negative),
+        p.cosine,
+        p.in_batch_negative,
+        p.angle,
+        p.contrastive,
+        p.contrastive_negative,
     ]
+}
+
+/// Adds `v` into an accumulator that stays `None` until some value arrives.
+fn accumulate(acc: &mut Option<f64>, v: Option<f64>) {
+    if let Some(v) = v {
+        *acc.get_or_insert(0.0) += v;
+    }
 }
 
 /// Running means between two log records.
@@ -88,7 +98,7 @@ fn parts_list(p: &LossParts<f32>) -> [(&'static str, Option<f32>); 5] {
 struct Window {
     steps: u64,
     loss: f64,
-    parts: std::collections::BTreeMap<String, f64>,
+    parts: [Option<f64>; 5],
     grad_norm: f64,
     examples: u64,
     tokens: u64,
@@ -275,7 +285,7 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
         let micro = config.grad_accum.min(plan.len() - state.batch_in_epoch);
         enc.buffers.zero_grad();
         let mut step_loss = 0.0f64;
-        let mut step_parts = [0.0f64; 5];
+        let mut step_parts = [None; 5];
         let mut step_examples = 0u64;
         let mut step_tokens = 0u64;
         for k in 0..micro {
@@ -333,8 +343,8 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
                 .map_err(enc_err)?;
             enc.backward(&mut acts).map_err(enc_err)?;
             step_loss += loss as f64 / micro as f64;
-            for (acc, (_, v)) in step_parts.iter_mut().zip(parts_list(&parts)) {
-                *acc += v.unwrap_or(0.0) as f64 / micro as f64;
+            for (acc, v) in step_parts.iter_mut().zip(part_values(&parts)) {
+                accumulate(acc, v.map(|v| v as f64 / micro as f64));
             }
             step_examples += batch.examples.len() as u64;
             step_tokens += batch.tokens() as u64;
@@ -369,8 +379,8 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
 
         window.steps += 1;
         window.loss += step_loss;
-        for ((name, _), v) in parts_list(&LossParts::default()).iter().zip(step_parts) {
-            *window.parts.entry(name.to_string()).or_default() += v;
+        for (acc, v) in window.parts.iter_mut().zip(step_parts) {
+            accumulate(acc, v);
         }
         window.grad_norm += grad_norm;
         window.examples += step_examples;
@@ -379,7 +389,9 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
         let epoch_f = state.epoch as f64 + state.batch_in_epoch as f64 / plan.len().max(1) as f64;
         let pairs_s = window.examples as f64 / window.seconds.max(1e-9);
         bar.set_position(state.step);
-        bar.set_message(format!("loss {step_loss:.4} lr {lr:.2e} {pairs_s:.1} pairs/s"));
+        if !bar.is_hidden() {
+            bar.set_message(format!("loss {step_loss:.4} lr {lr:.2e} {pairs_s:.1} pairs/s"));
+        }
 
         let epoch_end = state.batch_in_epoch >= plan.len();
         let last = state.step == total_steps;
@@ -390,10 +402,10 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
                 step: state.step,
                 epoch: epoch_f,
                 loss: window.loss / n,
-                parts: std::mem::take(&mut window.parts)
-                    .into_iter()
-                    .filter(|(_, v)| *v != 0.0)
-                    .map(|(k, v)| (k, v / n))
+                parts: PART_NAMES
+                    .iter()
+                    .zip(window.parts)
+                    .filter_map(|(name, v)| v.map(|v| (name.to_string(), v / n)))
                     .collect(),
                 lr: lr as f64,
                 grad_norm: window.grad_norm / n,
