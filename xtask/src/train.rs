@@ -96,11 +96,13 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         cmd.arg(flag).arg(value);
     }
     cmd.args(&extra);
+    let load_before = load_average();
     let started = Instant::now();
     let status = cmd
         .status()
         .with_context(|| format!("running {}", bin.display()))?;
     let wall = started.elapsed().as_secs_f64();
+    let load_after = load_average();
     if !status.success() {
         bail!("angle train failed ({status})");
     }
@@ -113,6 +115,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let train_s = summary["train_seconds"].as_f64().unwrap_or(f64::NAN);
     let pairs_s = summary["pairs_per_s"].as_f64().unwrap_or(f64::NAN);
     let steps = summary["steps"].as_u64().unwrap_or(0);
+    let cpu_s = summary["train_cpu_seconds"].as_f64().unwrap_or(0.0);
+    let threads = summary["threads"].as_u64().unwrap_or(1).max(1) as f64;
 
     println!(
         "\n== fine-tuned (final weights: {})",
@@ -138,6 +142,16 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         ft_test - TORCH_TEST,
         TORCH_TEST - 0.5
     );
+    println!("load average before/after training: {load_before} / {load_after} (the machine is shared)");
+    if cpu_s > 0.0 {
+        let alone = cpu_s / threads;
+        println!(
+            "CPU time of the training steps: {cpu_s:.0} s on {threads} threads → about {alone:.0} s with the cores to \
+             itself ({:.1} pairs/s, {:.2}× PyTorch's time; an estimate that assumes perfect thread scaling)",
+            pairs_s * train_s / alone,
+            TORCH_SECONDS / alone
+        );
+    }
     if let Some(best) = summary["best_spearman"].as_f64() {
         println!(
             "best dev Spearman during training: {best:.2} (checkpoint {})",
@@ -308,4 +322,12 @@ fn find_stsb(root: &Path, cache: &Path) -> anyhow::Result<PathBuf> {
          sentence1,sentence2,score; e.g. from the public stsb-multi-mt dataset) into {} or point ANGLE_STSB_DIR at them.",
         cache.join("stsb").display()
     )
+}
+
+/// The 1-minute load average (Linux), or "?".
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
 }

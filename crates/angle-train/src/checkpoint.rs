@@ -52,6 +52,9 @@ pub struct TrainerState {
     pub best_step: Option<u64>,
     /// Seconds of training (evaluation and checkpoint writing excluded) and examples/tokens seen, over all runs.
     pub train_seconds: f64,
+    /// CPU seconds (all threads) of the training steps, over all runs; 0 where the platform does not say.
+    #[serde(default)]
+    pub train_cpu_seconds: f64,
     pub examples_seen: u64,
     pub tokens_seen: u64,
     /// Number of examples of the training file, to catch a resume against a different file.

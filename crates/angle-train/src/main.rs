@@ -365,6 +365,14 @@ fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
         "training {:.1} s ({:.1} pairs/s, {:.0} tokens/s), evaluation {:.1} s, wall {:.1} s",
         s.train_seconds, s.pairs_per_s, s.tokens_per_s, s.eval_seconds, s.wall_seconds
     );
+    if s.train_cpu_seconds > 0.0 {
+        println!(
+            "CPU time of the training steps {:.1} s on {} threads (≈ {:.1} s with the cores to itself)",
+            s.train_cpu_seconds,
+            s.threads,
+            s.train_cpu_seconds / s.threads.max(1) as f64
+        );
+    }
     if let (Some(b), Some(step)) = (s.best_spearman, s.best_step) {
         println!(
             "best validation Spearman {b:.2} at step {step} → {}",

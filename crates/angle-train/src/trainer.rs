@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, TrainerState};
 use crate::config::TrainConfig;
+use crate::cputime::process_cpu_seconds;
 use crate::embed::{Embedder, load_model};
 use crate::error::{Result, TrainError, io_err};
 use crate::evaluate::{StsScores, evaluate, load_sts};
@@ -58,6 +59,11 @@ pub struct RunSummary {
     /// Wall time of this process's part of the run, everything included.
     pub wall_seconds: f64,
     pub eval_seconds: f64,
+    /// CPU seconds (all threads) of the training steps, and the worker threads that shared them: on a machine
+    /// where others run too, `train_cpu_seconds / threads` estimates the training time the run would have taken
+    /// with its cores to itself (assuming the threads scale perfectly).
+    pub train_cpu_seconds: f64,
+    pub threads: usize,
     pub examples: u64,
     pub pairs_per_s: f64,
     pub tokens_per_s: f64,
@@ -211,6 +217,7 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
         best_spearman: None,
         best_step: None,
         train_seconds: 0.0,
+        train_cpu_seconds: 0.0,
         examples_seen: 0,
         tokens_seen: 0,
         train_examples: data.len(),
@@ -282,6 +289,7 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
                 .map_err(|e| TrainError::Data(e.to_string()))?;
         }
         let step_started = Instant::now();
+        let cpu_started = process_cpu_seconds();
         let micro = config.grad_accum.min(plan.len() - state.batch_in_epoch);
         enc.buffers.zero_grad();
         let mut step_loss = 0.0f64;
@@ -374,6 +382,9 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
         state.step += 1;
         let secs = step_started.elapsed().as_secs_f64();
         state.train_seconds += secs;
+        if let (Some(a), Some(b)) = (cpu_started, process_cpu_seconds()) {
+            state.train_cpu_seconds += b - a;
+        }
         state.examples_seen += step_examples;
         state.tokens_seen += step_tokens;
 
@@ -499,6 +510,8 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
         train_seconds: state.train_seconds,
         wall_seconds: wall.elapsed().as_secs_f64(),
         eval_seconds,
+        train_cpu_seconds: state.train_cpu_seconds,
+        threads: rayon::current_num_threads(),
         examples: state.examples_seen,
         pairs_per_s: state.examples_seen as f64 / state.train_seconds.max(1e-9),
         tokens_per_s: state.tokens_seen as f64 / state.train_seconds.max(1e-9),
