@@ -43,8 +43,10 @@ pub fn adamw_update<T: Float>(
     let bc2 = 1.0 - beta2.powi(ti);
     let decay = T::of(1.0 - lr * weight_decay);
     let step = T::of(lr / bc1);
-    let rsqrt_bc2 = T::of(1.0 / bc2.sqrt());
+    let sqrt_bc2 = T::of(bc2.sqrt());
     let (b1, b2) = (T::of(beta1), T::of(beta2));
+    // torch.lerp switches formula at weight 0.5.
+    let lerp_low = 1.0 - beta1 < 0.5;
     let (c1, c2) = (T::of(1.0 - beta1), T::of(1.0 - beta2));
     let eps = T::of(eps);
     params
@@ -54,9 +56,15 @@ pub fn adamw_update<T: Float>(
         .for_each(|((p, g), (m, v))| {
             for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
                 *p *= decay;
-                *m = b1 * *m + c1 * g;
-                *v = b2 * *v + c2 * g * g;
-                *p -= step * *m / (v.sqrt() * rsqrt_bc2 + eps);
+                // PyTorch's rounding: m.lerp_(g, 1-β1), v.mul_(β2).addcmul_(g, g, 1-β2),
+                // p.addcdiv_(m, √v/√bc2 + eps, -step).
+                *m = if lerp_low {
+                    *m + c1 * (g - *m)
+                } else {
+                    g - (g - *m) * b1
+                };
+                *v = *v * b2 + c2 * (g * g);
+                *p += -step * (*m / (v.sqrt() / sqrt_bc2 + eps));
             }
         });
     Ok(())
