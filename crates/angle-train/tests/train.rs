@@ -415,3 +415,58 @@ fn cli_booleans_take_true_or_false_and_resume_refuses_changed_options() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_saves_a_resumable_checkpoint_and_exits_130() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path(), 7);
+    let train_file = stsb_head(tmp.path(), "train", 16, "train.csv");
+    let out = tmp.path().join("run");
+    let child = angle()
+        .arg("train")
+        .arg("--model")
+        .arg(&model)
+        .arg("--train")
+        .arg(&train_file)
+        .arg("--output")
+        .arg(&out)
+        .args([
+            "--max-length",
+            "32",
+            "--batch-size",
+            "4",
+            "--max-steps",
+            "100000000",
+            "--log-steps",
+            "1",
+        ])
+        .args(["--progress", "false"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until steps are being logged, then interrupt as a terminal's Ctrl-C would.
+    let metrics = out.join(METRICS);
+    let t0 = std::time::Instant::now();
+    while std::fs::metadata(&metrics).map_or(true, |m| m.len() == 0) {
+        assert!(t0.elapsed().as_secs() < 120, "training never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("interrupted"));
+    let state: serde_json::Value =
+        serde_json::from_slice(&read(&out.join(CHECKPOINT_LAST).join(TRAINER_STATE))).unwrap();
+    assert!(state["step"].as_u64().unwrap() >= 1);
+}
