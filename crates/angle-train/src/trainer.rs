@@ -261,8 +261,6 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
     };
     let mut acts = enc.activations(cap, Mode::Train);
     let mut pooler = Pooler::new(pooling);
-    let mut embedder = Embedder::new(&enc, pooling, config.eval_batch_size, max_len);
-    let mut eval_scratch = Vec::new();
     let loss_fn = AngleLoss::new(config.loss.clone());
     let format = data_format(data.format());
     let schedule = LinearSchedule::new(config.lr, config.warmup_steps, total_steps);
@@ -275,8 +273,23 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
         .plan_epoch(&batch_cfg, state.epoch)
         .map_err(|e| TrainError::Data(e.to_string()))?;
     let mut window = Window::default();
-    let mut eval_seconds = 0.0;
-    let mut last_eval = None;
+    let best = BestCheckpoint {
+        dir: out.join(BEST),
+        files_from: &files_from,
+        config: &config,
+        pooling,
+    };
+    let mut validation = valid.map(|data| Validation {
+        embedder: Embedder::new(&enc, pooling, config.eval_batch_size, max_len),
+        data,
+        scratch: Vec::new(),
+        seconds: 0.0,
+        last: None,
+    });
+    // The untrained model's score starts the curve (and is the best so far), unless the run is resumed.
+    if let (Some(v), None) = (validation.as_mut(), resumed_from_step) {
+        v.run(&enc, &mut state, 0.0, &mut metrics, &bar, opts.progress, &best)?;
+    }
     let mut interrupted = false;
     let log_steps = config.log_steps.max(1);
 
@@ -439,31 +452,16 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
         } else {
             epoch_end
         };
-        if let Some(v) = valid.as_ref().filter(|_| eval_due || last) {
-            let scores = evaluate(&enc, &mut embedder, v, &mut eval_scratch)?;
-            eval_seconds += scores.seconds;
-            metrics.write(&Record::Eval(EvalRecord {
-                step: state.step,
-                epoch: epoch_f,
-                spearman: scores.spearman,
-                pearson: scores.pearson,
-                pairs: scores.pairs,
-                seconds: scores.seconds,
-            }))?;
-            say(
+        if let Some(v) = validation.as_mut().filter(|_| eval_due || last) {
+            v.run(
+                &enc,
+                &mut state,
+                epoch_f,
+                &mut metrics,
                 &bar,
                 opts.progress,
-                format!(
-                    "step {}: validation Spearman {:.2} Pearson {:.2} ({} pairs, {:.1} s)",
-                    state.step, scores.spearman, scores.pearson, scores.pairs, scores.seconds
-                ),
-            );
-            if state.best_spearman.is_none_or(|b| scores.spearman > b) {
-                state.best_spearman = Some(scores.spearman);
-                state.best_step = Some(state.step);
-                checkpoint::save_model_dir(&out.join(BEST), &enc, &files_from, &config, pooling, state.step)?;
-            }
-            last_eval = Some(scores);
+                &best,
+            )?;
         }
 
         if opts.halt_after == Some(state.step) {
@@ -509,7 +507,7 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
         epochs: state.epoch as f64 + state.batch_in_epoch as f64 / plan.len().max(1) as f64,
         train_seconds: state.train_seconds,
         wall_seconds: wall.elapsed().as_secs_f64(),
-        eval_seconds,
+        eval_seconds: validation.as_ref().map_or(0.0, |v| v.seconds),
         train_cpu_seconds: state.train_cpu_seconds,
         threads: rayon::current_num_threads(),
         examples: state.examples_seen,
@@ -517,9 +515,9 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
         tokens_per_s: state.tokens_seen as f64 / state.train_seconds.max(1e-9),
         best_spearman: state.best_spearman,
         best_step: state.best_step,
-        last_eval,
+        last_eval: validation.as_ref().and_then(|v| v.last),
         skipped_train_rows: data.skip_counts().total,
-        skipped_valid_rows: valid.as_ref().map_or(0, |v| v.skip_counts().total),
+        skipped_valid_rows: validation.as_ref().map_or(0, |v| v.data.skip_counts().total),
         truncated_texts: data.truncated_texts(),
         interrupted,
         resumed_from_step,
@@ -532,6 +530,67 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
     })?;
     std::fs::write(&p, text + "\n").map_err(io_err(&p))?;
     Ok(summary)
+}
+
+/// Where and how the best model is written.
+struct BestCheckpoint<'a> {
+    dir: PathBuf,
+    files_from: &'a Path,
+    config: &'a TrainConfig,
+    pooling: Pooling,
+}
+
+/// The validation set and what scoring it needs, reused across evaluations.
+struct Validation {
+    data: Dataset,
+    embedder: Embedder,
+    scratch: Vec<f32>,
+    seconds: f64,
+    last: Option<StsScores>,
+}
+
+impl Validation {
+    /// Scores the model, logs the score, and writes `best/` when it beats every earlier score.
+    fn run(
+        &mut self,
+        enc: &Encoder,
+        state: &mut TrainerState,
+        epoch: f64,
+        metrics: &mut MetricsWriter,
+        bar: &ProgressBar,
+        progress: bool,
+        best: &BestCheckpoint<'_>,
+    ) -> Result<()> {
+        let scores = evaluate(enc, &mut self.embedder, &self.data, &mut self.scratch)?;
+        self.seconds += scores.seconds;
+        self.last = Some(scores);
+        metrics.write(&Record::Eval(EvalRecord {
+            step: state.step,
+            epoch,
+            spearman: scores.spearman,
+            pearson: scores.pearson,
+            pairs: scores.pairs,
+            seconds: scores.seconds,
+        }))?;
+        let line = format!(
+            "step {}: validation Spearman {:.2} Pearson {:.2} ({} pairs, {:.1} s)",
+            state.step, scores.spearman, scores.pearson, scores.pairs, scores.seconds
+        );
+        say(bar, progress, line);
+        if state.best_spearman.is_none_or(|b| scores.spearman > b) {
+            state.best_spearman = Some(scores.spearman);
+            state.best_step = Some(state.step);
+            checkpoint::save_model_dir(
+                &best.dir,
+                enc,
+                best.files_from,
+                best.config,
+                best.pooling,
+                state.step,
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// A line above the bar; on stderr as plain text when the bar is hidden (not a terminal) but progress is wanted.

@@ -161,6 +161,14 @@ fn saved_checkpoint_gives_the_trainers_embeddings() {
     for f in [METRICS, PLOT, SUMMARY] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
+    let evals: Vec<u64> = angle_train::metrics::read_records(&out.join(METRICS))
+        .unwrap()
+        .iter()
+        .filter(|r| matches!(r, angle_train::metrics::Record::Eval(_)))
+        .map(|r| r.step())
+        .collect();
+    // The untrained model, each epoch's end (epochs = 2, 6 batches each).
+    assert_eq!(evals, vec![0, 6, 12]);
     let ckpt = out.join(CHECKPOINT_LAST);
     for f in [
         "config.json",
