@@ -159,7 +159,9 @@ pub fn steps_per_epoch(batches: usize, grad_accum: usize) -> u64 {
     batches.div_ceil(grad_accum.max(1)) as u64
 }
 
-/// Train as `config` says; with `resume`, continue the run saved in that `checkpoint-last` directory.
+/// Train as `config` says; with `resume`, continue the run saved in that `checkpoint-last` directory (weights,
+/// moments and position from there; `config` should be the saved one, as `angle train --resume` merges it, and a
+/// different training file or step count is refused).
 pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) -> Result<RunSummary> {
     let wall = Instant::now();
     config.validate()?;
@@ -167,19 +169,15 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
         .ok_or_else(|| TrainError::Config(format!("unknown pooling {:?}", config.pooling)))?;
 
     // Weights (and tokenizer files) come from the checkpoint when resuming, else from the model directory.
-    let resumed = match resume {
-        Some(dir) => {
-            let probe = crate::atomic::resolve(dir)?;
-            let enc = Encoder::from_dir(&probe).map_err(enc_err)?;
-            Some(checkpoint::load_training_checkpoint(dir, enc.layout.total)?)
-        }
-        None => None,
-    };
-    let files_from = match &resumed {
-        Some(r) => r.dir.clone(),
+    let files_from = match resume {
+        Some(dir) => crate::atomic::resolve(dir)?,
         None => config.model.clone(),
     };
     let (mut enc, tok) = load_model(&files_from, config.max_length)?;
+    let resumed = match resume {
+        Some(dir) => Some(checkpoint::load_training_checkpoint(dir, enc.layout.total)?),
+        None => None,
+    };
     let max_len = tok.max_len();
 
     let data = Dataset::load(&config.train, &read_options(&config)?, &prompts(&config)?, &tok)
