@@ -96,18 +96,6 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
     })
 }
 
-/// Write a file atomically (temp file in the same directory, fsync, rename).
-pub fn write_file_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = dest.with_extension("tmp");
-    {
-        use std::io::Write;
-        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(bytes).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-    }
-    fs::rename(&tmp, dest).map_err(io_err(dest))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@ use angle_data::{Dataset, TextTokenizer};
 use angle_encoder::{Activations, Batch, Capacity, Encoder, Mode, Pooler, Pooling};
 use serde_json::Value;
 
-use crate::error::{Result, TrainError, io_err};
+use crate::error::{Result, TrainError};
 
 /// An eval-mode arena, a pooler and the buffers of one batch.
 pub struct Embedder {
@@ -130,13 +130,11 @@ pub struct ModelDefaults {
 impl ModelDefaults {
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let read_json = |p: PathBuf| -> Result<Option<Value>> {
-            if !p.is_file() {
-                return Ok(None);
+            if p.is_file() {
+                crate::checkpoint::read_json(&p).map(Some)
+            } else {
+                Ok(None)
             }
-            let text = std::fs::read_to_string(&p).map_err(io_err(&p))?;
-            serde_json::from_str(&text)
-                .map(Some)
-                .map_err(|source| TrainError::Json { path: p, source })
         };
         let angle = read_json(dir.join(crate::checkpoint::ANGLE_CONFIG))?;
         let st = read_json(dir.join("sentence_bert_config.json"))?;
