@@ -8,6 +8,7 @@ use angle_data::{Dataset, TextTokenizer};
 use angle_encoder::{Activations, Batch, Capacity, Encoder, Mode, Pooler, Pooling};
 use serde_json::Value;
 
+use crate::device::{Device, GpuModel};
 use crate::error::{Result, TrainError};
 
 /// An eval-mode arena, a pooler and the buffers of one batch.
@@ -20,6 +21,8 @@ pub struct Embedder {
     type_ids: Vec<u32>,
     offsets: Vec<usize>,
     pooled: Vec<f32>,
+    /// `--device cuda`: the forward and pooling run there (from the parameters at [`Self::on_device`]).
+    gpu: Option<GpuModel>,
 }
 
 impl Embedder {
@@ -39,7 +42,15 @@ impl Embedder {
             type_ids: Vec::new(),
             offsets: Vec::new(),
             pooled: Vec::new(),
+            gpu: None,
         }
+    }
+
+    /// Runs every later [`Self::embed`] on `device`, with `enc`'s current parameters uploaded
+    /// once (later changes to `enc` are not seen there).
+    pub fn on_device(mut self, device: Device, enc: &Encoder) -> Result<Self> {
+        self.gpu = crate::device::for_device(device, enc, self.pooler.kind, self.batch_texts, self.max_len)?;
+        Ok(self)
     }
 
     pub fn pooling(&self) -> Pooling {
@@ -72,18 +83,22 @@ impl Embedder {
                 self.type_ids.extend_from_slice(&types[..n.min(types.len())]);
                 self.offsets.push(self.ids.len());
             }
-            let batch = Batch {
-                input_ids: &self.ids,
-                token_type_ids: Some(&self.type_ids),
-                seq_offsets: &self.offsets,
-            };
-            let hidden = enc
-                .forward(&batch, &mut self.acts, None)
-                .map_err(|e| TrainError::Encoder(e.to_string()))?;
-            self.pooled.resize(chunk.len() * h, 0.0);
-            self.pooler
-                .forward(&mut self.pooled, hidden, &self.offsets, h)
-                .map_err(|e| TrainError::Encoder(e.to_string()))?;
+            if let Some(g) = self.gpu.as_mut() {
+                g.forward_pooled(&self.ids, &self.type_ids, &self.offsets, None, &mut self.pooled)?;
+            } else {
+                let batch = Batch {
+                    input_ids: &self.ids,
+                    token_type_ids: Some(&self.type_ids),
+                    seq_offsets: &self.offsets,
+                };
+                let hidden = enc
+                    .forward(&batch, &mut self.acts, None)
+                    .map_err(|e| TrainError::Encoder(e.to_string()))?;
+                self.pooled.resize(chunk.len() * h, 0.0);
+                self.pooler
+                    .forward(&mut self.pooled, hidden, &self.offsets, h)
+                    .map_err(|e| TrainError::Encoder(e.to_string()))?;
+            }
             for (k, &i) in chunk.iter().enumerate() {
                 out[i * h..(i + 1) * h].copy_from_slice(&self.pooled[k * h..(k + 1) * h]);
             }

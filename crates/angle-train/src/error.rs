@@ -30,6 +30,9 @@ pub enum TrainError {
     Loss { step: u64, msg: String },
     #[error("step {step}: {msg}")]
     Numeric { step: u64, msg: String },
+    /// `--device cuda`: no `cuda` feature, no driver or device, or a model the GPU path lacks.
+    #[error("device: {0}")]
+    Device(String),
 }
 
 pub type Result<T> = std::result::Result<T, TrainError>;

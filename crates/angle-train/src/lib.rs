@@ -9,6 +9,7 @@ pub mod atomic;
 pub mod checkpoint;
 pub mod config;
 pub mod cputime;
+pub mod device;
 pub mod embed;
 pub mod error;
 pub mod evaluate;

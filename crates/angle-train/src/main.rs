@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use angle_encoder::Pooling;
+use angle_train::device::Device;
 use angle_train::embed::{Embedder, ModelDefaults, load_model};
 use angle_train::evaluate::{evaluate, load_sts};
 use angle_train::stats::cosine;
@@ -56,6 +57,9 @@ struct TrainArgs {
     /// Continue the run saved in this checkpoint-last directory (same data and options).
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Where the encoder trains: cpu, or cuda (a build with `--features cuda`; mean or cls pooling).
+    #[arg(long, default_value = "cpu")]
+    device: Device,
 
     /// Force the data format: A, B or C [default: from the columns].
     #[arg(long)]
@@ -245,6 +249,9 @@ struct ModelArgs {
     /// Worker threads; 0 = all cores.
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Where the encoder runs: cpu, or cuda (a build with `--features cuda`; mean or cls pooling).
+    #[arg(long, default_value = "cpu")]
+    device: Device,
 }
 
 #[derive(Args)]
@@ -351,6 +358,7 @@ fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
         stop,
         progress: a.progress.unwrap_or(true),
         halt_after: None,
+        device: a.device,
     };
     let s = angle_train::train(config, a.resume.as_deref(), &opts)?;
     println!("== run summary");
@@ -423,7 +431,7 @@ fn load(m: &ModelArgs) -> anyhow::Result<Loaded> {
     };
     let max_len = m.max_length.or(defaults.max_length).unwrap_or(512);
     let (enc, tok) = load_model(&m.model, max_len)?;
-    let emb = Embedder::new(&enc, pooling, m.batch_size, tok.max_len());
+    let emb = Embedder::new(&enc, pooling, m.batch_size, tok.max_len()).on_device(m.device, &enc)?;
     let prompt = match m.prompt.clone().or(defaults.text_prompt) {
         Some(p) => Some(angle_data::Prompt::new(p)?),
         None => None,

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{self, TrainerState};
 use crate::config::TrainConfig;
 use crate::cputime::process_cpu_seconds;
+use crate::device::{Device, GpuModel};
 use crate::embed::{Embedder, load_model};
 use crate::error::{Result, TrainError, io_err};
 use crate::evaluate::{StsScores, evaluate, load_sts};
@@ -46,6 +47,8 @@ pub struct TrainOptions {
     pub progress: bool,
     /// Stop after this step *without* saving, as a killed process would (for resume tests).
     pub halt_after: Option<u64>,
+    /// Where the encoder trains (see [`crate::device`]); evaluation stays on the host.
+    pub device: Device,
 }
 
 /// What a run did.
@@ -243,6 +246,12 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
         None => None,
     };
 
+    let rows_max = config.batch_size * data.format().rows_per_example();
+    // Before anything is written: a missing driver or an unsupported model fails here.
+    let mut gpu: Option<GpuModel> = crate::device::for_device(opts.device, &enc, pooling, rows_max, max_len)?;
+    // The step at which the host encoder last matched the device's.
+    let mut host_at = state.step;
+
     let out = config.output.clone();
     std::fs::create_dir_all(&out).map_err(io_err(&out))?;
     let metrics_path = out.join(METRICS);
@@ -252,9 +261,9 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
     };
 
     let h = enc.config.hidden_size;
-    let rows_max = config.batch_size * data.format().rows_per_example();
+    // On the GPU the host arena is never used: keep it one sequence small.
     let cap = Capacity {
-        max_tokens: rows_max * max_len,
+        max_tokens: if gpu.is_some() { 1 } else { rows_max } * max_len,
         max_seq_len: max_len,
     };
     let mut acts = enc.activations(cap, Mode::Train);
@@ -302,7 +311,10 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
         let step_started = Instant::now();
         let cpu_started = process_cpu_seconds();
         let micro = config.grad_accum.min(plan.len() - state.batch_in_epoch);
-        enc.buffers.zero_grad();
+        match gpu.as_mut() {
+            Some(g) => g.zero_grad()?,
+            None => enc.buffers.zero_grad(),
+        }
         let mut step_loss = 0.0f64;
         let mut step_parts = [None; 5];
         let mut step_examples = 0u64;
@@ -315,19 +327,30 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
                 // Every example of the batch was dropped as a duplicate: nothing to learn from.
                 continue;
             }
-            let b = Batch {
-                input_ids: &batch.input_ids,
-                token_type_ids: Some(&batch.token_type_ids),
-                seq_offsets: &batch.seq_offsets,
-            };
             let dropout = config
                 .dropout
                 .then(|| derive_seed(derive_seed(config.seed, state.step), k as u64));
-            let hidden = enc.forward(&b, &mut acts, dropout).map_err(enc_err)?;
-            pooled.resize(rows * h, 0.0);
-            pooler
-                .forward(&mut pooled, hidden, &batch.seq_offsets, h)
-                .map_err(enc_err)?;
+            match gpu.as_mut() {
+                Some(g) => g.forward_pooled(
+                    &batch.input_ids,
+                    &batch.token_type_ids,
+                    &batch.seq_offsets,
+                    dropout,
+                    &mut pooled,
+                )?,
+                None => {
+                    let b = Batch {
+                        input_ids: &batch.input_ids,
+                        token_type_ids: Some(&batch.token_type_ids),
+                        seq_offsets: &batch.seq_offsets,
+                    };
+                    let hidden = enc.forward(&b, &mut acts, dropout).map_err(enc_err)?;
+                    pooled.resize(rows * h, 0.0);
+                    pooler
+                        .forward(&mut pooled, hidden, &batch.seq_offsets, h)
+                        .map_err(enc_err)?;
+                }
+            }
             dpooled.clear();
             dpooled.resize(rows * h, 0.0);
             let y = ArrayView2::from_shape((rows, h), &pooled).map_err(|e| TrainError::Numeric {
@@ -357,10 +380,15 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
             if micro > 1 {
                 dpooled.iter_mut().for_each(|x| *x *= inv);
             }
-            pooler
-                .backward(acts.dhidden_mut(), &dpooled, &batch.seq_offsets, h)
-                .map_err(enc_err)?;
-            enc.backward(&mut acts).map_err(enc_err)?;
+            match gpu.as_mut() {
+                Some(g) => g.backward(&dpooled)?,
+                None => {
+                    pooler
+                        .backward(acts.dhidden_mut(), &dpooled, &batch.seq_offsets, h)
+                        .map_err(enc_err)?;
+                    enc.backward(&mut acts).map_err(enc_err)?;
+                }
+            }
             step_loss += loss as f64 / micro as f64;
             for (acc, v) in step_parts.iter_mut().zip(part_values(&parts)) {
                 accumulate(acc, v.map(|v| v as f64 / micro as f64));
@@ -370,7 +398,11 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
         }
         state.batch_in_epoch += micro;
 
-        let grad_norm = if config.max_grad_norm > 0.0 {
+        let max_norm = (config.max_grad_norm > 0.0).then_some(config.max_grad_norm);
+        let grad_norm = if let Some(g) = gpu.as_mut() {
+            // Clipping happens inside the device's AdamW step, from the same norm.
+            g.grad_norm()?
+        } else if config.max_grad_norm > 0.0 {
             angle_tensor::cpu::clip_grad_norm(&mut enc.buffers.grads, config.max_grad_norm as f64)
         } else {
             angle_tensor::cpu::grad_norm(&enc.buffers.grads)
@@ -389,7 +421,10 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
             eps: config.eps as f64,
             weight_decay: config.weight_decay as f64,
         };
-        enc.adamw_step(&hp, state.step + 1).map_err(enc_err)?;
+        match gpu.as_mut() {
+            Some(g) => g.adamw_step(&hp, state.step + 1, max_norm)?,
+            None => enc.adamw_step(&hp, state.step + 1).map_err(enc_err)?,
+        }
         state.step += 1;
         let secs = step_started.elapsed().as_secs_f64();
         state.train_seconds += secs;
@@ -450,6 +485,17 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
         } else {
             epoch_end
         };
+        let save_due = if config.save_steps > 0 {
+            state.step % config.save_steps == 0
+        } else {
+            epoch_end
+        };
+        let host_needed = (validation.is_some() && (eval_due || last))
+            || (opts.halt_after != Some(state.step) && (save_due || last || stop));
+        if let Some(g) = gpu.as_ref().filter(|_| host_needed && host_at != state.step) {
+            g.download_into(&mut enc)?;
+            host_at = state.step;
+        }
         if let Some(v) = validation.as_mut().filter(|_| eval_due || last) {
             v.run(
                 &enc,
@@ -466,11 +512,6 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
             interrupted = true;
             break;
         }
-        let save_due = if config.save_steps > 0 {
-            state.step % config.save_steps == 0
-        } else {
-            epoch_end
-        };
         if save_due || last || stop {
             checkpoint::save_training_checkpoint(
                 &out.join(CHECKPOINT_LAST),

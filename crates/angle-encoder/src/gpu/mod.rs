@@ -502,6 +502,36 @@ impl<T: Elem> GpuEncoder<T> {
         Ok(())
     }
 
+    /// Replaces the AdamW moments (e.g. when resuming from a checkpoint).
+    pub fn upload_moments(&mut self, m: &[f32], v: &[f32]) -> Result<()> {
+        if m.len() != self.layout.total || v.len() != self.layout.total {
+            return Err(GpuModelError::Batch(format!(
+                "moments of {} and {} values for a layout of {}",
+                m.len(),
+                v.len(),
+                self.layout.total
+            )));
+        }
+        self.gpu.upload(self.adam_m.view(), m)?;
+        self.gpu.upload(self.adam_v.view(), v)?;
+        Ok(())
+    }
+
+    /// The AdamW moments `(m, v)`, on the host (e.g. to save a training checkpoint).
+    pub fn download_moments(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        Ok((
+            self.gpu.download(self.adam_m.view())?,
+            self.gpu.download(self.adam_v.view())?,
+        ))
+    }
+
+    /// The global L2 norm of the gradients (waits for the device), for logging and the
+    /// finite check; [`Self::adamw_step`] clips from its own device-side norm.
+    pub fn grad_norm(&mut self) -> Result<f32> {
+        k::grad_norm_sq(&self.gpu, self.norm_sq.view(), self.grads.view())?;
+        Ok(self.gpu.download(self.norm_sq.view())?[0].sqrt())
+    }
+
     /// Weight views for the products: the f32 parameters, or their bf16 copy.
     fn w(&self, r: &std::ops::Range<usize>) -> Result<DSlice<T>> {
         Ok(match &self.wcopy {

@@ -1,0 +1,95 @@
+//! `--device cuda` from the command line: without the `cuda` feature a clear error naming the
+//! rebuild; with it but no usable GPU (as on CI) the GPU layer's error. Never a panic, and nothing
+//! written to the output directory.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::{stsb_head, tiny_model};
+
+fn angle() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_angle"))
+}
+
+fn cuda_usable() -> bool {
+    cfg!(feature = "cuda") && std::env::var_os("ANGLE_TEST_GPU").is_some()
+}
+
+fn check_refusal(out: &std::process::Output, what: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{what}: --device cuda succeeded without a GPU");
+    assert!(!err.contains("panicked"), "{what}: panicked:\n{err}");
+    if cfg!(feature = "cuda") {
+        assert!(err.contains("device:"), "{what}: unexpected error:\n{err}");
+    } else {
+        assert!(
+            err.contains(angle_train::device::NO_CUDA),
+            "{what}: the error does not say how to rebuild:\n{err}"
+        );
+    }
+}
+
+#[test]
+fn train_on_cuda_is_refused_clearly() {
+    if cuda_usable() {
+        eprintln!("skipped: ANGLE_TEST_GPU is set (a GPU is expected to work here)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path(), 1);
+    let train = stsb_head(dir.path(), "train", 17, "train.csv");
+    let output = dir.path().join("run");
+    let out = angle()
+        .args(["train", "--progress", "false", "--max-length", "32", "--batch-size", "8"])
+        .arg("--model")
+        .arg(&model)
+        .arg("--train")
+        .arg(&train)
+        .arg("--output")
+        .arg(&output)
+        .args(["--device", "cuda"])
+        .output()
+        .unwrap();
+    check_refusal(&out, "angle train");
+    assert!(!output.exists(), "the refused run wrote {}", output.display());
+}
+
+#[test]
+fn encode_on_cuda_is_refused_clearly() {
+    if cuda_usable() {
+        eprintln!("skipped: ANGLE_TEST_GPU is set (a GPU is expected to work here)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path(), 2);
+    let mut child = angle()
+        .args(["encode", "--pooling", "mean", "--device", "cuda"])
+        .arg("--model")
+        .arg(&model)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"a cat sits\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    check_refusal(&out, "angle encode");
+}
+
+#[test]
+fn unknown_device_is_a_usage_error() {
+    let out = angle()
+        .args(["encode", "--model", "x", "--device", "tpu"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown device"), "{err}");
+}
