@@ -16,7 +16,7 @@ DATA=.gpu/data
 if [ ! -f $DATA/minilm/model.safetensors ] && ! gunzip -kf $DATA/minilm/model.safetensors.gz 2>/dev/null; then
     # read-only copy: unpack beside it in /tmp
     mkdir -p /tmp/angle-data/minilm
-    cp $DATA/*.json $DATA/*.safetensors /tmp/angle-data/ && cp $DATA/minilm/config.json /tmp/angle-data/minilm/
+    cp $DATA/*.json $DATA/*.safetensors /tmp/angle-data/ && cp $DATA/minilm/config.json $DATA/minilm/tokenizer.json /tmp/angle-data/minilm/
     gunzip -c $DATA/minilm/model.safetensors.gz > /tmp/angle-data/minilm/model.safetensors
     DATA=/tmp/angle-data
 fi
@@ -27,6 +27,8 @@ rc=0
 # SANITIZE=1: the checks under compute-sanitizer (memcheck), to locate a fault (slow: no bench).
 SAN=""
 SECTIONS="kernels,loss parity bench"
+# QUICK=1: kernel checks and the end-to-end step only (when little device time is left).
+[ "${QUICK:-0}" = 1 ] && SECTIONS="kernels,loss"
 if [ "${SANITIZE:-0}" = 1 ] && command -v compute-sanitizer >/dev/null; then
     SAN="compute-sanitizer --tool memcheck --print-limit 20"
     SECTIONS="kernels,loss parity"
@@ -35,6 +37,10 @@ for only in $SECTIONS; do
     timeout 240 $SAN .gpu/bin/gpu_check --data "$DATA" --out "$OUT" --steps "$STEPS" --only "$only" 2>&1 \
         | tee -a "$OUT/gpu_check.log" || rc=$?
 done
+# End to end through the CLI: angle train/encode --device cuda against the CPU.
+bash scripts/gpu/e2e.sh "$DATA" "$OUT" 2>&1 | tee "$OUT/e2e.log"
+[ "${PIPESTATUS[0]}" = 0 ] || rc=1
+[ "${QUICK:-0}" = 1 ] && exit $rc
 python3 scripts/gpu/torch_baseline.py --out "$OUT" --steps "$STEPS" --minilm-config "$DATA/minilm/config.json" 2>&1 | tee "$OUT/torch.log" || rc=$?
 python3 scripts/gpu/table.py "$OUT" 2>&1 | tee "$OUT/table.txt"
 exit $rc

@@ -9,6 +9,9 @@
 //!   nothing; every row the check reads is exact);
 //! - `.gpu/data/encoder-fixture.safetensors` and `.gpu/data/loss-fixture.json` (the format-A
 //!   cases of the objective fixture);
+//! - `.gpu/bin/angle.gz`: the `angle` CLI built with `--features cuda`, stripped and gzipped, with
+//!   MiniLM's `tokenizer.json` and STS-B train/dev (`.gpu/data/stsb/`) for the end-to-end step
+//!   (`angle train --device cuda`, then `angle encode` on the GPU against the CPU);
 //!
 //! and prints the one command to run there (`scripts/gpu/run.sh`, which also runs the PyTorch
 //! baseline `scripts/gpu/torch_baseline.py` and prints the table last).
@@ -62,6 +65,15 @@ pub fn run(args: &[String]) -> Result<()> {
         if !status.success() {
             bail!("release build of gpu_check failed");
         }
+        println!("building the release angle binary with --features cuda...");
+        let status = Command::new(env!("CARGO"))
+            .current_dir(&root)
+            .args(["build", "--release", "-p", "angle-train", "--features", "cuda", "--bin", "angle"])
+            .status()
+            .context("cargo build")?;
+        if !status.success() {
+            bail!("release build of angle --features cuda failed");
+        }
     }
     let built = root.join("target/release/examples/gpu_check");
     let dst = bin.join("gpu_check");
@@ -70,6 +82,23 @@ pub fn run(args: &[String]) -> Result<()> {
     // Debug info would eat the transfer budget; the run reports errors by message, not backtrace.
     let _ = Command::new("strip").arg(&dst).status();
 
+    // The CLI goes gzipped: the transfer budget is nearly spent on the model.
+    let angle = bin.join("angle");
+    let _ = std::fs::remove_file(&angle);
+    let _ = std::fs::remove_file(bin.join("angle.gz"));
+    std::fs::copy(root.join("target/release/angle"), &angle).context("copy target/release/angle")?;
+    let _ = Command::new("strip").arg(&angle).status();
+    if !Command::new("gzip").arg("-9f").arg(&angle).status()?.success() {
+        bail!("gzip failed");
+    }
+    let stsb = data.join("stsb");
+    std::fs::create_dir_all(&stsb)?;
+    for f in ["stsb-en-train.csv", "stsb-en-dev.csv"] {
+        let _ = std::fs::remove_file(stsb.join(f));
+        std::fs::copy(shared.join("data/stsb").join(f), stsb.join(f))
+            .with_context(|| format!("copy STS-B {f}"))?;
+    }
+
     let fixture = shared.join("fixtures/encoder/minilm-mean-reference.safetensors");
     reduce_fixture(&fixture, &data.join("encoder-fixture.safetensors"))?;
     let used = fixture_ids(&fixture)?;
@@ -77,6 +106,9 @@ pub fn run(args: &[String]) -> Result<()> {
     let cfg_dst = data.join("minilm/config.json");
     let _ = std::fs::remove_file(&cfg_dst);
     std::fs::copy(model.join("config.json"), &cfg_dst)?;
+    let tok_dst = data.join("minilm/tokenizer.json");
+    let _ = std::fs::remove_file(&tok_dst);
+    std::fs::copy(model.join("tokenizer.json"), &tok_dst)?;
     write_sparse_model(
         &model.join("model.safetensors"),
         &data.join("minilm/model.safetensors"),
@@ -99,6 +131,7 @@ pub fn run(args: &[String]) -> Result<()> {
     println!("\n.gpu/ holds {:.1} MiB:", total as f64 / 1048576.0);
     for p in [
         &dst,
+        &bin.join("angle.gz"),
         &data.join("minilm/model.safetensors.gz"),
         &data.join("encoder-fixture.safetensors"),
         &data.join("loss-fixture.json"),
