@@ -68,7 +68,16 @@ pub fn run(args: &[String]) -> Result<()> {
         println!("building the release angle binary with --features cuda...");
         let status = Command::new(env!("CARGO"))
             .current_dir(&root)
-            .args(["build", "--release", "-p", "angle-train", "--features", "cuda", "--bin", "angle"])
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "angle-train",
+                "--features",
+                "cuda",
+                "--bin",
+                "angle",
+            ])
             .status()
             .context("cargo build")?;
         if !status.success() {
