@@ -136,8 +136,11 @@ mod imp {
             };
             let mut g = GpuEncoder::<f32>::new(gpu, enc.config.clone(), &enc.buffers.params, pooling, cap)
                 .map_err(err)?;
-            g.upload_moments(&enc.buffers.adam_m, &enc.buffers.adam_v)
-                .map_err(err)?;
+            // An encoder loaded for inference has no moments yet (the device's start at zero).
+            if !enc.buffers.adam_m.is_empty() {
+                g.upload_moments(&enc.buffers.adam_m, &enc.buffers.adam_v)
+                    .map_err(err)?;
+            }
             Ok(Inner { enc: g })
         }
 
@@ -176,8 +179,8 @@ mod imp {
             let p = self.enc.download_params().map_err(err)?;
             let (m, v) = self.enc.download_moments().map_err(err)?;
             enc.buffers.params.copy_from_slice(&p);
-            enc.buffers.adam_m.copy_from_slice(&m);
-            enc.buffers.adam_v.copy_from_slice(&v);
+            enc.buffers.adam_m = m;
+            enc.buffers.adam_v = v;
             Ok(())
         }
     }
