@@ -19,7 +19,10 @@ fn cuda_usable() -> bool {
 
 fn check_refusal(out: &std::process::Output, what: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{what}: --device cuda succeeded without a GPU");
+    assert!(
+        !out.status.success(),
+        "{what}: --device cuda succeeded without a GPU"
+    );
     assert!(!err.contains("panicked"), "{what}: panicked:\n{err}");
     if cfg!(feature = "cuda") {
         assert!(err.contains("device:"), "{what}: unexpected error:\n{err}");
@@ -42,7 +45,15 @@ fn train_on_cuda_is_refused_clearly() {
     let train = stsb_head(dir.path(), "train", 17, "train.csv");
     let output = dir.path().join("run");
     let out = angle()
-        .args(["train", "--progress", "false", "--max-length", "32", "--batch-size", "8"])
+        .args([
+            "train",
+            "--progress",
+            "false",
+            "--max-length",
+            "32",
+            "--batch-size",
+            "8",
+        ])
         .arg("--model")
         .arg(&model)
         .arg("--train")
@@ -73,12 +84,7 @@ fn encode_on_cuda_is_refused_clearly() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"a cat sits\n")
-        .unwrap();
+    child.stdin.take().unwrap().write_all(b"a cat sits\n").unwrap();
     let out = child.wait_with_output().unwrap();
     check_refusal(&out, "angle encode");
 }
