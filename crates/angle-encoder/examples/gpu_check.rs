@@ -282,12 +282,28 @@ mod run {
             gpu.upload(gy.view(), &y)?;
             let gl = gpu.alloc::<f32>(pairs)?;
             gpu.upload(gl.view(), &labels)?;
-            let loss = gpu.alloc::<f32>(1)?;
+            // With the parts (what `angle train --device cuda` logs): loss[1..4] are the
+            // unweighted cosine, angle and in-batch values.
+            let loss = gpu.alloc::<f32>(4)?;
             let dy = gpu.alloc::<f32>(y.len())?;
             k::fill(gpu, loss.view(), f32::NAN)?;
             k::fill(gpu, dy.view(), f32::NAN)?;
             k::angle_objective(gpu, &o, loss.view(), dy.view(), gy.view(), gl.view(), pairs, d)?;
-            let got = f64::from(gpu.download(loss.view())?[0]);
+            let lv = gpu.download(loss.view())?;
+            let got = f64::from(lv[0]);
+            let recombined = f64::from(cw) * f64::from(lv[1])
+                + f64::from(aw) * f64::from(lv[2])
+                + f64::from(iw) * f64::from(lv[3]);
+            let perr = (recombined - got).abs() / got.abs().max(1e-6);
+            tally.check(
+                &format!("loss case {ci} {obj} pairs={pairs}: parts recombine"),
+                if lv.iter().all(|x| x.is_finite()) {
+                    perr
+                } else {
+                    f64::NAN
+                },
+                1e-5,
+            );
             let lerr = if want == 0.0 {
                 got.abs()
             } else {

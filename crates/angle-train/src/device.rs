@@ -1,11 +1,14 @@
-//! Where the encoder runs: `--device cpu` (the default) or `--device cuda` (with the `cuda` feature).
+//! Where the encoder runs: `--device cpu` (the default) or `--device cuda` (with the `cuda` feature),
+//! and in which precision: `--precision f32 | tf32 | bf16` ([`Precision`]; the CPU computes in f32).
 //!
 //! On the GPU the encoder's forward, pooling, backward, gradient norm, clipping and AdamW run on the
-//! device ([`angle_encoder::gpu::GpuEncoder`], f32 with TF32 products); the AnglE objective stays on
-//! the host with the very same [`angle_loss::AngleLoss`] as on the CPU, so every loss option, data
-//! format and duplicate mask keeps its meaning (one `[B, H]` download and upload per micro-batch).
-//! The host [`Encoder`] stays the copy that evaluation and checkpoints read:
-//! [`GpuModel::download_into`] refreshes it first.
+//! device ([`angle_encoder::gpu::GpuEncoder`]: f32 with TF32 products by default, exact f32, or bf16
+//! mixed precision with f32 master weights). The AnglE objective runs on the device too when the
+//! kernel covers the run's loss ([`GpuModel::use_device_objective`]: format A, no in-batch
+//! negatives); otherwise it stays on the host with the very same [`angle_loss::AngleLoss`] as on
+//! the CPU (one `[B, H]` download and upload per micro-batch). `ANGLE_GPU_HOST_LOSS=1` forces the
+//! host objective (to compare the two). The host [`Encoder`] stays the copy that evaluation and
+//! checkpoints read: [`GpuModel::download_into`] refreshes it first.
 //!
 //! Everything that depends on the feature lives in this file; without it, [`GpuModel::new`] says how
 //! to rebuild.
@@ -14,17 +17,71 @@ use std::fmt;
 use std::str::FromStr;
 
 use angle_encoder::{AdamW, Encoder, Pooling};
+use angle_loss::{AngleLossConfig, DataFormat, LossParts};
 
-use crate::error::Result;
+use crate::error::{Result, TrainError};
 
 /// The message for `--device cuda` in a build without CUDA.
 pub const NO_CUDA: &str = "built without the `cuda` feature; rebuild with --features cuda";
+
+/// The environment variable that keeps the objective on the host in a GPU run.
+pub const HOST_LOSS_ENV: &str = "ANGLE_GPU_HOST_LOSS";
+
+/// Arithmetic of the GPU encoder.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 everywhere, exact f32 matrix products.
+    F32,
+    /// f32 activations and weights, matrix products on TF32 tensor cores (f32 accumulation).
+    #[default]
+    Tf32,
+    /// Mixed precision: bf16 activations and weight copies, f32 master weights, gradients,
+    /// optimizer state, pooled embeddings and loss.
+    Bf16,
+}
+
+impl FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" | "fp32" => Ok(Precision::F32),
+            "tf32" => Ok(Precision::Tf32),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(format!("unknown precision {s:?} (f32, tf32 or bf16)")),
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Device {
     #[default]
     Cpu,
-    Cuda,
+    Cuda(Precision),
+}
+
+impl Device {
+    /// This device with `--precision p` (when given): the CPU computes in f32 only, so anything
+    /// else there is an error naming both options.
+    pub fn with_precision(self, p: Option<Precision>) -> Result<Device> {
+        match (self, p) {
+            (d, None) => Ok(d),
+            (Device::Cpu, Some(Precision::F32)) => Ok(Device::Cpu),
+            (Device::Cpu, Some(p)) => Err(TrainError::Config(format!(
+                "--precision {p} needs --device cuda (the CPU computes in f32)"
+            ))),
+            (Device::Cuda(_), Some(p)) => Ok(Device::Cuda(p)),
+        }
+    }
 }
 
 impl FromStr for Device {
@@ -32,7 +89,7 @@ impl FromStr for Device {
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         match s {
             "cpu" => Ok(Device::Cpu),
-            "cuda" | "gpu" => Ok(Device::Cuda),
+            "cuda" | "gpu" => Ok(Device::Cuda(Precision::default())),
             _ => Err(format!("unknown device {s:?} (cpu or cuda)")),
         }
     }
@@ -40,10 +97,24 @@ impl FromStr for Device {
 
 impl fmt::Display for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Device::Cpu => "cpu",
-            Device::Cuda => "cuda",
-        })
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(p) => write!(f, "cuda ({p})"),
+        }
+    }
+}
+
+/// Why the device objective cannot compute `cfg` on `format` (`masked`: duplicate texts are
+/// masked by text id, which the kernel does not do); `None` when it can.
+pub fn device_objective_gap(cfg: &AngleLossConfig, format: DataFormat) -> Option<&'static str> {
+    if format != DataFormat::A {
+        Some("the GPU objective covers format A only")
+    } else if cfg.ibn_w != 0.0 {
+        // The kernel takes angle-emb's integer reading of the labels for in-batch positives and
+        // has no text-id mask; the host's in-batch term differs on graded labels and duplicates.
+        Some("in-batch negatives (ibn_w > 0) stay on the host")
+    } else {
+        None
     }
 }
 
@@ -51,6 +122,7 @@ impl fmt::Display for Device {
 /// most `max_seq_len` tokens.
 pub struct GpuModel {
     inner: imp::Inner,
+    device_objective: bool,
 }
 
 impl fmt::Debug for GpuModel {
@@ -62,9 +134,16 @@ impl fmt::Debug for GpuModel {
 impl GpuModel {
     /// Uploads `enc`'s parameters and moments. Errors (no feature, no driver, unsupported pooling or
     /// activation) are returned, never panicked on.
-    pub fn new(enc: &Encoder, pooling: Pooling, max_seqs: usize, max_seq_len: usize) -> Result<Self> {
+    pub fn new(
+        enc: &Encoder,
+        pooling: Pooling,
+        precision: Precision,
+        max_seqs: usize,
+        max_seq_len: usize,
+    ) -> Result<Self> {
         Ok(GpuModel {
-            inner: imp::Inner::new(enc, pooling, max_seqs, max_seq_len)?,
+            inner: imp::Inner::new(enc, pooling, precision, max_seqs, max_seq_len)?,
+            device_objective: false,
         })
     }
 
@@ -90,6 +169,56 @@ impl GpuModel {
         self.inner.backward(dpooled)
     }
 
+    /// Sets the device objective to `cfg` when the kernel covers it on `format` (and
+    /// [`HOST_LOSS_ENV`] is not set): then [`Self::device_objective`] is true and the trainer
+    /// calls [`Self::forward_objective_backward`]. Returns what the trainer should log once.
+    pub fn use_device_objective(&mut self, cfg: &AngleLossConfig, format: DataFormat) -> String {
+        let forced = std::env::var_os(HOST_LOSS_ENV).is_some_and(|v| v != "0" && !v.is_empty());
+        let gap = if forced {
+            Some("forced by ANGLE_GPU_HOST_LOSS")
+        } else {
+            device_objective_gap(cfg, format)
+        };
+        self.device_objective = gap.is_none();
+        if self.device_objective {
+            self.inner.set_objective(cfg);
+            "device: the AnglE objective runs on the GPU".into()
+        } else {
+            format!(
+                "device: the AnglE objective runs on the host ({})",
+                gap.unwrap_or_default()
+            )
+        }
+    }
+
+    /// Whether [`Self::use_device_objective`] put the objective on the device.
+    pub fn device_objective(&self) -> bool {
+        self.device_objective
+    }
+
+    /// One micro-batch with the objective on the device: forward (dropout with `dropout`), the
+    /// objective on the pooled embeddings with `labels` (one per pair), backward of
+    /// `scale · loss` added into the gradients. Returns the unscaled loss and its parts (the
+    /// objectives that ran; each part is unweighted, as the host's are). Reads 4 floats back.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_objective_backward(
+        &mut self,
+        ids: &[u32],
+        types: &[u32],
+        offsets: &[usize],
+        labels: &[f32],
+        dropout: Option<u64>,
+        scale: f32,
+    ) -> Result<(f32, LossParts<f32>)> {
+        if !self.device_objective {
+            return Err(TrainError::Device(
+                "forward_objective_backward without a device objective".into(),
+            ));
+        }
+        self.inner
+            .forward_objective_backward(ids, types, offsets, labels, dropout, scale)
+    }
+
     pub fn grad_norm(&mut self) -> Result<f64> {
         self.inner.grad_norm()
     }
@@ -109,46 +238,143 @@ impl GpuModel {
 mod imp {
     use angle_encoder::gpu::{GpuCapacity, GpuEncoder, GpuModelError};
     use angle_encoder::{AdamW, Encoder, Pooling};
+    use angle_loss::{AngleLossConfig, AnglePooling, LossParts};
     use angle_tensor::cuda::Gpu;
+    use angle_tensor::cuda::check::Elem;
 
+    use super::Precision;
     use crate::error::{Result, TrainError};
 
     fn err(e: GpuModelError) -> TrainError {
         TrainError::Device(e.to_string())
     }
 
-    pub(super) struct Inner {
-        enc: GpuEncoder<f32>,
+    /// One encoder type per activation precision (f32 serves both F32 and TF32: the products'
+    /// mode is the process-wide cuBLAS switch).
+    pub(super) enum Inner {
+        F32(Model<f32>),
+        Bf16(Model<half::bf16>),
+    }
+
+    pub(super) struct Model<T: Elem> {
+        enc: GpuEncoder<T>,
+        /// The objective's weights as configured (the kernel gets them times the micro-batch scale).
+        weights: (f32, f32, f32, f32, bool),
+    }
+
+    /// `$body` with `$m` bound to the model, whatever its precision.
+    macro_rules! each {
+        ($self:expr, $m:ident => $body:expr) => {
+            match $self {
+                Inner::F32($m) => $body,
+                Inner::Bf16($m) => $body,
+            }
+        };
     }
 
     impl Inner {
         pub(super) fn new(
             enc: &Encoder,
             pooling: Pooling,
+            precision: Precision,
             max_seqs: usize,
             max_seq_len: usize,
         ) -> Result<Self> {
             let gpu = Gpu::new(0).map_err(|e| TrainError::Device(e.to_string()))?;
+            // F32 means exact f32 products; TF32 and bf16 runs keep cuBLAS's tensor-core modes.
+            gpu.set_tf32(precision != Precision::F32);
             let cap = GpuCapacity {
                 max_seqs: max_seqs.max(1),
                 max_seq_len,
                 max_tokens: max_seqs.max(1) * max_seq_len,
             };
-            let mut g = GpuEncoder::<f32>::new(gpu, enc.config.clone(), &enc.buffers.params, pooling, cap)
+            Ok(match precision {
+                Precision::F32 | Precision::Tf32 => Inner::F32(Model::new(gpu, enc, pooling, cap)?),
+                Precision::Bf16 => Inner::Bf16(Model::new(gpu, enc, pooling, cap)?),
+            })
+        }
+
+        pub(super) fn zero_grad(&mut self) -> Result<()> {
+            each!(self, m => m.enc.zero_grad().map_err(err))
+        }
+
+        pub(super) fn forward_pooled(
+            &mut self,
+            ids: &[u32],
+            types: &[u32],
+            offsets: &[usize],
+            dropout: Option<u64>,
+            pooled: &mut Vec<f32>,
+        ) -> Result<()> {
+            each!(self, m => m.forward_pooled(ids, types, offsets, dropout, pooled))
+        }
+
+        pub(super) fn backward(&mut self, dpooled: &[f32]) -> Result<()> {
+            each!(self, m => {
+                m.enc.set_dpooled(dpooled).map_err(err)?;
+                m.enc.backward().map_err(err)
+            })
+        }
+
+        pub(super) fn set_objective(&mut self, cfg: &AngleLossConfig) {
+            let w = (
+                cfg.cosine_w as f32,
+                cfg.cosine_tau as f32,
+                cfg.angle_w as f32,
+                cfg.angle_tau as f32,
+                cfg.angle_pooling == AnglePooling::Mean,
+            );
+            each!(self, m => m.weights = w)
+        }
+
+        pub(super) fn forward_objective_backward(
+            &mut self,
+            ids: &[u32],
+            types: &[u32],
+            offsets: &[usize],
+            labels: &[f32],
+            dropout: Option<u64>,
+            scale: f32,
+        ) -> Result<(f32, LossParts<f32>)> {
+            each!(self, m => m.forward_objective_backward(ids, types, offsets, labels, dropout, scale))
+        }
+
+        pub(super) fn grad_norm(&mut self) -> Result<f64> {
+            each!(self, m => Ok(m.enc.grad_norm().map_err(err)? as f64))
+        }
+
+        pub(super) fn adamw_step(&mut self, hp: &AdamW, t: u64, max_norm: Option<f32>) -> Result<()> {
+            each!(self, m => m.enc.adamw_step(hp, t, max_norm).map_err(err))
+        }
+
+        pub(super) fn download_into(&self, enc: &mut Encoder) -> Result<()> {
+            each!(self, m => {
+                let p = m.enc.download_params().map_err(err)?;
+                let (mo, v) = m.enc.download_moments().map_err(err)?;
+                enc.buffers.params.copy_from_slice(&p);
+                enc.buffers.adam_m = mo;
+                enc.buffers.adam_v = v;
+                Ok(())
+            })
+        }
+    }
+
+    impl<T: Elem> Model<T> {
+        fn new(gpu: Gpu, enc: &Encoder, pooling: Pooling, cap: GpuCapacity) -> Result<Self> {
+            let mut g = GpuEncoder::<T>::new(gpu, enc.config.clone(), &enc.buffers.params, pooling, cap)
                 .map_err(err)?;
             // An encoder loaded for inference has no moments yet (the device's start at zero).
             if !enc.buffers.adam_m.is_empty() {
                 g.upload_moments(&enc.buffers.adam_m, &enc.buffers.adam_v)
                     .map_err(err)?;
             }
-            Ok(Inner { enc: g })
+            Ok(Model {
+                enc: g,
+                weights: (0.0, 20.0, 0.0, 20.0, false),
+            })
         }
 
-        pub(super) fn zero_grad(&mut self) -> Result<()> {
-            self.enc.zero_grad().map_err(err)
-        }
-
-        pub(super) fn forward_pooled(
+        fn forward_pooled(
             &mut self,
             ids: &[u32],
             types: &[u32],
@@ -162,26 +388,44 @@ mod imp {
             Ok(())
         }
 
-        pub(super) fn backward(&mut self, dpooled: &[f32]) -> Result<()> {
-            self.enc.set_dpooled(dpooled).map_err(err)?;
-            self.enc.backward().map_err(err)
-        }
-
-        pub(super) fn grad_norm(&mut self) -> Result<f64> {
-            Ok(self.enc.grad_norm().map_err(err)? as f64)
-        }
-
-        pub(super) fn adamw_step(&mut self, hp: &AdamW, t: u64, max_norm: Option<f32>) -> Result<()> {
-            self.enc.adamw_step(hp, t, max_norm).map_err(err)
-        }
-
-        pub(super) fn download_into(&self, enc: &mut Encoder) -> Result<()> {
-            let p = self.enc.download_params().map_err(err)?;
-            let (m, v) = self.enc.download_moments().map_err(err)?;
-            enc.buffers.params.copy_from_slice(&p);
-            enc.buffers.adam_m = m;
-            enc.buffers.adam_v = v;
-            Ok(())
+        fn forward_objective_backward(
+            &mut self,
+            ids: &[u32],
+            types: &[u32],
+            offsets: &[usize],
+            labels: &[f32],
+            dropout: Option<u64>,
+            scale: f32,
+        ) -> Result<(f32, LossParts<f32>)> {
+            let (cw, ct, aw, at, mean) = self.weights;
+            // The objective is linear in its weights: scaled weights give `scale · dL/dy` (the
+            // micro-batch mean) with no extra kernel; the parts stay unweighted.
+            let o = &mut self.enc.objective;
+            o.cosine_w = cw * scale;
+            o.cosine_tau = ct;
+            o.angle_w = aw * scale;
+            o.angle_tau = at;
+            o.angle_mean = mean;
+            o.ibn_w = 0.0;
+            self.enc
+                .stage(ids, Some(types), offsets, Some(labels))
+                .map_err(err)?;
+            self.enc.forward(dropout).map_err(err)?;
+            self.enc.loss().map_err(err)?;
+            self.enc.backward().map_err(err)?;
+            let [_, cos, angle, _] = self.enc.read_loss_parts().map_err(err)?;
+            // The host's sum, in f64 as the host's AngleLoss forms it.
+            let mut loss = 0.0f64;
+            let mut parts = LossParts::default();
+            if cw > 0.0 {
+                loss += f64::from(cw) * f64::from(cos);
+                parts.cosine = Some(cos);
+            }
+            if aw > 0.0 {
+                loss += f64::from(aw) * f64::from(angle);
+                parts.angle = Some(angle);
+            }
+            Ok((loss as f32, parts))
         }
     }
 }
@@ -189,7 +433,9 @@ mod imp {
 #[cfg(not(feature = "cuda"))]
 mod imp {
     use angle_encoder::{AdamW, Encoder, Pooling};
+    use angle_loss::{AngleLossConfig, LossParts};
 
+    use super::Precision;
     use crate::error::{Result, TrainError};
 
     /// Never built: [`Inner::new`] is the only way to one, and it fails.
@@ -200,7 +446,7 @@ mod imp {
     }
 
     impl Inner {
-        pub(super) fn new(_: &Encoder, _: Pooling, _: usize, _: usize) -> Result<Self> {
+        pub(super) fn new(_: &Encoder, _: Pooling, _: Precision, _: usize, _: usize) -> Result<Self> {
             Err(no_cuda())
         }
         pub(super) fn zero_grad(&mut self) -> Result<()> {
@@ -217,6 +463,20 @@ mod imp {
             match *self {}
         }
         pub(super) fn backward(&mut self, _: &[f32]) -> Result<()> {
+            match *self {}
+        }
+        pub(super) fn set_objective(&mut self, _: &AngleLossConfig) {
+            match *self {}
+        }
+        pub(super) fn forward_objective_backward(
+            &mut self,
+            _: &[u32],
+            _: &[u32],
+            _: &[usize],
+            _: &[f32],
+            _: Option<u64>,
+            _: f32,
+        ) -> Result<(f32, LossParts<f32>)> {
             match *self {}
         }
         pub(super) fn grad_norm(&mut self) -> Result<f64> {
@@ -241,7 +501,7 @@ pub fn for_device(
 ) -> Result<Option<GpuModel>> {
     match device {
         Device::Cpu => Ok(None),
-        Device::Cuda => GpuModel::new(enc, pooling, max_seqs, max_seq_len).map(Some),
+        Device::Cuda(p) => GpuModel::new(enc, pooling, p, max_seqs, max_seq_len).map(Some),
     }
 }
 
@@ -252,8 +512,39 @@ mod tests {
     #[test]
     fn parses_devices() {
         assert_eq!("cpu".parse::<Device>(), Ok(Device::Cpu));
-        assert_eq!("cuda".parse::<Device>(), Ok(Device::Cuda));
+        assert_eq!("cuda".parse::<Device>(), Ok(Device::Cuda(Precision::Tf32)));
         assert!("tpu".parse::<Device>().is_err());
+        assert_eq!("bf16".parse::<Precision>(), Ok(Precision::Bf16));
+        assert!("fp16".parse::<Precision>().is_err());
+    }
+
+    #[test]
+    fn precision_other_than_f32_needs_cuda() {
+        let e = Device::Cpu.with_precision(Some(Precision::Bf16)).unwrap_err();
+        assert!(e.to_string().contains("--device cuda"), "{e}");
+        assert_eq!(
+            Device::Cpu.with_precision(Some(Precision::F32)).unwrap(),
+            Device::Cpu
+        );
+        assert_eq!(
+            Device::Cuda(Precision::Tf32)
+                .with_precision(Some(Precision::Bf16))
+                .unwrap(),
+            Device::Cuda(Precision::Bf16)
+        );
+        assert_eq!(
+            Device::Cuda(Precision::Tf32).with_precision(None).unwrap(),
+            Device::Cuda(Precision::Tf32)
+        );
+    }
+
+    #[test]
+    fn device_objective_covers_format_a_without_in_batch_negatives() {
+        let mut cfg = crate::config::default_recipe_loss();
+        assert_eq!(device_objective_gap(&cfg, DataFormat::A), None);
+        assert!(device_objective_gap(&cfg, DataFormat::B).is_some());
+        cfg.ibn_w = 1.0;
+        assert!(device_objective_gap(&cfg, DataFormat::A).is_some());
     }
 
     #[test]
@@ -261,7 +552,7 @@ mod tests {
         let cfg = angle_encoder::BertConfig::bert(8, 1, 2, 16, 10, 8);
         let n = angle_encoder::ParamLayout::new(&cfg).total;
         let enc = Encoder::from_params(cfg, vec![0.01; n]).unwrap();
-        let e = for_device(Device::Cuda, &enc, Pooling::Mean, 2, 8).unwrap_err();
+        let e = for_device(Device::Cuda(Precision::Bf16), &enc, Pooling::Mean, 2, 8).unwrap_err();
         assert!(e.to_string().contains(NO_CUDA), "{e}");
         assert!(
             for_device(Device::Cpu, &enc, Pooling::Mean, 2, 8)

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use angle_encoder::Pooling;
-use angle_train::device::Device;
+use angle_train::device::{Device, Precision};
 use angle_train::embed::{Embedder, ModelDefaults, load_model};
 use angle_train::evaluate::{evaluate, load_sts};
 use angle_train::stats::cosine;
@@ -60,6 +60,11 @@ struct TrainArgs {
     /// Where the encoder trains: cpu, or cuda (a build with `--features cuda`; mean or cls pooling).
     #[arg(long, default_value = "cpu")]
     device: Device,
+    /// GPU arithmetic: f32 (exact products), tf32 (TF32 tensor-core products) or bf16 (mixed precision:
+    /// bf16 activations and weight copies, f32 master weights and optimizer state) [default: tf32 on cuda;
+    /// the CPU computes in f32 only].
+    #[arg(long)]
+    precision: Option<Precision>,
 
     /// Force the data format: A, B or C [default: from the columns].
     #[arg(long)]
@@ -252,6 +257,9 @@ struct ModelArgs {
     /// Where the encoder runs: cpu, or cuda (a build with `--features cuda`; mean or cls pooling).
     #[arg(long, default_value = "cpu")]
     device: Device,
+    /// GPU arithmetic: f32, tf32 or bf16 (see `angle train --help`) [default: tf32 on cuda].
+    #[arg(long)]
+    precision: Option<Precision>,
 }
 
 #[derive(Args)]
@@ -332,6 +340,8 @@ fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
         given.loss.angle_pooling = serde_json::from_value(serde_json::Value::String(name.clone()))?;
         explicit.push("loss.angle_pooling".into());
     }
+    // Before anything is read or written: --precision bf16 on the CPU is refused here.
+    let device = a.device.with_precision(a.precision)?;
     let config = match &a.resume {
         Some(dir) => TrainConfig::merge_for_resume(&read_saved_config(dir)?, &given, &explicit)?,
         None => {
@@ -358,7 +368,7 @@ fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
         stop,
         progress: a.progress.unwrap_or(true),
         halt_after: None,
-        device: a.device,
+        device,
     };
     let s = angle_train::train(config, a.resume.as_deref(), &opts)?;
     println!("== run summary");
@@ -423,6 +433,7 @@ struct Loaded {
 }
 
 fn load(m: &ModelArgs) -> anyhow::Result<Loaded> {
+    let device = m.device.with_precision(m.precision)?;
     set_threads(m.threads)?;
     let defaults = ModelDefaults::from_dir(&m.model)?;
     let pooling = match &m.pooling {
@@ -431,7 +442,7 @@ fn load(m: &ModelArgs) -> anyhow::Result<Loaded> {
     };
     let max_len = m.max_length.or(defaults.max_length).unwrap_or(512);
     let (enc, tok) = load_model(&m.model, max_len)?;
-    let emb = Embedder::new(&enc, pooling, m.batch_size, tok.max_len()).on_device(m.device, &enc)?;
+    let emb = Embedder::new(&enc, pooling, m.batch_size, tok.max_len()).on_device(device, &enc)?;
     let prompt = match m.prompt.clone().or(defaults.text_prompt) {
         Some(p) => Some(angle_data::Prompt::new(p)?),
         None => None,

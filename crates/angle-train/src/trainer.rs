@@ -270,6 +270,10 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
     let mut pooler = Pooler::new(pooling);
     let loss_fn = AngleLoss::new(config.loss.clone());
     let format = data_format(data.format());
+    // On the GPU the objective runs there too when its kernel covers this loss (said once).
+    if let Some(g) = gpu.as_mut() {
+        eprintln!("{}", g.use_device_objective(&config.loss, format));
+    }
     let schedule = LinearSchedule::new(config.lr, config.warmup_steps, total_steps);
     let mut batch = PackedBatch::default();
     let mut pooled: Vec<f32> = Vec::with_capacity(rows_max * h);
@@ -330,6 +334,30 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
             let dropout = config
                 .dropout
                 .then(|| derive_seed(derive_seed(config.seed, state.step), k as u64));
+            if let Some(g) = gpu.as_mut().filter(|g| g.device_objective()) {
+                // Forward, objective and backward of `loss / micro` all on the device.
+                let (loss, parts) = g.forward_objective_backward(
+                    &batch.input_ids,
+                    &batch.token_type_ids,
+                    &batch.seq_offsets,
+                    &batch.labels,
+                    dropout,
+                    1.0 / micro as f32,
+                )?;
+                if !loss.is_finite() {
+                    return Err(TrainError::Numeric {
+                        step: state.step,
+                        msg: format!("loss is {loss}"),
+                    });
+                }
+                step_loss += loss as f64 / micro as f64;
+                for (acc, v) in step_parts.iter_mut().zip(part_values(&parts)) {
+                    accumulate(acc, v.map(|v| v as f64 / micro as f64));
+                }
+                step_examples += batch.examples.len() as u64;
+                step_tokens += batch.tokens() as u64;
+                continue;
+            }
             match gpu.as_mut() {
                 Some(g) => g.forward_pooled(
                     &batch.input_ids,

@@ -99,3 +99,56 @@ fn unknown_device_is_a_usage_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown device"), "{err}");
 }
+
+#[test]
+fn bf16_on_the_cpu_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path(), 3);
+    let train = stsb_head(dir.path(), "train", 9, "train.csv");
+    let output = dir.path().join("run");
+    let out = angle()
+        .args(["train", "--progress", "false", "--precision", "bf16"])
+        .arg("--model")
+        .arg(&model)
+        .arg("--train")
+        .arg(&train)
+        .arg("--output")
+        .arg(&output)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "bf16 on the CPU trained");
+    assert!(!err.contains("panicked"), "panicked:\n{err}");
+    assert!(err.contains("--precision bf16 needs --device cuda"), "{err}");
+    assert!(!output.exists(), "the refused run wrote {}", output.display());
+
+    let out = angle()
+        .args([
+            "encode",
+            "--pooling",
+            "mean",
+            "--precision",
+            "bf16",
+            "--device",
+            "cpu",
+        ])
+        .arg("--model")
+        .arg(&model)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "bf16 on the CPU encoded");
+    assert!(err.contains("needs --device cuda"), "{err}");
+}
+
+#[test]
+fn unknown_precision_is_a_usage_error() {
+    let out = angle()
+        .args(["encode", "--model", "x", "--device", "cuda", "--precision", "fp8"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown precision"), "{err}");
+}

@@ -262,7 +262,8 @@ impl<T: Elem> GpuEncoder<T> {
             batch,
             pooled: f(cap.max_seqs * h)?,
             dpooled: f(cap.max_seqs * h)?,
-            loss: f(1)?,
+            // total, then the unweighted cosine, angle and in-batch parts
+            loss: f(4)?,
             norm_sq: f(1)?,
             objective,
             memory: GpuMemory::default(),
@@ -754,6 +755,13 @@ impl<T: Elem> GpuEncoder<T> {
     /// The loss of the last [`Self::loss`] (waits for the device).
     pub fn read_loss(&self) -> Result<f32> {
         Ok(self.gpu.download(self.loss.view())?[0])
+    }
+
+    /// The last [`Self::loss`]'s total and its unweighted cosine, angle and in-batch parts (0 for
+    /// an objective of weight 0), in that order (waits for the device).
+    pub fn read_loss_parts(&self) -> Result<[f32; 4]> {
+        let v = self.gpu.download(self.loss.view())?;
+        Ok([v[0], v[1], v[2], v[3]])
     }
 
     /// Clears the gradients.

@@ -1,7 +1,8 @@
 // The AnglE format-A objective (angle-emb 0.6.1, angle_emb/loss.py), forward and gradient on
 // the device in one block: cosine_w * CoSENT(cos) + angle_w * CoSENT(angle) + ibn_w * in-batch
 // negatives. y [2P, D] f32 in zigzag layout (rows 2k, 2k+1 are pair k), labels [P].
-// Writes loss[0] and dy (overwritten). `work` holds 2 (2P)^2 floats for the in-batch term.
+// Writes loss[0] and dy (overwritten); with nout >= 4 also loss[1..4] = the unweighted cosine,
+// angle and in-batch values (0 for an objective whose weight is 0). `work` holds 2 (2P)^2 floats for the in-batch term.
 // Derivations: docs of angle-loss; here each step names what it differentiates.
 
 #define NORM_EPS 1e-12f
@@ -34,7 +35,7 @@ __device__ float cosent(const float* s, const float* lab, float* g, int P, float
 extern "C" __global__ void __launch_bounds__(1024) angle_objective(float* loss, float* dy, float* work, const float* y,
                                            const float* labels, int P, int D, float cos_w,
                                            float cos_tau, float angle_w, float angle_tau,
-                                           int angle_mean, float ibn_w, float ibn_tau) {
+                                           int angle_mean, float ibn_w, float ibn_tau, int nout) {
     __shared__ float red[32];
     extern __shared__ float sh[];
     float* lab = sh;          // P
@@ -80,12 +81,17 @@ extern "C" __global__ void __launch_bounds__(1024) angle_objective(float* loss, 
         }
     }
     __syncthreads();
-    float total = 0.0f;
-    if (cos_w != 0.0f) total += cos_w * cosent(sc, lab, gc, P, red);
-    else
+    // part_*: each objective's unweighted value (0 where it did not run), for loss[1..4].
+    float total = 0.0f, part_cos = 0.0f, part_angle = 0.0f, part_ibn = 0.0f;
+    if (cos_w != 0.0f) {
+        part_cos = cosent(sc, lab, gc, P, red);
+        total += cos_w * part_cos;
+    } else
         for (int k = threadIdx.x; k < P; k += blockDim.x) gc[k] = 0.0f;
-    if (angle_w != 0.0f) total += angle_w * cosent(sa, lab, ga, P, red);
-    else
+    if (angle_w != 0.0f) {
+        part_angle = cosent(sa, lab, ga, P, red);
+        total += angle_w * part_angle;
+    } else
         for (int k = threadIdx.x; k < P; k += blockDim.x) ga[k] = 0.0f;
     __syncthreads();
     // Gradient of the pair terms, one warp per pair.
@@ -189,7 +195,8 @@ extern "C" __global__ void __launch_bounds__(1024) angle_objective(float* loss, 
             if (lane == 0) lsum += li;
         }
         lsum = block_sum(lane == 0 ? lsum : 0.0f, red);
-        total += ibn_w * lsum / (float)R;
+        part_ibn = lsum / (float)R;
+        total += ibn_w * part_ibn;
         __syncthreads();
         // dn_i = sum_j (G_ij + G_ji) n_j; dy_i += (dn_i - n_i (n_i . dn_i)) / |y_i|.
         // M = G + G^T scaled by 1/|y_j| goes to the second half of `work` (no division in the
@@ -219,5 +226,12 @@ extern "C" __global__ void __launch_bounds__(1024) angle_objective(float* loss, 
             }
         }
     }
-    if (threadIdx.x == 0) loss[0] = total;
+    if (threadIdx.x == 0) {
+        loss[0] = total;
+        if (nout >= 4) {
+            loss[1] = part_cos;
+            loss[2] = part_angle;
+            loss[3] = part_ibn;
+        }
+    }
 }

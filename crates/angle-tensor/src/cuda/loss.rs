@@ -46,7 +46,8 @@ impl AngleObjective {
 }
 
 /// `loss[0] = objective(y, labels)` and `dy = d loss / d y` (overwritten), for `pairs` pairs of
-/// `dim`-wide embeddings in zigzag rows.
+/// `dim`-wide embeddings in zigzag rows. `loss` holds 1 value, or 4: then `loss[1..4]` are the
+/// unweighted cosine, angle and in-batch values (0 where the weight is 0), for logging.
 pub fn angle_objective(
     gpu: &Gpu,
     obj: &AngleObjective,
@@ -72,7 +73,14 @@ pub fn angle_objective(
             "the angle objective splits embeddings in halves: odd width",
         ));
     }
-    check_len(OP, "loss", loss.len(), 1)?;
+    if loss.len() != 1 && loss.len() != 4 {
+        return Err(arg_err(
+            OP,
+            "loss",
+            format!("{} values (1, or 4 with the parts)", loss.len()),
+        ));
+    }
+    let nout = loss.len() as i32;
     check_len(OP, "y", y.len(), 2 * pairs * width)?;
     check_len(OP, "dy", dy.len(), 2 * pairs * width)?;
     check_len(OP, "labels", labels.len(), pairs)?;
@@ -97,7 +105,8 @@ pub fn angle_objective(
             obj.angle_tau,
             i32::from(obj.angle_mean),
             obj.ibn_w,
-            obj.ibn_tau
+            obj.ibn_tau,
+            nout
         ],
     )
 }
