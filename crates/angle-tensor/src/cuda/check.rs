@@ -248,27 +248,78 @@ fn embedding<T: Elem>(c: &mut Ctx, s: u64) -> Result<(), GpuError> {
 }
 
 fn gelu<T: Elem>(c: &mut Ctx, s: u64) -> Result<(), GpuError> {
-    let (rows, cols) = (33, 70);
-    let a = rand::<T>(s * 100 + 1, rows * cols, 3.0);
-    let bias = rand::<f32>(s * 100 + 2, cols, 1.0);
-    let pre: Vec<f32> = (0..rows * cols)
-        .map(|i| T::from_f32(a[i] + bias[i % cols]).to_f32())
-        .collect();
-    let mut want = vec![0.0f32; rows * cols];
-    cpu::gelu_forward(&mut want, &pre, rows * cols, cpu::GeluKind::Erf).map_err(cpu_err)?;
-    let gpre = c.up::<T>(&a)?;
-    let gb = c.up::<f32>(&bias)?;
-    let out = c.poisoned::<T>(rows * cols)?;
-    super::bias_gelu_forward(c.gpu, out.view(), gpre.view(), Some(gb.view()), rows, cols)?;
-    c.cmp("bias_gelu_forward out", out.view(), &want, c.tol)?;
-    c.cmp("bias_gelu_forward pre", gpre.view(), &pre, c.tol)?;
-    let dout = rand::<T>(s * 100 + 3, rows * cols, 1.0);
-    let mut din = vec![0.0f32; rows * cols];
-    cpu::gelu_backward(&mut din, &pre, &dout, rows * cols, cpu::GeluKind::Erf).map_err(cpu_err)?;
-    let gdout = c.up::<T>(&dout)?;
-    let gdin = c.poisoned::<T>(rows * cols)?;
-    super::bias_gelu_backward(c.gpu, gdin.view(), gpre.view(), gdout.view(), rows * cols, false)?;
-    c.cmp("bias_gelu_backward", gdin.view(), &din, c.tol)
+    // Scalar kernels (70 columns; an address one element off), vectorised ones (widths that are
+    // multiples of 4: BERT's 3072, a narrow 12, and 68 rows x 4 = an odd number of groups), and
+    // the vectorised backward's tail (33 x 70 = 2310 = 4 * 577 + 2).
+    for (rows, cols, offset) in [
+        (33usize, 70usize, 0usize),
+        (9, 3072, 0),
+        (5, 12, 0),
+        (68, 4, 0),
+        (11, 64, 1),
+    ] {
+        let n = rows * cols;
+        let seed = s * 100 + (rows * 7 + cols) as u64;
+        let a = rand::<T>(seed + 1, n, 3.0);
+        let bias = rand::<f32>(seed + 2, cols, 1.0);
+        let pre: Vec<f32> = (0..n)
+            .map(|i| T::from_f32(a[i] + bias[i % cols]).to_f32())
+            .collect();
+        let mut want = vec![0.0f32; n];
+        cpu::gelu_forward(&mut want, &pre, n, cpu::GeluKind::Erf).map_err(cpu_err)?;
+        // `offset` shifts every view off the 4-element alignment.
+        let padded = |v: &[f32]| {
+            let mut p = vec![0.5f32; offset];
+            p.extend_from_slice(v);
+            p
+        };
+        let gpre_buf = c.up::<T>(&padded(&a))?;
+        let gpre = gpre_buf.view().slice(offset..offset + n)?;
+        let gb = c.up::<f32>(&bias)?;
+        let out_buf = c.poisoned::<T>(offset + n)?;
+        let out = out_buf.view().slice(offset..offset + n)?;
+        let path = if super::gelu::fwd_vectorised(out, gpre, cols) {
+            "vec4"
+        } else {
+            "scalar"
+        };
+        super::bias_gelu_forward(c.gpu, out, gpre, Some(gb.view()), rows, cols)?;
+        let what = format!("bias_gelu {rows}x{cols} ({path})");
+        c.cmp(&format!("{what} forward out"), out, &want, c.tol)?;
+        c.cmp(&format!("{what} forward pre"), gpre, &pre, c.tol)?;
+        let dout = rand::<T>(seed + 3, n, 1.0);
+        let mut din = vec![0.0f32; n];
+        cpu::gelu_backward(&mut din, &pre, &dout, n, cpu::GeluKind::Erf).map_err(cpu_err)?;
+        let gdout_buf = c.up::<T>(&padded(&dout))?;
+        let gdout = gdout_buf.view().slice(offset..offset + n)?;
+        let gdin_buf = c.poisoned::<T>(offset + n)?;
+        let gdin = gdin_buf.view().slice(offset..offset + n)?;
+        let path = if super::gelu::bwd_vectorised(&[gdin, gpre, gdout]) {
+            "vec4"
+        } else {
+            "scalar"
+        };
+        super::bias_gelu_backward(c.gpu, gdin, gpre, gdout, n, false)?;
+        c.cmp(
+            &format!("bias_gelu {rows}x{cols} ({path}) backward"),
+            gdin,
+            &din,
+            c.tol,
+        )?;
+        // Accumulating, in place as the encoder calls it (dpre aliases dout): 2 * dout * gelu'.
+        let twice: Vec<f32> = din.iter().map(|&x| T::from_f32(x).to_f32() * 2.0).collect();
+        let acc_buf = c.up::<T>(&padded(&dout))?;
+        let acc = acc_buf.view().slice(offset..offset + n)?;
+        super::bias_gelu_backward(c.gpu, acc, gpre, acc, n, false)?;
+        super::bias_gelu_backward(c.gpu, acc, gpre, gdout, n, true)?;
+        c.cmp(
+            &format!("bias_gelu {rows}x{cols} ({path}) backward in place + accumulate"),
+            acc,
+            &twice,
+            c.tol,
+        )?;
+    }
+    Ok(())
 }
 
 fn layernorm<T: Elem>(c: &mut Ctx, s: u64) -> Result<(), GpuError> {

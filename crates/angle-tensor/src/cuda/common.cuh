@@ -26,6 +26,38 @@ template <> __device__ __forceinline__ bf16 fromf<bf16>(float v) {
     return r;
 }
 
+// Four consecutive elements in one access (16 bytes of f32, 8 of bf16), converted to f32. The
+// caller guarantees the alignment (launchers check the address and that the row width is a
+// multiple of 4). bf16 element 2k is the low half of 32-bit word k (little-endian).
+__device__ __forceinline__ void load4(const float* p, float v[4]) {
+    const float4 t = *reinterpret_cast<const float4*>(p);
+    v[0] = t.x;
+    v[1] = t.y;
+    v[2] = t.z;
+    v[3] = t.w;
+}
+__device__ __forceinline__ void load4(const bf16* p, float v[4]) {
+    const uint2 t = *reinterpret_cast<const uint2*>(p);
+    v[0] = __uint_as_float(t.x << 16);
+    v[1] = __uint_as_float(t.x & 0xffff0000u);
+    v[2] = __uint_as_float(t.y << 16);
+    v[3] = __uint_as_float(t.y & 0xffff0000u);
+}
+__device__ __forceinline__ void store4(float* p, const float v[4]) {
+    float4 t;
+    t.x = v[0];
+    t.y = v[1];
+    t.z = v[2];
+    t.w = v[3];
+    *reinterpret_cast<float4*>(p) = t;
+}
+__device__ __forceinline__ void store4(bf16* p, const float v[4]) {
+    uint2 t;
+    t.x = (unsigned)fromf<bf16>(v[0]).x | ((unsigned)fromf<bf16>(v[1]).x << 16);
+    t.y = (unsigned)fromf<bf16>(v[2]).x | ((unsigned)fromf<bf16>(v[3]).x << 16);
+    *reinterpret_cast<uint2*>(p) = t;
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
