@@ -323,14 +323,33 @@ fn gelu<T: Elem>(c: &mut Ctx, s: u64) -> Result<(), GpuError> {
 }
 
 fn layernorm<T: Elem>(c: &mut Ctx, s: u64) -> Result<(), GpuError> {
-    for (rows, cols, p) in [
-        (37usize, 96usize, 0.0f32),
-        (41, 384, 0.1),
-        (77, 768, 0.1),
-        (9, 1024, 0.1),
-        (5, 2048, 0.1),
+    // Widths that are multiples of 4 take the vectorised warp kernels (at offset 0), 90 and the
+    // shifted views the scalar warp kernels, 2048 the block-per-row kernels.
+    for (rows, cols, p, offset) in [
+        (37usize, 96usize, 0.0f32, 0usize),
+        (41, 384, 0.1, 0),
+        (77, 768, 0.1, 0),
+        (9, 1024, 0.1, 0),
+        (5, 2048, 0.1, 0),
+        (13, 90, 0.1, 0),
+        (19, 768, 0.1, 1),
+        (7, 384, 0.0, 1),
     ] {
         let n = rows * cols;
+        // Every activation view starts `offset` elements into its buffer (off the 4-element
+        // alignment when 1); the buffers stay alive in `keep`.
+        let mut keep: Vec<DeviceBuffer<T>> = Vec::new();
+        let mut shifted = |buf: DeviceBuffer<T>| -> Result<DSlice<T>, GpuError> {
+            let v = buf.view().slice(offset..offset + n)?;
+            keep.push(buf);
+            Ok(v)
+        };
+        // Which kernels run: the block-per-row ones above 1024 columns.
+        let kind = |vec: bool| match (cols > 1024, vec) {
+            (true, _) => "block",
+            (false, true) => "vec4",
+            (false, false) => "scalar",
+        };
         let seed = 77 + rows as u64;
         let a = rand::<T>(s * 100 + 1, n, 2.0);
         let abias = rand::<f32>(s * 100 + 2, cols, 0.5);
@@ -351,24 +370,36 @@ fn layernorm<T: Elem>(c: &mut Ctx, s: u64) -> Result<(), GpuError> {
         let (mut out, mut mean, mut rstd) = (vec![0.0f32; n], vec![0.0f32; rows], vec![0.0f32; rows]);
         cpu::layernorm_forward(&mut out, &mut mean, &mut rstd, &sum, &w, &b, rows, cols, eps)
             .map_err(cpu_err)?;
+        let pad = |v: &[f32]| {
+            let mut p = vec![0.25f32; offset];
+            p.extend_from_slice(v);
+            p
+        };
         let (ga, gab, gres, gw, gb) = (
-            c.up::<T>(&a)?,
+            shifted(c.up::<T>(&pad(&a))?)?,
             c.up::<f32>(&abias)?,
-            c.up::<T>(&res)?,
+            shifted(c.up::<T>(&pad(&res))?)?,
             c.up::<f32>(&w)?,
             c.up::<f32>(&b)?,
         );
-        let (gout, gsum) = (c.poisoned::<T>(n)?, c.poisoned::<T>(n)?);
+        let (gout, gsum) = (
+            shifted(c.poisoned::<T>(offset + n)?)?,
+            shifted(c.poisoned::<T>(offset + n)?)?,
+        );
+        let path_fwd = kind(super::layernorm::vectorised(
+            cols,
+            &[Some(gout), Some(gsum), Some(ga), Some(gres)],
+        ));
         let (gmean, grstd) = (c.poisoned::<f32>(rows)?, c.poisoned::<f32>(rows)?);
         super::residual_layernorm_forward(
             c.gpu,
-            gout.view(),
-            gsum.view(),
+            gout,
+            gsum,
             gmean.view(),
             grstd.view(),
-            ga.view(),
+            ga,
             Some(gab.view()),
-            Some(gres.view()),
+            Some(gres),
             gw.view(),
             gb.view(),
             rows,
@@ -377,9 +408,9 @@ fn layernorm<T: Elem>(c: &mut Ctx, s: u64) -> Result<(), GpuError> {
             p,
             seed,
         )?;
-        let what = format!("residual_layernorm {rows}x{cols} p={p}");
-        c.cmp(&format!("{what} forward out"), gout.view(), &out, c.tol)?;
-        c.cmp(&format!("{what} forward sum"), gsum.view(), &sum, c.tol)?;
+        let what = format!("residual_layernorm {rows}x{cols} p={p} offset {offset}");
+        c.cmp(&format!("{what} forward ({path_fwd}) out"), gout, &out, c.tol)?;
+        c.cmp(&format!("{what} forward ({path_fwd}) sum"), gsum, &sum, c.tol)?;
         c.cmp(&format!("{what} forward mean"), gmean.view(), &mean, c.tol)?;
         c.cmp(&format!("{what} forward rstd"), grstd.view(), &rstd, c.tol)?;
         let dout = rand::<T>(s * 100 + 6, n, 1.0);
@@ -390,17 +421,24 @@ fn layernorm<T: Elem>(c: &mut Ctx, s: u64) -> Result<(), GpuError> {
         .map_err(cpu_err)?;
         let mut da = vec![0.0f32; n];
         cpu::dropout_backward(&mut da, &ds, n, p, seed).map_err(cpu_err)?;
-        let gdout = c.up::<T>(&dout)?;
-        let (gda, gdres) = (c.poisoned::<T>(n)?, c.poisoned::<T>(n)?);
+        let gdout = shifted(c.up::<T>(&pad(&dout))?)?;
+        let (gda, gdres) = (
+            shifted(c.poisoned::<T>(offset + n)?)?,
+            shifted(c.poisoned::<T>(offset + n)?)?,
+        );
+        let path_bwd = kind(super::layernorm::vectorised(
+            cols,
+            &[Some(gda), Some(gdres), Some(gdout), Some(gsum)],
+        ));
         let (gdw, gdb) = (c.gpu.alloc::<f32>(cols)?, c.gpu.alloc::<f32>(cols)?);
         super::residual_layernorm_backward(
             c.gpu,
-            Some(gda.view()),
-            Some(gdres.view()),
+            Some(gda),
+            Some(gdres),
             gdw.view(),
             gdb.view(),
-            gdout.view(),
-            gsum.view(),
+            gdout,
+            gsum,
             gmean.view(),
             grstd.view(),
             gw.view(),
@@ -410,10 +448,20 @@ fn layernorm<T: Elem>(c: &mut Ctx, s: u64) -> Result<(), GpuError> {
             seed,
             false,
         )?;
-        c.cmp(&format!("{what} backward da"), gda.view(), &da, c.tol)?;
-        c.cmp(&format!("{what} backward dres"), gdres.view(), &ds, c.tol)?;
-        c.cmp(&format!("{what} backward dweight"), gdw.view(), &dw, c.tol)?;
-        c.cmp(&format!("{what} backward dbias"), gdb.view(), &db, c.tol)?;
+        c.cmp(&format!("{what} backward ({path_bwd}) da"), gda, &da, c.tol)?;
+        c.cmp(&format!("{what} backward ({path_bwd}) dres"), gdres, &ds, c.tol)?;
+        c.cmp(
+            &format!("{what} backward ({path_bwd}) dweight"),
+            gdw.view(),
+            &dw,
+            c.tol,
+        )?;
+        c.cmp(
+            &format!("{what} backward ({path_bwd}) dbias"),
+            gdb.view(),
+            &db,
+            c.tol,
+        )?;
     }
     Ok(())
 }

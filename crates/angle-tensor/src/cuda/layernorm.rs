@@ -13,74 +13,56 @@ const THREADS: u32 = 256;
 /// Rows per warp in the warp-per-row backward (its dw, db partials amortise over these).
 const ROWS_PER_WARP: usize = 4;
 
-/// The warp-per-row kernels (forward, backward) for `cols <= 1024`, by values per lane.
-fn warp_kernels<T: DType>(cols: usize) -> Option<(&'static str, &'static str)> {
-    let bf = T::NAME == "bf16";
-    let pick = |f: (&'static str, &'static str), b: (&'static str, &'static str)| if bf { b } else { f };
-    Some(match cols.div_ceil(32) {
-        0..=4 => pick(
-            (
-                "residual_layernorm_forward_w4_f32",
-                "residual_layernorm_backward_w4_f32",
-            ),
-            (
-                "residual_layernorm_forward_w4_bf16",
-                "residual_layernorm_backward_w4_bf16",
-            ),
-        ),
-        5..=8 => pick(
-            (
-                "residual_layernorm_forward_w8_f32",
-                "residual_layernorm_backward_w8_f32",
-            ),
-            (
-                "residual_layernorm_forward_w8_bf16",
-                "residual_layernorm_backward_w8_bf16",
-            ),
-        ),
-        9..=12 => pick(
-            (
-                "residual_layernorm_forward_w12_f32",
-                "residual_layernorm_backward_w12_f32",
-            ),
-            (
-                "residual_layernorm_forward_w12_bf16",
-                "residual_layernorm_backward_w12_bf16",
-            ),
-        ),
-        13..=16 => pick(
-            (
-                "residual_layernorm_forward_w16_f32",
-                "residual_layernorm_backward_w16_f32",
-            ),
-            (
-                "residual_layernorm_forward_w16_bf16",
-                "residual_layernorm_backward_w16_bf16",
-            ),
-        ),
-        17..=24 => pick(
-            (
-                "residual_layernorm_forward_w24_f32",
-                "residual_layernorm_backward_w24_f32",
-            ),
-            (
-                "residual_layernorm_forward_w24_bf16",
-                "residual_layernorm_backward_w24_bf16",
-            ),
-        ),
-        25..=32 => pick(
-            (
-                "residual_layernorm_forward_w32_f32",
-                "residual_layernorm_backward_w32_f32",
-            ),
-            (
-                "residual_layernorm_forward_w32_bf16",
-                "residual_layernorm_backward_w32_bf16",
-            ),
-        ),
-        _ => return None,
-    })
+/// `(forward, backward)` kernel names for 4, 8, 12, 16, 24 and 32 values per lane; `kind` is
+/// `w` (scalar accesses) or `v` (4-element accesses).
+macro_rules! warp_names {
+    ($kind:literal, $s:literal) => {
+        [
+            warp_names!(@one $kind, "4", $s),
+            warp_names!(@one $kind, "8", $s),
+            warp_names!(@one $kind, "12", $s),
+            warp_names!(@one $kind, "16", $s),
+            warp_names!(@one $kind, "24", $s),
+            warp_names!(@one $kind, "32", $s),
+        ]
+    };
+    (@one $kind:literal, $v:literal, $s:literal) => {
+        (
+            concat!("residual_layernorm_forward_", $kind, $v, "_", $s),
+            concat!("residual_layernorm_backward_", $kind, $v, "_", $s),
+        )
+    };
 }
+
+/// By [scalar, vectorised][f32, bf16][values per lane].
+type Names = [(&'static str, &'static str); 6];
+const WARP_NAMES: [[Names; 2]; 2] = [
+    [warp_names!("w", "f32"), warp_names!("w", "bf16")],
+    [warp_names!("v", "f32"), warp_names!("v", "bf16")],
+];
+
+/// The warp-per-row kernels (forward, backward) for `cols <= 1024`, by values per lane;
+/// `vectorised`: the 4-element-access versions (see [`vectorised`]).
+fn warp_kernels<T: DType>(cols: usize, vectorised: bool) -> Option<(&'static str, &'static str)> {
+    let per_lane = match cols.div_ceil(32) {
+        0..=4 => 0,
+        5..=8 => 1,
+        9..=12 => 2,
+        13..=16 => 3,
+        17..=24 => 4,
+        25..=32 => 5,
+        _ => return None,
+    };
+    let bf = usize::from(T::NAME == "bf16");
+    Some(WARP_NAMES[usize::from(vectorised)][bf][per_lane])
+}
+
+/// Whether the warp kernels may use 4-element accesses: whole groups of 4 per row and every
+/// activation view aligned for them.
+pub(crate) fn vectorised<T: DType>(cols: usize, views: &[Option<DSlice<T>>]) -> bool {
+    cols % 4 == 0 && views.iter().flatten().all(|&v| super::gelu::aligned4(v))
+}
+
 const MAX_DIM: usize = 256 * 8;
 const ROWS_PER_BLOCK: usize = 32;
 
@@ -125,7 +107,8 @@ pub fn residual_layernorm_forward<T: DType>(
         return Err(arg_err(OP, "cols", format!("{cols} > {MAX_DIM}")));
     }
     let (thr, scale) = super::dropout::params(OP, p)?;
-    let (name, grid, shared) = match warp_kernels::<T>(cols) {
+    let vec = vectorised(cols, &[Some(out), Some(sum), Some(a), res]);
+    let (name, grid, shared) = match warp_kernels::<T>(cols, vec) {
         // one warp per row, 8 rows per block
         Some((f, _)) => (f, rows.div_ceil(8).max(1) as u32, 0),
         None => (
@@ -203,7 +186,8 @@ pub fn residual_layernorm_backward<T: DType>(
         return Err(arg_err(OP, "cols", format!("{cols} > {MAX_DIM}")));
     }
     let (thr, scale) = super::dropout::params(OP, p)?;
-    let (name, grid, shared, per) = match warp_kernels::<T>(cols) {
+    let vec = vectorised(cols, &[da, dres, Some(dout), Some(sum)]);
+    let (name, grid, shared, per) = match warp_kernels::<T>(cols, vec) {
         // 8 warps per block, ROWS_PER_WARP rows per warp; the block sums dw, db in shared memory
         Some((_, b)) => (
             b,
