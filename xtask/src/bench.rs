@@ -10,6 +10,12 @@
 //! - train: forward (dropout on), format-A objective (cosine 1 + in-batch 1 + angle 0.02, taus 20), backward
 //!   and AdamW on 32 STS-B train pairs (64 texts, max length 64), a different batch each step; median of
 //!   `--steps` steps after a warm-up step. Tokenisation happens before the steps, as in a trainer.
+//!
+//! `--torch PYTHON` (or `ANGLE_TORCH_PYTHON`) then measures PyTorch on the same machine in the same run, with
+//! the same threads and data: `scripts/bench/torch_cpu_encode.py` (batches in file order as the reference file
+//! measured them, and again sorted by length as ours are) and `scripts/bench/torch_cpu_train_step.py` (the same
+//! shuffled batches), each in its own child process, and adds their column to the table. The reference file was
+//! measured on another CPU (AMD EPYC, AVX2), so only the same-run column is a like-for-like ratio.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -45,6 +51,9 @@ struct Opts {
     only: Option<String>,
     profile: bool,
     child: Option<String>,
+    /// Python with torch and transformers for the same-run PyTorch baseline.
+    torch: Option<PathBuf>,
+    root: PathBuf,
 }
 
 fn usage() -> &'static str {
@@ -55,7 +64,10 @@ fn usage() -> &'static str {
      --streams  encode batches on N independent workers, threads/N each (default 1)\n\
      --only     encode | train: run one measurement (no table)\n\
      --profile  print the time per encoder op\n\
-     Environment: ANGLE_MODEL_DIR, ANGLE_STSB_DIR override where the model and the STS-B CSVs are found."
+     --torch PYTHON  then run PyTorch's encode and train step (scripts/bench/torch_cpu_*.py) with this Python\n\
+                (torch + transformers) on the same data and threads, and add a same-run PyTorch column\n\
+     Environment: ANGLE_MODEL_DIR, ANGLE_STSB_DIR override where the model and the STS-B CSVs are found;\n\
+     ANGLE_TORCH_PYTHON is --torch's default."
 }
 
 fn parse(args: &[String]) -> anyhow::Result<Opts> {
@@ -67,6 +79,9 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
             .map(PathBuf::from)
             .unwrap_or_else(|| root.join(rel))
     };
+    let torch = std::env::var_os("ANGLE_TORCH_PYTHON")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
     let mut o = Opts {
         model: env_or("ANGLE_MODEL_DIR", "../shared/models/all-MiniLM-L6-v2"),
         data: env_or("ANGLE_STSB_DIR", "../shared/data/stsb"),
@@ -77,6 +92,8 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
         only: None,
         profile: false,
         child: None,
+        torch,
+        root: root.to_path_buf(),
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -91,6 +108,7 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
             "--only" => o.only = Some(val()?.clone()),
             "--child" => o.child = Some(val()?.clone()),
             "--profile" => o.profile = true,
+            "--torch" => o.torch = Some(val()?.into()),
             "-h" | "--help" => {
                 println!("{}", usage());
                 std::process::exit(0);
@@ -120,6 +138,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         return Ok(());
     }
 
+    // a Python without torch should fail now, not after minutes of our own measurements
+    let torch_versions = match &o.torch {
+        Some(py) => Some(check_torch(py)?),
+        None => None,
+    };
+    let load_start = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut results = Vec::new();
     for kind in ["encode", "train"] {
         if o.only.as_deref().is_some_and(|k| k != kind) {
@@ -148,67 +172,207 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             .context("child printed no BENCH line")?;
         results.push(serde_json::from_str::<Value>(line)?);
     }
+    let torch = match &o.torch {
+        Some(py) => Some(torch_runs(&o, py)?),
+        None => None,
+    };
     if o.only.is_some() {
         for r in &results {
             println!("{r}");
+        }
+        if let Some(t) = &torch {
+            for r in [&t.encode, &t.encode_sorted, &t.train].into_iter().flatten() {
+                println!("{r}");
+            }
         }
         return Ok(());
     }
     let (e, t) = (&results[0], &results[1]);
     let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    // PyTorch's same-run values (NaN without --torch; those cells are not printed then)
+    let nan = Value::Null;
+    let (te, ts, tt) = match &torch {
+        Some(r) => (
+            r.encode.as_ref().unwrap_or(&nan),
+            r.encode_sorted.as_ref().unwrap_or(&nan),
+            r.train.as_ref().unwrap_or(&nan),
+        ),
+        None => (&nan, &nan, &nan),
+    };
     let mb = |b: f64| format!("{:.0} MB", b / 1e6);
     let enc_rate = f(e, "sentences_per_s");
     let train_rate = f(t, "pairs_per_s");
     let torch_mid = (TORCH_ENCODE.0 + TORCH_ENCODE.1) / 2.0;
+    let enc_est = f(e, "sentences_per_s_uncontended_estimate");
+    let train_est = f(t, "pairs_per_s_uncontended_estimate");
+    let rows = [
+        Row {
+            measure: "encode STS-B test (2,758 sentences, batch 64, max length 64, tokenisation included)"
+                .into(),
+            reference: format!(
+                "{}–{} sentences/s (candle: {}–{})",
+                TORCH_ENCODE.0, TORCH_ENCODE.1, CANDLE_ENCODE.0, CANDLE_ENCODE.1
+            ),
+            torch: format!(
+                "{:.0} sentences/s (batches in file order)",
+                f(te, "sentences_per_s")
+            ),
+            ours: format!("{enc_rate:.0} sentences/s"),
+            ratio_torch: format!("{:.2}×", enc_rate / f(te, "sentences_per_s")),
+            ratio_ref: format!(
+                "{:.2}× ({:.2}×–{:.2}×)",
+                enc_rate / torch_mid,
+                enc_rate / TORCH_ENCODE.1,
+                enc_rate / TORCH_ENCODE.0
+            ),
+            torch_only: false,
+        },
+        Row {
+            measure: "same, PyTorch's batches also sorted by length, as ours are".into(),
+            reference: String::new(),
+            torch: format!("{:.0} sentences/s", f(ts, "sentences_per_s")),
+            ours: format!("{enc_rate:.0} sentences/s"),
+            ratio_torch: format!("{:.2}×", enc_rate / f(ts, "sentences_per_s")),
+            ratio_ref: String::new(),
+            torch_only: true,
+        },
+        Row {
+            measure: "train step (32 STS-B train pairs, max length 64, fwd + format-A loss + bwd + AdamW)"
+                .into(),
+            reference: format!("{TORCH_TRAIN_PAIRS_PER_S} pairs/s"),
+            torch: format!(
+                "{:.1} pairs/s ({:.0} tokens/s)",
+                f(tt, "pairs_per_s"),
+                f(tt, "tokens_per_s")
+            ),
+            ours: format!("{train_rate:.1} pairs/s ({:.0} tokens/s)", f(t, "tokens_per_s")),
+            ratio_torch: format!("{:.2}×", train_rate / f(tt, "pairs_per_s")),
+            ratio_ref: format!("{:.2}×", train_rate / TORCH_TRAIN_PAIRS_PER_S),
+            torch_only: false,
+        },
+        Row {
+            measure: format!(
+                "same, estimated from CPU time (work / (CPU seconds / threads): what {} uncontended cores would give)",
+                o.threads
+            ),
+            reference: String::new(),
+            torch: format!(
+                "{:.0} sentences/s (file order), {:.1} pairs/s",
+                f(te, "sentences_per_s_uncontended_estimate"),
+                f(tt, "pairs_per_s_uncontended_estimate")
+            ),
+            ours: format!("{enc_est:.0} sentences/s, {train_est:.1} pairs/s"),
+            ratio_torch: format!(
+                "{:.2}×, {:.2}×",
+                enc_est / f(te, "sentences_per_s_uncontended_estimate"),
+                train_est / f(tt, "pairs_per_s_uncontended_estimate")
+            ),
+            ratio_ref: format!(
+                "{:.2}×, {:.2}×",
+                enc_est / torch_mid,
+                train_est / TORCH_TRAIN_PAIRS_PER_S
+            ),
+            torch_only: false,
+        },
+        Row {
+            measure: "fastest timed pass / step (the least disturbed by other processes on the machine)"
+                .into(),
+            reference: String::new(),
+            torch: format!(
+                "{:.0} sentences/s (file order), {:.1} pairs/s",
+                f(te, "sentences") / f(te, "seconds_min"),
+                TRAIN_PAIRS as f64 / (f(tt, "step_ms_min") / 1e3)
+            ),
+            ours: format!(
+                "{:.0} sentences/s, {:.1} pairs/s",
+                f(e, "sentences") / f(e, "seconds_min"),
+                TRAIN_PAIRS as f64 / f(t, "step_seconds_min")
+            ),
+            ratio_torch: format!(
+                "{:.2}×, {:.2}×",
+                f(te, "seconds_min") / f(e, "seconds_min"),
+                f(tt, "step_ms_min") / 1e3 / f(t, "step_seconds_min")
+            ),
+            ratio_ref: String::new(),
+            torch_only: true,
+        },
+        Row {
+            measure: "peak RSS, encode process".into(),
+            reference: format!("(candle: {})", mb(CANDLE_PEAK_BYTES)),
+            torch: format!(
+                "{} (file order; {} before the first pass)",
+                mb(f(te, "peak_rss_bytes")),
+                mb(f(te, "rss_before_passes_bytes"))
+            ),
+            ours: mb(f(e, "peak_rss_bytes")),
+            ratio_torch: format!("{:.2}×", f(e, "peak_rss_bytes") / f(te, "peak_rss_bytes")),
+            ratio_ref: String::new(),
+            torch_only: false,
+        },
+        Row {
+            measure: "peak RSS, training process".into(),
+            reference: format!("{} (whole training run)", mb(TORCH_PEAK_BYTES)),
+            torch: format!(
+                "{} (bench steps; {} before the first step)",
+                mb(f(tt, "peak_rss_bytes")),
+                mb(f(tt, "rss_before_steps_bytes"))
+            ),
+            ours: format!("{} (bench steps)", mb(f(t, "peak_rss_bytes"))),
+            ratio_torch: format!("{:.2}×", f(t, "peak_rss_bytes") / f(tt, "peak_rss_bytes")),
+            ratio_ref: format!("{:.2}×", f(t, "peak_rss_bytes") / TORCH_PEAK_BYTES),
+            torch_only: false,
+        },
+        Row {
+            measure: "activations per sequence of 64 tokens (train / eval mode)".into(),
+            reference: String::new(),
+            torch: String::new(),
+            ours: format!(
+                "{:.2} MB / {:.2} MB",
+                f(t, "activation_bytes_per_seq64") / 1e6,
+                f(e, "activation_bytes_per_seq64") / 1e6
+            ),
+            ratio_torch: String::new(),
+            ratio_ref: String::new(),
+            torch_only: false,
+        },
+    ];
     println!();
-    println!(
-        "all-MiniLM-L6-v2 on this machine, {} threads (PyTorch: ../shared/reference/torch-cpu.md, 2 threads)",
-        o.threads
-    );
+    if torch.is_some() {
+        println!(
+            "all-MiniLM-L6-v2 on this machine, {} threads; PyTorch measured in this run with the same threads and data, \
+             and from ../shared/reference/torch-cpu.md (another CPU, 2 threads)",
+            o.threads
+        );
+        println!();
+        println!(
+            "| measure | PyTorch, this machine, same run | PyTorch, reference file (AMD EPYC, AVX2) | angle (ours) | ours / PyTorch same run | ours / reference file |"
+        );
+        println!("| --- | --- | --- | --- | --- | --- |");
+        for r in &rows {
+            println!(
+                "| {} | {} | {} | {} | {} | {} |",
+                r.measure, r.torch, r.reference, r.ours, r.ratio_torch, r.ratio_ref
+            );
+        }
+    } else {
+        println!(
+            "all-MiniLM-L6-v2 on this machine, {} threads (PyTorch: ../shared/reference/torch-cpu.md, 2 threads)",
+            o.threads
+        );
+        println!();
+        println!("| measure | PyTorch | angle (ours) | ours / PyTorch |");
+        println!("| --- | --- | --- | --- |");
+        for r in rows.iter().filter(|r| !r.torch_only) {
+            println!(
+                "| {} | {} | {} | {} |",
+                r.measure, r.reference, r.ours, r.ratio_ref
+            );
+        }
+    }
     println!();
-    println!("| measure | PyTorch | angle (ours) | ours / PyTorch |");
-    println!("| --- | --- | --- | --- |");
-    println!(
-        "| encode STS-B test (2,758 sentences, batch 64, max length 64, tokenisation included) | {}–{} sentences/s (candle: {}–{}) | {:.0} sentences/s | {:.2}× ({:.2}×–{:.2}×) |",
-        TORCH_ENCODE.0,
-        TORCH_ENCODE.1,
-        CANDLE_ENCODE.0,
-        CANDLE_ENCODE.1,
-        enc_rate,
-        enc_rate / torch_mid,
-        enc_rate / TORCH_ENCODE.1,
-        enc_rate / TORCH_ENCODE.0
-    );
-    println!(
-        "| train step (32 STS-B train pairs, max length 64, fwd + format-A loss + bwd + AdamW) | {TORCH_TRAIN_PAIRS_PER_S} pairs/s | {train_rate:.1} pairs/s ({:.0} tokens/s) | {:.2}× |",
-        f(t, "tokens_per_s"),
-        train_rate / TORCH_TRAIN_PAIRS_PER_S
-    );
-    println!(
-        "| same, estimated from CPU time (work / (CPU seconds / threads): what {} uncontended cores would give) | | {:.0} sentences/s, {:.1} pairs/s | {:.2}×, {:.2}× |",
-        o.threads,
-        f(e, "sentences_per_s_uncontended_estimate"),
-        f(t, "pairs_per_s_uncontended_estimate"),
-        f(e, "sentences_per_s_uncontended_estimate") / torch_mid,
-        f(t, "pairs_per_s_uncontended_estimate") / TORCH_TRAIN_PAIRS_PER_S
-    );
-    println!(
-        "| peak RSS, encode process | (candle: {}) | {} | |",
-        mb(CANDLE_PEAK_BYTES),
-        mb(f(e, "peak_rss_bytes"))
-    );
-    println!(
-        "| peak RSS, training process | {} (whole training run) | {} (bench steps) | {:.2}× |",
-        mb(TORCH_PEAK_BYTES),
-        mb(f(t, "peak_rss_bytes")),
-        f(t, "peak_rss_bytes") / TORCH_PEAK_BYTES
-    );
-    println!(
-        "| activations per sequence of 64 tokens (train / eval mode) | | {:.2} MB / {:.2} MB | |",
-        f(t, "activation_bytes_per_seq64") / 1e6,
-        f(e, "activation_bytes_per_seq64") / 1e6
-    );
-    println!();
+    if torch.is_some() {
+        println!("load average at the start: {}", load_start.trim());
+    }
     if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
         println!("load average at the end: {}", load.trim());
     }
@@ -222,7 +386,148 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         f(t, "step_seconds_min"),
         f(t, "tokens_per_step")
     );
+    if let Some(versions) = torch_versions {
+        println!(
+            "PyTorch ({versions}, {} threads, {} attention): encode {:.2} s per pass in file order, {:.2} s sorted \
+             (medians of {} after a warm-up pass; {} and {} tokens with padding for {}); train: {:.3} s per step \
+             (median of {}, min {:.3}), {:.0} tokens per step ({:.0} with padding)",
+            f(tt, "threads"),
+            tt["attn_implementation"].as_str().unwrap_or("?"),
+            f(te, "seconds"),
+            f(ts, "seconds"),
+            o.repeat,
+            f(te, "padded_tokens"),
+            f(ts, "padded_tokens"),
+            f(te, "tokens"),
+            f(tt, "step_ms") / 1e3,
+            o.steps,
+            f(tt, "step_ms_min") / 1e3,
+            f(tt, "tokens_per_step"),
+            f(tt, "padded_tokens_per_step")
+        );
+    }
     Ok(())
+}
+
+/// One line of the table; `torch*` cells are printed only with `--torch`.
+struct Row {
+    measure: String,
+    reference: String,
+    torch: String,
+    ours: String,
+    ratio_torch: String,
+    ratio_ref: String,
+    /// A row that only makes sense beside the same-run PyTorch numbers.
+    torch_only: bool,
+}
+
+/// PyTorch's same-run measurements, each `None` where `--only` left it out.
+struct TorchRuns {
+    encode: Option<Value>,
+    encode_sorted: Option<Value>,
+    train: Option<Value>,
+}
+
+/// Checks that `python` runs and imports torch and transformers; returns their versions.
+fn check_torch(python: &Path) -> anyhow::Result<String> {
+    let out = Command::new(python)
+        .args([
+            "-c",
+            "import torch, transformers; print(f'torch {torch.__version__}, transformers {transformers.__version__}')",
+        ])
+        .output()
+        .with_context(|| {
+            format!(
+                "cannot run {} (--torch / ANGLE_TORCH_PYTHON: a Python with torch and transformers)",
+                python.display()
+            )
+        })?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().last().unwrap_or("").trim().to_string();
+        bail!(
+            "{} cannot import torch and transformers, which the PyTorch baseline (--torch / ANGLE_TORCH_PYTHON) needs: {last}",
+            python.display()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Runs PyTorch's encode (file order, then sorted by length) and train step with our threads and data.
+fn torch_runs(o: &Opts, python: &Path) -> anyhow::Result<TorchRuns> {
+    let wants = |k: &str| o.only.as_deref().is_none_or(|only| only == k);
+    let model = o.model.display().to_string();
+    let (threads, repeat, steps) = (o.threads.to_string(), o.repeat.to_string(), o.steps.to_string());
+    let mut runs = TorchRuns {
+        encode: None,
+        encode_sorted: None,
+        train: None,
+    };
+    if wants("encode") {
+        let data = o.data.join("stsb-en-test.csv").display().to_string();
+        let args: &[&str] = &[
+            "--model",
+            &model,
+            "--data",
+            &data,
+            "--threads",
+            &threads,
+            "--repeat",
+            &repeat,
+            "--warmup",
+            "1",
+            "--json",
+        ];
+        eprintln!("bench: PyTorch encode, batches in file order ({threads} threads) ...");
+        runs.encode = Some(run_torch_script(o, python, "torch_cpu_encode.py", args)?);
+        eprintln!("bench: PyTorch encode, batches sorted by length ...");
+        let sorted: Vec<&str> = args.iter().copied().chain(["--sort"]).collect();
+        runs.encode_sorted = Some(run_torch_script(o, python, "torch_cpu_encode.py", &sorted)?);
+    }
+    if wants("train") {
+        let data = o.data.join("stsb-en-train.csv").display().to_string();
+        let args: &[&str] = &[
+            "--model",
+            &model,
+            "--data",
+            &data,
+            "--threads",
+            &threads,
+            "--steps",
+            &steps,
+        ];
+        eprintln!("bench: PyTorch train step ({threads} threads) ...");
+        runs.train = Some(run_torch_script(o, python, "torch_cpu_train_step.py", args)?);
+    }
+    Ok(runs)
+}
+
+/// Runs `scripts/bench/<script>` in its own process (its own peak RSS); returns its last JSON line.
+fn run_torch_script(o: &Opts, python: &Path, script: &str, args: &[&str]) -> anyhow::Result<Value> {
+    let path = o.root.join("scripts/bench").join(script);
+    let out = Command::new(python)
+        .arg(&path)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {} {}", python.display(), path.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "{} failed ({}):\n{stdout}\n{}",
+            path.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let json = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .with_context(|| format!("{} printed no JSON line:\n{stdout}", path.display()))?;
+    for line in stdout.lines().filter(|l| !l.starts_with('{')) {
+        println!("{line}");
+    }
+    serde_json::from_str(json).with_context(|| format!("{}: its JSON line", path.display()))
 }
 
 /// Peak resident set of this process in bytes (`VmHWM`).
@@ -421,6 +726,7 @@ fn encode(o: &Opts) -> anyhow::Result<Value> {
     if o.profile {
         print_profile(o.repeat as f64, "encode");
     }
+    let min = times.iter().copied().fold(f64::INFINITY, f64::min);
     let secs = median(&mut times);
     // a sanity value: all-MiniLM-L6-v2's mean-pooled embeddings have norms of a few units
     let norm0 = out[..h].iter().map(|x| x * x).sum::<f32>().sqrt();
@@ -428,6 +734,7 @@ fn encode(o: &Opts) -> anyhow::Result<Value> {
         "sentences": texts.len(),
         "tokens": tokens,
         "seconds": secs,
+        "seconds_min": min,
         "sentences_per_s": texts.len() as f64 / secs,
         "cpu_seconds": cpu,
         "sentences_per_s_uncontended_estimate": texts.len() as f64 / (cpu / o.threads as f64),
