@@ -171,6 +171,7 @@ fn checks<T: Elem>(
     };
     embedding::<T>(&mut c, 1)?;
     gelu::<T>(&mut c, 2)?;
+    bias_grad::<T>(&mut c, 10)?;
     layernorm::<T>(&mut c, 3)?;
     dropout::<T>(&mut c, 4)?;
     pooling::<T>(&mut c, 5)?;
@@ -316,6 +317,45 @@ fn gelu<T: Elem>(c: &mut Ctx, s: u64) -> Result<(), GpuError> {
             &format!("bias_gelu {rows}x{cols} ({path}) backward in place + accumulate"),
             acc,
             &twice,
+            c.tol,
+        )?;
+    }
+    Ok(())
+}
+
+fn bias_grad<T: Elem>(c: &mut Ctx, s: u64) -> Result<(), GpuError> {
+    // 70 columns and a shifted view: the per-column kernel; the rest the 4-column one (600 rows:
+    // three row blocks; 3072 and 12 columns: more and fewer than a block's 128).
+    for (rows, cols, offset) in [
+        (57usize, 70usize, 0usize),
+        (300, 768, 0),
+        (600, 12, 0),
+        (41, 3072, 0),
+        (37, 384, 1),
+    ] {
+        let n = rows * cols;
+        let seed = s * 100 + (rows + cols) as u64;
+        let dout = rand::<T>(seed, n, 1.0);
+        let init = rand::<f32>(seed + 1, cols, 1.0);
+        // dbias += column sums (f64 on the host)
+        let want: Vec<f32> = (0..cols)
+            .map(|j| (init[j] as f64 + (0..rows).map(|r| dout[r * cols + j] as f64).sum::<f64>()) as f32)
+            .collect();
+        let mut padded = vec![0.5f32; offset];
+        padded.extend_from_slice(&dout);
+        let gdout_buf = c.up::<T>(&padded)?;
+        let gdout = gdout_buf.view().slice(offset..offset + n)?;
+        let gdb = c.up::<f32>(&init)?;
+        let path = if super::misc::bias_grad_vectorised(gdout, cols) {
+            "vec4"
+        } else {
+            "scalar"
+        };
+        super::bias_grad(c.gpu, gdb.view(), gdout, rows, cols)?;
+        c.cmp(
+            &format!("bias_grad {rows}x{cols} offset {offset} ({path})"),
+            gdb.view(),
+            &want,
             c.tol,
         )?;
     }

@@ -31,6 +31,39 @@ __device__ void bias_grad_k(float* db, const T* dout, int rows, int cols, int ro
     }
 }
 
+// The same sums with 4 consecutive columns per thread (cols % 4 == 0, dout aligned: the
+// launcher checks): a block covers 128 columns x 8 row lanes, one 16-byte (f32) or 8-byte
+// (bf16) load per thread and row.
+template <typename T>
+__device__ void bias_grad4_k(float* db, const T* dout, int rows, int cols, int rows_per_block) {
+    __shared__ float part[8][129];
+    const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5;
+    const int c = blockIdx.x * 128 + 4 * tx;
+    const int r0 = blockIdx.y * rows_per_block;
+    const int r1 = min(rows, r0 + rows_per_block);
+    float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (c < cols) {
+        for (int r = r0 + ty; r < r1; r += 8) {
+            float v[4];
+            load4(dout + (long long)r * cols + c, v);
+#pragma unroll
+            for (int k = 0; k < 4; k++) s[k] += v[k];
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < 4; k++) part[ty][4 * tx + k] = s[k];
+    __syncthreads();
+    if (threadIdx.x < 128) {
+        const int cc = blockIdx.x * 128 + threadIdx.x;
+        if (cc < cols) {
+            float t = 0.0f;
+#pragma unroll
+            for (int k = 0; k < 8; k++) t += part[k][threadIdx.x];
+            atomicAdd(db + cc, t);
+        }
+    }
+}
+
 #define MISC(S, T)                                                                                 \
     extern "C" __global__ void add_bias_##S(T* out, const float* bias, long long n, int cols) {    \
         add_bias_k<T>(out, bias, n, cols);                                                         \
@@ -38,6 +71,10 @@ __device__ void bias_grad_k(float* db, const T* dout, int rows, int cols, int ro
     extern "C" __global__ void bias_grad_##S(float* db, const T* dout, int rows, int cols,         \
                                              int rows_per_block) {                                 \
         bias_grad_k<T>(db, dout, rows, cols, rows_per_block);                                      \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(256) bias_grad4_##S(                              \
+        float* db, const T* dout, int rows, int cols, int rows_per_block) {                        \
+        bias_grad4_k<T>(db, dout, rows, cols, rows_per_block);                                     \
     }                                                                                              \
     extern "C" __global__ void fill_##S(T* out, long long n, float v) {                            \
         for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;                \

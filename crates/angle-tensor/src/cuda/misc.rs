@@ -42,6 +42,26 @@ pub fn bias_grad<T: DType>(
     const OP: &str = "bias_grad";
     check_len(OP, "dbias", dbias.len(), cols)?;
     check_len(OP, "dout", dout.len(), rows * cols)?;
+    if bias_grad_vectorised(dout, cols) {
+        return gpu.launch(
+            &SRC,
+            super::kname::<T>("bias_grad4_f32", "bias_grad4_bf16"),
+            (
+                cols.div_ceil(128).max(1) as u32,
+                rows.div_ceil(BIAS_ROWS_PER_BLOCK).max(1) as u32,
+                1,
+            ),
+            256,
+            0,
+            &mut kargs![
+                dbias,
+                dout,
+                dim(OP, "rows", rows)?,
+                dim(OP, "cols", cols)?,
+                BIAS_ROWS_PER_BLOCK as i32
+            ],
+        );
+    }
     gpu.launch(
         &SRC,
         super::kname::<T>("bias_grad_f32", "bias_grad_bf16"),
@@ -98,4 +118,9 @@ pub fn cast_bf16_to_f32(gpu: &Gpu, out: DSlice<f32>, inp: DSlice<half::bf16>) ->
         0,
         &mut kargs![out, inp, inp.len() as u64],
     )
+}
+
+/// Whether [`bias_grad`] takes the 4-column kernel (rows of whole groups, aligned view).
+pub(crate) fn bias_grad_vectorised<T: DType>(dout: DSlice<T>, cols: usize) -> bool {
+    cols % 4 == 0 && super::gelu::aligned4(dout)
 }
