@@ -15,7 +15,8 @@
 //! the same threads and data: `scripts/bench/torch_cpu_encode.py` (batches in file order as the reference file
 //! measured them, and again sorted by length as ours are) and `scripts/bench/torch_cpu_train_step.py` (the same
 //! shuffled batches), each in its own child process, and adds their column to the table. The reference file was
-//! measured on another CPU (AMD EPYC, AVX2), so only the same-run column is a like-for-like ratio.
+//! measured on another CPU (AMD EPYC, AVX2), so only the same-run column is a like-for-like ratio. PyTorch's
+//! OpenMP runs with `OMP_WAIT_POLICY=PASSIVE` unless the caller sets it (see [`omp_wait_policy`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -66,6 +67,7 @@ fn usage() -> &'static str {
      --profile  print the time per encoder op\n\
      --torch PYTHON  then run PyTorch's encode and train step (scripts/bench/torch_cpu_*.py) with this Python\n\
                 (torch + transformers) on the same data and threads, and add a same-run PyTorch column\n\
+                (OMP_WAIT_POLICY=PASSIVE unless set: spinning OpenMP threads collapse on a shared machine)\n\
      Environment: ANGLE_MODEL_DIR, ANGLE_STSB_DIR override where the model and the STS-B CSVs are found;\n\
      ANGLE_TORCH_PYTHON is --torch's default."
 }
@@ -388,11 +390,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     );
     if let Some(versions) = torch_versions {
         println!(
-            "PyTorch ({versions}, {} threads, {} attention): encode {:.2} s per pass in file order, {:.2} s sorted \
+            "PyTorch ({versions}, {} threads, {} attention, OMP_WAIT_POLICY={}): encode {:.2} s per pass in file order, {:.2} s sorted \
              (medians of {} after a warm-up pass; {} and {} tokens with padding for {}); train: {:.3} s per step \
              (median of {}, min {:.3}), {:.0} tokens per step ({:.0} with padding)",
             f(tt, "threads"),
             tt["attn_implementation"].as_str().unwrap_or("?"),
+            omp_wait_policy(),
             f(te, "seconds"),
             f(ts, "seconds"),
             o.repeat,
@@ -502,12 +505,21 @@ fn torch_runs(o: &Opts, python: &Path) -> anyhow::Result<TorchRuns> {
     Ok(runs)
 }
 
+/// PyTorch's OpenMP threads spin at every barrier by default: when another process holds one of the two cores,
+/// each parallel region then waits out a scheduler slice, and a train step took 2–3× longer (5.9–8.0 s against
+/// 2.7 s with `PASSIVE`, load 4–5). rayon's workers sleep soon, so the fair baseline on a shared machine is
+/// `PASSIVE`; an `OMP_WAIT_POLICY` set by the caller wins.
+fn omp_wait_policy() -> String {
+    std::env::var("OMP_WAIT_POLICY").unwrap_or_else(|_| "PASSIVE".into())
+}
+
 /// Runs `scripts/bench/<script>` in its own process (its own peak RSS); returns its last JSON line.
 fn run_torch_script(o: &Opts, python: &Path, script: &str, args: &[&str]) -> anyhow::Result<Value> {
     let path = o.root.join("scripts/bench").join(script);
     let out = Command::new(python)
         .arg(&path)
         .args(args)
+        .env("OMP_WAIT_POLICY", omp_wait_policy())
         .output()
         .with_context(|| format!("running {} {}", python.display(), path.display()))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
