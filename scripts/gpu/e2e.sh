@@ -5,7 +5,8 @@
 # (tf32, f32 and bf16) and on the CPU: relative difference of the embeddings, pairs/s and texts/s.
 # Also: the objective on the device against the host objective (ANGLE_GPU_HOST_LOSS=1) over
 # $E2E_CMP_STEPS steps logged one by one (loss and gradient norm within 1e-4 relative), and a short
-# `--precision bf16` training run. One PASS/FAIL line per comparison; writes $OUT/e2e.json.
+# `--precision bf16` training run, and a run stopped by Ctrl-C and resumed (scripts/gpu/resume_check.py).
+# One PASS/FAIL line per comparison; writes $OUT/e2e.json.
 # Usage: e2e.sh DATA OUT. E2E_DEVICE=cpu smoke-tests the script on a machine without a GPU.
 set -uo pipefail
 DATA="$1"
@@ -15,6 +16,7 @@ STEPS="${E2E_STEPS:-60}"
 CPU_STEPS="${E2E_CPU_STEPS:-5}"
 CMP_STEPS="${E2E_CMP_STEPS:-8}"
 BF16_STEPS="${E2E_BF16_STEPS:-20}"
+RESUME_STEPS="${E2E_RESUME_STEPS:-400}"
 BS="${E2E_BATCH:-32}"
 TEXTS="${E2E_TEXTS:-1000}"
 STSB="${STSB:-.gpu/data/stsb}"
@@ -46,6 +48,11 @@ ANGLE_GPU_HOST_LOSS=1 train "$DEVICE" "$RUN/cmp_host" "$CMP_STEPS" --log-steps 1
 echo "== e2e: angle train --device $DEVICE $(gpu_only --precision bf16), $BF16_STEPS steps"
 # shellcheck disable=SC2046 # gpu_only's words are options
 train "$DEVICE" "$RUN/bf16" "$BF16_STEPS" $(gpu_only --precision bf16) || rc=$?
+echo "== e2e: resume on $DEVICE (Ctrl-C, then --resume) against the same run uninterrupted, $RESUME_STEPS steps"
+python3 scripts/gpu/resume_check.py "$RUN/resume.json" "$RUN" "$DEVICE" "$BIN" -- \
+    --model "$DATA/minilm" --train "$STSB/stsb-en-train.csv" --max-steps "$RESUME_STEPS" --batch-size "$BS" \
+    --max-length 64 --pooling mean --lr 2e-5 --warmup-steps 5 --max-grad-norm 1.0 --log-steps 1 \
+    --save-steps 0 --progress false || rc=$?
 python3 - "$STSB/stsb-en-dev.csv" "$TEXTS" > "$RUN/texts.txt" <<'PY'
 import csv, sys
 rows = list(csv.reader(open(sys.argv[1], encoding="utf-8")))[: int(sys.argv[2]) // 2]
@@ -167,6 +174,15 @@ def bf16_train():
 check("train (tf32, objective on the device)", main_run)
 check("objective on the device vs on the host", device_vs_host)
 check("train --precision bf16", bf16_train)
+
+
+def resume():
+    x = json.load(open(f"{run}/resume.json"))
+    r["resume"] = x
+    return x["ok"], x["detail"]
+
+
+check("resume on the device (Ctrl-C, --resume)", resume)
 # TF32 products ~3e-4 (run 3: 6.0e-4 per row); exact f32 ~1e-6; bf16 ~1e-2.
 check("encode tf32 vs cpu", encode_vs_cpu("tf32", "dev", 1e-2))
 check("encode --precision f32 vs cpu", encode_vs_cpu("f32", "dev_f32", 1e-4))
