@@ -332,6 +332,9 @@ pub(crate) mod backend {
         Faer = 2,
     }
 
+    /// The widest C faer gets in one call.
+    const FAER_MAX_COLS: usize = 1024;
+
     static BACKEND: AtomicU8 = AtomicU8::new(GemmBackend::Auto as u8);
 
     /// Selects the GEMM library (benchmarks compare them in one process).
@@ -396,7 +399,21 @@ pub(crate) mod backend {
                     };
                     let am = faer::MatRef::from_raw_parts(a, m, k, rsa, csa);
                     let bm = faer::MatRef::from_raw_parts(b, k, n, rsb, csb);
-                    faer::linalg::matmul::matmul(cm.as_mut(), accum, am, bm, alpha, faer::Par::Seq);
+                    // faer slows down by a third on wide C (the feed-forward's 1536 columns):
+                    // run column blocks of at most FAER_MAX_COLS (measured in the crate README).
+                    let blocks = n.div_ceil(FAER_MAX_COLS);
+                    let width = n.div_ceil(blocks).div_ceil(16) * 16;
+                    for j in (0..n).step_by(width) {
+                        let w = width.min(n - j);
+                        faer::linalg::matmul::matmul(
+                            cm.as_mut().subcols_mut(j, w),
+                            accum,
+                            am,
+                            bm.subcols(j, w),
+                            alpha,
+                            faer::Par::Seq,
+                        );
+                    }
                 }
             }
         };
