@@ -40,7 +40,18 @@ done
 # End to end through the CLI: angle train/encode --device cuda against the CPU.
 bash scripts/gpu/e2e.sh "$DATA" "$OUT" 2>&1 | tee "$OUT/e2e.log"
 [ "${PIPESTATUS[0]}" = 0 ] || rc=1
-[ "${QUICK:-0}" = 1 ] && exit $rc
+# Every verdict in a few lines, near the end of the output (failed checks by name).
+summary() {
+    echo
+    echo "== summary: $(grep -c '^ok ' "$OUT/gpu_check.log") checks ok, $(grep -c '^FAIL ' "$OUT/gpu_check.log") failed"
+    grep '^FAIL ' "$OUT/gpu_check.log"
+    grep -E '^(PASS|FAIL) e2e' "$OUT/e2e.log"
+}
+if [ "${QUICK:-0}" = 1 ]; then
+    summary
+    exit $rc
+fi
 python3 scripts/gpu/torch_baseline.py --out "$OUT" --steps "$STEPS" --minilm-config "$DATA/minilm/config.json" 2>&1 | tee "$OUT/torch.log" || rc=$?
+summary
 python3 scripts/gpu/table.py "$OUT" 2>&1 | tee "$OUT/table.txt"
 exit $rc
