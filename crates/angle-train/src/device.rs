@@ -384,7 +384,7 @@ mod imp {
         ) -> Result<()> {
             self.enc.stage(ids, Some(types), offsets, None).map_err(err)?;
             self.enc.forward(dropout).map_err(err)?;
-            *pooled = self.enc.download_pooled().map_err(err)?;
+            self.enc.download_pooled_into(pooled).map_err(err)?;
             Ok(())
         }
 

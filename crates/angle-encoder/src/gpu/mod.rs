@@ -92,6 +92,16 @@ struct BatchBufs {
     labels: DeviceBuffer<f32>,
 }
 
+/// Host copies of a batch in the device's integer types, reused by every [`GpuEncoder::stage`].
+#[derive(Default)]
+struct HostBatch {
+    ids: Vec<i32>,
+    positions: Vec<i32>,
+    types: Vec<i32>,
+    offsets: Vec<i32>,
+    pbase: Vec<i64>,
+}
+
 /// The staged batch's shape (host side).
 #[derive(Debug, Clone)]
 struct Staged {
@@ -132,6 +142,7 @@ pub struct GpuEncoder<T: Elem> {
     layers: Vec<LayerActs<T>>,
     s: Scratch<T>,
     batch: BatchBufs,
+    host: HostBatch,
     pub pooled: DeviceBuffer<f32>,
     dpooled: DeviceBuffer<f32>,
     loss: DeviceBuffer<f32>,
@@ -260,6 +271,13 @@ impl<T: Elem> GpuEncoder<T> {
             layers,
             s,
             batch,
+            host: HostBatch {
+                ids: Vec::with_capacity(n),
+                positions: Vec::with_capacity(n),
+                types: Vec::with_capacity(n),
+                offsets: Vec::with_capacity(cap.max_seqs + 1),
+                pbase: Vec::with_capacity(cap.max_seqs),
+            },
             pooled: f(cap.max_seqs * h)?,
             dpooled: f(cap.max_seqs * h)?,
             // total, then the unweighted cosine, angle and in-batch parts
@@ -340,6 +358,15 @@ impl<T: Elem> GpuEncoder<T> {
             .download(self.pooled.view().slice(0..st.b * self.config.hidden_size)?)?)
     }
 
+    /// [`Self::download_pooled`] into `out` (resized to `[B, H]`; no allocation once it is large
+    /// enough).
+    pub fn download_pooled_into(&self, out: &mut Vec<f32>) -> Result<()> {
+        let st = self.staged()?;
+        let len = st.b * self.config.hidden_size;
+        out.resize(len, 0.0);
+        Ok(self.gpu.download_into(self.pooled.view().slice(0..len)?, out)?)
+    }
+
     fn staged(&self) -> Result<&Staged> {
         self.staged
             .as_ref()
@@ -368,7 +395,9 @@ impl<T: Elem> GpuEncoder<T> {
                 self.cap.max_seqs, self.cap.max_tokens
             )));
         }
-        let mut positions = Vec::with_capacity(n);
+        // Checked in full before anything is uploaded; the host copies reuse their buffers.
+        let hb = &mut self.host;
+        hb.positions.clear();
         for (i, w) in seq_offsets.windows(2).enumerate() {
             if w[1] <= w[0] {
                 return bad(format!("sequence {i} is empty (or offsets decrease)"));
@@ -380,7 +409,8 @@ impl<T: Elem> GpuEncoder<T> {
                     self.cap.max_seq_len.min(cfg.max_sequence_length())
                 )));
             }
-            positions.extend((0..len).map(|p| (p + cfg.position_offset) as i32));
+            hb.positions
+                .extend((0..len).map(|p| (p + cfg.position_offset) as i32));
         }
         if let Some((t, id)) = input_ids
             .iter()
@@ -392,7 +422,8 @@ impl<T: Elem> GpuEncoder<T> {
                 cfg.vocab_size
             ));
         }
-        let types: Vec<i32> = match token_type_ids {
+        hb.types.clear();
+        match token_type_ids {
             Some(tt) => {
                 if tt.len() != n {
                     return bad(format!("{} token_type_ids for {n} tokens", tt.len()));
@@ -407,24 +438,28 @@ impl<T: Elem> GpuEncoder<T> {
                         cfg.type_vocab_size
                     ));
                 }
-                tt.iter().map(|&x| x as i32).collect()
+                hb.types.extend(tt.iter().map(|&x| x as i32));
             }
-            None => vec![0; n],
-        };
-        let g = &self.gpu;
-        let ids: Vec<i32> = input_ids.iter().map(|&x| x as i32).collect();
-        g.upload(self.batch.ids.view().slice(0..n)?, &ids)?;
-        g.upload(self.batch.positions.view().slice(0..n)?, &positions)?;
-        g.upload(self.batch.types.view().slice(0..n)?, &types)?;
-        let offs: Vec<i32> = seq_offsets.iter().map(|&x| x as i32).collect();
-        g.upload(self.batch.offsets.view().slice(0..b + 1)?, &offs)?;
-        let nh = cfg.num_attention_heads;
-        let pb = k::attention_pbase(seq_offsets, nh);
-        g.upload(self.batch.pbase.view().slice(0..b)?, &pb)?;
+            None => hb.types.resize(n, 0),
+        }
         if let Some(l) = labels {
             if l.len() * 2 != b {
                 return bad(format!("{} labels for {b} sequences (one per pair)", l.len()));
             }
+        }
+        hb.ids.clear();
+        hb.ids.extend(input_ids.iter().map(|&x| x as i32));
+        hb.offsets.clear();
+        hb.offsets.extend(seq_offsets.iter().map(|&x| x as i32));
+        let nh = cfg.num_attention_heads;
+        k::attention_pbase_into(seq_offsets, nh, &mut hb.pbase);
+        let g = &self.gpu;
+        g.upload(self.batch.ids.view().slice(0..n)?, &hb.ids)?;
+        g.upload(self.batch.positions.view().slice(0..n)?, &hb.positions)?;
+        g.upload(self.batch.types.view().slice(0..n)?, &hb.types)?;
+        g.upload(self.batch.offsets.view().slice(0..b + 1)?, &hb.offsets)?;
+        g.upload(self.batch.pbase.view().slice(0..b)?, &hb.pbase)?;
+        if let Some(l) = labels {
             g.upload(self.batch.labels.view().slice(0..l.len())?, l)?;
         }
         self.staged = Some(Staged {
@@ -760,8 +795,9 @@ impl<T: Elem> GpuEncoder<T> {
     /// The last [`Self::loss`]'s total and its unweighted cosine, angle and in-batch parts (0 for
     /// an objective of weight 0), in that order (waits for the device).
     pub fn read_loss_parts(&self) -> Result<[f32; 4]> {
-        let v = self.gpu.download(self.loss.view())?;
-        Ok([v[0], v[1], v[2], v[3]])
+        let mut v = [0.0f32; 4];
+        self.gpu.download_into(self.loss.view(), &mut v)?;
+        Ok(v)
     }
 
     /// Clears the gradients.

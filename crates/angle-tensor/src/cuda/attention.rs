@@ -51,15 +51,19 @@ pub fn attention_scratch_len(s: &AttentionShape) -> (usize, usize) {
 
 /// The dropout numbering's base of each sequence: `Σ_{b'<b} heads · len_b'²` (upload as i64).
 pub fn attention_pbase(seq_offsets: &[usize], n_heads: usize) -> Vec<i64> {
+    let mut out = Vec::new();
+    attention_pbase_into(seq_offsets, n_heads, &mut out);
+    out
+}
+
+/// [`attention_pbase`] into `out` (cleared first; no allocation once it has the capacity).
+pub fn attention_pbase_into(seq_offsets: &[usize], n_heads: usize, out: &mut Vec<i64>) {
+    out.clear();
     let mut acc = 0i64;
-    seq_offsets
-        .windows(2)
-        .map(|w| {
-            let b = acc;
-            acc += (n_heads * (w[1] - w[0]) * (w[1] - w[0])) as i64;
-            b
-        })
-        .collect()
+    for w in seq_offsets.windows(2) {
+        out.push(acc);
+        acc += (n_heads * (w[1] - w[0]) * (w[1] - w[0])) as i64;
+    }
 }
 
 fn geo_args(op: &'static str, s: &AttentionShape) -> Result<[i32; 4], GpuError> {

@@ -239,6 +239,9 @@ impl std::fmt::Debug for Gpu {
     }
 }
 
+/// The most arguments a kernel of ours takes (the layer-norm kernels: 17).
+const MAX_KERNEL_ARGS: usize = 24;
+
 /// A kernel argument: a device address, an int, a 64-bit int or a float.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum KArg {
@@ -381,14 +384,23 @@ impl Gpu {
             return Ok(());
         }
         let f = self.function(k, name)?;
-        let mut ptrs: Vec<*mut c_void> = args
-            .iter_mut()
-            .map(|a| match a {
+        // On the stack: launches happen hundreds of times per training step.
+        let mut slots = [std::ptr::null_mut::<c_void>(); MAX_KERNEL_ARGS];
+        if args.len() > MAX_KERNEL_ARGS {
+            return Err(GpuError::Arg {
+                op: "launch",
+                arg: "args",
+                reason: format!("{name}: {} arguments > {MAX_KERNEL_ARGS}", args.len()),
+            });
+        }
+        for (slot, a) in slots.iter_mut().zip(args.iter_mut()) {
+            *slot = match a {
                 KArg::U64(v) => (v as *mut u64).cast::<c_void>(),
                 KArg::I32(v) => (v as *mut i32).cast::<c_void>(),
                 KArg::F32(v) => (v as *mut f32).cast::<c_void>(),
-            })
-            .collect();
+            };
+        }
+        let ptrs = &mut slots[..args.len()];
         // SAFETY: the argument list matches the kernel's signature (each launcher is written
         // beside its kernel), and every pointer is a live device allocation of the length the
         // launcher checked.
@@ -399,10 +411,11 @@ impl Gpu {
                 (block, 1, 1),
                 shared,
                 self.stream.cu_stream(),
-                &mut ptrs,
+                ptrs,
             )
         }
-        .map_err(drv(format!("launch {}:{name}", k.file)))
+        // The message is formatted only on failure (no allocation per launch).
+        .map_err(|e| drv(format!("launch {}:{name}", k.file))(e))
     }
 }
 

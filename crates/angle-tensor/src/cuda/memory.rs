@@ -145,12 +145,18 @@ impl Gpu {
     /// Copies `src` to a new host vector (waits for queued work first).
     pub fn download<T: DType>(&self, src: DSlice<T>) -> Result<Vec<T>, GpuError> {
         let mut out = vec![T::default(); src.len()];
-        self.synchronize()?;
-        // SAFETY: `src` is a live allocation of `out.len()` elements.
-        unsafe { cudarc::driver::result::memcpy_dtoh_async(&mut out, src.ptr, self.stream.cu_stream()) }
-            .map_err(drv("memcpy device to host"))?;
-        self.synchronize()?;
+        self.download_into(src, &mut out)?;
         Ok(out)
+    }
+
+    /// Copies `src` into `dst` (same length) with no allocation (waits for queued work first).
+    pub fn download_into<T: DType>(&self, src: DSlice<T>, dst: &mut [T]) -> Result<(), GpuError> {
+        super::context::check_len("download_into", "dst", dst.len(), src.len())?;
+        self.synchronize()?;
+        // SAFETY: `src` is a live allocation of `dst.len()` elements (checked above).
+        unsafe { cudarc::driver::result::memcpy_dtoh_async(dst, src.ptr, self.stream.cu_stream()) }
+            .map_err(drv("memcpy device to host"))?;
+        self.synchronize()
     }
 
     /// Device-to-device copy of equal-length views (queued).

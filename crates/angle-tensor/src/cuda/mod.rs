@@ -32,7 +32,7 @@ mod misc;
 mod pooling;
 
 pub use adamw::{adamw_update, grad_norm_sq, scale_by_norm};
-pub use attention::{AttentionSaved, attention_pbase};
+pub use attention::{AttentionSaved, attention_pbase, attention_pbase_into};
 pub use attention::{AttentionShape, attention_backward, attention_forward, attention_scratch_len};
 pub use blas::{Gemm, MatOp, gemm_strided_batched, linear_backward, linear_forward};
 pub use context::{Gpu, GpuError, KernelSource, SOURCES, compile_all_for_arch, driver_probe};
