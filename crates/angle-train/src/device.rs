@@ -24,6 +24,10 @@ use crate::error::{Result, TrainError};
 /// The message for `--device cuda` in a build without CUDA.
 pub const NO_CUDA: &str = "built without the `cuda` feature; rebuild with --features cuda";
 
+/// The objective kernel keeps 12 floats per pair in shared memory, beside its own 128 bytes
+/// (48 KiB in all without opting in).
+pub const MAX_DEVICE_OBJECTIVE_PAIRS: usize = 1000;
+
 /// The environment variable that keeps the objective on the host in a GPU run.
 pub const HOST_LOSS_ENV: &str = "ANGLE_GPU_HOST_LOSS";
 
@@ -123,6 +127,8 @@ pub fn device_objective_gap(cfg: &AngleLossConfig, format: DataFormat) -> Option
 pub struct GpuModel {
     inner: imp::Inner,
     device_objective: bool,
+    /// Pairs per micro-batch at most (format A), for the objective kernel's shared memory.
+    max_pairs: usize,
 }
 
 impl fmt::Debug for GpuModel {
@@ -144,6 +150,7 @@ impl GpuModel {
         Ok(GpuModel {
             inner: imp::Inner::new(enc, pooling, precision, max_seqs, max_seq_len)?,
             device_objective: false,
+            max_pairs: max_seqs / 2,
         })
     }
 
@@ -176,6 +183,8 @@ impl GpuModel {
         let forced = std::env::var_os(HOST_LOSS_ENV).is_some_and(|v| v != "0" && !v.is_empty());
         let gap = if forced {
             Some("forced by ANGLE_GPU_HOST_LOSS")
+        } else if self.max_pairs > MAX_DEVICE_OBJECTIVE_PAIRS {
+            Some("more pairs per batch than the objective kernel's shared memory holds")
         } else {
             device_objective_gap(cfg, format)
         };
