@@ -36,7 +36,7 @@ macro_rules! warp_names {
 
 /// By [scalar, vectorised][f32, bf16][values per lane].
 type Names = [(&'static str, &'static str); 6];
-const WARP_NAMES: [[Names; 2]; 2] = [
+pub(crate) const WARP_NAMES: [[Names; 2]; 2] = [
     [warp_names!("w", "f32"), warp_names!("w", "bf16")],
     [warp_names!("v", "f32"), warp_names!("v", "bf16")],
 ];

@@ -1,6 +1,7 @@
 //! Tests that run without a GPU: every kernel file compiles with NVRTC for sm_90 (CI installs
 //! NVRTC with `.ci/install-nvrtc.sh`); GPU checks say they were skipped and why.
 
+use super::context::compile_cubin;
 use super::{Gpu, GpuError, compile_all_for_arch};
 
 const TEST_NAME: &str = "cuda::tests::every_kernel_compiles_for_sm90";
@@ -24,6 +25,7 @@ fn every_kernel_compiles_for_sm90() {
             assert!(bytes > 0, "{file}: empty CUBIN");
             println!("compiled {file} for sm_90: {bytes} bytes of CUBIN");
         }
+        launched_names_are_in_their_cubins();
         return;
     }
     // The loader reads LD_LIBRARY_PATH only at process start: run this test again in a child
@@ -60,6 +62,52 @@ fn every_kernel_compiles_for_sm90() {
         stdout.contains("1 passed"),
         "the child process did not run the compile test:\n{stdout}"
     );
+}
+
+/// Names the launchers build (layer-norm tables, `kname` pairs) against the kernels each file
+/// really defines: a misspelt name would only fail at launch, on a GPU.
+fn launched_names_are_in_their_cubins() {
+    let mut ln: Vec<&str> = Vec::new();
+    for per_kind in super::layernorm::WARP_NAMES {
+        for per_type in per_kind {
+            for (f, b) in per_type {
+                ln.extend([f, b]);
+            }
+        }
+    }
+    let gelu = [
+        "bias_gelu_forward_f32",
+        "bias_gelu_forward_bf16",
+        "bias_gelu_backward_f32",
+        "bias_gelu_backward_bf16",
+        "bias_gelu_forward4_f32",
+        "bias_gelu_forward4_bf16",
+        "bias_gelu_backward4_f32",
+        "bias_gelu_backward4_bf16",
+    ];
+    let misc = [
+        "bias_grad_f32",
+        "bias_grad_bf16",
+        "bias_grad4_f32",
+        "bias_grad4_bf16",
+    ];
+    for (src, names) in [
+        (super::layernorm::SRC, &ln[..]),
+        (super::gelu::SRC, &gelu[..]),
+        (super::misc::SRC, &misc[..]),
+        (super::loss::SRC, &["angle_objective"][..]),
+    ] {
+        let cubin = compile_cubin(&src, "sm_90").unwrap_or_else(|e| panic!("{e}"));
+        for name in names {
+            let needle = format!("{name}\0");
+            assert!(
+                cubin.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "{}: no kernel {name} in its CUBIN",
+                src.file
+            );
+        }
+        println!("{}: {} launched names present", src.file, names.len());
+    }
 }
 
 #[test]
