@@ -1,0 +1,551 @@
+//! bf16 linear layers for inference: `out = bf16(inp) · bf16(W)ᵀ + b`, products accumulated in
+//! f32, on Intel AMX tiles where the CPU has them (Sapphire Rapids and later: about 1 TFLOP/s per
+//! core against about 150 GFLOP/s for f32 FMA), with a portable implementation of the same math
+//! everywhere else.
+//!
+//! Precision is the caller's choice (`angle encode --precision bf16`): inputs and weights are
+//! rounded to bf16 (8 bits of mantissa, round to nearest even, as `torch.bfloat16`), the sums
+//! are f32. Embeddings then differ from the f32 path by about 1e-3 relative. Training never goes
+//! through here.
+//!
+//! Layout: the weight `[out, in]` is packed once into AMX's "VNNI" tile layout: for each block of
+//! 16 output columns and 32 input features a 16 × 64-byte tile whose row `r` holds, for each of
+//! the 16 columns `j`, the pair `(W[j, 2r], W[j, 2r + 1])`. Input rows are converted to bf16 per
+//! call into a per-thread scratch (grown once, reused).
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use crate::error::{TensorError, arg_err, check_len};
+
+/// Input features per tile (64 bytes of bf16).
+const TK: usize = 32;
+/// Output columns per tile.
+const TN: usize = 16;
+/// Rows per tile.
+const TM: usize = 16;
+/// u16 elements in one packed weight tile.
+const TILE: usize = TK * TN;
+
+/// Rounds to the nearest bf16, ties to even (NaN stays a quiet NaN).
+#[inline]
+pub fn f32_to_bf16(x: f32) -> u16 {
+    // Branch-free (a select) so that loops over it vectorise.
+    let b = x.to_bits();
+    let rounded = (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16;
+    let quiet_nan = ((b >> 16) as u16) | 0x0040;
+    if x.is_nan() { quiet_nan } else { rounded }
+}
+
+/// The f32 value of a bf16.
+#[inline]
+pub fn bf16_to_f32(x: u16) -> f32 {
+    f32::from_bits(u32::from(x) << 16)
+}
+
+/// A `[out_dim, in_dim]` f32 weight (PyTorch's Linear layout) rounded to bf16 and packed into
+/// tiles: `out_dim` padded to a multiple of 32, `in_dim` to a multiple of 32, with zeros.
+#[derive(Debug, Clone)]
+pub struct PackedBf16 {
+    out_dim: usize,
+    in_dim: usize,
+    /// `in_dim` rounded up to whole tiles.
+    k_tiles: usize,
+    /// `out_dim` rounded up to pairs of tiles (the kernel's 32 columns).
+    n_tiles: usize,
+    tiles: Vec<u16>,
+}
+
+impl PackedBf16 {
+    /// Packs `weight` (`[out_dim, in_dim]`, row-major).
+    pub fn pack(weight: &[f32], out_dim: usize, in_dim: usize) -> Result<Self, TensorError> {
+        check_len("PackedBf16::pack", "weight", weight.len(), out_dim * in_dim)?;
+        let k_tiles = in_dim.div_ceil(TK);
+        let n_tiles = out_dim.div_ceil(2 * TN) * 2;
+        let mut tiles = vec![0u16; n_tiles * k_tiles * TILE];
+        tiles
+            .par_chunks_mut(k_tiles * TILE)
+            .enumerate()
+            .for_each(|(nt, col_tiles)| {
+                for j in 0..TN {
+                    let col = nt * TN + j;
+                    if col >= out_dim {
+                        break;
+                    }
+                    let w = &weight[col * in_dim..(col + 1) * in_dim];
+                    for (kk, &v) in w.iter().enumerate() {
+                        let (kt, r, e) = (kk / TK, (kk % TK) / 2, kk % 2);
+                        col_tiles[kt * TILE + r * 2 * TN + 2 * j + e] = f32_to_bf16(v);
+                    }
+                }
+            });
+        Ok(PackedBf16 {
+            out_dim,
+            in_dim,
+            k_tiles,
+            n_tiles,
+            tiles,
+        })
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.out_dim
+    }
+
+    pub fn in_dim(&self) -> usize {
+        self.in_dim
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.tiles.len() * 2
+    }
+
+    /// `W[col, k]` as stored (bf16).
+    #[inline]
+    fn get(&self, col: usize, k: usize) -> u16 {
+        let (nt, j) = (col / TN, col % TN);
+        let (kt, r, e) = (k / TK, (k % TK) / 2, k % 2);
+        self.tiles[(nt * self.k_tiles + kt) * TILE + r * 2 * TN + 2 * j + e]
+    }
+}
+
+/// Which implementation [`linear_forward_bf16`] uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bf16Kernel {
+    /// Intel AMX tiles (`tdpbf16ps`).
+    Amx,
+    /// Plain Rust, any CPU: the same rounding, a different summation order.
+    Portable,
+}
+
+/// The kernel this CPU runs (AMX needs the CPU feature and the kernel's permission for tile state).
+pub fn bf16_kernel() -> Bf16Kernel {
+    #[cfg(target_arch = "x86_64")]
+    if amx::available() {
+        return Bf16Kernel::Amx;
+    }
+    Bf16Kernel::Portable
+}
+
+thread_local! {
+    /// Input rows in bf16, `rows × k_tiles·32`, zero-padded.
+    static SCRATCH: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `out[rows, out_dim] = bf16(inp) · bf16(W)ᵀ + bias` with f32 sums (`bias` in f32).
+pub fn linear_forward_bf16(
+    out: &mut [f32],
+    inp: &[f32],
+    weight: &PackedBf16,
+    bias: Option<&[f32]>,
+    rows: usize,
+) -> Result<(), TensorError> {
+    linear_forward_bf16_with(bf16_kernel(), out, inp, weight, bias, rows)
+}
+
+/// As [`linear_forward_bf16`] with a chosen kernel (tests compare them; `Amx` on a CPU without it
+/// is an error).
+pub fn linear_forward_bf16_with(
+    kernel: Bf16Kernel,
+    out: &mut [f32],
+    inp: &[f32],
+    weight: &PackedBf16,
+    bias: Option<&[f32]>,
+    rows: usize,
+) -> Result<(), TensorError> {
+    const OP: &str = "linear_forward_bf16";
+    let (n, k) = (weight.out_dim, weight.in_dim);
+    check_len(OP, "out", out.len(), rows * n)?;
+    check_len(OP, "inp", inp.len(), rows * k)?;
+    if let Some(b) = bias {
+        check_len(OP, "bias", b.len(), n)?;
+    }
+    if rows == 0 || n == 0 {
+        return Ok(());
+    }
+    match kernel {
+        Bf16Kernel::Portable => {
+            portable(out, inp, weight, bias, rows);
+            Ok(())
+        }
+        Bf16Kernel::Amx => {
+            #[cfg(target_arch = "x86_64")]
+            if amx::available() {
+                amx::linear(out, inp, weight, bias, rows);
+                return Ok(());
+            }
+            Err(arg_err(
+                OP,
+                "kernel",
+                "this CPU has no AMX-BF16 (or the kernel refused tile state)",
+            ))
+        }
+    }
+}
+
+/// One row block per task: each output element is an f32 sum over k in order of bf16 products.
+fn portable(out: &mut [f32], inp: &[f32], w: &PackedBf16, bias: Option<&[f32]>, rows: usize) {
+    let (n, k) = (w.out_dim, w.in_dim);
+    // Unpacked once per call: a column of W is read for every row.
+    let wt: Vec<f32> = (0..n)
+        .flat_map(|col| (0..k).map(move |kk| (col, kk)))
+        .map(|(col, kk)| bf16_to_f32(w.get(col, kk)))
+        .collect();
+    out.par_chunks_mut(n)
+        .zip(inp.par_chunks(k))
+        .take(rows)
+        .for_each_init(
+            || vec![0.0f32; k],
+            |xb, (o, x)| {
+                for (d, &v) in xb.iter_mut().zip(x) {
+                    *d = bf16_to_f32(f32_to_bf16(v));
+                }
+                for (col, oc) in o.iter_mut().enumerate() {
+                    let wc = &wt[col * k..(col + 1) * k];
+                    let s: f32 = xb.iter().zip(wc).map(|(a, b)| a * b).sum();
+                    *oc = s + bias.map_or(0.0, |b| b[col]);
+                }
+            },
+        );
+}
+
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    use std::arch::asm;
+    use std::sync::OnceLock;
+
+    use rayon::prelude::*;
+
+    use super::{PackedBf16, SCRATCH, TILE, TK, TM, TN, f32_to_bf16};
+
+    /// Linux: ask for the AMX tile data state (XFEATURE_XTILEDATA) before the first tile op.
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+
+    pub(super) fn available() -> bool {
+        static OK: OnceLock<bool> = OnceLock::new();
+        *OK.get_or_init(|| {
+            // CPUID.(EAX=7, ECX=0):EDX bit 22 AMX-BF16, bit 24 AMX-TILE.
+            // `unsafe` for Rust < 1.87, where `__cpuid_count` is an unsafe fn.
+            #[allow(unused_unsafe)]
+            // SAFETY: CPUID leaf 7 exists on every x86-64 CPU this runs on.
+            let leaf = unsafe { std::arch::x86_64::__cpuid_count(7, 0) };
+            let cpu = leaf.edx & (1 << 22) != 0 && leaf.edx & (1 << 24) != 0;
+            // SAFETY: a plain syscall with integer arguments.
+            cpu && unsafe {
+                libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0
+            }
+        })
+    }
+
+    /// Palette 1, eight tiles of 16 rows × 64 bytes: tmm0–3 the 32 × 32 f32 block of C, tmm4–5
+    /// two 16-row slices of A, tmm6–7 two 16-column slices of B.
+    #[repr(C, align(64))]
+    struct TileConfig {
+        palette: u8,
+        start_row: u8,
+        reserved: [u8; 14],
+        colsb: [u16; 16],
+        rows: [u8; 16],
+    }
+
+    const CONFIG: TileConfig = {
+        let mut colsb = [0u16; 16];
+        let mut rows = [0u8; 16];
+        let mut t = 0;
+        while t < 8 {
+            colsb[t] = 64;
+            rows[t] = TM as u8;
+            t += 1;
+        }
+        TileConfig {
+            palette: 1,
+            start_row: 0,
+            reserved: [0; 14],
+            colsb,
+            rows,
+        }
+    };
+
+    /// Rows per parallel task: a multiple of the kernel's 32.
+    const ROWS_PER_TASK: usize = 128;
+
+    pub(super) fn linear(out: &mut [f32], inp: &[f32], w: &PackedBf16, bias: Option<&[f32]>, rows: usize) {
+        let (n, k) = (w.out_dim, w.in_dim);
+        let threads = rayon::current_num_threads().max(1);
+        // Equal shares of whole 32-row blocks, at most ROWS_PER_TASK... per task for balance.
+        let blocks = rows.div_ceil(2 * TM);
+        let per = blocks.div_ceil(threads).clamp(1, ROWS_PER_TASK / (2 * TM)) * 2 * TM;
+        out[..rows * n]
+            .par_chunks_mut(per * n)
+            .zip(inp[..rows * k].par_chunks(per * k))
+            .for_each(|(o, x)| {
+                let r = x.len() / k.max(1);
+                // SAFETY: `available()` was checked by the caller; shapes come from the checked views.
+                unsafe { task(o, x, w, bias, r) };
+            });
+    }
+
+    /// Converts `r` rows to bf16 and runs every 32 × 32 block of them.
+    ///
+    /// # Safety
+    /// AMX is available and permitted; `o` is `r × out_dim`, `x` is `r × in_dim`.
+    unsafe fn task(o: &mut [f32], x: &[f32], w: &PackedBf16, bias: Option<&[f32]>, r: usize) {
+        let (n, k) = (w.out_dim, w.in_dim);
+        let kp = w.k_tiles * TK;
+        let rp = r.div_ceil(2 * TM) * 2 * TM;
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < rp * kp {
+                s.resize(rp * kp, 0);
+            }
+            let a = &mut s[..rp * kp];
+            for (i, row) in a.chunks_exact_mut(kp).enumerate() {
+                if i < r {
+                    to_bf16(&x[i * k..(i + 1) * k], &mut row[..k]);
+                    row[k..].fill(0);
+                } else {
+                    row.fill(0);
+                }
+            }
+            // An edge block's 32 × 32 sums, row-major.
+            let mut c = [0.0f32; 4 * TM * TN];
+            // SAFETY: caller's contract; the config is valid for palette 1.
+            unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly)) };
+            for jp in 0..w.n_tiles / 2 {
+                let b0 = w.tiles[(2 * jp) * w.k_tiles * TILE..].as_ptr();
+                let b1 = w.tiles[(2 * jp + 1) * w.k_tiles * TILE..].as_ptr();
+                let j0 = jp * 2 * TN;
+                let full_cols = j0 + 2 * TN <= n;
+                for ib in 0..rp / (2 * TM) {
+                    let a0 = a[ib * 2 * TM * kp..].as_ptr();
+                    let a1 = a[(ib * 2 + 1) * TM * kp..].as_ptr();
+                    let i0 = ib * 2 * TM;
+                    if full_cols && i0 + 2 * TM <= r {
+                        // Whole block: start from the bias, store straight into `o`.
+                        let dst = o[i0 * n + j0..].as_mut_ptr();
+                        let init = bias.map(|b| b[j0..].as_ptr());
+                        // SAFETY: 32 rows × 32 columns of `o` from (i0, j0) are inside it; the
+                        // bias has 32 values from j0.
+                        unsafe { block(a0, a1, kp * 2, b0, b1, w.k_tiles, init, dst, n * 4) };
+                        continue;
+                    }
+                    // Edge block: through `c`, then the valid part with the bias.
+                    // SAFETY: tiles read inside `a` (rp × kp) and the packed weight; C goes to `c`.
+                    unsafe {
+                        block(
+                            a0,
+                            a1,
+                            kp * 2,
+                            b0,
+                            b1,
+                            w.k_tiles,
+                            None,
+                            c.as_mut_ptr(),
+                            2 * TN * 4,
+                        )
+                    };
+                    for ii in 0..(2 * TM).min(r.saturating_sub(i0)) {
+                        let orow = &mut o[(i0 + ii) * n..(i0 + ii + 1) * n];
+                        for jj in 0..(2 * TN).min(n.saturating_sub(j0)) {
+                            orow[j0 + jj] = c[ii * 2 * TN + jj] + bias.map_or(0.0, |b| b[j0 + jj]);
+                        }
+                    }
+                }
+            }
+            // SAFETY: gives the tile state back (cheaper context switches).
+            unsafe { asm!("tilerelease", options(nostack, nomem)) };
+        });
+    }
+
+    /// Rounds a row to bf16 (AVX-512 is there on every AMX CPU: the branch-free loop
+    /// vectorises 16 wide).
+    fn to_bf16(src: &[f32], dst: &mut [u16]) {
+        // SAFETY: AMX CPUs have AVX-512F/BW (the caller checked AMX).
+        unsafe { to_bf16_avx512(src, dst) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn to_bf16_avx512(src: &[f32], dst: &mut [u16]) {
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = f32_to_bf16(v);
+        }
+    }
+
+    /// One 32 × 32 block of C over all k tiles, written as four 16 × 16 f32 tiles at `c` with
+    /// `c_stride` bytes between rows (A rows 0–15 × B columns 0–15 at `c`, × 16–31 at `c + 16`,
+    /// rows 16–31 at `c + 16 rows`). The sums start from `bias` (32 values) or zero.
+    ///
+    /// # Safety
+    /// Tile config loaded; `a0`/`a1` address 16 rows of `k_tiles · 32` bf16 at `stride` bytes;
+    /// `b0`/`b1` address `k_tiles` packed tiles; `c` addresses 32 rows of 32 f32 at `c_stride`.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block(
+        a0: *const u16,
+        a1: *const u16,
+        stride: usize,
+        b0: *const u16,
+        b1: *const u16,
+        k_tiles: usize,
+        bias: Option<*const f32>,
+        c: *mut f32,
+        c_stride: usize,
+    ) {
+        const B_STRIDE: usize = 2 * TN * 2;
+        // SAFETY: caller's contract (addresses), tile registers hold only our values.
+        unsafe {
+            match bias {
+                // A zero stride repeats the bias row in all 16 rows of each tile.
+                Some(b) => asm!(
+                    "tileloadd tmm0, [{b0} + {z}*1]",
+                    "tileloadd tmm1, [{b1} + {z}*1]",
+                    "tileloadd tmm2, [{b0} + {z}*1]",
+                    "tileloadd tmm3, [{b1} + {z}*1]",
+                    b0 = in(reg) b,
+                    b1 = in(reg) b.add(TN),
+                    z = in(reg) 0usize,
+                    options(nostack, readonly)
+                ),
+                None => asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    options(nostack, nomem)
+                ),
+            }
+            for kt in 0..k_tiles {
+                asm!(
+                    // Tiles are not renamed: each load comes right before its first use, so
+                    // loads overlap the previous products (1.6x over loading all four first).
+                    "tileloadd tmm4, [{a0} + {sa}*1]",
+                    "tileloadd tmm6, [{b0} + {sb}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tileloadd tmm7, [{b1} + {sb}*1]",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tileloadd tmm5, [{a1} + {sa}*1]",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    a0 = in(reg) a0.add(kt * TK),
+                    a1 = in(reg) a1.add(kt * TK),
+                    b0 = in(reg) b0.add(kt * TILE),
+                    b1 = in(reg) b1.add(kt * TILE),
+                    sa = in(reg) stride,
+                    sb = in(reg) B_STRIDE,
+                    options(nostack, readonly)
+                );
+            }
+            let lower = c.byte_add(TM * c_stride);
+            asm!(
+                "tilestored [{c0} + {s}*1], tmm0",
+                "tilestored [{c1} + {s}*1], tmm1",
+                "tilestored [{c2} + {s}*1], tmm2",
+                "tilestored [{c3} + {s}*1], tmm3",
+                c0 = in(reg) c,
+                c1 = in(reg) c.add(TN),
+                c2 = in(reg) lower,
+                c3 = in(reg) lower.add(TN),
+                s = in(reg) c_stride,
+                options(nostack)
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::testutil::TestRng;
+
+    fn reference(inp: &[f32], w: &[f32], bias: &[f32], rows: usize, k: usize, n: usize) -> Vec<f64> {
+        let r = |v: f32| f64::from(bf16_to_f32(f32_to_bf16(v)));
+        let mut out = vec![0.0; rows * n];
+        for i in 0..rows {
+            for j in 0..n {
+                let s: f64 = (0..k).map(|p| r(inp[i * k + p]) * r(w[j * k + p])).sum();
+                out[i * n + j] = s + f64::from(bias[j]);
+            }
+        }
+        out
+    }
+
+    fn rel_err(got: &[f32], want: &[f64]) -> f64 {
+        let num: f64 = got
+            .iter()
+            .zip(want)
+            .map(|(&g, &w)| (f64::from(g) - w).powi(2))
+            .sum();
+        let den: f64 = want.iter().map(|w| w * w).sum();
+        (num / den).sqrt()
+    }
+
+    #[test]
+    fn rounding_is_nearest_even() {
+        assert_eq!(f32_to_bf16(1.0), 0x3f80);
+        // 1 + 2^-8 is halfway between two bf16 values: ties go to the even one (1.0)
+        assert_eq!(f32_to_bf16(1.0 + 1.0 / 256.0), 0x3f80);
+        assert_eq!(f32_to_bf16(1.0 + 3.0 / 256.0), 0x3f82);
+        assert!(bf16_to_f32(f32_to_bf16(f32::NAN)).is_nan());
+        assert_eq!(bf16_to_f32(f32_to_bf16(-2.5)), -2.5);
+        assert_eq!(f32_to_bf16(f32::INFINITY), 0x7f80);
+    }
+
+    /// Both kernels against an f64 sum of the same bf16-rounded values, on shapes with ragged
+    /// edges (rows, columns and features not multiples of the tiles).
+    #[test]
+    fn kernels_match_reference() {
+        let mut rng = TestRng::new(11);
+        for (rows, k, n) in [
+            (1, 1, 1),
+            (5, 40, 17),
+            (33, 64, 33),
+            (70, 384, 96),
+            (150, 100, 70),
+        ] {
+            let inp: Vec<f32> = rng.vec(rows * k).iter().map(|&v| v as f32).collect();
+            let w: Vec<f32> = rng.vec(n * k).iter().map(|&v| v as f32).collect();
+            let bias: Vec<f32> = rng.vec(n).iter().map(|&v| v as f32).collect();
+            let packed = PackedBf16::pack(&w, n, k).unwrap();
+            let want = reference(&inp, &w, &bias, rows, k, n);
+            let kernels: &[Bf16Kernel] = if bf16_kernel() == Bf16Kernel::Amx {
+                &[Bf16Kernel::Portable, Bf16Kernel::Amx]
+            } else {
+                eprintln!("AMX check skipped: this CPU has no AMX-BF16 (the portable kernel is checked)");
+                &[Bf16Kernel::Portable]
+            };
+            for &kern in kernels {
+                let mut out = vec![f32::NAN; rows * n];
+                linear_forward_bf16_with(kern, &mut out, &inp, &packed, Some(&bias), rows).unwrap();
+                let e = rel_err(&out, &want);
+                assert!(e < 1e-5, "{kern:?} {rows}x{k}x{n}: relative error {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn close_to_f32_linear() {
+        let (rows, k, n) = (64, 384, 128);
+        let mut rng = TestRng::new(5);
+        let inp: Vec<f32> = rng.vec(rows * k).iter().map(|&v| v as f32).collect();
+        let w: Vec<f32> = rng.vec(n * k).iter().map(|&v| v as f32).collect();
+        let mut f32_out = vec![0.0f32; rows * n];
+        crate::cpu::linear_forward(&mut f32_out, &inp, &w, None, rows, k, n).unwrap();
+        let mut out = vec![0.0f32; rows * n];
+        linear_forward_bf16(&mut out, &inp, &PackedBf16::pack(&w, n, k).unwrap(), None, rows).unwrap();
+        let want: Vec<f64> = f32_out.iter().map(|&v| f64::from(v)).collect();
+        let e = rel_err(&out, &want);
+        assert!(e < 1e-2, "bf16 vs f32 relative error {e}");
+    }
+
+    #[test]
+    fn rejects_bad_lengths() {
+        let packed = PackedBf16::pack(&[0.0; 6], 2, 3).unwrap();
+        let mut out = vec![0.0; 4];
+        assert!(linear_forward_bf16(&mut out, &[0.0; 5], &packed, None, 2).is_err());
+        assert!(linear_forward_bf16(&mut out, &[0.0; 6], &packed, Some(&[0.0]), 2).is_err());
+        assert!(PackedBf16::pack(&[0.0; 5], 2, 3).is_err());
+    }
+}
