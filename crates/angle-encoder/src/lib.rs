@@ -22,6 +22,7 @@ pub mod config;
 pub mod error;
 #[cfg(feature = "cuda")]
 pub mod gpu;
+pub mod inference;
 pub mod model;
 pub mod params;
 pub mod pooling;
@@ -30,6 +31,7 @@ pub mod profile;
 pub use arena::{Activations, Capacity, Mode};
 pub use config::{Activation, BertConfig};
 pub use error::{EncoderError, Result};
+pub use inference::{Precision, bf16_is_fast};
 pub use model::{AdamW, Batch, Encoder};
 pub use params::{ParamBuffers, ParamEntry, ParamLayout};
 pub use pooling::{Pooler, Pooling};

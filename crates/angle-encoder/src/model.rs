@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use angle_tensor::cpu::{
     AttentionDropout, GeluKind, attention_backward, attention_forward, attention_probs_len, dropout_backward,
     embedding_backward, embedding_forward, gelu_backward, gelu_forward, layernorm_backward,
-    layernorm_forward, linear_backward, linear_forward, residual_forward,
+    layernorm_forward, linear_backward, linear_forward, linear_forward_bf16, residual_forward,
 };
 use angle_tensor::rng::derive_seed;
 
@@ -15,6 +15,7 @@ use crate::arena::{Activations, Mode};
 use crate::checkpoint;
 use crate::config::{Activation, BertConfig};
 use crate::error::{EncoderError, Result};
+use crate::inference::{Bf16Layer, Precision, pack_layers};
 use crate::params::{ParamBuffers, ParamLayout};
 use crate::pooling::Pooling;
 use crate::profile::{self, Op};
@@ -78,6 +79,9 @@ pub struct Encoder {
     pub name_prefix: String,
     /// The pooling the checkpoint's sentence-transformers config asks for (else `cls`).
     pub default_pooling: Pooling,
+    /// bf16 copies of the linear weights when inference runs in bf16
+    /// ([`Encoder::set_inference_precision`]); shared by clones.
+    bf16: Option<std::sync::Arc<Vec<Bf16Layer>>>,
 }
 
 impl Encoder {
@@ -100,6 +104,7 @@ impl Encoder {
             buffers: ParamBuffers::new(loaded.params),
             name_prefix: loaded.prefix,
             default_pooling: Pooling::Cls,
+            bf16: None,
         })
     }
 
@@ -118,6 +123,7 @@ impl Encoder {
             buffers: ParamBuffers::new(params),
             name_prefix: String::new(),
             default_pooling: Pooling::Cls,
+            bf16: None,
         })
     }
 
@@ -159,7 +165,37 @@ impl Encoder {
             hp.weight_decay,
             t,
         )?;
+        if self.bf16.is_some() {
+            // keep bf16 inference in step with the weights it copies
+            self.set_inference_precision(Precision::Bf16)?;
+        }
         Ok(())
+    }
+
+    /// The precision of eval-mode forwards: [`Precision::Bf16`] packs bf16 copies of the linear
+    /// weights (half the f32 size) and runs the products on AMX tiles where the CPU has them
+    /// ([`crate::bf16_is_fast`]; else a slow portable path with the same math). Train-mode
+    /// forwards are always f32. [`Encoder::adamw_step`] refreshes the copies; after writing
+    /// `buffers.params` directly, call this again.
+    pub fn set_inference_precision(&mut self, precision: Precision) -> Result<()> {
+        self.bf16 = match precision {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(std::sync::Arc::new(pack_layers(
+                &self.config,
+                &self.layout,
+                &self.buffers.params,
+            )?)),
+        };
+        Ok(())
+    }
+
+    /// See [`Encoder::set_inference_precision`].
+    pub fn inference_precision(&self) -> Precision {
+        if self.bf16.is_some() {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        }
     }
 
     /// An arena for this model.
@@ -288,6 +324,8 @@ impl Encoder {
         let seed = |tag: u64| dropout_seed.map_or(0, |s| derive_seed(s, tag));
         let e = &self.layout.embeddings;
         let a = acts;
+        // bf16 products only for inference: training keeps f32 (its backward needs the f32 path).
+        let bf16 = if train { None } else { self.bf16.as_deref() };
 
         timed(Op::Embedding, || {
             embedding_forward(
@@ -335,8 +373,16 @@ impl Encoder {
             let x_range = in_slot * t_cap * h..in_slot * t_cap * h + n * h;
 
             let qkv = &mut a.qkv[tq..tq + 3 * n * h];
-            timed(Op::LinearQkv, || {
-                linear_forward(
+            let wb = bf16.map(|layers| &layers[l]);
+            timed(Op::LinearQkv, || match wb {
+                Some(wb) => linear_forward_bf16(
+                    qkv,
+                    &a.layer_in[x_range.clone()],
+                    &wb.qkv,
+                    Some(&p[w.qkv_bias.clone()]),
+                    n,
+                ),
+                None => linear_forward(
                     qkv,
                     &a.layer_in[x_range.clone()],
                     &p[w.qkv_weight.clone()],
@@ -344,7 +390,7 @@ impl Encoder {
                     n,
                     h,
                     3 * h,
-                )
+                ),
             })?;
             let probs = &mut a.probs[ls * s2_cap * nh..][..probs_len];
             let ctx = &mut a.ctx[th..th + n * h];
@@ -362,8 +408,11 @@ impl Encoder {
             })?;
 
             let proj = &mut a.proj[..n * h];
-            timed(Op::LinearAttnOut, || {
-                linear_forward(
+            timed(Op::LinearAttnOut, || match wb {
+                Some(wb) => {
+                    linear_forward_bf16(proj, ctx, &wb.attn_out, Some(&p[w.attn_out_bias.clone()]), n)
+                }
+                None => linear_forward(
                     proj,
                     ctx,
                     &p[w.attn_out_weight.clone()],
@@ -371,7 +420,7 @@ impl Encoder {
                     n,
                     h,
                     h,
-                )
+                ),
             })?;
             if p_hidden > 0.0 {
                 timed(Op::ResidualDropout, || {
@@ -398,8 +447,9 @@ impl Encoder {
             })?;
 
             let fc1 = &mut a.fc1[ti..ti + n * inter];
-            timed(Op::LinearFfnIn, || {
-                linear_forward(
+            timed(Op::LinearFfnIn, || match wb {
+                Some(wb) => linear_forward_bf16(fc1, ln1, &wb.ffn_in, Some(&p[w.ffn_in_bias.clone()]), n),
+                None => linear_forward(
                     fc1,
                     ln1,
                     &p[w.ffn_in_weight.clone()],
@@ -407,12 +457,13 @@ impl Encoder {
                     n,
                     h,
                     inter,
-                )
+                ),
             })?;
             let act = &mut a.gelu[ti..ti + n * inter];
             timed(Op::Gelu, || gelu_forward(act, fc1, n * inter, self.gelu_kind()))?;
-            timed(Op::LinearFfnOut, || {
-                linear_forward(
+            timed(Op::LinearFfnOut, || match wb {
+                Some(wb) => linear_forward_bf16(proj, act, &wb.ffn_out, Some(&p[w.ffn_out_bias.clone()]), n),
+                None => linear_forward(
                     proj,
                     act,
                     &p[w.ffn_out_weight.clone()],
@@ -420,7 +471,7 @@ impl Encoder {
                     n,
                     inter,
                     h,
-                )
+                ),
             })?;
             if p_hidden > 0.0 {
                 timed(Op::ResidualDropout, || {

@@ -1,0 +1,131 @@
+//! bf16 inference: close to the f32 forward, never used by training, kept in step with AdamW.
+
+mod common;
+
+use angle_encoder::{AdamW, Batch, Capacity, Encoder, Mode, Pooler, Pooling, Precision, bf16_is_fast};
+
+fn eval(enc: &Encoder, batch: &Batch<'_>) -> Vec<f32> {
+    let mut acts = enc.activations(
+        Capacity {
+            max_tokens: batch.num_tokens(),
+            max_seq_len: 64,
+        },
+        Mode::Eval,
+    );
+    enc.forward(batch, &mut acts, None).unwrap().to_vec()
+}
+
+fn rel(a: &[f32], b: &[f32]) -> f64 {
+    let a: Vec<f64> = a.iter().map(|&x| f64::from(x)).collect();
+    let b: Vec<f64> = b.iter().map(|&x| f64::from(x)).collect();
+    common::rel_l2(&a, &b)
+}
+
+/// all-MiniLM-L6-v2 on three sentences' ids: the bf16 hidden state within 1e-2 of f32 and the
+/// pooled embeddings' cosine above 0.999.
+#[test]
+fn bf16_minilm_close_to_f32() {
+    if !bf16_is_fast() {
+        eprintln!("note: this CPU has no AMX-BF16; checking the portable bf16 kernel");
+    }
+    let mut enc = Encoder::from_dir(common::model_dir()).unwrap();
+    // [CLS] the cat sat on the mat [SEP] / [CLS] hello world [SEP] / a longer one
+    let ids: Vec<u32> = [
+        &[101u32, 1996, 4937, 2938, 2006, 1996, 13523, 102][..],
+        &[101, 7592, 2088, 102],
+        &[
+            101, 1037, 2158, 2003, 2652, 1037, 2858, 2007, 2010, 3899, 1999, 1996, 2380, 1012, 102,
+        ],
+    ]
+    .concat();
+    let offs = [0usize, 8, 12, 27];
+    let batch = Batch {
+        input_ids: &ids,
+        token_type_ids: None,
+        seq_offsets: &offs,
+    };
+    let f32_hidden = eval(&enc, &batch);
+    enc.set_inference_precision(Precision::Bf16).unwrap();
+    assert_eq!(enc.inference_precision(), Precision::Bf16);
+    let bf16_hidden = eval(&enc, &batch);
+    let e = rel(&bf16_hidden, &f32_hidden);
+    eprintln!("bf16 vs f32 hidden state: relative error {e:.2e}");
+    assert!(e < 1e-2, "hidden state relative error {e}");
+    let h = enc.config.hidden_size;
+    let pool = |x: &[f32]| {
+        let mut out = vec![0.0f32; 3 * h];
+        Pooler::new(Pooling::Mean).forward(&mut out, x, &offs, h).unwrap();
+        out
+    };
+    let (p32, p16) = (pool(&f32_hidden), pool(&bf16_hidden));
+    for s in 0..3 {
+        let (a, b) = (&p32[s * h..(s + 1) * h], &p16[s * h..(s + 1) * h]);
+        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let cos = dot / (na * nb);
+        eprintln!("sentence {s}: cosine(bf16, f32) = {cos:.7}");
+        assert!(cos > 0.999, "sentence {s}: cosine {cos}");
+    }
+    enc.set_inference_precision(Precision::F32).unwrap();
+    assert_eq!(
+        eval(&enc, &batch),
+        f32_hidden,
+        "back to f32 gives the f32 result bit for bit"
+    );
+}
+
+/// A train-mode forward ignores the bf16 copies; AdamW refreshes them.
+#[test]
+fn training_stays_f32_and_refreshes_copies() {
+    let mut enc = common::tiny_encoder(3);
+    let ids = [1u32, 5, 7, 2, 1, 9, 2];
+    let offs = [0usize, 4, 7];
+    let batch = Batch {
+        input_ids: &ids,
+        token_type_ids: None,
+        seq_offsets: &offs,
+    };
+    let cap = Capacity {
+        max_tokens: 7,
+        max_seq_len: 8,
+    };
+    let train = |enc: &Encoder| {
+        let mut acts = enc.activations(cap, Mode::Train);
+        enc.forward(&batch, &mut acts, None).unwrap().to_vec()
+    };
+    let f32_train = train(&enc);
+    enc.set_inference_precision(Precision::Bf16).unwrap();
+    assert_eq!(train(&enc), f32_train);
+
+    // one step that changes the weights: bf16 inference must follow them
+    let h = enc.config.hidden_size;
+    let mut acts = enc.activations(cap, Mode::Train);
+    enc.forward(&batch, &mut acts, None).unwrap();
+    enc.zero_grad();
+    acts.dhidden_mut()[..7 * h].fill(1.0);
+    enc.backward(&mut acts).unwrap();
+    enc.adamw_step(
+        &AdamW {
+            lr: 1e-2,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+        1,
+    )
+    .unwrap();
+    let bf16_after = eval(&enc, &batch);
+    let mut fresh = enc.clone();
+    fresh.set_inference_precision(Precision::F32).unwrap();
+    let f32_after = eval(&fresh, &batch);
+    assert!(rel(&bf16_after, &f32_after) < 1e-2);
+    fresh.set_inference_precision(Precision::Bf16).unwrap();
+    assert_eq!(eval(&fresh, &batch), bf16_after, "AdamW repacked the copies");
+}
+
+#[test]
+fn precision_names() {
+    assert_eq!(Precision::parse("bf16"), Some(Precision::Bf16));
+    assert_eq!(Precision::parse("F32"), Some(Precision::F32));
+    assert_eq!(Precision::parse("fp16"), None);
+}
