@@ -103,6 +103,7 @@ pub const SOURCES: &[KernelSource] = &[
     super::embedding::SRC,
     super::gelu::SRC,
     super::layernorm::SRC,
+    super::layernorm::SRC_VEC,
     super::attention::SRC,
     super::dropout::SRC,
     super::pooling::SRC,

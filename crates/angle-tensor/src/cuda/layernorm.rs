@@ -9,6 +9,12 @@ pub(crate) const SRC: KernelSource = KernelSource {
     src: include_str!("layernorm.cu"),
 };
 
+/// The vectorised warp kernels (names `residual_layernorm_{forward,backward}_v*`).
+pub(crate) const SRC_VEC: KernelSource = KernelSource {
+    file: "layernorm_vec.cu",
+    src: include_str!("layernorm_vec.cu"),
+};
+
 const THREADS: u32 = 256;
 /// Rows per warp in the warp-per-row backward (its dw, db partials amortise over these).
 const ROWS_PER_WARP: usize = 4;
@@ -41,9 +47,12 @@ pub(crate) const WARP_NAMES: [[Names; 2]; 2] = [
     [warp_names!("v", "f32"), warp_names!("v", "bf16")],
 ];
 
-/// The warp-per-row kernels (forward, backward) for `cols <= 1024`, by values per lane;
-/// `vectorised`: the 4-element-access versions (see [`vectorised`]).
-fn warp_kernels<T: DType>(cols: usize, vectorised: bool) -> Option<(&'static str, &'static str)> {
+/// The warp-per-row kernels (forward, backward) for `cols <= 1024`, by values per lane, and
+/// their file; `vectorised`: the 4-element-access versions (see [`vectorised`]).
+fn warp_kernels<T: DType>(
+    cols: usize,
+    vectorised: bool,
+) -> Option<(&'static str, &'static str, &'static KernelSource)> {
     let per_lane = match cols.div_ceil(32) {
         0..=4 => 0,
         5..=8 => 1,
@@ -54,7 +63,8 @@ fn warp_kernels<T: DType>(cols: usize, vectorised: bool) -> Option<(&'static str
         _ => return None,
     };
     let bf = usize::from(T::NAME == "bf16");
-    Some(WARP_NAMES[usize::from(vectorised)][bf][per_lane])
+    let (f, b) = WARP_NAMES[usize::from(vectorised)][bf][per_lane];
+    Some((f, b, if vectorised { &SRC_VEC } else { &SRC }))
 }
 
 /// Whether the warp kernels may use 4-element accesses: whole groups of 4 per row and every
@@ -108,9 +118,9 @@ pub fn residual_layernorm_forward<T: DType>(
     }
     let (thr, scale) = super::dropout::params(OP, p)?;
     let vec = vectorised(cols, &[Some(out), Some(sum), Some(a), res]);
-    let (name, grid, shared) = match warp_kernels::<T>(cols, vec) {
+    let (name, grid, shared, src) = match warp_kernels::<T>(cols, vec) {
         // one warp per row, 8 rows per block
-        Some((f, _)) => (f, rows.div_ceil(8).max(1) as u32, 0),
+        Some((f, _, src)) => (f, rows.div_ceil(8).max(1) as u32, 0, src),
         None => (
             super::kname::<T>(
                 "residual_layernorm_forward_f32",
@@ -118,10 +128,11 @@ pub fn residual_layernorm_forward<T: DType>(
             ),
             dim(OP, "rows", rows)?.max(1) as u32,
             (cols * 4) as u32,
+            &SRC,
         ),
     };
     gpu.launch(
-        &SRC,
+        src,
         name,
         (grid, 1, 1),
         THREADS,
@@ -187,13 +198,14 @@ pub fn residual_layernorm_backward<T: DType>(
     }
     let (thr, scale) = super::dropout::params(OP, p)?;
     let vec = vectorised(cols, &[da, dres, Some(dout), Some(sum)]);
-    let (name, grid, shared, per) = match warp_kernels::<T>(cols, vec) {
+    let (name, grid, shared, per, src) = match warp_kernels::<T>(cols, vec) {
         // 8 warps per block, ROWS_PER_WARP rows per warp; the block sums dw, db in shared memory
-        Some((_, b)) => (
+        Some((_, b, src)) => (
             b,
             rows.div_ceil(8 * ROWS_PER_WARP).max(1) as u32,
             (2 * cols * 4) as u32,
             ROWS_PER_WARP,
+            src,
         ),
         None => (
             super::kname::<T>(
@@ -203,10 +215,11 @@ pub fn residual_layernorm_backward<T: DType>(
             rows.div_ceil(ROWS_PER_BLOCK).max(1) as u32,
             0,
             ROWS_PER_BLOCK,
+            &SRC,
         ),
     };
     gpu.launch(
-        &SRC,
+        src,
         name,
         (grid, 1, 1),
         THREADS,

@@ -67,11 +67,12 @@ fn every_kernel_compiles_for_sm90() {
 /// Names the launchers build (layer-norm tables, `kname` pairs) against the kernels each file
 /// really defines: a misspelt name would only fail at launch, on a GPU.
 fn launched_names_are_in_their_cubins() {
-    let mut ln: Vec<&str> = Vec::new();
-    for per_kind in super::layernorm::WARP_NAMES {
+    // [scalar, vectorised] names, each in its own file
+    let mut ln: [Vec<&str>; 2] = [Vec::new(), Vec::new()];
+    for (names, per_kind) in ln.iter_mut().zip(super::layernorm::WARP_NAMES) {
         for per_type in per_kind {
             for (f, b) in per_type {
-                ln.extend([f, b]);
+                names.extend([f, b]);
             }
         }
     }
@@ -92,12 +93,15 @@ fn launched_names_are_in_their_cubins() {
         "bias_grad4_bf16",
     ];
     for (src, names) in [
-        (super::layernorm::SRC, &ln[..]),
+        (super::layernorm::SRC, &ln[0][..]),
+        (super::layernorm::SRC_VEC, &ln[1][..]),
         (super::gelu::SRC, &gelu[..]),
         (super::misc::SRC, &misc[..]),
         (super::loss::SRC, &["angle_objective"][..]),
     ] {
+        let t0 = std::time::Instant::now();
         let cubin = compile_cubin(&src, "sm_90").unwrap_or_else(|e| panic!("{e}"));
+        let secs = t0.elapsed().as_secs_f64();
         for name in names {
             let needle = format!("{name}\0");
             assert!(
@@ -106,7 +110,11 @@ fn launched_names_are_in_their_cubins() {
                 src.file
             );
         }
-        println!("{}: {} launched names present", src.file, names.len());
+        println!(
+            "{}: {} launched names present (compiled in {secs:.1} s)",
+            src.file,
+            names.len()
+        );
     }
 }
 
