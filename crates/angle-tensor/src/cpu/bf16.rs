@@ -55,6 +55,9 @@ pub struct PackedBf16 {
     /// `out_dim` rounded up to pairs of tiles (the kernel's 32 columns).
     n_tiles: usize,
     tiles: Vec<u16>,
+    /// On CPUs without AMX: the weight rounded to bf16, as f32 `[out, in]`, for the portable
+    /// kernel (which then is an f32 product of bf16 values: as fast as the f32 path).
+    rounded: Vec<f32>,
 }
 
 impl PackedBf16 {
@@ -80,12 +83,18 @@ impl PackedBf16 {
                     }
                 }
             });
+        let rounded = if bf16_kernel() == Bf16Kernel::Amx {
+            Vec::new()
+        } else {
+            weight.iter().map(|&v| bf16_to_f32(f32_to_bf16(v))).collect()
+        };
         Ok(PackedBf16 {
             out_dim,
             in_dim,
             k_tiles,
             n_tiles,
             tiles,
+            rounded,
         })
     }
 
@@ -99,7 +108,7 @@ impl PackedBf16 {
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.tiles.len() * 2
+        self.tiles.len() * 2 + self.rounded.len() * 4
     }
 
     /// `W[col, k]` as stored (bf16).
@@ -166,10 +175,7 @@ pub fn linear_forward_bf16_with(
         return Ok(());
     }
     match kernel {
-        Bf16Kernel::Portable => {
-            portable(out, inp, weight, bias, rows);
-            Ok(())
-        }
+        Bf16Kernel::Portable => portable(out, inp, weight, bias, rows),
         Bf16Kernel::Amx => {
             #[cfg(target_arch = "x86_64")]
             if amx::available() {
@@ -185,30 +191,46 @@ pub fn linear_forward_bf16_with(
     }
 }
 
-/// One row block per task: each output element is an f32 sum over k in order of bf16 products.
-fn portable(out: &mut [f32], inp: &[f32], w: &PackedBf16, bias: Option<&[f32]>, rows: usize) {
+thread_local! {
+    /// The portable kernel's input rows rounded to bf16 (as f32).
+    static ROUNDED_INPUT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Inputs rounded to bf16, then the f32 product: every product of two bf16 values is exact in
+/// f32, so this differs from AMX only in the order of the sums.
+fn portable(
+    out: &mut [f32],
+    inp: &[f32],
+    w: &PackedBf16,
+    bias: Option<&[f32]>,
+    rows: usize,
+) -> Result<(), TensorError> {
     let (n, k) = (w.out_dim, w.in_dim);
-    // Unpacked once per call: a column of W is read for every row.
-    let wt: Vec<f32> = (0..n)
-        .flat_map(|col| (0..k).map(move |kk| (col, kk)))
-        .map(|(col, kk)| bf16_to_f32(w.get(col, kk)))
-        .collect();
-    out.par_chunks_mut(n)
-        .zip(inp.par_chunks(k))
-        .take(rows)
-        .for_each_init(
-            || vec![0.0f32; k],
-            |xb, (o, x)| {
-                for (d, &v) in xb.iter_mut().zip(x) {
+    // An AMX machine keeps no rounded copy (tests compare the kernels there): unpack one.
+    let unpacked;
+    let weight: &[f32] = if w.rounded.is_empty() {
+        unpacked = (0..n * k)
+            .map(|i| bf16_to_f32(w.get(i / k, i % k)))
+            .collect::<Vec<f32>>();
+        &unpacked
+    } else {
+        &w.rounded
+    };
+    ROUNDED_INPUT.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        if buf.len() < rows * k {
+            buf.resize(rows * k, 0.0);
+        }
+        let x = &mut buf[..rows * k];
+        x.par_chunks_mut(4096)
+            .zip(inp[..rows * k].par_chunks(4096))
+            .for_each(|(d, s)| {
+                for (d, &v) in d.iter_mut().zip(s) {
                     *d = bf16_to_f32(f32_to_bf16(v));
                 }
-                for (col, oc) in o.iter_mut().enumerate() {
-                    let wc = &wt[col * k..(col + 1) * k];
-                    let s: f32 = xb.iter().zip(wc).map(|(a, b)| a * b).sum();
-                    *oc = s + bias.map_or(0.0, |b| b[col]);
-                }
-            },
-        );
+            });
+        crate::cpu::linear_forward(out, x, weight, bias, rows, k, n)
+    })
 }
 
 #[cfg(target_arch = "x86_64")]
