@@ -31,6 +31,7 @@ ap.add_argument("--warmup", type=int, default=0)
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--sort", action="store_true", help="batches of similar token lengths, as ours")
 ap.add_argument("--json", action="store_true", help="end with one JSON line")
+ap.add_argument("--bf16", action="store_true", help="bf16 autocast (oneDNN, AMX where the CPU has it)")
 a = ap.parse_args()
 torch.set_num_threads(a.threads)
 texts = []
@@ -59,11 +60,11 @@ for p in range(a.warmup + a.repeat):
         cpu0 = time.process_time()
     t0 = time.perf_counter()
     tokens = padded = 0
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
         for b in batches():
             h = model(**b).last_hidden_state
             m = b["attention_mask"].unsqueeze(-1).float()
-            _ = (h * m).sum(1) / m.sum(1)
+            _ = (h.float() * m).sum(1) / m.sum(1)
             tokens += int(b["attention_mask"].sum())
             padded += b["input_ids"].numel()
     if p >= a.warmup:

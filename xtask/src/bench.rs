@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use angle_data::TextTokenizer;
-use angle_encoder::{AdamW, Capacity, Encoder, Mode, Pooler, Pooling, model::Batch, profile};
+use angle_encoder::{AdamW, Capacity, Encoder, Mode, Pooler, Pooling, Precision, model::Batch, profile};
 use angle_loss::{AngleLoss, AngleLossConfig};
 use anyhow::{Context, bail};
 use ndarray::ArrayView2;
@@ -51,6 +51,8 @@ struct Opts {
     streams: usize,
     only: Option<String>,
     profile: bool,
+    /// Also measure encode with bf16 products (ours on AMX; PyTorch with bf16 autocast).
+    bf16: bool,
     child: Option<String>,
     /// Python with torch and transformers for the same-run PyTorch baseline.
     torch: Option<PathBuf>,
@@ -58,13 +60,14 @@ struct Opts {
 }
 
 fn usage() -> &'static str {
-    "cargo xtask bench [--threads N] [--steps N] [--repeat N] [--streams N] [--profile] [--model DIR] [--data DIR]\n\n\
+    "cargo xtask bench [--threads N] [--steps N] [--repeat N] [--streams N] [--profile] [--bf16] [--torch PYTHON] [--model DIR] [--data DIR]\n\n\
      Encode and train-step throughput of all-MiniLM-L6-v2 on STS-B with peak memory, beside PyTorch's numbers.\n\
      --threads  rayon threads (default: all cores, as PyTorch's 2 threads on the 2-core build machine)\n\
      --steps    timed train steps (default 10), --repeat timed encode passes (default 3)\n\
      --streams  encode batches on N independent workers, threads/N each (default 1)\n\
      --only     encode | train: run one measurement (no table)\n\
      --profile  print the time per encoder op\n\
+     --bf16     also encode with bf16 products (AMX tiles where the CPU has them; inference only)\n\
      --torch PYTHON  then run PyTorch's encode and train step (scripts/bench/torch_cpu_*.py) with this Python\n\
                 (torch + transformers) on the same data and threads, and add a same-run PyTorch column\n\
                 (OMP_WAIT_POLICY=PASSIVE unless set: spinning OpenMP threads collapse on a shared machine)\n\
@@ -93,6 +96,7 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
         streams: 1,
         only: None,
         profile: false,
+        bf16: false,
         child: None,
         torch,
         root: root.to_path_buf(),
@@ -110,6 +114,7 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
             "--only" => o.only = Some(val()?.clone()),
             "--child" => o.child = Some(val()?.clone()),
             "--profile" => o.profile = true,
+            "--bf16" => o.bf16 = true,
             "--torch" => o.torch = Some(val()?.into()),
             "-h" | "--help" => {
                 println!("{}", usage());
@@ -132,7 +137,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             .build_global()?;
         profile::enable(o.profile);
         let result = match kind.as_str() {
-            "encode" => encode(&o)?,
+            "encode" => encode(&o, Precision::F32)?,
+            "encode-bf16" => encode(&o, Precision::Bf16)?,
             "train" => train(&o)?,
             other => bail!("unknown child {other:?}"),
         };
@@ -147,8 +153,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     };
     let load_start = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut results = Vec::new();
-    for kind in ["encode", "train"] {
-        if o.only.as_deref().is_some_and(|k| k != kind) {
+    for kind in ["encode", "encode-bf16", "train"] {
+        if o.only.as_deref().is_some_and(|k| !kind.starts_with(k)) || (kind == "encode-bf16" && !o.bf16) {
             continue;
         }
         eprintln!("bench: {kind} ({} threads) ...", o.threads);
@@ -183,23 +189,28 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             println!("{r}");
         }
         if let Some(t) = &torch {
-            for r in [&t.encode, &t.encode_sorted, &t.train].into_iter().flatten() {
+            for r in [&t.encode, &t.encode_sorted, &t.encode_bf16, &t.train]
+                .into_iter()
+                .flatten()
+            {
                 println!("{r}");
             }
         }
         return Ok(());
     }
-    let (e, t) = (&results[0], &results[1]);
+    let (e, t) = (&results[0], &results[results.len() - 1]);
+    let eb = if o.bf16 { Some(&results[1]) } else { None };
     let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     // PyTorch's same-run values (NaN without --torch; those cells are not printed then)
     let nan = Value::Null;
-    let (te, ts, tt) = match &torch {
+    let (te, ts, tb, tt) = match &torch {
         Some(r) => (
             r.encode.as_ref().unwrap_or(&nan),
             r.encode_sorted.as_ref().unwrap_or(&nan),
+            r.encode_bf16.as_ref().unwrap_or(&nan),
             r.train.as_ref().unwrap_or(&nan),
         ),
-        None => (&nan, &nan, &nan),
+        None => (&nan, &nan, &nan, &nan),
     };
     let mb = |b: f64| format!("{:.0} MB", b / 1e6);
     let enc_rate = f(e, "sentences_per_s");
@@ -207,7 +218,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let torch_mid = (TORCH_ENCODE.0 + TORCH_ENCODE.1) / 2.0;
     let enc_est = f(e, "sentences_per_s_uncontended_estimate");
     let train_est = f(t, "pairs_per_s_uncontended_estimate");
-    let rows = [
+    let mut rows = vec![
         Row {
             measure: "encode STS-B test (2,758 sentences, batch 64, max length 64, tokenisation included)"
                 .into(),
@@ -340,6 +351,24 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             torch_only: false,
         },
     ];
+    if let Some(eb) = eb {
+        let rate = f(eb, "sentences_per_s");
+        rows.insert(
+            2,
+            Row {
+                measure: format!(
+                    "same, bf16 products ({}; f32 sums, layer norm, softmax, GELU): PyTorch with bf16 autocast, sorted",
+                    if eb["bf16_on_amx"].as_bool() == Some(true) { "AMX tiles" } else { "portable kernel: no AMX here" }
+                ),
+                reference: "(f32 only)".into(),
+                torch: format!("{:.0} sentences/s", f(tb, "sentences_per_s")),
+                ours: format!("{rate:.0} sentences/s"),
+                ratio_torch: format!("{:.2}×", rate / f(tb, "sentences_per_s")),
+                ratio_ref: format!("{:.2}× (bf16 vs their f32)", rate / torch_mid),
+                torch_only: false,
+            },
+        );
+    }
     println!();
     if torch.is_some() {
         println!(
@@ -430,6 +459,8 @@ struct Row {
 struct TorchRuns {
     encode: Option<Value>,
     encode_sorted: Option<Value>,
+    /// Sorted by length, bf16 autocast (with `--bf16`).
+    encode_bf16: Option<Value>,
     train: Option<Value>,
 }
 
@@ -466,6 +497,7 @@ fn torch_runs(o: &Opts, python: &Path) -> anyhow::Result<TorchRuns> {
     let mut runs = TorchRuns {
         encode: None,
         encode_sorted: None,
+        encode_bf16: None,
         train: None,
     };
     if wants("encode") {
@@ -488,6 +520,11 @@ fn torch_runs(o: &Opts, python: &Path) -> anyhow::Result<TorchRuns> {
         eprintln!("bench: PyTorch encode, batches sorted by length ...");
         let sorted: Vec<&str> = args.iter().copied().chain(["--sort"]).collect();
         runs.encode_sorted = Some(run_torch_script(o, python, "torch_cpu_encode.py", &sorted)?);
+        if o.bf16 {
+            eprintln!("bench: PyTorch encode, sorted, bf16 autocast ...");
+            let bf16: Vec<&str> = sorted.iter().copied().chain(["--bf16"]).collect();
+            runs.encode_bf16 = Some(run_torch_script(o, python, "torch_cpu_encode.py", &bf16)?);
+        }
     }
     if wants("train") {
         let data = o.data.join("stsb-en-train.csv").display().to_string();
@@ -668,8 +705,9 @@ impl Stream {
     }
 }
 
-fn encode(o: &Opts) -> anyhow::Result<Value> {
-    let enc = Encoder::from_dir(&o.model)?;
+fn encode(o: &Opts, precision: Precision) -> anyhow::Result<Value> {
+    let mut enc = Encoder::from_dir(&o.model)?;
+    enc.set_inference_precision(precision)?;
     let tok = TextTokenizer::from_file(&o.model, MAX_LEN)?;
     let rows = read_stsb(&o.data.join("stsb-en-test.csv"))?;
     let texts: Vec<String> = rows.iter().flat_map(|(a, b, _)| [a.clone(), b.clone()]).collect();
@@ -756,6 +794,8 @@ fn encode(o: &Opts) -> anyhow::Result<Value> {
         "arena_bytes_reserved": acts.bytes_reserved(),
         "activation_bytes_per_seq64": angle_encoder::Activations::bytes_per_sequence(&enc.config, MAX_LEN, Mode::Eval),
         "first_embedding_norm": norm0,
+        "precision": format!("{precision:?}"),
+        "bf16_on_amx": angle_encoder::bf16_is_fast(),
     }))
 }
 
