@@ -79,6 +79,27 @@ fn geo_args(op: &'static str, s: &AttentionShape) -> Result<[i32; 4], GpuError> 
     ])
 }
 
+/// Whether the permutes may move 4 consecutive `d` at a time: head rows of whole groups and
+/// every view they touch aligned for 4-element accesses.
+pub(crate) fn permute_vectorised<T: DType>(s: &AttentionShape, views: &[DSlice<T>]) -> bool {
+    s.head_dim % 4 == 0 && views.iter().all(|&v| super::gelu::aligned4(v))
+}
+
+/// The permute kernels' launch: `(vectorised name, scalar name)` picked by `vec`, grid over the
+/// padded length (a quarter of it when vectorised), and `hd` (`hd / 4` when vectorised).
+fn permute_launch(
+    vec: bool,
+    names: (&'static str, &'static str),
+    pl: usize,
+    hd: i32,
+) -> (&'static str, u32, i32) {
+    if vec {
+        (names.0, super::grid_1d(pl / 4), hd / 4)
+    } else {
+        (names.1, super::grid_1d(pl), hd)
+    }
+}
+
 fn batched(
     ta: MatOp,
     tb: MatOp,
@@ -154,10 +175,20 @@ pub fn attention_forward<T: DType>(
         check_len(OP, "qkv_bias", b.len(), 3 * h)?;
     }
     let [b, nh, tm, hd] = geo_args(OP, s)?;
+    let vec = permute_vectorised(s, &[saved.q, saved.k, saved.v, qkv, ctx, out]);
+    let (name, grid, hdk) = permute_launch(
+        vec,
+        (
+            super::kname::<T>("qkv_permute4_f32", "qkv_permute4_bf16"),
+            super::kname::<T>("qkv_permute_f32", "qkv_permute_bf16"),
+        ),
+        pl,
+        hd,
+    );
     gpu.launch(
         &SRC,
-        super::kname::<T>("qkv_permute_f32", "qkv_permute_bf16"),
-        (super::grid_1d(pl), 1, 1),
+        name,
+        (grid, 1, 1),
         256,
         0,
         &mut kargs![
@@ -170,7 +201,7 @@ pub fn attention_forward<T: DType>(
             b,
             nh,
             tm,
-            hd
+            hdk
         ],
     )?;
     let (t, d, bh) = (s.t_max, s.head_dim, s.batch * s.n_heads);
@@ -220,13 +251,22 @@ pub fn attention_forward<T: DType>(
     // ctx (row-major [i][d] = Σ_j P[i][j] v_j[d]) = column-major V·P.
     let g = batched(MatOp::N, MatOp::N, d, t, t, 1.0, d, t, d, t * d, t * t, t * d, bh);
     gemm_strided_batched(gpu, g, saved.v, pmat, ctx)?;
+    let (name, grid, hdk) = permute_launch(
+        vec,
+        (
+            super::kname::<T>("attn_unpermute4_f32", "attn_unpermute4_bf16"),
+            super::kname::<T>("attn_unpermute_f32", "attn_unpermute_bf16"),
+        ),
+        pl,
+        hd,
+    );
     gpu.launch(
         &SRC,
-        super::kname::<T>("attn_unpermute_f32", "attn_unpermute_bf16"),
-        (super::grid_1d(pl), 1, 1),
+        name,
+        (grid, 1, 1),
         256,
         0,
-        &mut kargs![out, ctx, offsets, b, nh, tm, hd],
+        &mut kargs![out, ctx, offsets, b, nh, tm, hdk],
     )
 }
 
@@ -270,13 +310,23 @@ pub fn attention_backward<T: DType>(
     let scale = 1.0 / (d as f32).sqrt();
     let (p, seed) = dropout.unwrap_or((0.0, 0));
     let (thr, dscale) = super::dropout::params(OP, p)?;
+    let vec = permute_vectorised(s, &[dqkv, dout, dq, dk, dv, dctx]);
+    let (name, grid, hdk) = permute_launch(
+        vec,
+        (
+            super::kname::<T>("attn_unpermute_backward4_f32", "attn_unpermute_backward4_bf16"),
+            super::kname::<T>("attn_unpermute_backward_f32", "attn_unpermute_backward_bf16"),
+        ),
+        pl,
+        hd,
+    );
     gpu.launch(
         &SRC,
-        super::kname::<T>("attn_unpermute_backward_f32", "attn_unpermute_backward_bf16"),
-        (super::grid_1d(pl), 1, 1),
+        name,
+        (grid, 1, 1),
         256,
         0,
-        &mut kargs![dctx, dout, offsets, b, nh, tm, hd],
+        &mut kargs![dctx, dout, offsets, b, nh, tm, hdk],
     )?;
     let pmat = if p > 0.0 {
         gpu.launch(
@@ -350,12 +400,21 @@ pub fn attention_backward<T: DType>(
         bh,
     );
     gemm_strided_batched(gpu, g, saved.q, scores, dk)?;
+    let (name, grid, hdk) = permute_launch(
+        vec,
+        (
+            super::kname::<T>("qkv_permute_backward4_f32", "qkv_permute_backward4_bf16"),
+            super::kname::<T>("qkv_permute_backward_f32", "qkv_permute_backward_bf16"),
+        ),
+        pl,
+        hd,
+    );
     gpu.launch(
         &SRC,
-        super::kname::<T>("qkv_permute_backward_f32", "qkv_permute_backward_bf16"),
-        (super::grid_1d(pl), 1, 1),
+        name,
+        (grid, 1, 1),
         256,
         0,
-        &mut kargs![dqkv, dq, dk, dv, offsets, b, nh, tm, hd, i32::from(accumulate)],
+        &mut kargs![dqkv, dq, dk, dv, offsets, b, nh, tm, hdk, i32::from(accumulate)],
     )
 }

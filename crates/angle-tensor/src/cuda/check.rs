@@ -641,9 +641,11 @@ fn linear_t<T: Elem>(c: &mut Ctx, s: u64) -> Result<(), GpuError> {
 }
 
 fn attention<T: Elem>(c: &mut Ctx, s: u64) -> Result<(), GpuError> {
+    // Head widths 8 and 16 take the vectorised permutes, 6 the scalar ones.
     for (offs, nh, hidden, p) in [
         (vec![0usize, 5, 17, 18, 40], 4usize, 32usize, 0.0f32),
         (vec![0usize, 31, 33, 97, 128], 6, 96, 0.1),
+        (vec![0usize, 3, 10, 11, 24], 2, 12, 0.1),
     ] {
         let shape = AttentionShape::new(&offs, nh, hidden);
         let n = shape.rows;
@@ -694,7 +696,12 @@ fn attention<T: Elem>(c: &mut Ctx, s: u64) -> Result<(), GpuError> {
             &shape,
             dr,
         )?;
-        let what = format!("attention B={} nh={nh} H={hidden} p={p}", offs.len() - 1);
+        // Fresh buffers are aligned: the head width decides the permute kernels.
+        let path = if shape.head_dim % 4 == 0 { "vec4" } else { "scalar" };
+        let what = format!(
+            "attention B={} nh={nh} H={hidden} p={p} ({path} permutes)",
+            offs.len() - 1
+        );
         c.cmp(&format!("{what} forward out"), gout.view(), &out, c.tol)?;
         // probabilities: gather the padded [B, nh, T, T] rows into the CPU's packed layout.
         let gp = c.down(gprobs.view())?;

@@ -92,12 +92,23 @@ fn launched_names_are_in_their_cubins() {
         "bias_grad4_f32",
         "bias_grad4_bf16",
     ];
+    let attn: Vec<String> = [
+        "qkv_permute",
+        "qkv_permute_backward",
+        "attn_unpermute",
+        "attn_unpermute_backward",
+    ]
+    .iter()
+    .flat_map(|base| ["_f32", "_bf16", "4_f32", "4_bf16"].map(|s| format!("{base}{s}")))
+    .collect();
+    let attn: Vec<&str> = attn.iter().map(String::as_str).collect();
     for (src, names) in [
         (super::layernorm::SRC, &ln[0][..]),
         (super::layernorm::SRC_VEC, &ln[1][..]),
         (super::gelu::SRC, &gelu[..]),
         (super::misc::SRC, &misc[..]),
         (super::loss::SRC, &["angle_objective"][..]),
+        (super::attention::SRC, &attn[..]),
     ] {
         let t0 = std::time::Instant::now();
         let cubin = compile_cubin(&src, "sm_90").unwrap_or_else(|e| panic!("{e}"));
