@@ -209,7 +209,6 @@ impl GpuModel {
     /// objective on the pooled embeddings with `labels` (one per pair), backward of
     /// `scale · loss` added into the gradients. Returns the unscaled loss and its parts (the
     /// objectives that ran; each part is unweighted, as the host's are). Reads 4 floats back.
-    #[allow(clippy::too_many_arguments)]
     pub fn forward_objective_backward(
         &mut self,
         ids: &[u32],
