@@ -496,6 +496,40 @@ mod tests {
         set_gemm_backend(GemmBackend::Auto);
     }
 
+    /// The README promises that thread splits (rows or columns of C) and faer's column blocks
+    /// never change a bit: the forward form on a wide C, on 1, 2 and 3 threads.
+    #[test]
+    fn thread_count_does_not_change_bits() {
+        let (m, k, n) = (1200, 96, 1100);
+        let mut r = TestRng::new(9);
+        let a: Vec<f32> = r.vec(m * k).iter().map(|&v| v as f32).collect();
+        let w: Vec<f32> = r.vec(n * k).iter().map(|&v| v as f32).collect();
+        let run = |threads: usize, rows: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut c = vec![0.0f32; rows * n];
+            pool.install(|| {
+                gemm(
+                    1.0,
+                    MatRef::new(&a[..rows * k], rows, k),
+                    MatRef::new(&w, n, k).t(),
+                    0.0,
+                    MatMut::new(&mut c, rows, n),
+                )
+                .unwrap()
+            });
+            c
+        };
+        // m >= n splits rows, m < n splits columns
+        for rows in [m, 40] {
+            let one = run(1, rows);
+            assert_eq!(run(2, rows), one, "{rows} rows, 2 threads");
+            assert_eq!(run(3, rows), one, "{rows} rows, 3 threads");
+        }
+    }
+
     #[test]
     fn rejects_bad_shapes() {
         let a = vec![0.0f32; 6];
