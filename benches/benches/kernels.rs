@@ -13,6 +13,7 @@ use angle_tensor::cpu::{
     attention_probs_len, dropout_forward, embedding_backward, embedding_forward, gelu_backward, gelu_forward,
     layernorm_backward, layernorm_forward, linear_backward, linear_forward, set_gemm_backend,
 };
+use angle_tensor::cpu::{PackedBf16, bf16_kernel, linear_forward_bf16};
 use criterion::{
     BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main, measurement::WallTime,
 };
@@ -87,6 +88,12 @@ fn linear(c: &mut Criterion) {
             });
         }
         set_gemm_backend(GemmBackend::Auto);
+        // inference in bf16 (AMX tiles where the CPU has them), beside the f32 forward above
+        let packed = PackedBf16::pack(&w, o, i).unwrap();
+        g.throughput(Throughput::Elements((2 * n * i * o) as u64));
+        g.bench_function(format!("{name}_forward/bf16-{:?}", bf16_kernel()), |bch| {
+            bch.iter(|| linear_forward_bf16(&mut out, black_box(&x), &packed, Some(&b), n).unwrap())
+        });
     }
 }
 
