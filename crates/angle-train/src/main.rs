@@ -257,7 +257,9 @@ struct ModelArgs {
     /// Where the encoder runs: cpu, or cuda (a build with `--features cuda`; mean or cls pooling).
     #[arg(long, default_value = "cpu")]
     device: Device,
-    /// GPU arithmetic: f32, tf32 or bf16 (see `angle train --help`) [default: tf32 on cuda].
+    /// Arithmetic: f32, tf32 or bf16 (see `angle train --help`) [default: tf32 on cuda, f32 on the CPU].
+    /// On the CPU, bf16 runs the linear layers' products in bf16 with f32 sums (AMX tiles on Intel
+    /// Xeon 4th generation and later; about 2x faster encoding, embeddings within ~1e-3).
     #[arg(long)]
     precision: Option<Precision>,
 }
@@ -433,7 +435,13 @@ struct Loaded {
 }
 
 fn load(m: &ModelArgs) -> anyhow::Result<Loaded> {
-    let device = m.device.with_precision(m.precision)?;
+    // bf16 on the CPU is an inference mode of the encoder (AMX products), not a device setting.
+    let cpu_bf16 = matches!(m.device, Device::Cpu) && m.precision == Some(Precision::Bf16);
+    let device = if cpu_bf16 {
+        Device::Cpu
+    } else {
+        m.device.with_precision(m.precision)?
+    };
     set_threads(m.threads)?;
     let defaults = ModelDefaults::from_dir(&m.model)?;
     let pooling = match &m.pooling {
@@ -441,7 +449,13 @@ fn load(m: &ModelArgs) -> anyhow::Result<Loaded> {
         None => defaults.pooling,
     };
     let max_len = m.max_length.or(defaults.max_length).unwrap_or(512);
-    let (enc, tok) = load_model(&m.model, max_len)?;
+    let (mut enc, tok) = load_model(&m.model, max_len)?;
+    if cpu_bf16 {
+        enc.set_inference_precision(angle_encoder::Precision::Bf16)?;
+        if !angle_encoder::bf16_is_fast() {
+            eprintln!("note: this CPU has no AMX-BF16: bf16 products run at f32 speed (same rounding)");
+        }
+    }
     let emb = Embedder::new(&enc, pooling, m.batch_size, tok.max_len()).on_device(device, &enc)?;
     let prompt = match m.prompt.clone().or(defaults.text_prompt) {
         Some(p) => Some(angle_data::Prompt::new(p)?),
