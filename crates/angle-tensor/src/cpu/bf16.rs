@@ -291,15 +291,12 @@ mod amx {
         }
     };
 
-    /// Rows per parallel task: a multiple of the kernel's 32.
-    const ROWS_PER_TASK: usize = 128;
-
     pub(super) fn linear(out: &mut [f32], inp: &[f32], w: &PackedBf16, bias: Option<&[f32]>, rows: usize) {
         let (n, k) = (w.out_dim, w.in_dim);
         let threads = rayon::current_num_threads().max(1);
-        // Equal shares of whole 32-row blocks, at most ROWS_PER_TASK... per task for balance.
-        let blocks = rows.div_ceil(2 * TM);
-        let per = blocks.div_ceil(threads).clamp(1, ROWS_PER_TASK / (2 * TM)) * 2 * TM;
+        // One task per thread, whole 32-row blocks each (the weight is re-read per task, so fewer,
+        // equal tasks beat many small ones).
+        let per = rows.div_ceil(2 * TM).div_ceil(threads) * 2 * TM;
         out[..rows * n]
             .par_chunks_mut(per * n)
             .zip(inp[..rows * k].par_chunks(per * k))
