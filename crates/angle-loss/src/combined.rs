@@ -102,8 +102,11 @@ impl AngleLoss {
         &self.config
     }
 
-    /// Dispatches on `format`. `labels` and `text_ids` are used by format A only (formats B and C carry their
-    /// targets in the row order, and the reference ignores their labels).
+    /// Dispatches on `format`. `labels` are used by format A only (formats B and C carry their targets in the row
+    /// order, and the reference ignores their labels). `text_ids` (one per row, in the format's row order) keep
+    /// duplicate texts out of each other's negatives: in format A's in-batch softmax (see
+    /// [`in_batch_negative_loss`](crate::in_batch_negative_loss)) and in the contrastive softmaxes of formats B and C
+    /// (see [`contrastive_loss_with_ids`](crate::contrastive_loss_with_ids)); the cosine and angle terms ignore them.
     pub fn compute<F: Real>(
         &self,
         format: DataFormat,
@@ -127,8 +130,8 @@ impl AngleLoss {
     ) -> Result<(F, LossParts<F>), LossError> {
         match format {
             DataFormat::A => self.format_a_into(y_pred, labels, text_ids, grad),
-            DataFormat::B => self.format_b_into(y_pred, grad),
-            DataFormat::C => self.format_c_into(y_pred, grad),
+            DataFormat::B => self.format_b_into(y_pred, text_ids, grad),
+            DataFormat::C => self.format_c_into(y_pred, text_ids, grad),
         }
     }
 
@@ -214,15 +217,17 @@ impl AngleLoss {
     fn format_b_into<F: Real>(
         &self,
         y_pred: ArrayView2<'_, F>,
+        text_ids: Option<&[u64]>,
         grad: &mut ArrayViewMut2<'_, F>,
     ) -> Result<(F, LossParts<F>), LossError> {
         self.checked()?;
         let layout = ContrastiveLayout::QueryPositive;
         check_grouped(&y_pred, layout)?;
+        check::text_ids(text_ids, y_pred.nrows())?;
         check::grad_shape(grad, &y_pred)?;
         let y = standard(&y_pred);
         let (xhat, norms) = normalize_rows(&y.view());
-        let l = contrastive_core(&xhat, &norms, layout, self.config.ibn_tau, 1.0, grad);
+        let l = contrastive_core(&xhat, &norms, layout, text_ids, self.config.ibn_tau, 1.0, grad);
         let parts = LossParts {
             contrastive: Some(F::of(l)),
             ..LossParts::default()
@@ -233,11 +238,13 @@ impl AngleLoss {
     fn format_c_into<F: Real>(
         &self,
         y_pred: ArrayView2<'_, F>,
+        text_ids: Option<&[u64]>,
         grad: &mut ArrayViewMut2<'_, F>,
     ) -> Result<(F, LossParts<F>), LossError> {
         self.checked()?;
         let c = &self.config;
         check_grouped(&y_pred, ContrastiveLayout::QueryPositiveNegative)?;
+        check::text_ids(text_ids, y_pred.nrows())?;
         check::grad_shape(grad, &y_pred)?;
         if c.angle_w > 0.0 {
             check::even_dim(&y_pred)?;
@@ -259,11 +266,13 @@ impl AngleLoss {
                 let qp_rows: Vec<usize> = (0..b).flat_map(|k| [3 * k, 3 * k + 1]).collect();
                 let xq = xhat.select(ndarray::Axis(0), &qp_rows);
                 let nq: Vec<f64> = qp_rows.iter().map(|&i| norms[i]).collect();
+                let idq: Option<Vec<u64>> = text_ids.map(|ids| qp_rows.iter().map(|&i| ids[i]).collect());
                 let mut g = Array2::<F>::zeros((2 * b, d));
                 let l = contrastive_core(
                     &xq,
                     &nq,
                     ContrastiveLayout::QueryPositive,
+                    idq.as_deref(),
                     c.ibn_tau,
                     c.ibn_w / 2.0,
                     &mut g.view_mut(),
@@ -280,6 +289,7 @@ impl AngleLoss {
                     &xhat,
                     &norms,
                     ContrastiveLayout::QueryPositiveNegative,
+                    text_ids,
                     c.ibn_tau,
                     c.cln_w / 2.0,
                     &mut tmp.view_mut(),

@@ -10,7 +10,7 @@
 //! | cosine (CoSENT) | [`cosine_loss`] | zigzag pairs, one label per pair |
 //! | angle | [`angle_loss`] | zigzag pairs, one label per pair, even `dim` |
 //! | in-batch negatives | [`in_batch_negative_loss`] | zigzag pairs, optional text identities |
-//! | contrastive (InfoNCE) | [`contrastive_loss`] | query, positive(, negative) interleaved |
+//! | contrastive (InfoNCE) | [`contrastive_loss`], [`contrastive_loss_with_ids`] | query, positive(, negative) interleaved, optional text identities |
 //! | angle-emb's `AngleLoss` | [`AngleLoss`] | formats A, B, C |
 //!
 //! Each `*_loss` has an `*_into` twin that adds `weight · dL/dy_pred` into a caller's buffer instead of allocating.
@@ -77,7 +77,8 @@ pub use combined::{AngleLoss, AngleLossConfig, AngleLossOutput, DataFormat, Loss
 pub use error::LossError;
 pub use objectives::{
     ContrastiveLayout, LossGrad, angle_loss, angle_loss_into, contrastive_loss, contrastive_loss_into,
-    cosine_loss, cosine_loss_into, in_batch_negative_loss, in_batch_negative_loss_into,
+    contrastive_loss_with_ids, contrastive_loss_with_ids_into, cosine_loss, cosine_loss_into,
+    in_batch_negative_loss, in_batch_negative_loss_into,
 };
 pub use pairs::AnglePooling;
 pub use real::Real;

@@ -5,7 +5,7 @@
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, CowArray, Ix2};
 use serde::{Deserialize, Serialize};
 
-use crate::ce::softmax_ce;
+use crate::ce::{CandidateMask, softmax_ce};
 use crate::check;
 use crate::norm::{normalize_backward, normalize_rows};
 use crate::pairs::{AnglePooling, PairScore, pair_objective};
@@ -234,9 +234,7 @@ pub fn contrastive_loss<F: Real>(
     layout: ContrastiveLayout,
     tau: F,
 ) -> Result<LossGrad<F>, LossError> {
-    with_fresh_grad(&y_pred, |g| {
-        contrastive_loss_into(y_pred.view(), layout, tau, F::one(), g)
-    })
+    contrastive_loss_with_ids(y_pred, layout, None, tau)
 }
 
 /// [`contrastive_loss`], adding `weight · dL/dy_pred` into `grad`.
@@ -247,13 +245,46 @@ pub fn contrastive_loss_into<F: Real>(
     weight: F,
     grad: &mut ArrayViewMut2<'_, F>,
 ) -> Result<F, LossError> {
+    contrastive_loss_with_ids_into(y_pred, layout, None, tau, weight, grad)
+}
+
+/// [`contrastive_loss`] with optional text identities, one per row of `y_pred` in its interleaved order (any
+/// identity such as a hash of the text; equal ids mean the same text). A candidate that is a known positive of a
+/// query is left out of that query's softmax instead of counting as a negative: a candidate whose text is the
+/// query's own positive's (e.g. the same positive under another query, or another query's negative), the query's own
+/// text, or the positive of another query holding the same query text. The query's own positive stays the target.
+/// The reference drops such examples in its collator instead. With `None` or all-distinct ids this is exactly
+/// [`contrastive_loss`].
+pub fn contrastive_loss_with_ids<F: Real>(
+    y_pred: ArrayView2<'_, F>,
+    layout: ContrastiveLayout,
+    text_ids: Option<&[u64]>,
+    tau: F,
+) -> Result<LossGrad<F>, LossError> {
+    with_fresh_grad(&y_pred, |g| {
+        contrastive_loss_with_ids_into(y_pred.view(), layout, text_ids, tau, F::one(), g)
+    })
+}
+
+/// [`contrastive_loss_with_ids`], adding `weight · dL/dy_pred` into `grad`.
+pub fn contrastive_loss_with_ids_into<F: Real>(
+    y_pred: ArrayView2<'_, F>,
+    layout: ContrastiveLayout,
+    text_ids: Option<&[u64]>,
+    tau: F,
+    weight: F,
+    grad: &mut ArrayViewMut2<'_, F>,
+) -> Result<F, LossError> {
     check_grouped(&y_pred, layout)?;
+    check::text_ids(text_ids, y_pred.nrows())?;
     check::grad_shape(grad, &y_pred)?;
     let tau = check::scale("tau", tau)?;
     let weight = check::weight("weight", weight)?;
     let y = standard(&y_pred);
     let (xhat, norms) = normalize_rows(&y.view());
-    Ok(F::of(contrastive_core(&xhat, &norms, layout, tau, weight, grad)))
+    Ok(F::of(contrastive_core(
+        &xhat, &norms, layout, text_ids, tau, weight, grad,
+    )))
 }
 
 pub(crate) fn check_grouped<F: Real>(
@@ -272,11 +303,13 @@ pub(crate) fn check_grouped<F: Real>(
     check::finite_matrix(y_pred)
 }
 
-/// The contrastive loss on already normalised rows; adds `weight · dL/dy` into `grad`.
+/// The contrastive loss on already normalised rows (`ids`: one text identity per row, validated); adds
+/// `weight · dL/dy` into `grad`.
 pub(crate) fn contrastive_core<F: Real>(
     xhat: &Array2<F>,
     norms: &[f64],
     layout: ContrastiveLayout,
+    ids: Option<&[u64]>,
     tau: f64,
     weight: f64,
     grad: &mut ArrayViewMut2<'_, F>,
@@ -291,13 +324,18 @@ pub(crate) fn contrastive_core<F: Real>(
         .collect();
     let q = xhat.select(ndarray::Axis(0), &q_rows);
     let t = xhat.select(ndarray::Axis(0), &t_rows);
-    let target: Vec<usize> = (0..b).collect();
+    // Candidate k < b is query k's own positive, its target.
+    let mask = ids.and_then(|ids| {
+        let of = |rows: &[usize]| -> Vec<u64> { rows.iter().map(|&i| ids[i]).collect() };
+        let cand = of(&t_rows);
+        CandidateMask::new(&of(&q_rows), &cand[..b], cand.clone())
+    });
     let mut dq = Array2::zeros((b, d));
     let mut dt = Array2::zeros((t_rows.len(), d));
     let sum = softmax_ce(
         &q.view(),
         &t.view(),
-        &target,
+        mask.as_ref(),
         tau,
         weight / b as f64,
         &mut dq,
