@@ -3,7 +3,7 @@
 
 use angle_loss::{
     AngleLoss, AngleLossConfig, AnglePooling, ContrastiveLayout, DataFormat, LossGrad, angle_loss,
-    contrastive_loss, cosine_loss, in_batch_negative_loss,
+    contrastive_loss, contrastive_loss_with_ids, cosine_loss, in_batch_negative_loss,
 };
 use ndarray::Array2;
 use proptest::prelude::*;
@@ -54,6 +54,18 @@ fn pooling() -> impl Strategy<Value = AnglePooling> {
     prop_oneof![Just(AnglePooling::Sum), Just(AnglePooling::Mean)]
 }
 
+/// Text identities from a small set (duplicates are frequent); rows holding the same text get the same embedding, as
+/// an encoder would give them (the finite differences still move each row on its own).
+fn with_duplicates(mut y: Array2<f64>, ids: &[u64]) -> Array2<f64> {
+    for i in 0..y.nrows() {
+        if let Some(first) = (0..i).find(|&j| ids[j] == ids[i]) {
+            let r = y.row(first).to_owned();
+            y.row_mut(i).assign(&r);
+        }
+    }
+    y
+}
+
 fn pairs_case() -> impl Strategy<Value = (Array2<f64>, Vec<f64>)> {
     (1usize..=5, 1usize..=4).prop_flat_map(|(n, h)| (matrix(2 * n, 2 * h), labels(n)))
 }
@@ -100,6 +112,22 @@ proptest! {
     }
 
     #[test]
+    fn contrastive_gradient_with_duplicate_texts(
+        (y, layout) in (1usize..=4, 1usize..=8, any::<bool>()).prop_flat_map(|(b, d, neg)| {
+            let layout = if neg { ContrastiveLayout::QueryPositiveNegative } else { ContrastiveLayout::QueryPositive };
+            let rows = b * if neg { 3 } else { 2 };
+            (matrix(rows, d), Just(layout))
+        }),
+        ids in proptest::collection::vec(0u64..4, 12),
+        tau in tau(),
+    ) {
+        let ids = &ids[..y.nrows()];
+        let y = with_duplicates(y, ids);
+        let e = fd_error(&y, |y| contrastive_loss_with_ids(y.view(), layout, Some(ids), tau).unwrap());
+        prop_assert!(e < TOL, "fd error {e:.3e}");
+    }
+
+    #[test]
     fn angle_loss_format_a_gradient(
         (y, l) in pairs_case(),
         cosine_w in prop_oneof![Just(0.0), Just(1.0)],
@@ -132,13 +160,18 @@ proptest! {
         angle_w in prop_oneof![Just(0.0), Just(0.02), Just(1.0)],
         taus in (tau(), tau(), tau()),
         angle_pooling in pooling(),
+        ids in proptest::collection::vec(0u64..4, 9),
+        use_ids in any::<bool>(),
     ) {
         let config = AngleLossConfig {
             cosine_w, ibn_w, cln_w, angle_w, cosine_tau: taus.0, ibn_tau: taus.1, angle_tau: taus.2, angle_pooling,
         };
         let loss = AngleLoss::new(config);
+        let ids = &ids[..y.nrows()];
+        let y = if use_ids { with_duplicates(y, ids) } else { y };
+        let ids = use_ids.then_some(ids);
         let e = fd_error(&y, |y| {
-            let o = loss.compute(format, y.view(), &[], None).unwrap();
+            let o = loss.compute(format, y.view(), &[], ids).unwrap();
             LossGrad { loss: o.loss, grad: o.grad }
         });
         prop_assert!(e < TOL, "fd error {e:.3e}");
