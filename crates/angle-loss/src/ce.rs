@@ -216,7 +216,10 @@ mod tests {
         let (mut dq2, mut dt2) = (Array2::zeros((1, d)), Array2::zeros((kept.len(), d)));
         let plain = softmax_ce(&q.view(), &t_kept.view(), None, 20.0, 0.7, &mut dq2, &mut dt2);
 
-        assert!((masked - plain).abs() <= 1e-13 * plain.abs(), "{masked} vs {plain}");
+        assert!(
+            (masked - plain).abs() <= 1e-13 * plain.abs(),
+            "{masked} vs {plain}"
+        );
         assert!((&dq - &dq2).iter().all(|e| e.abs() < 1e-13));
         for (k, &c) in kept.iter().enumerate() {
             assert!((&dt.row(c) - &dt2.row(k)).iter().all(|e| e.abs() < 1e-13));
