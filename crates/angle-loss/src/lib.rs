@@ -10,7 +10,7 @@
 //! | cosine (CoSENT) | [`cosine_loss`] | zigzag pairs, one label per pair |
 //! | angle | [`angle_loss`] | zigzag pairs, one label per pair, even `dim` |
 //! | in-batch negatives | [`in_batch_negative_loss`] | zigzag pairs, optional text ids |
-//! | contrastive (InfoNCE) | [`contrastive_loss`], [`contrastive_loss_with_ids`] | q, p(, n) interleaved, optional text ids |
+//! | contrastive (InfoNCE) | [`contrastive_loss`], [`contrastive_loss_with_ids`] | q, p(, n) rows; text ids |
 //! | angle-emb's `AngleLoss` | [`AngleLoss`] | formats A, B, C |
 //!
 //! Each `*_loss` has an `*_into` twin that adds `weight · dL/dy_pred` into a caller's buffer instead of allocating.

@@ -390,6 +390,7 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
                     step: state.step,
                     msg: e.to_string(),
                 })?;
+            // Every format masks duplicates with them (A: in-batch negatives, B and C: contrastive softmaxes).
             let ids = (!config.drop_duplicates).then_some(&batch.text_ids[..]);
             let (loss, parts) = loss_fn
                 .compute_into(format, y, &batch.labels, ids, &mut g)
