@@ -4,6 +4,7 @@
 use rayon::prelude::*;
 
 use super::Float;
+use super::simd::multiversion;
 use crate::error::{TensorError, arg_err, check_len};
 
 const CHUNK: usize = 1 << 14;
@@ -47,27 +48,62 @@ pub fn adamw_update<T: Float>(
     let (b1, b2) = (T::of(beta1), T::of(beta2));
     // torch.lerp switches formula at weight 0.5.
     let lerp_low = 1.0 - beta1 < 0.5;
-    let (c1, c2) = (T::of(1.0 - beta1), T::of(1.0 - beta2));
-    let eps = T::of(eps);
+    let k = AdamConsts {
+        decay,
+        step,
+        sqrt_bc2,
+        b1,
+        b2,
+        c1: T::of(1.0 - beta1),
+        c2: T::of(1.0 - beta2),
+        eps: T::of(eps),
+        lerp_low,
+    };
     params
         .par_chunks_mut(CHUNK)
         .zip(grads.par_chunks(CHUNK))
         .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
-        .for_each(|((p, g), (m, v))| {
-            for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-                *p *= decay;
-                // PyTorch's rounding: m.lerp_(g, 1-β1), v.mul_(β2).addcmul_(g, g, 1-β2),
-                // p.addcdiv_(m, √v/√bc2 + eps, -step).
-                *m = if lerp_low {
-                    *m + c1 * (g - *m)
-                } else {
-                    g - (g - *m) * b1
-                };
-                *v = *v * b2 + c2 * (g * g);
-                *p += -step * (*m / (v.sqrt() / sqrt_bc2 + eps));
-            }
-        });
+        .for_each(|((p, g), (m, v))| adamw_chunk(p, g, m, v, &k));
     Ok(())
+}
+
+/// The step's scalars, in `T`.
+struct AdamConsts<T> {
+    decay: T,
+    step: T,
+    sqrt_bc2: T,
+    b1: T,
+    b2: T,
+    c1: T,
+    c2: T,
+    eps: T,
+    /// torch.lerp switches formula at weight 0.5.
+    lerp_low: bool,
+}
+
+multiversion! {
+    /// One chunk of the update, compiled for AVX-512/AVX2/baseline (the sqrt and division
+    /// vectorise; the results are bit-identical across versions).
+    fn adamw_chunk<T: Float>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], k: &AdamConsts<T>) {
+        // PyTorch's rounding: m.lerp_(g, 1-β1), v.mul_(β2).addcmul_(g, g, 1-β2),
+        // p.addcdiv_(m, √v/√bc2 + eps, -step). Two loops so that neither carries a branch.
+        let it = p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut());
+        if k.lerp_low {
+            for (((p, &g), m), v) in it {
+                *p *= k.decay;
+                *m = *m + k.c1 * (g - *m);
+                *v = *v * k.b2 + k.c2 * (g * g);
+                *p += -k.step * (*m / (v.sqrt() / k.sqrt_bc2 + k.eps));
+            }
+        } else {
+            for (((p, &g), m), v) in it {
+                *p *= k.decay;
+                *m = g - (g - *m) * k.b1;
+                *v = *v * k.b2 + k.c2 * (g * g);
+                *p += -k.step * (*m / (v.sqrt() / k.sqrt_bc2 + k.eps));
+            }
+        }
+    }
 }
 
 /// Global L2 norm of `grads`, accumulated in f64 in a fixed order (thread-count independent).
