@@ -193,6 +193,10 @@ fn elementwise(c: &mut Criterion) {
             .unwrap()
         })
     });
+    // the trainer logs the global gradient norm every step
+    g.bench_function("grad_norm", |bch| {
+        bch.iter(|| angle_tensor::cpu::grad_norm(black_box(&gr)))
+    });
 }
 
 fn attention(c: &mut Criterion) {
