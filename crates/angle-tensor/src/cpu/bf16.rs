@@ -216,21 +216,23 @@ fn portable(
     } else {
         &w.rounded
     };
-    ROUNDED_INPUT.with(|buf| {
-        let mut buf = buf.borrow_mut();
-        if buf.len() < rows * k {
-            buf.resize(rows * k, 0.0);
-        }
-        let x = &mut buf[..rows * k];
-        x.par_chunks_mut(4096)
-            .zip(inp[..rows * k].par_chunks(4096))
-            .for_each(|(d, s)| {
-                for (d, &v) in d.iter_mut().zip(s) {
-                    *d = bf16_to_f32(f32_to_bf16(v));
-                }
-            });
-        crate::cpu::linear_forward(out, x, weight, bias, rows, k, n)
-    })
+    // Taken out of the thread-local while rayon runs (a task stolen onto this thread may call
+    // us again: it then finds an empty buffer instead of a held borrow), put back after.
+    let mut buf = ROUNDED_INPUT.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    if buf.len() < rows * k {
+        buf.resize(rows * k, 0.0);
+    }
+    let x = &mut buf[..rows * k];
+    x.par_chunks_mut(4096)
+        .zip(inp[..rows * k].par_chunks(4096))
+        .for_each(|(d, s)| {
+            for (d, &v) in d.iter_mut().zip(s) {
+                *d = bf16_to_f32(f32_to_bf16(v));
+            }
+        });
+    let result = crate::cpu::linear_forward(out, x, weight, bias, rows, k, n);
+    ROUNDED_INPUT.with(|b| *b.borrow_mut() = buf);
+    result
 }
 
 #[cfg(target_arch = "x86_64")]
