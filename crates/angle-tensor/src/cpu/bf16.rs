@@ -61,11 +61,32 @@ pub struct PackedBf16 {
 }
 
 impl PackedBf16 {
-    /// Packs `weight` (`[out_dim, in_dim]`, row-major).
+    /// Packs `weight` (`[out_dim, in_dim]`, row-major): the product is `x · Wᵀ`.
     pub fn pack(weight: &[f32], out_dim: usize, in_dim: usize) -> Result<Self, TensorError> {
         check_len("PackedBf16::pack", "weight", weight.len(), out_dim * in_dim)?;
-        let k_tiles = in_dim.div_ceil(TK);
-        let n_tiles = out_dim.div_ceil(2 * TN) * 2;
+        Ok(Self::pack_with(out_dim, in_dim, |col, kk| {
+            weight[col * in_dim + kk]
+        }))
+    }
+
+    /// Packs the transpose of `weight` (`[out_dim, in_dim]`): the product is `x · W` for
+    /// `x [rows, out_dim]`, giving `[rows, in_dim]` (a linear layer's input gradient).
+    pub fn pack_transposed(weight: &[f32], out_dim: usize, in_dim: usize) -> Result<Self, TensorError> {
+        check_len(
+            "PackedBf16::pack_transposed",
+            "weight",
+            weight.len(),
+            out_dim * in_dim,
+        )?;
+        Ok(Self::pack_with(in_dim, out_dim, |col, kk| {
+            weight[kk * in_dim + col]
+        }))
+    }
+
+    /// Packs `n × k` values `w(col, kk)` (the layer's `[out, in]` view).
+    fn pack_with(n: usize, k: usize, w: impl Fn(usize, usize) -> f32 + Sync) -> Self {
+        let k_tiles = k.div_ceil(TK);
+        let n_tiles = n.div_ceil(2 * TN) * 2;
         let mut tiles = vec![0u16; n_tiles * k_tiles * TILE];
         tiles
             .par_chunks_mut(k_tiles * TILE)
@@ -73,29 +94,30 @@ impl PackedBf16 {
             .for_each(|(nt, col_tiles)| {
                 for j in 0..TN {
                     let col = nt * TN + j;
-                    if col >= out_dim {
+                    if col >= n {
                         break;
                     }
-                    let w = &weight[col * in_dim..(col + 1) * in_dim];
-                    for (kk, &v) in w.iter().enumerate() {
+                    for kk in 0..k {
                         let (kt, r, e) = (kk / TK, (kk % TK) / 2, kk % 2);
-                        col_tiles[kt * TILE + r * 2 * TN + 2 * j + e] = f32_to_bf16(v);
+                        col_tiles[kt * TILE + r * 2 * TN + 2 * j + e] = f32_to_bf16(w(col, kk));
                     }
                 }
             });
         let rounded = if bf16_kernel() == Bf16Kernel::Amx {
             Vec::new()
         } else {
-            weight.iter().map(|&v| bf16_to_f32(f32_to_bf16(v))).collect()
+            (0..n * k)
+                .map(|i| bf16_to_f32(f32_to_bf16(w(i / k, i % k))))
+                .collect()
         };
-        Ok(PackedBf16 {
-            out_dim,
-            in_dim,
+        PackedBf16 {
+            out_dim: n,
+            in_dim: k,
             k_tiles,
             n_tiles,
             tiles,
             rounded,
-        })
+        }
     }
 
     pub fn out_dim(&self) -> usize {
@@ -154,6 +176,17 @@ pub fn linear_forward_bf16(
     linear_forward_bf16_with(bf16_kernel(), out, inp, weight, bias, rows)
 }
 
+/// `out[rows, out_dim] += bf16(inp) · bf16(W)ᵀ` with f32 sums (backward's input gradient with
+/// a [`PackedBf16::pack_transposed`] weight adds this way).
+pub fn linear_accumulate_bf16(
+    out: &mut [f32],
+    inp: &[f32],
+    weight: &PackedBf16,
+    rows: usize,
+) -> Result<(), TensorError> {
+    bf16_product(bf16_kernel(), out, inp, weight, None, rows, true)
+}
+
 /// As [`linear_forward_bf16`] with a chosen kernel (tests compare them; `Amx` on a CPU without it
 /// is an error).
 pub fn linear_forward_bf16_with(
@@ -163,6 +196,19 @@ pub fn linear_forward_bf16_with(
     weight: &PackedBf16,
     bias: Option<&[f32]>,
     rows: usize,
+) -> Result<(), TensorError> {
+    bf16_product(kernel, out, inp, weight, bias, rows, false)
+}
+
+/// `out = (accumulate ? out : 0) + bf16(inp) · bf16(W)ᵀ + bias`.
+fn bf16_product(
+    kernel: Bf16Kernel,
+    out: &mut [f32],
+    inp: &[f32],
+    weight: &PackedBf16,
+    bias: Option<&[f32]>,
+    rows: usize,
+    accumulate: bool,
 ) -> Result<(), TensorError> {
     const OP: &str = "linear_forward_bf16";
     let (n, k) = (weight.out_dim, weight.in_dim);
@@ -175,11 +221,11 @@ pub fn linear_forward_bf16_with(
         return Ok(());
     }
     match kernel {
-        Bf16Kernel::Portable => portable(out, inp, weight, bias, rows),
+        Bf16Kernel::Portable => portable(out, inp, weight, bias, rows, accumulate),
         Bf16Kernel::Amx => {
             #[cfg(target_arch = "x86_64")]
             if amx::available() {
-                amx::linear(out, inp, weight, bias, rows);
+                amx::linear(out, inp, weight, bias, rows, accumulate);
                 return Ok(());
             }
             Err(arg_err(
@@ -204,6 +250,7 @@ fn portable(
     w: &PackedBf16,
     bias: Option<&[f32]>,
     rows: usize,
+    accumulate: bool,
 ) -> Result<(), TensorError> {
     let (n, k) = (w.out_dim, w.in_dim);
     // An AMX machine keeps no rounded copy (tests compare the kernels there): unpack one.
@@ -230,7 +277,18 @@ fn portable(
                 *d = bf16_to_f32(f32_to_bf16(v));
             }
         });
-    let result = crate::cpu::linear_forward(out, x, weight, bias, rows, k, n);
+    let result = if accumulate {
+        use crate::cpu::{MatMut, MatRef, gemm};
+        gemm(
+            1.0,
+            MatRef::new(x, rows, k),
+            MatRef::new(weight, n, k).t(),
+            1.0,
+            MatMut::new(&mut out[..rows * n], rows, n),
+        )
+    } else {
+        crate::cpu::linear_forward(out, x, weight, bias, rows, k, n)
+    };
     ROUNDED_INPUT.with(|b| *b.borrow_mut() = buf);
     result
 }
@@ -293,7 +351,14 @@ mod amx {
         }
     };
 
-    pub(super) fn linear(out: &mut [f32], inp: &[f32], w: &PackedBf16, bias: Option<&[f32]>, rows: usize) {
+    pub(super) fn linear(
+        out: &mut [f32],
+        inp: &[f32],
+        w: &PackedBf16,
+        bias: Option<&[f32]>,
+        rows: usize,
+        accumulate: bool,
+    ) {
         let (n, k) = (w.out_dim, w.in_dim);
         let threads = rayon::current_num_threads().max(1);
         // One task per thread, whole 32-row blocks each (the weight is re-read per task, so fewer,
@@ -305,7 +370,7 @@ mod amx {
             .for_each(|(o, x)| {
                 let r = x.len() / k.max(1);
                 // SAFETY: `available()` was checked by the caller; shapes come from the checked views.
-                unsafe { task(o, x, w, bias, r) };
+                unsafe { task(o, x, w, bias, r, accumulate) };
             });
     }
 
@@ -313,7 +378,14 @@ mod amx {
     ///
     /// # Safety
     /// AMX is available and permitted; `o` is `r × out_dim`, `x` is `r × in_dim`.
-    unsafe fn task(o: &mut [f32], x: &[f32], w: &PackedBf16, bias: Option<&[f32]>, r: usize) {
+    unsafe fn task(
+        o: &mut [f32],
+        x: &[f32],
+        w: &PackedBf16,
+        bias: Option<&[f32]>,
+        r: usize,
+        accumulate: bool,
+    ) {
         let (n, k) = (w.out_dim, w.in_dim);
         let kp = w.k_tiles * TK;
         let rp = r.div_ceil(2 * TM) * 2 * TM;
@@ -347,7 +419,11 @@ mod amx {
                     if full_cols && i0 + 2 * TM <= r {
                         // Whole block: start from the bias, store straight into `o`.
                         let dst = o[i0 * n + j0..].as_mut_ptr();
-                        let init = bias.map(|b| b[j0..].as_ptr());
+                        let init = if accumulate {
+                            Init::Load
+                        } else {
+                            bias.map_or(Init::Zero, |b| Init::Row(b[j0..].as_ptr()))
+                        };
                         // SAFETY: 32 rows × 32 columns of `o` from (i0, j0) are inside it; the
                         // bias has 32 values from j0.
                         unsafe { block(a0, a1, kp * 2, b0, b1, w.k_tiles, init, dst, n * 4) };
@@ -363,7 +439,7 @@ mod amx {
                             b0,
                             b1,
                             w.k_tiles,
-                            None,
+                            Init::Zero,
                             c.as_mut_ptr(),
                             2 * TN * 4,
                         )
@@ -371,7 +447,8 @@ mod amx {
                     for ii in 0..(2 * TM).min(r.saturating_sub(i0)) {
                         let orow = &mut o[(i0 + ii) * n..(i0 + ii + 1) * n];
                         for jj in 0..(2 * TN).min(n.saturating_sub(j0)) {
-                            orow[j0 + jj] = c[ii * 2 * TN + jj] + bias.map_or(0.0, |b| b[j0 + jj]);
+                            let base = if accumulate { orow[j0 + jj] } else { 0.0 };
+                            orow[j0 + jj] = base + c[ii * 2 * TN + jj] + bias.map_or(0.0, |b| b[j0 + jj]);
                         }
                     }
                 }
@@ -395,9 +472,19 @@ mod amx {
         }
     }
 
+    /// What a block's sums start from.
+    #[derive(Clone, Copy)]
+    enum Init {
+        Zero,
+        /// 32 bias values, repeated down the rows.
+        Row(*const f32),
+        /// The block's current values in C (accumulate).
+        Load,
+    }
+
     /// One 32 × 32 block of C over all k tiles, written as four 16 × 16 f32 tiles at `c` with
     /// `c_stride` bytes between rows (A rows 0–15 × B columns 0–15 at `c`, × 16–31 at `c + 16`,
-    /// rows 16–31 at `c + 16 rows`). The sums start from `bias` (32 values) or zero.
+    /// rows 16–31 at `c + 16 rows`). The sums start from `init`.
     ///
     /// # Safety
     /// Tile config loaded; `a0`/`a1` address 16 rows of `k_tiles · 32` bf16 at `stride` bytes;
@@ -411,16 +498,16 @@ mod amx {
         b0: *const u16,
         b1: *const u16,
         k_tiles: usize,
-        bias: Option<*const f32>,
+        init: Init,
         c: *mut f32,
         c_stride: usize,
     ) {
         const B_STRIDE: usize = 2 * TN * 2;
         // SAFETY: caller's contract (addresses), tile registers hold only our values.
         unsafe {
-            match bias {
+            match init {
                 // A zero stride repeats the bias row in all 16 rows of each tile.
-                Some(b) => asm!(
+                Init::Row(b) => asm!(
                     "tileloadd tmm0, [{b0} + {z}*1]",
                     "tileloadd tmm1, [{b1} + {z}*1]",
                     "tileloadd tmm2, [{b0} + {z}*1]",
@@ -430,7 +517,22 @@ mod amx {
                     z = in(reg) 0usize,
                     options(nostack, readonly)
                 ),
-                None => asm!(
+                Init::Load => {
+                    let lower = c.byte_add(TM * c_stride);
+                    asm!(
+                        "tileloadd tmm0, [{c0} + {s}*1]",
+                        "tileloadd tmm1, [{c1} + {s}*1]",
+                        "tileloadd tmm2, [{c2} + {s}*1]",
+                        "tileloadd tmm3, [{c3} + {s}*1]",
+                        c0 = in(reg) c,
+                        c1 = in(reg) c.add(TN),
+                        c2 = in(reg) lower,
+                        c3 = in(reg) lower.add(TN),
+                        s = in(reg) c_stride,
+                        options(nostack, readonly)
+                    )
+                }
+                Init::Zero => asm!(
                     "tilezero tmm0",
                     "tilezero tmm1",
                     "tilezero tmm2",
@@ -542,6 +644,36 @@ mod tests {
                 linear_forward_bf16_with(kern, &mut out, &inp, &packed, Some(&bias), rows).unwrap();
                 let e = rel_err(&out, &want);
                 assert!(e < 1e-5, "{kern:?} {rows}x{k}x{n}: relative error {e}");
+            }
+        }
+    }
+
+    /// `out += x · W` through a transposed pack (a linear layer's input gradient), both kernels,
+    /// ragged shapes, against an f64 sum of the rounded values plus the old contents.
+    #[test]
+    fn transposed_accumulate_matches_reference() {
+        let mut rng = TestRng::new(12);
+        for (rows, out_dim, in_dim) in [(3, 5, 7), (40, 64, 48), (70, 100, 33)] {
+            let dy: Vec<f32> = rng.vec(rows * out_dim).iter().map(|&v| v as f32).collect();
+            let w: Vec<f32> = rng.vec(out_dim * in_dim).iter().map(|&v| v as f32).collect();
+            let old: Vec<f32> = rng.vec(rows * in_dim).iter().map(|&v| v as f32).collect();
+            let packed = PackedBf16::pack_transposed(&w, out_dim, in_dim).unwrap();
+            assert_eq!((packed.out_dim(), packed.in_dim()), (in_dim, out_dim));
+            let r = |v: f32| f64::from(bf16_to_f32(f32_to_bf16(v)));
+            let want: Vec<f64> = (0..rows * in_dim)
+                .map(|idx| {
+                    let (i, j) = (idx / in_dim, idx % in_dim);
+                    let s: f64 = (0..out_dim)
+                        .map(|p| r(dy[i * out_dim + p]) * r(w[p * in_dim + j]))
+                        .sum();
+                    s + f64::from(old[idx])
+                })
+                .collect();
+            for kern in [Bf16Kernel::Portable, bf16_kernel()] {
+                let mut out = old.clone();
+                bf16_product(kern, &mut out, &dy, &packed, None, rows, true).unwrap();
+                let e = rel_err(&out, &want);
+                assert!(e < 1e-5, "{kern:?} {rows}x{out_dim}x{in_dim}: relative error {e}");
             }
         }
     }
