@@ -1,6 +1,8 @@
-//! Inference precision: an eval-mode forward may run its four linear layers in bf16 (inputs and
-//! weights rounded to bf16, sums in f32) on CPUs with AMX tiles, about 3x the f32 products on
-//! this project's Xeon. Training always runs in f32.
+//! bf16 products: an eval-mode forward (inference precision) and, separately, a training step
+//! (train precision: forward and the input-gradient products; weight gradients, optimizer state
+//! and master weights stay f32) may run the four linear layers in bf16 (inputs and weights
+//! rounded to bf16, sums in f32) on CPUs with AMX tiles, about 3x the f32 products on this
+//! project's Xeon. Both default to f32.
 
 use angle_tensor::cpu::{Bf16Kernel, PackedBf16, bf16_kernel};
 
@@ -8,7 +10,7 @@ use crate::config::BertConfig;
 use crate::error::{EncoderError, Result};
 use crate::params::ParamLayout;
 
-/// Precision of eval-mode (inference) forwards.
+/// Precision of the linear layers' products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
     /// f32 everywhere (the default; training is always f32).
@@ -39,15 +41,31 @@ pub(crate) struct Bf16Layer {
     pub ffn_out: PackedBf16,
 }
 
-/// Packs every layer's linear weights from the flat parameter buffer.
+/// bf16 copies of the weights: `fwd` for forwards (`x · Wᵀ`), `bwd` (transposed, for `dy · W`)
+/// only when training runs in bf16.
+#[derive(Debug, Clone)]
+pub(crate) struct Bf16Packs {
+    pub fwd: Vec<Bf16Layer>,
+    pub bwd: Vec<Bf16Layer>,
+}
+
+/// Packs every layer's linear weights from the flat parameter buffer (`transposed`: for the
+/// input gradients).
 pub(crate) fn pack_layers(
     config: &BertConfig,
     layout: &ParamLayout,
     params: &[f32],
+    transposed: bool,
 ) -> Result<Vec<Bf16Layer>> {
     let (h, inter) = (config.hidden_size, config.intermediate_size);
     let pack = |r: &std::ops::Range<usize>, out: usize, inp: usize| {
-        PackedBf16::pack(&params[r.clone()], out, inp).map_err(EncoderError::from)
+        let w = &params[r.clone()];
+        if transposed {
+            PackedBf16::pack_transposed(w, out, inp)
+        } else {
+            PackedBf16::pack(w, out, inp)
+        }
+        .map_err(EncoderError::from)
     };
     layout
         .layers

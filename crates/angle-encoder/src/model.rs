@@ -5,9 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use angle_tensor::cpu::{
-    AttentionDropout, GeluKind, attention_backward, attention_forward, attention_probs_len, dropout_backward,
-    embedding_backward, embedding_forward, gelu_backward, gelu_forward, layernorm_backward,
-    layernorm_forward, linear_backward, linear_forward, linear_forward_bf16, residual_forward,
+    AttentionDropout, GeluKind, PackedBf16, attention_backward, attention_forward, attention_probs_len,
+    dropout_backward, embedding_backward, embedding_forward, gelu_backward, gelu_forward, layernorm_backward,
+    layernorm_forward, linear_accumulate_bf16, linear_backward, linear_forward, linear_forward_bf16,
+    residual_forward,
 };
 use angle_tensor::rng::derive_seed;
 
@@ -15,7 +16,7 @@ use crate::arena::{Activations, Mode};
 use crate::checkpoint;
 use crate::config::{Activation, BertConfig};
 use crate::error::{EncoderError, Result};
-use crate::inference::{Bf16Layer, Precision, pack_layers};
+use crate::inference::{Bf16Packs, Precision, pack_layers};
 use crate::params::{ParamBuffers, ParamLayout};
 use crate::pooling::Pooling;
 use crate::profile::{self, Op};
@@ -79,9 +80,13 @@ pub struct Encoder {
     pub name_prefix: String,
     /// The pooling the checkpoint's sentence-transformers config asks for (else `cls`).
     pub default_pooling: Pooling,
-    /// bf16 copies of the linear weights when inference runs in bf16
-    /// ([`Encoder::set_inference_precision`]); shared by clones.
-    bf16: Option<std::sync::Arc<Vec<Bf16Layer>>>,
+    /// Precision of eval-mode forwards ([`Encoder::set_inference_precision`]).
+    inference_precision: Precision,
+    /// Precision of train-mode forwards and backward's input gradients
+    /// ([`Encoder::set_train_precision`]).
+    train_precision: Precision,
+    /// bf16 copies of the linear weights while either precision is bf16; shared by clones.
+    bf16: Option<std::sync::Arc<Bf16Packs>>,
 }
 
 impl Encoder {
@@ -104,6 +109,8 @@ impl Encoder {
             buffers: ParamBuffers::new(loaded.params),
             name_prefix: loaded.prefix,
             default_pooling: Pooling::Cls,
+            inference_precision: Precision::F32,
+            train_precision: Precision::F32,
             bf16: None,
         })
     }
@@ -123,6 +130,8 @@ impl Encoder {
             buffers: ParamBuffers::new(params),
             name_prefix: String::new(),
             default_pooling: Pooling::Cls,
+            inference_precision: Precision::F32,
+            train_precision: Precision::F32,
             bf16: None,
         })
     }
@@ -166,36 +175,58 @@ impl Encoder {
             t,
         )?;
         if self.bf16.is_some() {
-            // keep bf16 inference in step with the weights it copies
-            self.set_inference_precision(Precision::Bf16)?;
+            // keep the bf16 copies in step with the weights they copy
+            self.repack_bf16()?;
         }
+        Ok(())
+    }
+
+    /// (Re)builds the bf16 copies the two precisions need.
+    fn repack_bf16(&mut self) -> Result<()> {
+        let train = self.train_precision == Precision::Bf16;
+        self.bf16 = if train || self.inference_precision == Precision::Bf16 {
+            let (c, l, p) = (&self.config, &self.layout, &self.buffers.params);
+            Some(std::sync::Arc::new(Bf16Packs {
+                fwd: pack_layers(c, l, p, false)?,
+                bwd: if train {
+                    pack_layers(c, l, p, true)?
+                } else {
+                    Vec::new()
+                },
+            }))
+        } else {
+            None
+        };
         Ok(())
     }
 
     /// The precision of eval-mode forwards: [`Precision::Bf16`] packs bf16 copies of the linear
     /// weights (half the f32 size) and runs the products on AMX tiles where the CPU has them
-    /// ([`crate::bf16_is_fast`]; else a slow portable path with the same math). Train-mode
-    /// forwards are always f32. [`Encoder::adamw_step`] refreshes the copies; after writing
-    /// `buffers.params` directly, call this again.
+    /// ([`crate::bf16_is_fast`]; else the same math at f32 speed). Train-mode forwards follow
+    /// [`Encoder::set_train_precision`] instead. [`Encoder::adamw_step`] refreshes the copies;
+    /// after writing `buffers.params` directly, call this again.
     pub fn set_inference_precision(&mut self, precision: Precision) -> Result<()> {
-        self.bf16 = match precision {
-            Precision::F32 => None,
-            Precision::Bf16 => Some(std::sync::Arc::new(pack_layers(
-                &self.config,
-                &self.layout,
-                &self.buffers.params,
-            )?)),
-        };
-        Ok(())
+        self.inference_precision = precision;
+        self.repack_bf16()
     }
 
     /// See [`Encoder::set_inference_precision`].
     pub fn inference_precision(&self) -> Precision {
-        if self.bf16.is_some() {
-            Precision::Bf16
-        } else {
-            Precision::F32
-        }
+        self.inference_precision
+    }
+
+    /// The precision of training steps: [`Precision::Bf16`] runs the train-mode forward's linear
+    /// layers and backward's input-gradient products (`dy · W`) in bf16 with f32 sums (AMX where
+    /// the CPU has it); the weight gradients (`dyᵀ · x`, from f32 activations), the master
+    /// weights and AdamW stay f32, as in PyTorch's bf16 autocast. Default f32 (exact).
+    pub fn set_train_precision(&mut self, precision: Precision) -> Result<()> {
+        self.train_precision = precision;
+        self.repack_bf16()
+    }
+
+    /// See [`Encoder::set_train_precision`].
+    pub fn train_precision(&self) -> Precision {
+        self.train_precision
     }
 
     /// An arena for this model.
@@ -324,8 +355,15 @@ impl Encoder {
         let seed = |tag: u64| dropout_seed.map_or(0, |s| derive_seed(s, tag));
         let e = &self.layout.embeddings;
         let a = acts;
-        // bf16 products only for inference: training keeps f32 (its backward needs the f32 path).
-        let bf16 = if train { None } else { self.bf16.as_deref() };
+        let precision = if train {
+            self.train_precision
+        } else {
+            self.inference_precision
+        };
+        let bf16 = match precision {
+            Precision::Bf16 => self.bf16.as_deref().map(|packs| &packs.fwd[..]),
+            Precision::F32 => None,
+        };
 
         timed(Op::Embedding, || {
             embedding_forward(
@@ -533,7 +571,13 @@ impl Encoder {
 
         // dx: gradient flowing into the current layer's output
         a.dx[..nh_].copy_from_slice(&a.dhidden[..nh_]);
+        // bf16 training: backward's input gradients through the transposed bf16 weights
+        let bwd16 = match self.train_precision {
+            Precision::Bf16 => self.bf16.as_deref().map(|packs| &packs.bwd[..]),
+            Precision::F32 => None,
+        };
         for (l, w) in self.layout.layers.iter().enumerate().rev() {
+            let wt = bwd16.map(|layers| &layers[l]);
             let th = l * t_cap * h;
             let ti = l * t_cap * inter;
             let tq = l * t_cap * 3 * h;
@@ -573,10 +617,11 @@ impl Encoder {
             dgelu.fill(0.0);
             let (dw, db) = split2(gl, r(&w.ffn_out_weight), r(&w.ffn_out_bias));
             timed(Op::BwdLinearFfnOut, || {
-                linear_backward(
-                    Some(dgelu),
+                linear_bwd(
+                    wt.map(|t| &t.ffn_out),
+                    dgelu,
                     dw,
-                    Some(db),
+                    db,
                     dproj,
                     &a.gelu[ti..ti + n * inter],
                     &p[w.ffn_out_weight.clone()],
@@ -593,10 +638,11 @@ impl Encoder {
             // fc1 = ln1 · W1ᵀ + b1
             let (dw, db) = split2(gl, r(&w.ffn_in_weight), r(&w.ffn_in_bias));
             timed(Op::BwdLinearFfnIn, || {
-                linear_backward(
-                    Some(dln1),
+                linear_bwd(
+                    wt.map(|t| &t.ffn_in),
+                    dln1,
                     dw,
-                    Some(db),
+                    db,
                     dfc1,
                     &a.ln1[th..th + nh_],
                     &p[w.ffn_in_weight.clone()],
@@ -634,10 +680,11 @@ impl Encoder {
             dctx.fill(0.0);
             let (dw, db) = split2(gl, r(&w.attn_out_weight), r(&w.attn_out_bias));
             timed(Op::BwdLinearAttnOut, || {
-                linear_backward(
-                    Some(dctx),
+                linear_bwd(
+                    wt.map(|t| &t.attn_out),
+                    dctx,
                     dw,
-                    Some(db),
+                    db,
                     dproj,
                     &a.ctx[th..th + nh_],
                     &p[w.attn_out_weight.clone()],
@@ -669,10 +716,11 @@ impl Encoder {
             // qkv = x · Wqkvᵀ + bqkv
             let (dw, db) = split2(gl, r(&w.qkv_weight), r(&w.qkv_bias));
             timed(Op::BwdLinearQkv, || {
-                linear_backward(
-                    Some(dx),
+                linear_bwd(
+                    wt.map(|t| &t.qkv),
+                    dx,
                     dw,
-                    Some(db),
+                    db,
                     dqkv,
                     x,
                     &p[w.qkv_weight.clone()],
@@ -727,6 +775,51 @@ impl Encoder {
 }
 
 /// `dinp = dropout'(dout)`: a copy when there is no dropout.
+/// A linear layer's backward (adds into every gradient). With `bf16` (the layer's transposed
+/// bf16 weight) the input gradient `dout · W` runs in bf16; the weight and bias gradients stay
+/// f32, from the f32 activations.
+#[allow(clippy::too_many_arguments)]
+fn linear_bwd(
+    bf16: Option<&PackedBf16>,
+    dinp: &mut [f32],
+    dweight: &mut [f32],
+    dbias: &mut [f32],
+    dout: &[f32],
+    inp: &[f32],
+    weight: &[f32],
+    rows: usize,
+    in_dim: usize,
+    out_dim: usize,
+) -> std::result::Result<(), angle_tensor::TensorError> {
+    match bf16 {
+        None => linear_backward(
+            Some(dinp),
+            dweight,
+            Some(dbias),
+            dout,
+            inp,
+            weight,
+            rows,
+            in_dim,
+            out_dim,
+        ),
+        Some(wt) => {
+            linear_backward(
+                None,
+                dweight,
+                Some(dbias),
+                dout,
+                inp,
+                weight,
+                rows,
+                in_dim,
+                out_dim,
+            )?;
+            linear_accumulate_bf16(dinp, dout, wt, rows)
+        }
+    }
+}
+
 fn dropout_grad(dinp: &mut [f32], dout: &[f32], p: f32, seed: u64) -> Result<()> {
     if p > 0.0 {
         dinp.fill(0.0);
