@@ -81,7 +81,7 @@ impl Device {
             (d, None) => Ok(d),
             (Device::Cpu, Some(Precision::F32)) => Ok(Device::Cpu),
             (Device::Cpu, Some(p)) => Err(TrainError::Config(format!(
-                "--precision {p} needs --device cuda (the CPU trains in f32; bf16 on the CPU is for encode, similarity and eval)"
+                "--precision {p} needs --device cuda (the CPU computes in f32, or bf16 with --precision bf16)"
             ))),
             (Device::Cuda(_), Some(p)) => Ok(Device::Cuda(p)),
         }

@@ -342,8 +342,14 @@ fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
         given.loss.angle_pooling = serde_json::from_value(serde_json::Value::String(name.clone()))?;
         explicit.push("loss.angle_pooling".into());
     }
-    // Before anything is read or written: --precision bf16 on the CPU is refused here.
-    let device = a.device.with_precision(a.precision)?;
+    // Before anything is read or written: a precision the device lacks is refused here. bf16 on
+    // the CPU is the encoder's train precision (AMX products), not a device setting.
+    let cpu_bf16 = matches!(a.device, Device::Cpu) && a.precision == Some(Precision::Bf16);
+    let device = if cpu_bf16 {
+        Device::Cpu
+    } else {
+        a.device.with_precision(a.precision)?
+    };
     let config = match &a.resume {
         Some(dir) => TrainConfig::merge_for_resume(&read_saved_config(dir)?, &given, &explicit)?,
         None => {
@@ -371,6 +377,7 @@ fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
         progress: a.progress.unwrap_or(true),
         halt_after: None,
         device,
+        cpu_bf16,
     };
     let s = angle_train::train(config, a.resume.as_deref(), &opts)?;
     println!("== run summary");

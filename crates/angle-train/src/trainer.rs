@@ -49,6 +49,9 @@ pub struct TrainOptions {
     pub halt_after: Option<u64>,
     /// Where the encoder trains (see [`crate::device`]); evaluation stays on the host.
     pub device: Device,
+    /// On the CPU: bf16 products in the training step (AMX; `angle train --precision bf16`),
+    /// f32 weight gradients, master weights and AdamW. Validation stays f32.
+    pub cpu_bf16: bool,
 }
 
 /// What a run did.
@@ -177,6 +180,18 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
         None => config.model.clone(),
     };
     let (mut enc, tok) = load_model(&files_from, config.max_length)?;
+    if opts.cpu_bf16 && matches!(opts.device, Device::Cpu) {
+        enc.set_train_precision(angle_encoder::Precision::Bf16)
+            .map_err(|e| TrainError::Encoder(e.to_string()))?;
+        eprintln!(
+            "cpu: training with bf16 products ({}); weight gradients, weights and AdamW in f32",
+            if angle_encoder::bf16_is_fast() {
+                "AMX tiles"
+            } else {
+                "no AMX here: f32 speed"
+            }
+        );
+    }
     let resumed = match resume {
         Some(dir) => Some(checkpoint::load_training_checkpoint(dir, enc.layout.total)?),
         None => None,

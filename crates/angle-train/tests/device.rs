@@ -101,13 +101,13 @@ fn unknown_device_is_a_usage_error() {
 }
 
 #[test]
-fn bf16_training_on_the_cpu_is_refused_before_anything_is_written() {
+fn tf32_on_the_cpu_is_refused_before_anything_is_written_and_bf16_runs() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path(), 3);
     let train = stsb_head(dir.path(), "train", 9, "train.csv");
     let output = dir.path().join("run");
     let out = angle()
-        .args(["train", "--progress", "false", "--precision", "bf16"])
+        .args(["train", "--progress", "false", "--precision", "tf32"])
         .arg("--model")
         .arg(&model)
         .arg("--train")
@@ -117,10 +117,34 @@ fn bf16_training_on_the_cpu_is_refused_before_anything_is_written() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "bf16 on the CPU trained");
+    assert!(!out.status.success(), "tf32 on the CPU trained");
     assert!(!err.contains("panicked"), "panicked:\n{err}");
-    assert!(err.contains("--precision bf16 needs --device cuda"), "{err}");
+    assert!(err.contains("--precision tf32 needs --device cuda"), "{err}");
     assert!(!output.exists(), "the refused run wrote {}", output.display());
+
+    // bf16 on the CPU trains (bf16 products, f32 weight gradients and AdamW)
+    let out = angle()
+        .args([
+            "train",
+            "--progress",
+            "false",
+            "--precision",
+            "bf16",
+            "--epochs",
+            "1",
+        ])
+        .arg("--model")
+        .arg(&model)
+        .arg("--train")
+        .arg(&train)
+        .arg("--output")
+        .arg(&output)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bf16 training on the CPU failed:\n{err}");
+    assert!(err.contains("training with bf16 products"), "{err}");
+    assert!(output.join("checkpoint-last").exists() || output.exists());
 
     let out = angle()
         .args([
