@@ -64,9 +64,7 @@ impl PackedBf16 {
     /// Packs `weight` (`[out_dim, in_dim]`, row-major): the product is `x · Wᵀ`.
     pub fn pack(weight: &[f32], out_dim: usize, in_dim: usize) -> Result<Self, TensorError> {
         check_len("PackedBf16::pack", "weight", weight.len(), out_dim * in_dim)?;
-        Ok(Self::pack_with(out_dim, in_dim, |col, kk| {
-            weight[col * in_dim + kk]
-        }))
+        Ok(Self::pack_with(out_dim, in_dim, weight, false))
     }
 
     /// Packs the transpose of `weight` (`[out_dim, in_dim]`): the product is `x · W` for
@@ -78,28 +76,59 @@ impl PackedBf16 {
             weight.len(),
             out_dim * in_dim,
         )?;
-        Ok(Self::pack_with(in_dim, out_dim, |col, kk| {
-            weight[kk * in_dim + col]
-        }))
+        Ok(Self::pack_with(in_dim, out_dim, weight, true))
     }
 
-    /// Packs `n × k` values `w(col, kk)` (the layer's `[out, in]` view).
-    fn pack_with(n: usize, k: usize, w: impl Fn(usize, usize) -> f32 + Sync) -> Self {
+    /// Packs the `n × k` matrix `v(col, kk)` = `src[col·k + kk]`, or `src[kk·n + col]` when
+    /// `transposed`. Each tile row holds, for 16 columns, the bf16 pairs of two consecutive k;
+    /// it is written whole, from contiguous reads (bf16 training repacks every weight after each
+    /// AdamW step, so this is hot).
+    fn pack_with(n: usize, k: usize, src: &[f32], transposed: bool) -> Self {
         let k_tiles = k.div_ceil(TK);
         let n_tiles = n.div_ceil(2 * TN) * 2;
         let mut tiles = vec![0u16; n_tiles * k_tiles * TILE];
+        let w = |col: usize, kk: usize| {
+            if transposed {
+                src[kk * n + col]
+            } else {
+                src[col * k + kk]
+            }
+        };
         tiles
             .par_chunks_mut(k_tiles * TILE)
             .enumerate()
             .for_each(|(nt, col_tiles)| {
-                for j in 0..TN {
-                    let col = nt * TN + j;
-                    if col >= n {
-                        break;
-                    }
-                    for kk in 0..k {
-                        let (kt, r, e) = (kk / TK, (kk % TK) / 2, kk % 2);
-                        col_tiles[kt * TILE + r * 2 * TN + 2 * j + e] = f32_to_bf16(w(col, kk));
+                let c0 = nt * TN;
+                let cols = TN.min(n.saturating_sub(c0));
+                if cols == 0 {
+                    return; // the padding tile of an odd tile count stays zero
+                }
+                for (kt, tile) in col_tiles.chunks_exact_mut(TILE).enumerate() {
+                    let pairs = (k - kt * TK).min(TK).div_ceil(2);
+                    for (r, row) in tile.chunks_exact_mut(2 * TN).take(pairs).enumerate() {
+                        let k0 = kt * TK + 2 * r;
+                        let has_k1 = k0 + 1 < k;
+                        if transposed {
+                            // rows k0 and k0 + 1 of the source, 16 columns each
+                            let a = &src[k0 * n + c0..][..cols];
+                            for (j, &v) in a.iter().enumerate() {
+                                row[2 * j] = f32_to_bf16(v);
+                            }
+                            if has_k1 {
+                                let b = &src[(k0 + 1) * n + c0..][..cols];
+                                for (j, &v) in b.iter().enumerate() {
+                                    row[2 * j + 1] = f32_to_bf16(v);
+                                }
+                            }
+                        } else {
+                            for j in 0..cols {
+                                let rowj = &src[(c0 + j) * k + k0..];
+                                row[2 * j] = f32_to_bf16(rowj[0]);
+                                if has_k1 {
+                                    row[2 * j + 1] = f32_to_bf16(rowj[1]);
+                                }
+                            }
+                        }
                     }
                 }
             });
