@@ -105,6 +105,7 @@ def main():
     ap.add_argument("--data", default="../shared/data/stsb/stsb-en-train.csv")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast for the model (oneDNN, AMX where present)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -140,9 +141,10 @@ def main():
             cpu0 = time.process_time()
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        h = model(**enc).last_hidden_state
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
+            h = model(**enc).last_hidden_state
         m = enc["attention_mask"].unsqueeze(-1).float()
-        pooled = (h * m).sum(1) / m.sum(1)
+        pooled = (h.float() * m).sum(1) / m.sum(1)
         loss = objective(pooled, labels)
         loss.backward()
         opt.step()

@@ -67,7 +67,7 @@ fn usage() -> &'static str {
      --streams  encode batches on N independent workers, threads/N each (default 1)\n\
      --only     encode | train: run one measurement (no table)\n\
      --profile  print the time per encoder op\n\
-     --bf16     also encode with bf16 products (AMX tiles where the CPU has them; inference only)\n\
+     --bf16     also encode and train with bf16 products (AMX tiles where the CPU has them)\n\
      --torch PYTHON  then run PyTorch's encode and train step (scripts/bench/torch_cpu_*.py) with this Python\n\
                 (torch + transformers) on the same data and threads, and add a same-run PyTorch column\n\
                 (OMP_WAIT_POLICY=PASSIVE unless set: spinning OpenMP threads collapse on a shared machine)\n\
@@ -139,7 +139,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         let result = match kind.as_str() {
             "encode" => encode(&o, Precision::F32)?,
             "encode-bf16" => encode(&o, Precision::Bf16)?,
-            "train" => train(&o)?,
+            "train" => train(&o, Precision::F32)?,
+            "train-bf16" => train(&o, Precision::Bf16)?,
             other => bail!("unknown child {other:?}"),
         };
         println!("BENCH {result}");
@@ -153,8 +154,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     };
     let load_start = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut results = Vec::new();
-    for kind in ["encode", "encode-bf16", "train"] {
-        if o.only.as_deref().is_some_and(|k| !kind.starts_with(k)) || (kind == "encode-bf16" && !o.bf16) {
+    for kind in ["encode", "encode-bf16", "train", "train-bf16"] {
+        if o.only.as_deref().is_some_and(|k| !kind.starts_with(k)) || (kind.ends_with("-bf16") && !o.bf16) {
             continue;
         }
         eprintln!("bench: {kind} ({} threads) ...", o.threads);
@@ -189,28 +190,40 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             println!("{r}");
         }
         if let Some(t) = &torch {
-            for r in [&t.encode, &t.encode_sorted, &t.encode_bf16, &t.train]
-                .into_iter()
-                .flatten()
+            for r in [
+                &t.encode,
+                &t.encode_sorted,
+                &t.encode_bf16,
+                &t.train,
+                &t.train_bf16,
+            ]
+            .into_iter()
+            .flatten()
             {
                 println!("{r}");
             }
         }
         return Ok(());
     }
-    let (e, t) = (&results[0], &results[results.len() - 1]);
-    let eb = if o.bf16 { Some(&results[1]) } else { None };
+    // encode, [encode-bf16], train, [train-bf16]
+    let (e, t) = (&results[0], &results[if o.bf16 { 2 } else { 1 }]);
+    let (eb, tb16) = if o.bf16 {
+        (Some(&results[1]), Some(&results[3]))
+    } else {
+        (None, None)
+    };
     let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     // PyTorch's same-run values (NaN without --torch; those cells are not printed then)
     let nan = Value::Null;
-    let (te, ts, tb, tt) = match &torch {
+    let (te, ts, tb, tt, ttb) = match &torch {
         Some(r) => (
             r.encode.as_ref().unwrap_or(&nan),
             r.encode_sorted.as_ref().unwrap_or(&nan),
             r.encode_bf16.as_ref().unwrap_or(&nan),
             r.train.as_ref().unwrap_or(&nan),
+            r.train_bf16.as_ref().unwrap_or(&nan),
         ),
-        None => (&nan, &nan, &nan, &nan),
+        None => (&nan, &nan, &nan, &nan, &nan),
     };
     let mb = |b: f64| format!("{:.0} MB", b / 1e6);
     let enc_rate = f(e, "sentences_per_s");
@@ -369,6 +382,25 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             },
         );
     }
+    if let Some(t16) = tb16 {
+        let rate = f(t16, "pairs_per_s");
+        let at = rows
+            .iter()
+            .position(|r| r.measure.starts_with("train step"))
+            .map_or(rows.len(), |i| i + 1);
+        rows.insert(
+            at,
+            Row {
+                measure: "same, bf16 products (`--precision bf16`: forward and input gradients; weight gradients and AdamW f32): PyTorch with bf16 autocast".into(),
+                reference: "(f32 only)".into(),
+                torch: format!("{:.1} pairs/s", f(ttb, "pairs_per_s")),
+                ours: format!("{rate:.1} pairs/s"),
+                ratio_torch: format!("{:.2}×", rate / f(ttb, "pairs_per_s")),
+                ratio_ref: format!("{:.2}× (bf16 vs their f32)", rate / TORCH_TRAIN_PAIRS_PER_S),
+                torch_only: false,
+            },
+        );
+    }
     println!();
     if torch.is_some() {
         println!(
@@ -462,6 +494,8 @@ struct TorchRuns {
     /// Sorted by length, bf16 autocast (with `--bf16`).
     encode_bf16: Option<Value>,
     train: Option<Value>,
+    /// bf16 autocast train step (with `--bf16`).
+    train_bf16: Option<Value>,
 }
 
 /// Checks that `python` runs and imports torch and transformers; returns their versions.
@@ -498,6 +532,7 @@ fn torch_runs(o: &Opts, python: &Path) -> anyhow::Result<TorchRuns> {
         encode: None,
         encode_sorted: None,
         encode_bf16: None,
+        train_bf16: None,
         train: None,
     };
     if wants("encode") {
@@ -540,6 +575,11 @@ fn torch_runs(o: &Opts, python: &Path) -> anyhow::Result<TorchRuns> {
         ];
         eprintln!("bench: PyTorch train step ({threads} threads) ...");
         runs.train = Some(run_torch_script(o, python, "torch_cpu_train_step.py", args)?);
+        if o.bf16 {
+            eprintln!("bench: PyTorch train step, bf16 autocast ...");
+            let bf16: Vec<&str> = args.iter().copied().chain(["--bf16"]).collect();
+            runs.train_bf16 = Some(run_torch_script(o, python, "torch_cpu_train_step.py", &bf16)?);
+        }
     }
     Ok(runs)
 }
@@ -802,8 +842,9 @@ fn encode(o: &Opts, precision: Precision) -> anyhow::Result<Value> {
 /// Token ids, type ids, sequence offsets, labels of one zigzag batch.
 type TrainBatch = (Vec<u32>, Vec<u32>, Vec<usize>, Vec<f64>);
 
-fn train(o: &Opts) -> anyhow::Result<Value> {
+fn train(o: &Opts, precision: Precision) -> anyhow::Result<Value> {
     let mut enc = Encoder::from_dir(&o.model)?;
+    enc.set_train_precision(precision)?;
     let tok = TextTokenizer::from_file(&o.model, MAX_LEN)?;
     let mut rows = read_stsb(&o.data.join("stsb-en-train.csv"))?;
     // The file starts with short captions: shuffle (fixed seed) so batches have the data set's length mix, as
