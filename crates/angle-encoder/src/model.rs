@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use angle_tensor::cpu::{
     AttentionDropout, GeluKind, PackedBf16, attention_backward, attention_forward, attention_probs_len,
     dropout_backward, embedding_backward, embedding_forward, gelu_backward, gelu_forward, layernorm_backward,
-    layernorm_forward, linear_accumulate_bf16, linear_backward, linear_forward, linear_forward_bf16,
+    layernorm_forward, linear_backward, linear_backward_bf16, linear_forward, linear_forward_bf16,
     residual_forward,
 };
 use angle_tensor::rng::derive_seed;
@@ -776,8 +776,8 @@ impl Encoder {
 
 /// `dinp = dropout'(dout)`: a copy when there is no dropout.
 /// A linear layer's backward (adds into every gradient). With `bf16` (the layer's transposed
-/// bf16 weight) the input gradient `dout · W` runs in bf16; the weight and bias gradients stay
-/// f32, from the f32 activations.
+/// bf16 weight) both products (`dout · W`, `doutᵀ · inp`) run in bf16 with f32 sums; the bias
+/// gradient is an f32 sum.
 #[allow(clippy::too_many_arguments)]
 fn linear_bwd(
     bf16: Option<&PackedBf16>,
@@ -803,20 +803,7 @@ fn linear_bwd(
             in_dim,
             out_dim,
         ),
-        Some(wt) => {
-            linear_backward(
-                None,
-                dweight,
-                Some(dbias),
-                dout,
-                inp,
-                weight,
-                rows,
-                in_dim,
-                out_dim,
-            )?;
-            linear_accumulate_bf16(dinp, dout, wt, rows)
-        }
+        Some(wt) => linear_backward_bf16(dinp, dweight, Some(dbias), dout, inp, wt, rows, in_dim, out_dim),
     }
 }
 

@@ -216,6 +216,67 @@ pub fn linear_accumulate_bf16(
     bf16_product(bf16_kernel(), out, inp, weight, None, rows, true)
 }
 
+thread_local! {
+    /// `doutᵀ` for the weight gradient, `[out_dim, rows]`.
+    static DOUT_T: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A linear layer's backward with bf16 products and f32 sums, adding into every gradient:
+/// `dinp += dout · W` (through `weight_t`, the layer's [`PackedBf16::pack_transposed`] weight),
+/// `dweight += doutᵀ · inp` (the activations are packed per call), `dbias += Σ_rows dout` (f32).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_backward_bf16(
+    dinp: &mut [f32],
+    dweight: &mut [f32],
+    dbias: Option<&mut [f32]>,
+    dout: &[f32],
+    inp: &[f32],
+    weight_t: &PackedBf16,
+    rows: usize,
+    in_dim: usize,
+    out_dim: usize,
+) -> Result<(), TensorError> {
+    const OP: &str = "linear_backward_bf16";
+    check_len(OP, "dout", dout.len(), rows * out_dim)?;
+    check_len(OP, "inp", inp.len(), rows * in_dim)?;
+    check_len(OP, "dweight", dweight.len(), out_dim * in_dim)?;
+    if (weight_t.out_dim, weight_t.in_dim) != (in_dim, out_dim) {
+        return Err(arg_err(
+            OP,
+            "weight_t",
+            format!(
+                "packed {}x{}, expected the transpose of a {out_dim}x{in_dim} weight",
+                weight_t.out_dim, weight_t.in_dim
+            ),
+        ));
+    }
+    if let Some(db) = dbias {
+        check_len(OP, "dbias", db.len(), out_dim)?;
+        crate::cpu::linear::column_sums_add(db, dout, rows, out_dim);
+    }
+    linear_accumulate_bf16(dinp, dout, weight_t, rows)?;
+    if rows == 0 {
+        return Ok(());
+    }
+    // dweight [out, in] += doutᵀ [out, rows] · inp [rows, in]: inp is the "weight" of a
+    // product whose inputs are the rows of doutᵀ.
+    let inp_packed = PackedBf16::pack_transposed(inp, rows, in_dim)?;
+    // Taken out while rayon runs (see `portable`), put back after.
+    let mut t = DOUT_T.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    if t.len() < out_dim * rows {
+        t.resize(out_dim * rows, 0.0);
+    }
+    let dt = &mut t[..out_dim * rows];
+    dt.par_chunks_mut(rows).enumerate().for_each(|(o, row)| {
+        for (r, d) in row.iter_mut().enumerate() {
+            *d = dout[r * out_dim + o];
+        }
+    });
+    let result = linear_accumulate_bf16(dweight, dt, &inp_packed, out_dim);
+    DOUT_T.with(|b| *b.borrow_mut() = t);
+    result
+}
+
 /// As [`linear_forward_bf16`] with a chosen kernel (tests compare them; `Amx` on a CPU without it
 /// is an error).
 pub fn linear_forward_bf16_with(
@@ -703,6 +764,79 @@ mod tests {
                 bf16_product(kern, &mut out, &dy, &packed, None, rows, true).unwrap();
                 let e = rel_err(&out, &want);
                 assert!(e < 1e-5, "{kern:?} {rows}x{out_dim}x{in_dim}: relative error {e}");
+            }
+        }
+    }
+
+    /// All three gradients of a bf16 linear backward against f64 sums of the bf16-rounded
+    /// values (bias sums in f32 from the unrounded `dout`), added onto existing contents.
+    #[test]
+    fn backward_matches_reference() {
+        let mut rng = TestRng::new(13);
+        for (rows, in_dim, out_dim) in [(5, 7, 3), (37, 40, 70), (90, 64, 48)] {
+            let v =
+                |rng: &mut TestRng, n: usize| -> Vec<f32> { rng.vec(n).iter().map(|&x| x as f32).collect() };
+            let (x, w, dy) = (
+                v(&mut rng, rows * in_dim),
+                v(&mut rng, out_dim * in_dim),
+                v(&mut rng, rows * out_dim),
+            );
+            let (dx0, dw0, db0) = (
+                v(&mut rng, rows * in_dim),
+                v(&mut rng, out_dim * in_dim),
+                v(&mut rng, out_dim),
+            );
+            let r = |v: f32| f64::from(bf16_to_f32(f32_to_bf16(v)));
+            let want_dx: Vec<f64> = (0..rows * in_dim)
+                .map(|i| {
+                    let (a, j) = (i / in_dim, i % in_dim);
+                    f64::from(dx0[i])
+                        + (0..out_dim)
+                            .map(|o| r(dy[a * out_dim + o]) * r(w[o * in_dim + j]))
+                            .sum::<f64>()
+                })
+                .collect();
+            let want_dw: Vec<f64> = (0..out_dim * in_dim)
+                .map(|i| {
+                    let (o, j) = (i / in_dim, i % in_dim);
+                    f64::from(dw0[i])
+                        + (0..rows)
+                            .map(|a| r(dy[a * out_dim + o]) * r(x[a * in_dim + j]))
+                            .sum::<f64>()
+                })
+                .collect();
+            let want_db: Vec<f64> = (0..out_dim)
+                .map(|o| f64::from(db0[o]) + (0..rows).map(|a| f64::from(dy[a * out_dim + o])).sum::<f64>())
+                .collect();
+            let wt = PackedBf16::pack_transposed(&w, out_dim, in_dim).unwrap();
+            let (mut dx, mut dw, mut db) = (dx0.clone(), dw0.clone(), db0.clone());
+            linear_backward_bf16(
+                &mut dx,
+                &mut dw,
+                Some(&mut db),
+                &dy,
+                &x,
+                &wt,
+                rows,
+                in_dim,
+                out_dim,
+            )
+            .unwrap();
+            for (name, got, want) in [
+                ("dx", &dx, &want_dx),
+                ("dw", &dw, &want_dw),
+                ("db", &db, &want_db),
+            ] {
+                let e = rel_err(got, want);
+                assert!(e < 1e-5, "{rows}x{in_dim}x{out_dim} {name}: relative error {e}");
+            }
+            // a weight packed the other way round is refused
+            let wrong = PackedBf16::pack(&w, out_dim, in_dim).unwrap();
+            if in_dim != out_dim {
+                assert!(
+                    linear_backward_bf16(&mut dx, &mut dw, None, &dy, &x, &wrong, rows, in_dim, out_dim)
+                        .is_err()
+                );
             }
         }
     }
