@@ -184,19 +184,20 @@ impl Encoder {
     /// (Re)builds the bf16 copies the two precisions need.
     fn repack_bf16(&mut self) -> Result<()> {
         let train = self.train_precision == Precision::Bf16;
-        self.bf16 = if train || self.inference_precision == Precision::Bf16 {
-            let (c, l, p) = (&self.config, &self.layout, &self.buffers.params);
-            Some(std::sync::Arc::new(Bf16Packs {
-                fwd: pack_layers(c, l, p, false)?,
-                bwd: if train {
-                    pack_layers(c, l, p, true)?
-                } else {
-                    Vec::new()
-                },
-            }))
+        if !train && self.inference_precision == Precision::F32 {
+            self.bf16 = None;
+            return Ok(());
+        }
+        // in place when no clone shares the copies (the step loop), else fresh ones
+        let arc = self.bf16.get_or_insert_with(Default::default);
+        let packs = std::sync::Arc::make_mut(arc);
+        let (c, l, p) = (&self.config, &self.layout, &self.buffers.params);
+        pack_layers(&mut packs.fwd, c, l, p, false)?;
+        if train {
+            pack_layers(&mut packs.bwd, c, l, p, true)?;
         } else {
-            None
-        };
+            packs.bwd.clear();
+        }
         Ok(())
     }
 

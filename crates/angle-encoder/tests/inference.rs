@@ -15,6 +15,20 @@ fn eval(enc: &Encoder, batch: &Batch<'_>) -> Vec<f32> {
     enc.forward(batch, &mut acts, None).unwrap().to_vec()
 }
 
+/// Three sentences' all-MiniLM-L6-v2 ids, packed: "the cat sat on the mat", "hello world", a
+/// longer one.
+fn minilm_ids() -> (Vec<u32>, [usize; 4]) {
+    let ids = [
+        &[101u32, 1996, 4937, 2938, 2006, 1996, 13523, 102][..],
+        &[101, 7592, 2088, 102],
+        &[
+            101, 1037, 2158, 2003, 2652, 1037, 2858, 2007, 2010, 3899, 1999, 1996, 2380, 1012, 102,
+        ],
+    ]
+    .concat();
+    (ids, [0, 8, 12, 27])
+}
+
 fn rel(a: &[f32], b: &[f32]) -> f64 {
     let a: Vec<f64> = a.iter().map(|&x| f64::from(x)).collect();
     let b: Vec<f64> = b.iter().map(|&x| f64::from(x)).collect();
@@ -29,16 +43,7 @@ fn bf16_minilm_close_to_f32() {
         eprintln!("note: this CPU has no AMX-BF16; checking the portable bf16 kernel");
     }
     let mut enc = Encoder::from_dir(common::model_dir()).unwrap();
-    // [CLS] the cat sat on the mat [SEP] / [CLS] hello world [SEP] / a longer one
-    let ids: Vec<u32> = [
-        &[101u32, 1996, 4937, 2938, 2006, 1996, 13523, 102][..],
-        &[101, 7592, 2088, 102],
-        &[
-            101, 1037, 2158, 2003, 2652, 1037, 2858, 2007, 2010, 3899, 1999, 1996, 2380, 1012, 102,
-        ],
-    ]
-    .concat();
-    let offs = [0usize, 8, 12, 27];
+    let (ids, offs) = minilm_ids();
     let batch = Batch {
         input_ids: &ids,
         token_type_ids: None,
@@ -136,15 +141,7 @@ fn precision_names() {
 #[test]
 fn bf16_training_gradients_close_to_f32() {
     let mut enc = Encoder::from_dir(common::model_dir()).unwrap();
-    let ids: Vec<u32> = [
-        &[101u32, 1996, 4937, 2938, 2006, 1996, 13523, 102][..],
-        &[101, 7592, 2088, 102],
-        &[
-            101, 1037, 2158, 2003, 2652, 1037, 2858, 2007, 2010, 3899, 1999, 1996, 2380, 1012, 102,
-        ],
-    ]
-    .concat();
-    let offs = [0usize, 8, 12, 27];
+    let (ids, offs) = minilm_ids();
     let batch = Batch {
         input_ids: &ids,
         token_type_ids: None,

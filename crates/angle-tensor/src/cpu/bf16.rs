@@ -46,7 +46,7 @@ pub fn bf16_to_f32(x: u16) -> f32 {
 
 /// A `[out_dim, in_dim]` f32 weight (PyTorch's Linear layout) rounded to bf16 and packed into
 /// tiles: `out_dim` padded to a multiple of 32, `in_dim` to a multiple of 32, with zeros.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PackedBf16 {
     out_dim: usize,
     in_dim: usize,
@@ -63,30 +63,55 @@ pub struct PackedBf16 {
 impl PackedBf16 {
     /// Packs `weight` (`[out_dim, in_dim]`, row-major): the product is `x · Wᵀ`.
     pub fn pack(weight: &[f32], out_dim: usize, in_dim: usize) -> Result<Self, TensorError> {
+        let mut p = Self::default();
+        p.pack_into(weight, out_dim, in_dim)?;
+        Ok(p)
+    }
+
+    /// As [`PackedBf16::pack`], reusing this value's buffers (no allocation once they are big
+    /// enough: bf16 training repacks every weight after each AdamW step).
+    pub fn pack_into(&mut self, weight: &[f32], out_dim: usize, in_dim: usize) -> Result<(), TensorError> {
         check_len("PackedBf16::pack", "weight", weight.len(), out_dim * in_dim)?;
-        Ok(Self::pack_with(out_dim, in_dim, weight, false))
+        self.pack_with(out_dim, in_dim, weight, false);
+        Ok(())
     }
 
     /// Packs the transpose of `weight` (`[out_dim, in_dim]`): the product is `x · W` for
     /// `x [rows, out_dim]`, giving `[rows, in_dim]` (a linear layer's input gradient).
     pub fn pack_transposed(weight: &[f32], out_dim: usize, in_dim: usize) -> Result<Self, TensorError> {
+        let mut p = Self::default();
+        p.pack_transposed_into(weight, out_dim, in_dim)?;
+        Ok(p)
+    }
+
+    /// As [`PackedBf16::pack_transposed`], reusing this value's buffers.
+    pub fn pack_transposed_into(
+        &mut self,
+        weight: &[f32],
+        out_dim: usize,
+        in_dim: usize,
+    ) -> Result<(), TensorError> {
         check_len(
             "PackedBf16::pack_transposed",
             "weight",
             weight.len(),
             out_dim * in_dim,
         )?;
-        Ok(Self::pack_with(in_dim, out_dim, weight, true))
+        self.pack_with(in_dim, out_dim, weight, true);
+        Ok(())
     }
 
     /// Packs the `n × k` matrix `v(col, kk)` = `src[col·k + kk]`, or `src[kk·n + col]` when
     /// `transposed`. Each tile row holds, for 16 columns, the bf16 pairs of two consecutive k;
     /// it is written whole, from contiguous reads (bf16 training repacks every weight after each
     /// AdamW step, so this is hot).
-    fn pack_with(n: usize, k: usize, src: &[f32], transposed: bool) -> Self {
+    fn pack_with(&mut self, n: usize, k: usize, src: &[f32], transposed: bool) {
         let k_tiles = k.div_ceil(TK);
         let n_tiles = n.div_ceil(2 * TN) * 2;
-        let mut tiles = vec![0u16; n_tiles * k_tiles * TILE];
+        let tiles = &mut self.tiles;
+        // zeroed: the padding of ragged shapes must be zero
+        tiles.clear();
+        tiles.resize(n_tiles * k_tiles * TILE, 0);
         let w = |col: usize, kk: usize| {
             if transposed {
                 src[kk * n + col]
@@ -132,21 +157,12 @@ impl PackedBf16 {
                     }
                 }
             });
-        let rounded = if bf16_kernel() == Bf16Kernel::Amx {
-            Vec::new()
-        } else {
-            (0..n * k)
-                .map(|i| bf16_to_f32(f32_to_bf16(w(i / k, i % k))))
-                .collect()
-        };
-        PackedBf16 {
-            out_dim: n,
-            in_dim: k,
-            k_tiles,
-            n_tiles,
-            tiles,
-            rounded,
+        self.rounded.clear();
+        if bf16_kernel() != Bf16Kernel::Amx {
+            self.rounded
+                .extend((0..n * k).map(|i| bf16_to_f32(f32_to_bf16(w(i / k, i % k)))));
         }
+        (self.out_dim, self.in_dim, self.k_tiles, self.n_tiles) = (n, k, k_tiles, n_tiles);
     }
 
     pub fn out_dim(&self) -> usize {
@@ -217,8 +233,8 @@ pub fn linear_accumulate_bf16(
 }
 
 thread_local! {
-    /// `doutᵀ` for the weight gradient, `[out_dim, rows]`.
-    static DOUT_T: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// `doutᵀ` for the weight gradient, `[out_dim, rows]`, and the activations packed for it.
+    static DOUT_T: RefCell<(Vec<f32>, PackedBf16)> = RefCell::new(Default::default());
 }
 
 /// A linear layer's backward with bf16 products and f32 sums, adding into every gradient:
@@ -260,9 +276,9 @@ pub fn linear_backward_bf16(
     }
     // dweight [out, in] += doutᵀ [out, rows] · inp [rows, in]: inp is the "weight" of a
     // product whose inputs are the rows of doutᵀ.
-    let inp_packed = PackedBf16::pack_transposed(inp, rows, in_dim)?;
     // Taken out while rayon runs (see `portable`), put back after.
-    let mut t = DOUT_T.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    let (mut t, mut inp_packed) = DOUT_T.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    inp_packed.pack_transposed_into(inp, rows, in_dim)?;
     if t.len() < out_dim * rows {
         t.resize(out_dim * rows, 0.0);
     }
@@ -273,7 +289,7 @@ pub fn linear_backward_bf16(
         }
     });
     let result = linear_accumulate_bf16(dweight, dt, &inp_packed, out_dim);
-    DOUT_T.with(|b| *b.borrow_mut() = t);
+    DOUT_T.with(|b| *b.borrow_mut() = (t, inp_packed));
     result
 }
 
@@ -673,12 +689,22 @@ mod tests {
     use super::*;
     use crate::cpu::testutil::TestRng;
 
+    fn f32s(rng: &mut TestRng, n: usize) -> Vec<f32> {
+        rng.vec(n).iter().map(|&v| v as f32).collect()
+    }
+
+    /// The f64 value of `v` rounded to bf16.
+    fn rounded(v: f32) -> f64 {
+        f64::from(bf16_to_f32(f32_to_bf16(v)))
+    }
+
     fn reference(inp: &[f32], w: &[f32], bias: &[f32], rows: usize, k: usize, n: usize) -> Vec<f64> {
-        let r = |v: f32| f64::from(bf16_to_f32(f32_to_bf16(v)));
         let mut out = vec![0.0; rows * n];
         for i in 0..rows {
             for j in 0..n {
-                let s: f64 = (0..k).map(|p| r(inp[i * k + p]) * r(w[j * k + p])).sum();
+                let s: f64 = (0..k)
+                    .map(|p| rounded(inp[i * k + p]) * rounded(w[j * k + p]))
+                    .sum();
                 out[i * n + j] = s + f64::from(bias[j]);
             }
         }
@@ -718,9 +744,9 @@ mod tests {
             (70, 384, 96),
             (150, 100, 70),
         ] {
-            let inp: Vec<f32> = rng.vec(rows * k).iter().map(|&v| v as f32).collect();
-            let w: Vec<f32> = rng.vec(n * k).iter().map(|&v| v as f32).collect();
-            let bias: Vec<f32> = rng.vec(n).iter().map(|&v| v as f32).collect();
+            let inp = f32s(&mut rng, rows * k);
+            let w = f32s(&mut rng, n * k);
+            let bias = f32s(&mut rng, n);
             let packed = PackedBf16::pack(&w, n, k).unwrap();
             let want = reference(&inp, &w, &bias, rows, k, n);
             let kernels: &[Bf16Kernel] = if bf16_kernel() == Bf16Kernel::Amx {
@@ -744,17 +770,16 @@ mod tests {
     fn transposed_accumulate_matches_reference() {
         let mut rng = TestRng::new(12);
         for (rows, out_dim, in_dim) in [(3, 5, 7), (40, 64, 48), (70, 100, 33)] {
-            let dy: Vec<f32> = rng.vec(rows * out_dim).iter().map(|&v| v as f32).collect();
-            let w: Vec<f32> = rng.vec(out_dim * in_dim).iter().map(|&v| v as f32).collect();
-            let old: Vec<f32> = rng.vec(rows * in_dim).iter().map(|&v| v as f32).collect();
+            let dy = f32s(&mut rng, rows * out_dim);
+            let w = f32s(&mut rng, out_dim * in_dim);
+            let old = f32s(&mut rng, rows * in_dim);
             let packed = PackedBf16::pack_transposed(&w, out_dim, in_dim).unwrap();
             assert_eq!((packed.out_dim(), packed.in_dim()), (in_dim, out_dim));
-            let r = |v: f32| f64::from(bf16_to_f32(f32_to_bf16(v)));
             let want: Vec<f64> = (0..rows * in_dim)
                 .map(|idx| {
                     let (i, j) = (idx / in_dim, idx % in_dim);
                     let s: f64 = (0..out_dim)
-                        .map(|p| r(dy[i * out_dim + p]) * r(w[p * in_dim + j]))
+                        .map(|p| rounded(dy[i * out_dim + p]) * rounded(w[p * in_dim + j]))
                         .sum();
                     s + f64::from(old[idx])
                 })
@@ -774,25 +799,22 @@ mod tests {
     fn backward_matches_reference() {
         let mut rng = TestRng::new(13);
         for (rows, in_dim, out_dim) in [(5, 7, 3), (37, 40, 70), (90, 64, 48)] {
-            let v =
-                |rng: &mut TestRng, n: usize| -> Vec<f32> { rng.vec(n).iter().map(|&x| x as f32).collect() };
             let (x, w, dy) = (
-                v(&mut rng, rows * in_dim),
-                v(&mut rng, out_dim * in_dim),
-                v(&mut rng, rows * out_dim),
+                f32s(&mut rng, rows * in_dim),
+                f32s(&mut rng, out_dim * in_dim),
+                f32s(&mut rng, rows * out_dim),
             );
             let (dx0, dw0, db0) = (
-                v(&mut rng, rows * in_dim),
-                v(&mut rng, out_dim * in_dim),
-                v(&mut rng, out_dim),
+                f32s(&mut rng, rows * in_dim),
+                f32s(&mut rng, out_dim * in_dim),
+                f32s(&mut rng, out_dim),
             );
-            let r = |v: f32| f64::from(bf16_to_f32(f32_to_bf16(v)));
             let want_dx: Vec<f64> = (0..rows * in_dim)
                 .map(|i| {
                     let (a, j) = (i / in_dim, i % in_dim);
                     f64::from(dx0[i])
                         + (0..out_dim)
-                            .map(|o| r(dy[a * out_dim + o]) * r(w[o * in_dim + j]))
+                            .map(|o| rounded(dy[a * out_dim + o]) * rounded(w[o * in_dim + j]))
                             .sum::<f64>()
                 })
                 .collect();
@@ -801,7 +823,7 @@ mod tests {
                     let (o, j) = (i / in_dim, i % in_dim);
                     f64::from(dw0[i])
                         + (0..rows)
-                            .map(|a| r(dy[a * out_dim + o]) * r(x[a * in_dim + j]))
+                            .map(|a| rounded(dy[a * out_dim + o]) * rounded(x[a * in_dim + j]))
                             .sum::<f64>()
                 })
                 .collect();
@@ -845,8 +867,8 @@ mod tests {
     fn close_to_f32_linear() {
         let (rows, k, n) = (64, 384, 128);
         let mut rng = TestRng::new(5);
-        let inp: Vec<f32> = rng.vec(rows * k).iter().map(|&v| v as f32).collect();
-        let w: Vec<f32> = rng.vec(n * k).iter().map(|&v| v as f32).collect();
+        let inp = f32s(&mut rng, rows * k);
+        let w = f32s(&mut rng, n * k);
         let mut f32_out = vec![0.0f32; rows * n];
         crate::cpu::linear_forward(&mut f32_out, &inp, &w, None, rows, k, n).unwrap();
         let mut out = vec![0.0f32; rows * n];
