@@ -10,6 +10,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use angle_encoder::{Encoder, Pooling};
+
+use crate::backbone::Backbone;
 use safetensors::SafeTensors;
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
@@ -112,15 +114,8 @@ pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> 
     })
 }
 
-/// Writes the model files of a checkpoint into `dir` (which exists and is empty).
-pub fn write_model_files(
-    dir: &Path,
-    enc: &Encoder,
-    files_from: &Path,
-    config: &TrainConfig,
-    pooling: Pooling,
-    step: u64,
-) -> Result<()> {
+/// Writes a BERT-family encoder's `config.json` and `model.safetensors` into `dir`.
+pub fn write_bert_weights(dir: &Path, enc: &Encoder, files_from: &Path) -> Result<()> {
     // config.json is copied when the source has one, so keys we do not model (`_name_or_path`,
     // `architectures`, ...) survive; the weights keep the layout it describes.
     let src_cfg = files_from.join("config.json");
@@ -131,14 +126,27 @@ pub fn write_model_files(
         std::fs::write(&p, enc.config.to_json_string()).map_err(io_err(&p))?;
     }
     enc.save(dir.join("model.safetensors"))
-        .map_err(|e| TrainError::Encoder(e.to_string()))?;
+        .map_err(|e| TrainError::Encoder(e.to_string()))
+}
+
+/// Writes the model files of a checkpoint into `dir` (which exists and is empty): the backbone's own
+/// weight files, then the tokenizer, the sentence-transformers files and `angle_config.json`.
+pub fn write_model_files(
+    dir: &Path,
+    model: &mut dyn Backbone,
+    files_from: &Path,
+    config: &TrainConfig,
+    step: u64,
+) -> Result<()> {
+    model.write_weights(dir, files_from)?;
+    let pooling = model.pooling();
     for name in COPIED {
         let src = files_from.join(name);
         if src.is_file() {
             std::fs::copy(&src, dir.join(name)).map_err(io_err(&src))?;
         }
     }
-    let h = enc.config.hidden_size;
+    let h = model.hidden_size();
     match st_pooling(pooling, h) {
         Some(pool) => {
             let modules = json!([
@@ -177,30 +185,29 @@ pub fn write_model_files(
 /// Writes a model-only checkpoint (e.g. `best`) atomically.
 pub fn save_model_dir(
     dest: &Path,
-    enc: &Encoder,
+    model: &mut dyn Backbone,
     files_from: &Path,
     config: &TrainConfig,
-    pooling: Pooling,
     step: u64,
 ) -> Result<()> {
     write_dir_atomic(dest, |dir| {
-        write_model_files(dir, enc, files_from, config, pooling, step)
+        write_model_files(dir, model, files_from, config, step)
     })
 }
 
 /// Writes a resumable checkpoint (model files, trainer state, optimizer moments) atomically.
 pub fn save_training_checkpoint(
     dest: &Path,
-    enc: &Encoder,
+    model: &mut dyn Backbone,
     files_from: &Path,
     config: &TrainConfig,
-    pooling: Pooling,
     state: &TrainerState,
 ) -> Result<()> {
     write_dir_atomic(dest, |dir| {
-        write_model_files(dir, enc, files_from, config, pooling, state.step)?;
+        write_model_files(dir, model, files_from, config, state.step)?;
         write_json(&dir.join(TRAINER_STATE), state)?;
-        save_moments(&dir.join(OPTIMIZER), &enc.buffers.adam_m, &enc.buffers.adam_v)
+        let (m, v) = model.moments()?;
+        save_moments(&dir.join(OPTIMIZER), m, v)
     })
 }
 

@@ -19,6 +19,7 @@ use std::str::FromStr;
 use angle_encoder::{AdamW, Encoder, Pooling};
 use angle_loss::{AngleLossConfig, DataFormat, LossParts};
 
+use crate::backbone::{Backbone, BertCpu, Packed, Sizes};
 use crate::error::{Result, TrainError};
 
 /// The message for `--device cuda` in a build without CUDA.
@@ -499,17 +500,193 @@ mod imp {
     }
 }
 
-/// `Some(model)` for `--device cuda`, `None` for the CPU.
-pub fn for_device(
-    device: Device,
-    enc: &Encoder,
-    pooling: Pooling,
-    max_seqs: usize,
-    max_seq_len: usize,
-) -> Result<Option<GpuModel>> {
-    match device {
-        Device::Cpu => Ok(None),
-        Device::Cuda(p) => GpuModel::new(enc, pooling, p, max_seqs, max_seq_len).map(Some),
+/// The BERT-family encoder on CUDA device 0 behind the [`Backbone`] interface.
+///
+/// Training runs on the device. The host [`Encoder`] stays the copy that checkpoints read and, for a
+/// training backbone, that validation runs on (as before: evaluation in f32 on the host); it is
+/// refreshed from the device only when read after a step. A backbone reserved for inference only
+/// (`train_seqs == 0`) embeds on the device.
+pub struct GpuBert {
+    host: BertCpu,
+    precision: Precision,
+    gpu: Option<GpuModel>,
+    /// The host copy is older than the device's parameters.
+    host_stale: bool,
+    embed_on_device: bool,
+    /// The clipping norm of the coming AdamW step.
+    clip: Option<f32>,
+}
+
+impl GpuBert {
+    pub fn new(enc: Encoder, pooling: Pooling, precision: Precision) -> Self {
+        GpuBert {
+            host: BertCpu::new(enc, pooling),
+            precision,
+            gpu: None,
+            host_stale: false,
+            embed_on_device: false,
+            clip: None,
+        }
+    }
+
+    fn gpu(&mut self) -> Result<&mut GpuModel> {
+        self.gpu
+            .as_mut()
+            .ok_or_else(|| TrainError::Device("GPU backbone used before reserve()".into()))
+    }
+
+    fn sync_host(&mut self) -> Result<()> {
+        if self.host_stale {
+            if let Some(g) = self.gpu.as_ref() {
+                g.download_into(&mut self.host.enc)?;
+            }
+            self.host_stale = false;
+        }
+        Ok(())
+    }
+}
+
+impl Backbone for GpuBert {
+    fn describe(&self) -> String {
+        let c = &self.host.enc.config;
+        format!(
+            "{} ({} layers, hidden {}) on cuda, {}",
+            c.model_type, c.num_hidden_layers, c.hidden_size, self.precision
+        )
+    }
+
+    fn hidden_size(&self) -> usize {
+        self.host.hidden_size()
+    }
+
+    fn pooling(&self) -> Pooling {
+        self.host.pooling()
+    }
+
+    fn reserve(&mut self, s: Sizes) -> Result<()> {
+        self.embed_on_device = s.train_seqs == 0;
+        let seqs = if self.embed_on_device {
+            s.embed_seqs
+        } else {
+            s.train_seqs
+        };
+        let pooling = self.host.pooling();
+        self.gpu = Some(GpuModel::new(
+            &self.host.enc,
+            pooling,
+            self.precision,
+            seqs,
+            s.max_len,
+        )?);
+        // Validation of a training run embeds on the host.
+        self.host.reserve(Sizes {
+            train_seqs: 0,
+            embed_seqs: if self.embed_on_device { 0 } else { s.embed_seqs },
+            max_len: s.max_len,
+        })
+    }
+
+    fn embed(&mut self, batch: &Packed<'_>, pooled: &mut Vec<f32>) -> Result<()> {
+        if self.embed_on_device {
+            let g = self.gpu()?;
+            return g.forward_pooled(
+                batch.input_ids,
+                batch.token_type_ids,
+                batch.seq_offsets,
+                None,
+                pooled,
+            );
+        }
+        self.sync_host()?;
+        self.host.embed(batch, pooled)
+    }
+
+    fn forward_train(
+        &mut self,
+        batch: &Packed<'_>,
+        dropout: Option<u64>,
+        pooled: &mut Vec<f32>,
+    ) -> Result<()> {
+        self.gpu()?.forward_pooled(
+            batch.input_ids,
+            batch.token_type_ids,
+            batch.seq_offsets,
+            dropout,
+            pooled,
+        )
+    }
+
+    fn backward(&mut self, _batch: &Packed<'_>, dpooled: &[f32]) -> Result<()> {
+        self.gpu()?.backward(dpooled)
+    }
+
+    fn use_fused_objective(&mut self, cfg: &AngleLossConfig, format: DataFormat) -> Option<String> {
+        let g = self.gpu.as_mut()?;
+        let msg = g.use_device_objective(cfg, format);
+        // Said either way: where the objective runs is worth a line in the log.
+        eprintln!("{msg}");
+        g.device_objective().then_some(msg)
+    }
+
+    fn fused_step(
+        &mut self,
+        batch: &Packed<'_>,
+        labels: &[f32],
+        dropout: Option<u64>,
+        scale: f32,
+    ) -> Result<(f32, LossParts<f32>)> {
+        self.gpu()?.forward_objective_backward(
+            batch.input_ids,
+            batch.token_type_ids,
+            batch.seq_offsets,
+            labels,
+            dropout,
+            scale,
+        )
+    }
+
+    fn zero_grad(&mut self) -> Result<()> {
+        self.host.zero_grad()?;
+        match self.gpu.as_mut() {
+            Some(g) => g.zero_grad(),
+            None => Ok(()),
+        }
+    }
+
+    fn clip_grad_norm(&mut self, max_norm: Option<f32>) -> Result<f64> {
+        // The device clips inside its AdamW step, from this same norm.
+        self.clip = max_norm;
+        self.gpu()?.grad_norm()
+    }
+
+    fn adamw_step(&mut self, hp: &AdamW, t: u64) -> Result<()> {
+        let clip = self.clip;
+        self.gpu()?.adamw_step(hp, t, clip)?;
+        self.host_stale = true;
+        Ok(())
+    }
+
+    fn trainable_len(&self) -> usize {
+        self.host.trainable_len()
+    }
+
+    fn moments(&mut self) -> Result<(&[f32], &[f32])> {
+        self.sync_host()?;
+        self.host.moments()
+    }
+
+    fn set_moments(&mut self, m: Vec<f32>, v: Vec<f32>) -> Result<()> {
+        if self.gpu.is_some() {
+            return Err(TrainError::Device(
+                "moments must be restored before reserve()".into(),
+            ));
+        }
+        self.host.set_moments(m, v)
+    }
+
+    fn write_weights(&mut self, dir: &std::path::Path, files_from: &std::path::Path) -> Result<()> {
+        self.sync_host()?;
+        self.host.write_weights(dir, files_from)
     }
 }
 
@@ -560,12 +737,13 @@ mod tests {
         let cfg = angle_encoder::BertConfig::bert(8, 1, 2, 16, 10, 8);
         let n = angle_encoder::ParamLayout::new(&cfg).total;
         let enc = Encoder::from_params(cfg, vec![0.01; n]).unwrap();
-        let e = for_device(Device::Cuda(Precision::Bf16), &enc, Pooling::Mean, 2, 8).unwrap_err();
+        let mut gpu = GpuBert::new(enc, Pooling::Mean, Precision::Bf16);
+        let sizes = Sizes {
+            train_seqs: 2,
+            embed_seqs: 2,
+            max_len: 8,
+        };
+        let e = gpu.reserve(sizes).unwrap_err();
         assert!(e.to_string().contains(NO_CUDA), "{e}");
-        assert!(
-            for_device(Device::Cpu, &enc, Pooling::Mean, 2, 8)
-                .unwrap()
-                .is_none()
-        );
     }
 }

@@ -1,69 +1,67 @@
-//! Sentence embeddings for inference: a model directory, its tokenizer and pooling, and an eval-mode arena that
-//! is reused for every batch. `angle encode`, `angle similarity`, `angle eval` and the trainer's validation all go
-//! through [`Embedder`].
+//! Sentence embeddings for inference: texts are tokenised, sorted by length and packed into batches, and
+//! a [`Backbone`] embeds each batch. `angle encode`, `angle similarity`, `angle eval` and the trainer's
+//! validation all go through [`Embedder`].
 
 use std::path::{Path, PathBuf};
 
 use angle_data::{Dataset, TextTokenizer};
-use angle_encoder::{Activations, Batch, Capacity, Encoder, Mode, Pooler, Pooling};
+use angle_encoder::{Encoder, Pooling};
 use serde_json::Value;
 
-use crate::device::{Device, GpuModel};
+use crate::backbone::{Backbone, BertCpu, Packed, Sizes};
+use crate::device::{Device, GpuBert};
 use crate::error::{Result, TrainError};
 
-/// An eval-mode arena, a pooler and the buffers of one batch.
+/// The buffers of one packed batch, reused for every batch.
 pub struct Embedder {
-    acts: Activations,
-    pooler: Pooler,
     batch_texts: usize,
     max_len: usize,
     ids: Vec<u32>,
     type_ids: Vec<u32>,
     offsets: Vec<usize>,
     pooled: Vec<f32>,
-    /// `--device cuda`: the forward and pooling run there (from the parameters at [`Self::on_device`]).
-    gpu: Option<GpuModel>,
 }
 
 impl Embedder {
-    /// `batch_texts` sequences of at most `max_len` tokens per forward pass.
-    pub fn new(enc: &Encoder, pooling: Pooling, batch_texts: usize, max_len: usize) -> Self {
-        let batch_texts = batch_texts.max(1);
-        let cap = Capacity {
-            max_tokens: batch_texts * max_len,
-            max_seq_len: max_len,
-        };
+    /// `batch_texts` sequences of at most `max_len` tokens per forward pass: the sizes the backbone
+    /// must have reserved for embedding ([`Embedder::sizes`]).
+    pub fn new(batch_texts: usize, max_len: usize) -> Self {
         Embedder {
-            acts: enc.activations(cap, Mode::Eval),
-            pooler: Pooler::new(pooling),
-            batch_texts,
+            batch_texts: batch_texts.max(1),
             max_len,
             ids: Vec::new(),
             type_ids: Vec::new(),
             offsets: Vec::new(),
             pooled: Vec::new(),
-            gpu: None,
         }
     }
 
-    /// Runs every later [`Self::embed`] on `device`, with `enc`'s current parameters uploaded
-    /// once (later changes to `enc` are not seen there).
-    pub fn on_device(mut self, device: Device, enc: &Encoder) -> Result<Self> {
-        self.gpu = crate::device::for_device(device, enc, self.pooler.kind, self.batch_texts, self.max_len)?;
-        Ok(self)
+    /// What a backbone reserves to embed through this embedder (and nothing else).
+    pub fn sizes(&self) -> Sizes {
+        Sizes {
+            train_seqs: 0,
+            embed_seqs: self.batch_texts,
+            max_len: self.max_len,
+        }
     }
 
-    pub fn pooling(&self) -> Pooling {
-        self.pooler.kind
+    pub fn batch_texts(&self) -> usize {
+        self.batch_texts
     }
 
     /// Embeds `count` token sequences (`seq(i)` gives ids and type ids) into `out` (`count × hidden`, row `i` for
     /// sequence `i`). Sequences are processed longest first so each batch holds similar lengths.
-    pub fn embed<'s, F>(&mut self, enc: &Encoder, count: usize, seq: F, out: &mut Vec<f32>) -> Result<()>
+    pub fn embed<'s, F>(
+        &mut self,
+        model: &mut dyn Backbone,
+        count: usize,
+        seq: F,
+        out: &mut Vec<f32>,
+    ) -> Result<()>
     where
         F: Fn(usize) -> (&'s [u32], &'s [u32]),
     {
-        let h = enc.config.hidden_size;
+        let h = model.hidden_size();
         out.clear();
         out.resize(count * h, 0.0);
         let mut order: Vec<usize> = (0..count).collect();
@@ -83,22 +81,12 @@ impl Embedder {
                 self.type_ids.extend_from_slice(&types[..n.min(types.len())]);
                 self.offsets.push(self.ids.len());
             }
-            if let Some(g) = self.gpu.as_mut() {
-                g.forward_pooled(&self.ids, &self.type_ids, &self.offsets, None, &mut self.pooled)?;
-            } else {
-                let batch = Batch {
-                    input_ids: &self.ids,
-                    token_type_ids: Some(&self.type_ids),
-                    seq_offsets: &self.offsets,
-                };
-                let hidden = enc
-                    .forward(&batch, &mut self.acts, None)
-                    .map_err(|e| TrainError::Encoder(e.to_string()))?;
-                self.pooled.resize(chunk.len() * h, 0.0);
-                self.pooler
-                    .forward(&mut self.pooled, hidden, &self.offsets, h)
-                    .map_err(|e| TrainError::Encoder(e.to_string()))?;
-            }
+            let batch = Packed {
+                input_ids: &self.ids,
+                token_type_ids: &self.type_ids,
+                seq_offsets: &self.offsets,
+            };
+            model.embed(&batch, &mut self.pooled)?;
             for (k, &i) in chunk.iter().enumerate() {
                 out[i * h..(i + 1) * h].copy_from_slice(&self.pooled[k * h..(k + 1) * h]);
             }
@@ -107,14 +95,19 @@ impl Embedder {
     }
 
     /// Embeds every distinct text of a tokenised dataset (`dataset.num_texts() × hidden`).
-    pub fn embed_dataset(&mut self, enc: &Encoder, data: &Dataset, out: &mut Vec<f32>) -> Result<()> {
-        self.embed(enc, data.num_texts(), |t| data.tokens(t), out)
+    pub fn embed_dataset(
+        &mut self,
+        model: &mut dyn Backbone,
+        data: &Dataset,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        self.embed(model, data.num_texts(), |t| data.tokens(t), out)
     }
 
     /// Tokenises and embeds strings.
     pub fn embed_texts(
         &mut self,
-        enc: &Encoder,
+        model: &mut dyn Backbone,
         tok: &TextTokenizer,
         texts: &[String],
         out: &mut Vec<f32>,
@@ -123,7 +116,7 @@ impl Embedder {
             .encode_batch(texts)
             .map_err(|e| TrainError::Data(e.to_string()))?;
         self.embed(
-            enc,
+            model,
             encoded.len(),
             |i| (&encoded[i].ids[..], &encoded[i].type_ids[..]),
             out,
@@ -176,6 +169,50 @@ impl ModelDefaults {
             text_prompt,
         })
     }
+}
+
+/// How to load a model for training or embedding.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    pub device: Device,
+    /// `None`: the model folder's own pooling ([`ModelDefaults`]).
+    pub pooling: Option<Pooling>,
+    /// CPU: bf16 products in eval-mode forwards (AMX, or the portable path at f32 speed).
+    pub cpu_bf16_inference: bool,
+    /// CPU: bf16 products in the training step (forward and both backward products).
+    pub cpu_bf16_train: bool,
+}
+
+/// Loads a model folder as a [`Backbone`] for `opts.device`, with its tokenizer (at most `max_len`
+/// tokens, and no more than the model's positions allow). The family comes from `config.json`.
+pub fn load_backbone(
+    dir: &Path,
+    max_len: usize,
+    opts: LoadOptions,
+) -> Result<(Box<dyn Backbone>, TextTokenizer)> {
+    let pooling = match opts.pooling {
+        Some(p) => p,
+        None => ModelDefaults::from_dir(dir)?.pooling,
+    };
+    let (mut enc, tok) = load_model(dir, max_len)?;
+    let bf16 = |on: bool| {
+        if on {
+            angle_encoder::Precision::Bf16
+        } else {
+            angle_encoder::Precision::F32
+        }
+    };
+    let model: Box<dyn Backbone> = match opts.device {
+        Device::Cpu => {
+            let err = |e: angle_encoder::EncoderError| TrainError::Encoder(e.to_string());
+            enc.set_inference_precision(bf16(opts.cpu_bf16_inference))
+                .map_err(err)?;
+            enc.set_train_precision(bf16(opts.cpu_bf16_train)).map_err(err)?;
+            Box::new(BertCpu::new(enc, pooling))
+        }
+        Device::Cuda(p) => Box::new(GpuBert::new(enc, pooling, p)),
+    };
+    Ok((model, tok))
 }
 
 /// Loads a model directory's encoder and tokenizer (`tokenizer.json` beside `config.json`).

@@ -5,9 +5,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use angle_data::{Dataset, Format, Prompts, ReadOptions, TextTokenizer};
-use angle_encoder::Encoder;
 use serde::{Deserialize, Serialize};
 
+use crate::backbone::Backbone;
 use crate::embed::Embedder;
 use crate::error::{Result, TrainError};
 use crate::stats::{cosine, pearson, spearman};
@@ -45,14 +45,14 @@ pub fn load_sts(path: &Path, tok: &TextTokenizer, prompts: &Prompts, skip_invali
 
 /// Scores a format-A dataset. `scratch` holds the embeddings of the distinct texts (reused across evaluations).
 pub fn evaluate(
-    enc: &Encoder,
+    model: &mut dyn Backbone,
     emb: &mut Embedder,
     data: &Dataset,
     scratch: &mut Vec<f32>,
 ) -> Result<StsScores> {
     let started = Instant::now();
-    emb.embed_dataset(enc, data, scratch)?;
-    let h = enc.config.hidden_size;
+    emb.embed_dataset(model, data, scratch)?;
+    let h = model.hidden_size();
     let row = |t: usize| &scratch[t * h..(t + 1) * h];
     let sims: Vec<f64> = (0..data.len())
         .map(|e| cosine(row(data.text_of(e, 0, 0, 0)), row(data.text_of(e, 1, 0, 0))))

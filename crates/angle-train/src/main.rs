@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use angle_encoder::Pooling;
+use angle_train::backbone::Backbone;
 use angle_train::device::{Device, Precision};
-use angle_train::embed::{Embedder, ModelDefaults, load_model};
+use angle_train::embed::{Embedder, LoadOptions, ModelDefaults, load_backbone};
 use angle_train::evaluate::{evaluate, load_sts};
 use angle_train::stats::cosine;
 use angle_train::{TrainConfig, TrainOptions};
@@ -433,9 +434,9 @@ fn read_saved_config(dir: &Path) -> anyhow::Result<TrainConfig> {
     Ok(v.train)
 }
 
-/// Encoder, tokenizer, embedder and prompt for a model directory under the command's options.
+/// Model, tokenizer, embedder and prompt for a model directory under the command's options.
 struct Loaded {
-    enc: angle_encoder::Encoder,
+    model: Box<dyn Backbone>,
     tok: angle_data::TextTokenizer,
     emb: Embedder,
     prompt: Option<angle_data::Prompt>,
@@ -452,24 +453,28 @@ fn load(m: &ModelArgs) -> anyhow::Result<Loaded> {
     set_threads(m.threads)?;
     let defaults = ModelDefaults::from_dir(&m.model)?;
     let pooling = match &m.pooling {
-        Some(p) => Pooling::parse(p).with_context(|| format!("unknown pooling {p:?}"))?,
-        None => defaults.pooling,
+        Some(p) => Some(Pooling::parse(p).with_context(|| format!("unknown pooling {p:?}"))?),
+        None => None,
     };
     let max_len = m.max_length.or(defaults.max_length).unwrap_or(512);
-    let (mut enc, tok) = load_model(&m.model, max_len)?;
-    if cpu_bf16 {
-        enc.set_inference_precision(angle_encoder::Precision::Bf16)?;
-        if !angle_encoder::bf16_is_fast() {
-            eprintln!("note: this CPU has no AMX-BF16: bf16 products run at f32 speed (same rounding)");
-        }
+    let opts = LoadOptions {
+        device,
+        pooling,
+        cpu_bf16_inference: cpu_bf16,
+        cpu_bf16_train: false,
+    };
+    let (mut model, tok) = load_backbone(&m.model, max_len, opts)?;
+    if cpu_bf16 && !angle_encoder::bf16_is_fast() {
+        eprintln!("note: this CPU has no AMX-BF16: bf16 products run at f32 speed (same rounding)");
     }
-    let emb = Embedder::new(&enc, pooling, m.batch_size, tok.max_len()).on_device(device, &enc)?;
+    let emb = Embedder::new(m.batch_size, tok.max_len());
+    model.reserve(emb.sizes())?;
     let prompt = match m.prompt.clone().or(defaults.text_prompt) {
         Some(p) => Some(angle_data::Prompt::new(p)?),
         None => None,
     };
     Ok(Loaded {
-        enc,
+        model,
         tok,
         emb,
         prompt,
@@ -482,7 +487,7 @@ fn embed_lines(l: &mut Loaded, texts: &[String]) -> anyhow::Result<Vec<f32>> {
         None => texts.to_vec(),
     };
     let mut out = Vec::new();
-    l.emb.embed_texts(&l.enc, &l.tok, &prompted, &mut out)?;
+    l.emb.embed_texts(&mut *l.model, &l.tok, &prompted, &mut out)?;
     Ok(out)
 }
 
@@ -501,7 +506,7 @@ fn run_encode(a: &EncodeArgs) -> anyhow::Result<()> {
             .context("reading stdin")?,
     };
     let texts: Vec<String> = lines.into_iter().filter(|t| !t.trim().is_empty()).collect();
-    let h = l.enc.config.hidden_size;
+    let h = l.model.hidden_size();
     let mut emb = if texts.is_empty() {
         Vec::new()
     } else {
@@ -546,7 +551,7 @@ fn write_jsonl(w: &mut impl Write, texts: &[String], emb: &[f32], h: usize) -> a
 fn run_similarity(a: &SimilarityArgs) -> anyhow::Result<()> {
     let mut l = load(&a.model)?;
     let emb = embed_lines(&mut l, &a.texts)?;
-    let h = l.enc.config.hidden_size;
+    let h = l.model.hidden_size();
     let first = &emb[..h];
     for (k, t) in a.texts.iter().enumerate().skip(1) {
         println!("{:.4}\t{t}", cosine(first, &emb[k * h..(k + 1) * h]));
@@ -562,12 +567,12 @@ fn run_eval(a: &EvalArgs) -> anyhow::Result<()> {
     };
     let data = load_sts(&a.data, &l.tok, &prompts, a.skip_invalid)?;
     let mut scratch = Vec::new();
-    let s = evaluate(&l.enc, &mut l.emb, &data, &mut scratch)?;
+    let s = evaluate(&mut *l.model, &mut l.emb, &data, &mut scratch)?;
     let skipped = data.skip_counts().total;
     if a.json {
         let v = serde_json::json!({
             "data": a.data, "spearman": s.spearman, "pearson": s.pearson, "pairs": s.pairs,
-            "skipped": skipped, "seconds": s.seconds, "pooling": l.emb.pooling().name(),
+            "skipped": skipped, "seconds": s.seconds, "pooling": l.model.pooling().name(),
         });
         println!("{v}");
     } else {
@@ -579,7 +584,7 @@ fn run_eval(a: &EvalArgs) -> anyhow::Result<()> {
             s.pairs,
             skipped,
             s.seconds,
-            l.emb.pooling().name()
+            l.model.pooling().name()
         );
     }
     Ok(())

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use angle_train::checkpoint::{ANGLE_CONFIG, OPTIMIZER, TRAINER_STATE};
-use angle_train::embed::{Embedder, ModelDefaults, load_model};
+use angle_train::embed::{Embedder, LoadOptions, ModelDefaults, load_backbone};
 use angle_train::trainer::{BEST, CHECKPOINT_LAST, METRICS, PLOT, SUMMARY};
 use angle_train::{TrainConfig, TrainOptions, train};
 use common::{stsb_head, tiny_config, tiny_model};
@@ -224,11 +224,16 @@ fn saved_checkpoint_gives_the_trainers_embeddings() {
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
-    let (enc, tok) = load_model(&ckpt, 32).unwrap();
-    let mut emb = Embedder::new(&enc, angle_encoder::Pooling::Max, 8, 32);
+    let opts = LoadOptions {
+        pooling: Some(angle_encoder::Pooling::Max),
+        ..LoadOptions::default()
+    };
+    let (mut model, tok) = load_backbone(&ckpt, 32, opts).unwrap();
+    let mut emb = Embedder::new(8, 32);
+    model.reserve(emb.sizes()).unwrap();
     let owned: Vec<String> = texts.iter().map(|t| t.to_string()).collect();
     let mut ours = Vec::new();
-    emb.embed_texts(&enc, &tok, &owned, &mut ours).unwrap();
+    emb.embed_texts(&mut *model, &tok, &owned, &mut ours).unwrap();
     let from_cli: Vec<f32> = std::fs::read_to_string(&jsonl)
         .unwrap()
         .lines()

@@ -1,0 +1,253 @@
+//! The one interface between the trainer (and the embedder, and checkpoints) and the models.
+//!
+//! A [`Backbone`] takes packed token ids and gives pooled `[B, H]` embeddings; backward starts from
+//! the gradient of those embeddings; the trainable parameters, their gradients and AdamW moments are
+//! flat buffers behind it; it writes its own weight files into a checkpoint folder. Model families
+//! (the BERT encoder, the decoder LLMs) and devices (CPU, CUDA) sit below it, so the training loop,
+//! [`crate::embed::Embedder`] and [`crate::checkpoint`] exist once. Text-embeddings-inference's
+//! backend trait is the model: small, batch in, embeddings out.
+
+use std::path::Path;
+
+use angle_encoder::{Activations, AdamW, Batch, Capacity, Encoder, Mode, Pooler, Pooling};
+use angle_loss::{AngleLossConfig, DataFormat, LossParts};
+
+use crate::error::{Result, TrainError};
+
+/// A batch of packed sequences: token `t` of sequence `b` is row `seq_offsets[b] + t`.
+#[derive(Debug, Clone, Copy)]
+pub struct Packed<'a> {
+    pub input_ids: &'a [u32],
+    /// Segment ids (BERT); families without segments ignore them. Empty means all zeros.
+    pub token_type_ids: &'a [u32],
+    /// B + 1 offsets, from 0 to N.
+    pub seq_offsets: &'a [usize],
+}
+
+impl Packed<'_> {
+    pub fn num_seqs(&self) -> usize {
+        self.seq_offsets.len().saturating_sub(1)
+    }
+
+    fn as_encoder_batch(&self) -> Batch<'_> {
+        Batch {
+            input_ids: self.input_ids,
+            token_type_ids: (!self.token_type_ids.is_empty()).then_some(self.token_type_ids),
+            seq_offsets: self.seq_offsets,
+        }
+    }
+}
+
+/// How large a backbone's arenas must be: sized once, reused by every step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sizes {
+    /// Sequences per training micro-batch (0: the backbone will not train).
+    pub train_seqs: usize,
+    /// Sequences per inference batch (0: it will not embed).
+    pub embed_seqs: usize,
+    /// The longest sequence, in tokens.
+    pub max_len: usize,
+}
+
+/// What the trainer, the embedder and checkpoints need from a model, whatever its family and device.
+///
+/// Call order in a step: [`Backbone::zero_grad`], then per micro-batch [`Backbone::forward_train`] and
+/// [`Backbone::backward`] (gradients add up), then [`Backbone::clip_grad_norm`] and
+/// [`Backbone::adamw_step`]. [`Backbone::embed`] may run between steps (validation); it does not
+/// disturb the training state.
+pub trait Backbone {
+    /// One line for logs: family, device, precision.
+    fn describe(&self) -> String;
+    /// Width of the pooled embeddings.
+    fn hidden_size(&self) -> usize;
+    fn pooling(&self) -> Pooling;
+    /// Sizes the arenas (once, before the first step or embedding).
+    fn reserve(&mut self, sizes: Sizes) -> Result<()>;
+
+    /// Eval-mode forward: pooled `[B, H]` into `pooled` (resized).
+    fn embed(&mut self, batch: &Packed<'_>, pooled: &mut Vec<f32>) -> Result<()>;
+    /// Train-mode forward (dropout from `dropout` when given), pooled `[B, H]` into `pooled`, saving
+    /// what [`Backbone::backward`] needs.
+    fn forward_train(
+        &mut self,
+        batch: &Packed<'_>,
+        dropout: Option<u64>,
+        pooled: &mut Vec<f32>,
+    ) -> Result<()>;
+    /// Backward of the last [`Backbone::forward_train`] from `d loss / d pooled`, added into the
+    /// gradients.
+    fn backward(&mut self, batch: &Packed<'_>, dpooled: &[f32]) -> Result<()>;
+
+    /// Offers to compute the objective itself (the GPU's fused kernel): `Some(message to log once)`
+    /// when it will, for every later [`Backbone::fused_step`]; `None` (the default) when the host
+    /// computes it.
+    fn use_fused_objective(&mut self, _cfg: &AngleLossConfig, _format: DataFormat) -> Option<String> {
+        None
+    }
+    /// Forward, objective (labels one per pair) and backward of `scale · loss` in one call; only
+    /// after [`Backbone::use_fused_objective`] said yes.
+    fn fused_step(
+        &mut self,
+        _batch: &Packed<'_>,
+        _labels: &[f32],
+        _dropout: Option<u64>,
+        _scale: f32,
+    ) -> Result<(f32, LossParts<f32>)> {
+        Err(TrainError::Config("this backbone has no fused objective".into()))
+    }
+
+    /// Clears the gradients (allocating them and the moments on first use).
+    fn zero_grad(&mut self) -> Result<()>;
+    /// The global gradient norm; with `max_norm`, the gradients are scaled to at most that norm
+    /// (now or, on a device, inside the next [`Backbone::adamw_step`]: the same update either way).
+    fn clip_grad_norm(&mut self, max_norm: Option<f32>) -> Result<f64>;
+    /// AdamW step `t` (from 1) over the trainable parameters.
+    fn adamw_step(&mut self, hp: &AdamW, t: u64) -> Result<()>;
+
+    /// Number of trainable scalars (the length of each moment buffer).
+    fn trainable_len(&self) -> usize;
+    /// The AdamW moments (host copies, up to date).
+    fn moments(&mut self) -> Result<(&[f32], &[f32])>;
+    /// Restores the moments of a resumed run.
+    fn set_moments(&mut self, m: Vec<f32>, v: Vec<f32>) -> Result<()>;
+    /// Writes the model's own files into the checkpoint folder `dir` (`config.json` and weights, or an
+    /// adapter); `files_from` is the folder the model was loaded from (for files to carry along).
+    fn write_weights(&mut self, dir: &Path, files_from: &Path) -> Result<()>;
+}
+
+fn enc_err(e: angle_encoder::EncoderError) -> TrainError {
+    TrainError::Encoder(e.to_string())
+}
+
+/// The BERT-family encoder on the CPU.
+pub struct BertCpu {
+    pub enc: Encoder,
+    pooler: Pooler,
+    train: Option<Activations>,
+    eval: Option<Activations>,
+}
+
+impl BertCpu {
+    pub fn new(enc: Encoder, pooling: Pooling) -> Self {
+        BertCpu {
+            enc,
+            pooler: Pooler::new(pooling),
+            train: None,
+            eval: None,
+        }
+    }
+
+    fn pool(
+        &mut self,
+        batch: &Packed<'_>,
+        train: bool,
+        dropout: Option<u64>,
+        pooled: &mut Vec<f32>,
+    ) -> Result<()> {
+        let h = self.enc.config.hidden_size;
+        let acts = if train { &mut self.train } else { &mut self.eval };
+        let acts = acts
+            .as_mut()
+            .ok_or_else(|| TrainError::Config("backbone used before reserve()".into()))?;
+        let hidden = self
+            .enc
+            .forward(&batch.as_encoder_batch(), acts, dropout)
+            .map_err(enc_err)?;
+        pooled.resize(batch.num_seqs() * h, 0.0);
+        self.pooler
+            .forward(pooled, hidden, batch.seq_offsets, h)
+            .map_err(enc_err)
+    }
+}
+
+impl Backbone for BertCpu {
+    fn describe(&self) -> String {
+        let bf16 = self.enc.train_precision() == angle_encoder::Precision::Bf16
+            || self.enc.inference_precision() == angle_encoder::Precision::Bf16;
+        format!(
+            "{} ({} layers, hidden {}) on the cpu, {}",
+            self.enc.config.model_type,
+            self.enc.config.num_hidden_layers,
+            self.enc.config.hidden_size,
+            if bf16 { "bf16 products" } else { "f32" }
+        )
+    }
+
+    fn hidden_size(&self) -> usize {
+        self.enc.config.hidden_size
+    }
+
+    fn pooling(&self) -> Pooling {
+        self.pooler.kind
+    }
+
+    fn reserve(&mut self, s: Sizes) -> Result<()> {
+        let cap = |seqs: usize| Capacity {
+            max_tokens: seqs * s.max_len,
+            max_seq_len: s.max_len,
+        };
+        self.train = (s.train_seqs > 0).then(|| self.enc.activations(cap(s.train_seqs), Mode::Train));
+        self.eval = (s.embed_seqs > 0).then(|| self.enc.activations(cap(s.embed_seqs), Mode::Eval));
+        Ok(())
+    }
+
+    fn embed(&mut self, batch: &Packed<'_>, pooled: &mut Vec<f32>) -> Result<()> {
+        self.pool(batch, false, None, pooled)
+    }
+
+    fn forward_train(
+        &mut self,
+        batch: &Packed<'_>,
+        dropout: Option<u64>,
+        pooled: &mut Vec<f32>,
+    ) -> Result<()> {
+        self.pool(batch, true, dropout, pooled)
+    }
+
+    fn backward(&mut self, batch: &Packed<'_>, dpooled: &[f32]) -> Result<()> {
+        let h = self.enc.config.hidden_size;
+        let acts = self
+            .train
+            .as_mut()
+            .ok_or_else(|| TrainError::Config("backward before a training forward".into()))?;
+        self.pooler
+            .backward(acts.dhidden_mut(), dpooled, batch.seq_offsets, h)
+            .map_err(enc_err)?;
+        self.enc.backward(acts).map_err(enc_err)
+    }
+
+    fn zero_grad(&mut self) -> Result<()> {
+        self.enc.zero_grad();
+        Ok(())
+    }
+
+    fn clip_grad_norm(&mut self, max_norm: Option<f32>) -> Result<f64> {
+        let g = &mut self.enc.buffers.grads;
+        Ok(match max_norm {
+            Some(m) => angle_tensor::cpu::clip_grad_norm(g, m as f64),
+            None => angle_tensor::cpu::grad_norm(g),
+        })
+    }
+
+    fn adamw_step(&mut self, hp: &AdamW, t: u64) -> Result<()> {
+        self.enc.adamw_step(hp, t).map_err(enc_err)
+    }
+
+    fn trainable_len(&self) -> usize {
+        self.enc.layout.total
+    }
+
+    fn moments(&mut self) -> Result<(&[f32], &[f32])> {
+        Ok((&self.enc.buffers.adam_m, &self.enc.buffers.adam_v))
+    }
+
+    fn set_moments(&mut self, m: Vec<f32>, v: Vec<f32>) -> Result<()> {
+        self.enc.buffers.adam_m = m;
+        self.enc.buffers.adam_v = v;
+        Ok(())
+    }
+
+    fn write_weights(&mut self, dir: &Path, files_from: &Path) -> Result<()> {
+        crate::checkpoint::write_bert_weights(dir, &self.enc, files_from)
+    }
+}

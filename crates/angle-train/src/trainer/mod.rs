@@ -1,0 +1,411 @@
+//! The training loop: data → forward → pooled embeddings → AnglE objective → backward → gradient norm (and
+//! clipping) → AdamW with the linear schedule → logging, evaluation, checkpoints. [`step`] runs one optimizer
+//! step, [`validation`] scores the validation set, [`log`] keeps the running means; this file sets the run up
+//! and walks it to the end. The model is a [`Backbone`]: any family, any device.
+//!
+//! Everything a step depends on is a pure function of (config, step, position in the epoch): the epoch's data order
+//! comes from `(seed, epoch)` (angle-data), dropout masks from `(seed, step, micro-batch)`, AdamW's bias correction
+//! from the step. A checkpoint therefore needs only the weights, the moments and the position, and a resumed run
+//! repeats the interrupted one bit for bit.
+
+mod log;
+mod step;
+mod validation;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use angle_data::{BatchConfig, Dataset, DuplicatePolicy, EpochPlan, Format, Prompts, ReadOptions};
+use angle_encoder::Pooling;
+use angle_loss::DataFormat;
+use serde::{Deserialize, Serialize};
+
+use crate::backbone::Sizes;
+use crate::checkpoint::{self, TrainerState};
+use crate::config::TrainConfig;
+use crate::device::Device;
+use crate::embed::{Embedder, LoadOptions, load_backbone};
+use crate::error::{Result, TrainError, io_err};
+use crate::evaluate::{StsScores, load_sts};
+use crate::metrics::{MetricsWriter, Record, read_records};
+use crate::plot::write_svg;
+use crate::schedule::LinearSchedule;
+use log::{Window, progress_bar, say};
+use step::{StepResult, Stepper};
+use validation::{BestCheckpoint, Validation};
+
+pub const CHECKPOINT_LAST: &str = "checkpoint-last";
+pub const BEST: &str = "best";
+pub const METRICS: &str = "metrics.jsonl";
+pub const PLOT: &str = "training.svg";
+pub const SUMMARY: &str = "summary.json";
+
+/// How the caller steers a run from outside the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Set (by Ctrl-C) to stop after the current step: `checkpoint-last` is saved first.
+    pub stop: Arc<AtomicBool>,
+    /// Draw a progress bar on a terminal.
+    pub progress: bool,
+    /// Stop after this step *without* saving, as a killed process would (for resume tests).
+    pub halt_after: Option<u64>,
+    /// Where the encoder trains (see [`crate::device`]); evaluation stays on the host.
+    pub device: Device,
+    /// On the CPU: bf16 products in the training step (AMX; `angle train --precision bf16`),
+    /// f32 weight gradients, master weights and AdamW. Validation stays f32.
+    pub cpu_bf16: bool,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub steps: u64,
+    pub total_steps: u64,
+    pub epochs: f64,
+    /// Training time (evaluation and checkpoint writing excluded), over all resumed parts of the run.
+    pub train_seconds: f64,
+    /// Wall time of this process's part of the run, everything included.
+    pub wall_seconds: f64,
+    pub eval_seconds: f64,
+    /// CPU seconds (all threads) of the training steps, and the worker threads that shared them: on a machine
+    /// where others run too, `train_cpu_seconds / threads` estimates the training time the run would have taken
+    /// with its cores to itself (assuming the threads scale perfectly).
+    pub train_cpu_seconds: f64,
+    pub threads: usize,
+    pub examples: u64,
+    pub pairs_per_s: f64,
+    pub tokens_per_s: f64,
+    pub best_spearman: Option<f64>,
+    pub best_step: Option<u64>,
+    pub last_eval: Option<StsScores>,
+    pub skipped_train_rows: usize,
+    pub skipped_valid_rows: usize,
+    pub truncated_texts: usize,
+    pub interrupted: bool,
+    pub resumed_from_step: Option<u64>,
+    pub output: PathBuf,
+}
+
+fn read_options(c: &TrainConfig) -> Result<ReadOptions> {
+    let columns = match &c.columns {
+        Some(s) => s
+            .parse()
+            .map_err(|e: angle_data::DataError| TrainError::Config(e.to_string()))?,
+        None => Default::default(),
+    };
+    let format = match &c.format {
+        Some(s) => Some(
+            s.parse::<Format>()
+                .map_err(|e| TrainError::Config(e.to_string()))?,
+        ),
+        None => None,
+    };
+    Ok(ReadOptions {
+        columns,
+        format,
+        skip_invalid: c.skip_invalid,
+        ..ReadOptions::default()
+    })
+}
+
+fn prompts(c: &TrainConfig) -> Result<Prompts> {
+    Prompts::from_templates(
+        c.text_prompt.as_deref(),
+        c.query_prompt.as_deref(),
+        c.doc_prompt.as_deref(),
+    )
+    .map_err(|e| TrainError::Config(e.to_string()))
+}
+
+fn data_format(f: Format) -> DataFormat {
+    match f {
+        Format::A => DataFormat::A,
+        Format::B => DataFormat::B,
+        Format::C => DataFormat::C,
+    }
+}
+
+/// Optimizer steps per epoch: every `grad_accum` micro-batches make a step; a remainder makes a shorter last step.
+pub fn steps_per_epoch(batches: usize, grad_accum: usize) -> u64 {
+    batches.div_ceil(grad_accum.max(1)) as u64
+}
+
+/// Train as `config` says; with `resume`, continue the run saved in that `checkpoint-last` directory (weights,
+/// moments and position from there; `config` should be the saved one, as `angle train --resume` merges it, and a
+/// different training file or step count is refused).
+pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) -> Result<RunSummary> {
+    let wall = Instant::now();
+    config.validate()?;
+    let pooling = Pooling::parse(&config.pooling)
+        .ok_or_else(|| TrainError::Config(format!("unknown pooling {:?}", config.pooling)))?;
+
+    // Weights (and tokenizer files) come from the checkpoint when resuming, else from the model directory.
+    let files_from = match resume {
+        Some(dir) => crate::atomic::resolve(dir)?,
+        None => config.model.clone(),
+    };
+    let cpu_bf16 = opts.cpu_bf16 && matches!(opts.device, Device::Cpu);
+    let load = LoadOptions {
+        device: opts.device,
+        pooling: Some(pooling),
+        cpu_bf16_inference: false,
+        cpu_bf16_train: cpu_bf16,
+    };
+    let (mut model, tok) = load_backbone(&files_from, config.max_length, load)?;
+    if cpu_bf16 {
+        eprintln!(
+            "cpu: training with bf16 products ({}); weight gradients, weights and AdamW in f32",
+            if angle_encoder::bf16_is_fast() {
+                "AMX tiles"
+            } else {
+                "no AMX here: f32 speed"
+            }
+        );
+    }
+    let max_len = tok.max_len();
+
+    let data = Dataset::load(&config.train, &read_options(&config)?, &prompts(&config)?, &tok)
+        .map_err(|e| TrainError::Data(e.to_string()))?;
+    if data.is_empty() {
+        return Err(TrainError::Data(format!(
+            "{}: no examples to train on",
+            config.train.display()
+        )));
+    }
+    let valid = match &config.valid {
+        Some(p) => Some(load_sts(p, &tok, &prompts(&config)?, config.skip_invalid)?),
+        None => None,
+    };
+
+    let batch_cfg = BatchConfig {
+        length_grouped: config.group_by_length,
+        duplicates: if config.drop_duplicates {
+            DuplicatePolicy::Drop
+        } else {
+            DuplicatePolicy::Mask
+        },
+        ..BatchConfig::train(config.batch_size, config.seed)
+    };
+    let per_epoch = steps_per_epoch(data.batches_per_epoch(&batch_cfg), config.grad_accum);
+    let total_steps = config.max_steps.unwrap_or(per_epoch * config.epochs as u64);
+
+    model.zero_grad()?;
+    let (mut state, resumed_from_step) = match resume {
+        Some(dir) => {
+            let r = checkpoint::load_training_checkpoint(dir, model.trainable_len())?;
+            if r.state.train_examples != data.len() || r.state.total_steps != total_steps {
+                return Err(TrainError::Checkpoint {
+                    path: r.dir.clone(),
+                    msg: format!(
+                        "saved run had {} examples and {} steps; this one has {} and {}",
+                        r.state.train_examples,
+                        r.state.total_steps,
+                        data.len(),
+                        total_steps
+                    ),
+                });
+            }
+            model.set_moments(r.adam_m, r.adam_v)?;
+            let step = r.state.step;
+            (r.state, Some(step))
+        }
+        None => (new_state(&config, total_steps, data.len()), None),
+    };
+
+    let rows_max = config.batch_size * data.format().rows_per_example();
+    // Before anything is written: a missing driver or an unsupported model fails here.
+    let embedder = Embedder::new(config.eval_batch_size, max_len);
+    model.reserve(Sizes {
+        train_seqs: rows_max,
+        embed_seqs: if valid.is_some() {
+            embedder.batch_texts()
+        } else {
+            0
+        },
+        max_len,
+    })?;
+
+    let out = config.output.clone();
+    std::fs::create_dir_all(&out).map_err(io_err(&out))?;
+    let metrics_path = out.join(METRICS);
+    let mut metrics = match resumed_from_step {
+        Some(step) => MetricsWriter::resume(&metrics_path, step)?,
+        None => MetricsWriter::create(&metrics_path)?,
+    };
+
+    let format = data_format(data.format());
+    let schedule = LinearSchedule::new(config.lr, config.warmup_steps, total_steps);
+    let mut stepper = Stepper::new(&config, &data, format, schedule, rows_max, model.hidden_size());
+    stepper.fused = model.use_fused_objective(&config.loss, format).is_some();
+
+    let bar = progress_bar(opts.progress, total_steps, state.step);
+    let mut plan: EpochPlan = data
+        .plan_epoch(&batch_cfg, state.epoch)
+        .map_err(|e| TrainError::Data(e.to_string()))?;
+    let mut window = Window::default();
+    let best = BestCheckpoint {
+        dir: out.join(BEST),
+        files_from: &files_from,
+        config: &config,
+    };
+    let mut validation = valid.map(|data| Validation::new(data, embedder));
+    // The untrained model's score starts the curve (and is the best so far), unless the run is resumed.
+    if let (Some(v), None) = (validation.as_mut(), resumed_from_step) {
+        v.run(
+            &mut *model,
+            &mut state,
+            0.0,
+            &mut metrics,
+            &bar,
+            opts.progress,
+            &best,
+        )?;
+    }
+    let mut interrupted = false;
+    let log_steps = config.log_steps.max(1);
+
+    while state.step < total_steps {
+        if state.batch_in_epoch >= plan.len() {
+            state.epoch += 1;
+            state.batch_in_epoch = 0;
+            plan = data
+                .plan_epoch(&batch_cfg, state.epoch)
+                .map_err(|e| TrainError::Data(e.to_string()))?;
+        }
+        let micro = config.grad_accum.min(plan.len() - state.batch_in_epoch);
+        let r = stepper.step(&mut *model, &plan, state.batch_in_epoch, micro, state.step)?;
+        state.batch_in_epoch += micro;
+        state.step += 1;
+        record_step(&mut state, &r);
+        window.add(&r);
+
+        let epoch_f = state.epoch as f64 + state.batch_in_epoch as f64 / plan.len().max(1) as f64;
+        bar.set_position(state.step);
+        if !bar.is_hidden() {
+            bar.set_message(format!(
+                "loss {:.4} lr {:.2e} {:.1} pairs/s",
+                r.loss,
+                r.lr,
+                window.pairs_per_s()
+            ));
+        }
+
+        let epoch_end = state.batch_in_epoch >= plan.len();
+        let last = state.step == total_steps;
+        let stop = opts.stop.load(Ordering::SeqCst);
+        if state.step % log_steps == 0 || last || stop {
+            let rec = window.take_record(state.step, epoch_f, r.lr, state.train_seconds);
+            if bar.is_hidden() && opts.progress {
+                eprintln!(
+                    "step {}/{} epoch {:.2} loss {:.4} lr {:.2e} grad_norm {:.3} {:.1} pairs/s",
+                    rec.step, total_steps, rec.epoch, rec.loss, rec.lr, rec.grad_norm, rec.pairs_per_s
+                );
+            }
+            metrics.write(&Record::Train(rec))?;
+        }
+
+        let due = |every: u64| {
+            if every > 0 {
+                state.step % every == 0
+            } else {
+                epoch_end
+            }
+        };
+        let (eval_due, save_due) = (due(config.eval_steps), due(config.save_steps));
+        if let Some(v) = validation.as_mut().filter(|_| eval_due || last) {
+            v.run(
+                &mut *model,
+                &mut state,
+                epoch_f,
+                &mut metrics,
+                &bar,
+                opts.progress,
+                &best,
+            )?;
+        }
+        if opts.halt_after == Some(state.step) {
+            interrupted = true;
+            break;
+        }
+        if save_due || last || stop {
+            checkpoint::save_training_checkpoint(
+                &out.join(CHECKPOINT_LAST),
+                &mut *model,
+                &files_from,
+                &config,
+                &state,
+            )?;
+        }
+        if stop && !last {
+            let line = format!(
+                "interrupted: saved {} at step {}",
+                out.join(CHECKPOINT_LAST).display(),
+                state.step
+            );
+            say(&bar, opts.progress, line);
+            interrupted = true;
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    drop(metrics);
+    write_svg(&out.join(PLOT), &read_records(&metrics_path)?)?;
+
+    let summary = RunSummary {
+        steps: state.step,
+        total_steps,
+        epochs: state.epoch as f64 + state.batch_in_epoch as f64 / plan.len().max(1) as f64,
+        train_seconds: state.train_seconds,
+        wall_seconds: wall.elapsed().as_secs_f64(),
+        eval_seconds: validation.as_ref().map_or(0.0, |v| v.seconds),
+        train_cpu_seconds: state.train_cpu_seconds,
+        threads: rayon::current_num_threads(),
+        examples: state.examples_seen,
+        pairs_per_s: state.examples_seen as f64 / state.train_seconds.max(1e-9),
+        tokens_per_s: state.tokens_seen as f64 / state.train_seconds.max(1e-9),
+        best_spearman: state.best_spearman,
+        best_step: state.best_step,
+        last_eval: validation.as_ref().and_then(|v| v.last),
+        skipped_train_rows: data.skip_counts().total,
+        skipped_valid_rows: validation.as_ref().map_or(0, |v| v.data.skip_counts().total),
+        truncated_texts: data.truncated_texts(),
+        interrupted,
+        resumed_from_step,
+        output: out.clone(),
+    };
+    let p = out.join(SUMMARY);
+    let text = serde_json::to_string_pretty(&summary).map_err(|source| TrainError::Json {
+        path: p.clone(),
+        source,
+    })?;
+    std::fs::write(&p, text + "\n").map_err(io_err(&p))?;
+    Ok(summary)
+}
+
+/// The state of a run that has not taken a step yet.
+fn new_state(config: &TrainConfig, total_steps: u64, train_examples: usize) -> TrainerState {
+    TrainerState {
+        step: 0,
+        total_steps,
+        epoch: 0,
+        batch_in_epoch: 0,
+        seed: config.seed,
+        best_spearman: None,
+        best_step: None,
+        train_seconds: 0.0,
+        train_cpu_seconds: 0.0,
+        examples_seen: 0,
+        tokens_seen: 0,
+        train_examples,
+    }
+}
+
+/// Adds a finished step's time and counts to the run's totals.
+fn record_step(state: &mut TrainerState, r: &StepResult) {
+    state.train_seconds += r.seconds;
+    state.train_cpu_seconds += r.cpu_seconds.unwrap_or(0.0);
+    state.examples_seen += r.examples;
+    state.tokens_seen += r.tokens;
+}
