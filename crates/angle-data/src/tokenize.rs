@@ -28,6 +28,8 @@ pub struct TextTokenizer {
     path: PathBuf,
     max_len: usize,
     pad_id: u32,
+    /// Appended to every text after truncation to `max_len - 1` tokens (LLM embedders pool the last token).
+    append_eos: Option<u32>,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -36,6 +38,7 @@ impl std::fmt::Debug for TextTokenizer {
             .field("path", &self.path)
             .field("max_len", &self.max_len)
             .field("pad_id", &self.pad_id)
+            .field("append_eos", &self.append_eos)
             .finish()
     }
 }
@@ -79,7 +82,58 @@ impl TextTokenizer {
             path,
             max_len,
             pad_id,
+            append_eos: None,
         })
+    }
+
+    /// Appends `eos_id` to every text, after truncating it to `max_len - 1` tokens, as LLM embedders do
+    /// (the last token, pooled, is then always the EOS token).
+    pub fn with_eos_appended(mut self, eos_id: u32) -> Result<Self, DataError> {
+        let max_length = self.max_len - 1;
+        let added = self
+            .inner
+            .get_post_processor()
+            .map_or(0, |p| p.added_tokens(false));
+        if max_length <= added {
+            return Err(DataError::Tokenizer {
+                path: self.path.clone(),
+                message: format!("max length {} leaves no room for text beside EOS", self.max_len),
+            });
+        }
+        let set = self.inner.with_truncation(Some(TruncationParams {
+            direction: TruncationDirection::Right,
+            max_length,
+            strategy: TruncationStrategy::LongestFirst,
+            stride: 0,
+        }));
+        if let Err(e) = set {
+            return Err(self.error(e));
+        }
+        self.append_eos = Some(eos_id);
+        Ok(self)
+    }
+
+    /// The id of the EOS token a model folder names: `tokenizer_config.json`'s `eos_token` (a string or
+    /// `{"content": ...}`), looked up in this tokenizer.
+    pub fn eos_id_from(&self, dir: &Path) -> Result<u32, DataError> {
+        let p = dir.join("tokenizer_config.json");
+        let err = |message: String| DataError::Tokenizer {
+            path: p.clone(),
+            message,
+        };
+        let text = std::fs::read_to_string(&p).map_err(|e| err(format!("cannot read it: {e}")))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let name = match v.get("eos_token") {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(o) => match o.get("content").and_then(|c| c.as_str()) {
+                Some(s) => s.to_string(),
+                None => return Err(err("eos_token is neither a string nor {\"content\": ...}".into())),
+            },
+            None => return Err(err("no eos_token: --append-eos needs one".into())),
+        };
+        self.inner
+            .token_to_id(&name)
+            .ok_or_else(|| err(format!("eos_token {name:?} is not in {}", self.path.display())))
     }
 
     pub fn max_len(&self) -> usize {
@@ -102,14 +156,14 @@ impl TextTokenizer {
 
     pub fn encode(&self, text: &str) -> Result<Encoded, DataError> {
         let enc = self.inner.encode(text, true).map_err(|e| self.error(e))?;
-        Ok(to_encoded(&enc))
+        Ok(self.finish(&enc))
     }
 
     /// Encodes many texts in parallel (the `tokenizers` batch API, on rayon's pool), each on its own.
     pub fn encode_batch(&self, texts: &[String]) -> Result<Vec<Encoded>, DataError> {
         let inputs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let encs = self.inner.encode_batch(inputs, true).map_err(|e| self.error(e))?;
-        Ok(encs.iter().map(to_encoded).collect())
+        Ok(encs.iter().map(|e| self.finish(e)).collect())
     }
 
     /// Texts to one packed batch, rows in the given order (for encoding and evaluation; labels empty, text ids the
@@ -121,6 +175,15 @@ impl TextTokenizer {
             batch.push_row(&e.ids, &e.type_ids, i as u64);
         }
         Ok(batch)
+    }
+
+    fn finish(&self, e: &tokenizers::Encoding) -> Encoded {
+        let mut out = to_encoded(e);
+        if let Some(eos) = self.append_eos {
+            out.ids.push(eos);
+            out.type_ids.push(0);
+        }
+        out
     }
 
     fn error(&self, e: tokenizers::Error) -> DataError {

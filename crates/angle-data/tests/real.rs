@@ -391,3 +391,29 @@ fn padded_batch_matches_the_hugging_face_fixture() {
     assert_eq!(padded.attention_mask, mask);
     assert_eq!(padded.token_type_ids, types);
 }
+
+#[test]
+fn append_eos_truncates_to_one_less_and_ends_every_text_with_eos() {
+    let dir = shared().join("fixtures/decoder/qwen2-lora-last/model");
+    let plain = TextTokenizer::from_file(&dir, 8).unwrap();
+    let eos = plain.eos_id_from(&dir).unwrap();
+    assert_eq!(Some(eos), plain.inner().token_to_id("<|endoftext|>"));
+    let tok = plain.clone().with_eos_appended(eos).unwrap();
+    let long = "A man is playing a large flute on a stage in front of many people.";
+    let short = "A dog.";
+    let (l, s) = (tok.encode(long).unwrap(), tok.encode(short).unwrap());
+    assert_eq!(l.ids.len(), 8);
+    assert_eq!(l.ids[..7], plain.encode(long).unwrap().ids[..7]);
+    assert_eq!(*l.ids.last().unwrap(), eos);
+    let mut expected = plain.encode(short).unwrap().ids;
+    expected.push(eos);
+    assert_eq!(s.ids, expected);
+    assert_eq!(s.type_ids.len(), s.ids.len());
+    let batch = tok.encode_batch(&[short.to_string()]).unwrap();
+    assert_eq!(batch[0], s);
+    // A folder without an EOS token is a clear error naming the file.
+    let e = plain
+        .eos_id_from(&shared().join("models/all-MiniLM-L6-v2"))
+        .unwrap_err();
+    assert!(e.to_string().contains("tokenizer_config.json"), "{e}");
+}
