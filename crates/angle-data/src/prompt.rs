@@ -7,14 +7,26 @@ use crate::{DataError, Role};
 
 const PLACEHOLDER: &str = "{text}";
 
+/// angle-emb's named prompts (`angle_emb.Prompts`), usable by name (`A` or `Prompts.A`) wherever a template is.
+pub const NAMED: [(&str, &str); 3] = [
+    ("A", "Summarize sentence \"{text}\" in one word:\""),
+    ("B", "You can only output one word. Summarize \"{text}\":\""),
+    ("C", "Represent this sentence for searching relevant passages: {text}"),
+];
+
 /// A template such as `"Represent this sentence for searching relevant passages: {text}"`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Prompt(String);
 
 impl Prompt {
-    /// Fails when the template has no `{text}`: a prompt without it would replace every text by the same string.
+    /// A template, or the name of one of angle-emb's prompts ([`NAMED`]). Fails when the template has no
+    /// `{text}`: a prompt without it would replace every text by the same string.
     pub fn new(template: impl Into<String>) -> Result<Self, DataError> {
         let template = template.into();
+        let name = template.strip_prefix("Prompts.").unwrap_or(&template);
+        if let Some((_, t)) = NAMED.iter().find(|(n, _)| *n == name) {
+            return Ok(Prompt(t.to_string()));
+        }
         if !template.contains(PLACEHOLDER) {
             return Err(DataError::Prompt { prompt: template });
         }
@@ -72,5 +84,18 @@ impl Prompts {
             Some(p) => p.apply(text),
             None => text.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod named_tests {
+    use super::*;
+
+    #[test]
+    fn angle_emb_prompts_by_name() {
+        let a = Prompt::new("Prompts.A").unwrap();
+        assert_eq!(a.apply("hi"), "Summarize sentence \"hi\" in one word:\"");
+        assert_eq!(Prompt::new("C").unwrap().template(), NAMED[2].1);
+        assert!(Prompt::new("D").is_err());
     }
 }
