@@ -11,7 +11,10 @@ const PLACEHOLDER: &str = "{text}";
 pub const NAMED: [(&str, &str); 3] = [
     ("A", "Summarize sentence \"{text}\" in one word:\""),
     ("B", "You can only output one word. Summarize \"{text}\":\""),
-    ("C", "Represent this sentence for searching relevant passages: {text}"),
+    (
+        "C",
+        "Represent this sentence for searching relevant passages: {text}",
+    ),
 ];
 
 /// A template such as `"Represent this sentence for searching relevant passages: {text}"`.

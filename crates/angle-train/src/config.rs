@@ -65,6 +65,37 @@ pub struct TrainConfig {
     pub threads: usize,
     /// Batch size (texts) when encoding the validation set.
     pub eval_batch_size: usize,
+
+    /// Decoder family: LoRA on a frozen base (`None`: the whole model trains).
+    pub lora: Option<LoraSettings>,
+    /// Decoder family: every real token attends to every real token of its sequence (BiLLM / LLM2Vec style).
+    pub bidirectional: bool,
+    /// Append the tokenizer's EOS token to every text after truncation (LLM embedders pool it).
+    pub append_eos: bool,
+    /// LoRA: also write `merged/`, the adapter folded into the base weights (a full checkpoint).
+    pub merge_lora: bool,
+}
+
+/// LoRA hyper-parameters as angle-emb's defaults: r 32, alpha 32, dropout 0.1, every linear layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LoraSettings {
+    pub r: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    /// Module names (`q_proj,v_proj`) or `all-linear`.
+    pub targets: String,
+}
+
+impl Default for LoraSettings {
+    fn default() -> Self {
+        LoraSettings {
+            r: 32,
+            alpha: 32.0,
+            dropout: 0.1,
+            targets: "all-linear".into(),
+        }
+    }
 }
 
 impl Default for TrainConfig {
@@ -103,6 +134,10 @@ impl Default for TrainConfig {
             log_steps: 10,
             threads: 0,
             eval_batch_size: 64,
+            lora: None,
+            bidirectional: false,
+            append_eos: false,
+            merge_lora: false,
         }
     }
 }

@@ -172,6 +172,29 @@ struct TrainArgs {
     /// Show a progress bar (on a terminal; plain log lines otherwise) [default: true].
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     progress: Option<bool>,
+
+    /// Decoder family: train a LoRA adapter of this rank on the frozen base (any --lora-* option turns LoRA
+    /// on) [default: 32 with LoRA; without LoRA options the whole model trains].
+    #[arg(long)]
+    lora_r: Option<usize>,
+    /// LoRA scale numerator: the update is (alpha / r) B A [default: 32].
+    #[arg(long)]
+    lora_alpha: Option<f64>,
+    /// Dropout on the LoRA branch's input [default: 0.1].
+    #[arg(long)]
+    lora_dropout: Option<f64>,
+    /// Modules to adapt: names such as q_proj,v_proj, or all-linear [default: all-linear].
+    #[arg(long)]
+    lora_targets: Option<String>,
+    /// LoRA: also write <output>/merged, the adapter folded into the base weights [default: false].
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    merge_lora: Option<bool>,
+    /// Decoder family: bidirectional attention instead of causal [default: false].
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    bidirectional: Option<bool>,
+    /// Append the tokenizer's EOS token to every text after truncation [default: false].
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    append_eos: Option<bool>,
 }
 
 impl TrainArgs {
@@ -231,6 +254,23 @@ impl TrainArgs {
         take_opt!(query_prompt);
         take_opt!(doc_prompt);
         take_opt!(max_steps);
+        take!(merge_lora => merge_lora);
+        take!(bidirectional => bidirectional);
+        take!(append_eos => append_eos);
+        if self.lora_r.is_some()
+            || self.lora_alpha.is_some()
+            || self.lora_dropout.is_some()
+            || self.lora_targets.is_some()
+        {
+            let d = angle_train::config::LoraSettings::default();
+            c.lora = Some(angle_train::config::LoraSettings {
+                r: self.lora_r.unwrap_or(d.r),
+                alpha: self.lora_alpha.unwrap_or(d.alpha),
+                dropout: self.lora_dropout.unwrap_or(d.dropout),
+                targets: self.lora_targets.clone().unwrap_or(d.targets),
+            });
+            set.push("lora".into());
+        }
         (c, set)
     }
 }
