@@ -42,5 +42,5 @@ pub use lora::{LoraShape, lora_backward, lora_forward};
 pub use math::{erf_f32, exp_f32, tanh_f32};
 pub use residual::{residual_backward, residual_forward};
 pub use rmsnorm::{rmsnorm_backward, rmsnorm_forward};
-pub use rope::{rope_backward, rope_forward, rope_tables};
+pub use rope::{rope_backward, rope_forward, rope_inv_freq, rope_tables, rope_tables_from};
 pub use swiglu::{swiglu_backward, swiglu_forward};

@@ -10,23 +10,32 @@ use rayon::prelude::*;
 use super::Float;
 use crate::error::{TensorError, arg_err, check_len};
 
-/// `(cos, sin)` tables `[max_pos, head_dim / 2]` for rope base `theta`, computed as transformers does
-/// (inverse frequencies, the angle and its cosine in f32, whatever the model's dtype).
-pub fn rope_tables<T: Float>(theta: f64, head_dim: usize, max_pos: usize) -> (Vec<T>, Vec<T>) {
-    let half = head_dim / 2;
-    let inv: Vec<f32> = (0..half)
-        .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
-        .collect();
-    let mut cos = Vec::with_capacity(max_pos * half);
-    let mut sin = Vec::with_capacity(max_pos * half);
+/// The inverse frequencies `base^(−2i/d)`, `i < d/2`, in f32 as transformers computes them.
+pub fn rope_inv_freq(theta: f64, head_dim: usize) -> Vec<f64> {
+    (0..head_dim / 2)
+        .map(|i| f64::from(1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32)))
+        .collect()
+}
+
+/// `(cos, sin)` tables `[max_pos, inv_freq.len()]`: the angle `p · f` and its cosine and sine in f32,
+/// as transformers' rotary module does whatever the model's dtype. A model loaded in bf16 holds its
+/// `inv_freq` buffer in bf16: round `inv_freq` first to reproduce it.
+pub fn rope_tables_from<T: Float>(inv_freq: &[f64], max_pos: usize) -> (Vec<T>, Vec<T>) {
+    let mut cos = Vec::with_capacity(max_pos * inv_freq.len());
+    let mut sin = Vec::with_capacity(max_pos * inv_freq.len());
     for p in 0..max_pos {
-        for &f in &inv {
-            let a = p as f32 * f;
+        for &f in inv_freq {
+            let a = p as f32 * f as f32;
             cos.push(T::of(f64::from(a.cos())));
             sin.push(T::of(f64::from(a.sin())));
         }
     }
     (cos, sin)
+}
+
+/// `(cos, sin)` tables `[max_pos, head_dim / 2]` for rope base `theta` (f32 inverse frequencies).
+pub fn rope_tables<T: Float>(theta: f64, head_dim: usize, max_pos: usize) -> (Vec<T>, Vec<T>) {
+    rope_tables_from(&rope_inv_freq(theta, head_dim), max_pos)
 }
 
 fn check<T>(
