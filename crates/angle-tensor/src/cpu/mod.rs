@@ -8,12 +8,17 @@ mod embedding;
 mod float;
 mod gelu;
 mod gemm;
+mod gqa;
 mod layernorm;
 mod linear;
+mod lora;
 mod math;
 mod residual;
+mod rmsnorm;
+mod rope;
 #[macro_use]
 mod simd;
+mod swiglu;
 
 #[cfg(test)]
 pub(crate) mod testutil;
@@ -30,7 +35,12 @@ pub use float::Float;
 pub use gelu::{GeluKind, erf_f64, gelu_backward, gelu_forward};
 pub use gemm::backend::{GemmBackend, set_gemm_backend};
 pub use gemm::{MatMut, MatRef, gemm};
+pub use gqa::{GqaShape, gqa_attention_backward, gqa_attention_forward};
 pub use layernorm::{layernorm_backward, layernorm_forward};
 pub use linear::{linear_backward, linear_forward};
+pub use lora::{LoraShape, lora_backward, lora_forward};
 pub use math::{erf_f32, exp_f32, tanh_f32};
 pub use residual::{residual_backward, residual_forward};
+pub use rmsnorm::{rmsnorm_backward, rmsnorm_forward};
+pub use rope::{rope_backward, rope_forward, rope_inv_freq, rope_tables, rope_tables_from};
+pub use swiglu::{swiglu_backward, swiglu_forward};

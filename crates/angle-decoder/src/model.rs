@@ -1,0 +1,1161 @@
+//! The decoder: embedding → layers (RMSNorm, GQA with RoPE, SwiGLU MLP, residuals) → final RMSNorm →
+//! pooling, with a hand-written backward (forward read in reverse; `docs/decoder.md`).
+//!
+//! Trainable tensors (every parameter for full fine-tuning, or only LoRA's A and B) live in one flat f32
+//! buffer ([`ParamBuffers`]); gradients and AdamW moments mirror it. Frozen weights stay in the
+//! checkpoint's memory map in its dtype and are widened to f32 per product into one scratch buffer; frozen
+//! norms and biases (a few KB) are widened once at load.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use angle_encoder::{AdamW, ParamBuffers, ParamEntry, Pooler, Pooling};
+use angle_tensor::cpu::{
+    GqaShape, LoraShape, MatMut, MatRef, attention_probs_len, dropout_backward, dropout_forward, gemm,
+    gqa_attention_backward, gqa_attention_forward, linear_backward, linear_forward, lora_backward,
+    lora_forward, rmsnorm_backward, rmsnorm_forward, rope_backward, rope_forward, rope_inv_freq,
+    rope_tables_from, swiglu_backward, swiglu_forward,
+};
+use angle_tensor::rng::derive_seed;
+
+use crate::config::DecoderConfig;
+use crate::error::{DecoderError, Result};
+use crate::lora::{LoraConfig, MODULES, kaiming_uniform, module_parent, peft_name};
+use crate::weights::{Checkpoint, Frozen};
+
+/// Where a tensor's values live.
+#[derive(Debug, Clone)]
+pub enum Param {
+    /// Frozen, in the checkpoint's map and dtype (linear weights, embedding table).
+    Frozen(Frozen),
+    /// Frozen and small (norm weights, biases), widened to f32 at load.
+    Small(Vec<f32>),
+    /// Trainable: a range of the flat parameter buffer.
+    Train(Range<usize>),
+}
+
+#[derive(Debug, Clone)]
+struct LoraSlot {
+    a: Range<usize>,
+    b: Range<usize>,
+    r: usize,
+    scale: f64,
+}
+
+/// One linear layer `[out, in]` with optional bias and LoRA branch.
+#[derive(Debug, Clone)]
+struct Linear {
+    weight: Param,
+    bias: Option<Param>,
+    in_dim: usize,
+    out_dim: usize,
+    lora: Option<LoraSlot>,
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    input_norm: Param,
+    post_norm: Param,
+    q_norm: Option<Param>,
+    k_norm: Option<Param>,
+    /// q, k, v, o, gate, up, down ([`MODULES`] order)
+    lin: Vec<Linear>,
+}
+
+/// What a layer's backward needs, saved by forward (reused across steps: `Vec`s only grow).
+#[derive(Debug, Clone, Default)]
+struct LayerActs {
+    x_in: Vec<f32>,
+    rstd1: Vec<f32>,
+    h1: Vec<f32>,
+    q_raw: Vec<f32>,
+    k_raw: Vec<f32>,
+    rstd_q: Vec<f32>,
+    rstd_k: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    probs: Vec<f32>,
+    att: Vec<f32>,
+    x_mid: Vec<f32>,
+    rstd2: Vec<f32>,
+    h2: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    act: Vec<f32>,
+    xa: [Vec<f32>; 7],
+}
+
+#[derive(Debug, Clone, Default)]
+struct Acts {
+    layers: Vec<LayerActs>,
+    x_out: Vec<f32>,
+    rstd_f: Vec<f32>,
+    hidden: Vec<f32>,
+    ids: Vec<u32>,
+    offsets: Vec<usize>,
+    dropout_seed: Option<u64>,
+    ready: bool,
+}
+
+/// Backward's work buffers, shared by all layers.
+#[derive(Debug, Clone, Default)]
+struct Scratch {
+    w: Vec<f32>,
+    tmp: Vec<f32>,
+    tmp2: Vec<f32>,
+    dxa: Vec<f32>,
+    dhidden: Vec<f32>,
+    dx: Vec<f32>,
+    dh: Vec<f32>,
+    dq: Vec<f32>,
+    dk: Vec<f32>,
+    dv: Vec<f32>,
+    dq_raw: Vec<f32>,
+    dk_raw: Vec<f32>,
+    datt: Vec<f32>,
+    dgate: Vec<f32>,
+    dup: Vec<f32>,
+    dact: Vec<f32>,
+    dprobs: Vec<f32>,
+}
+
+/// How to build a [`Decoder`].
+#[derive(Debug, Clone)]
+pub struct DecoderOptions {
+    /// `None`: full fine-tuning (every parameter trainable). `Some`: LoRA on a frozen base.
+    pub lora: Option<LoraConfig>,
+    /// A peft adapter folder to start from (its `adapter_config.json` gives the LoRA settings).
+    pub adapter: Option<PathBuf>,
+    /// Causal attention (as the checkpoints were trained); `false` for bidirectional.
+    pub causal: bool,
+    /// `None`: the checkpoint's sentence-transformers pooling if it has one, else `last`.
+    pub pooling: Option<Pooling>,
+}
+
+impl Default for DecoderOptions {
+    fn default() -> Self {
+        DecoderOptions {
+            lora: None,
+            adapter: None,
+            causal: true,
+            pooling: None,
+        }
+    }
+}
+
+/// A LLaMA / Mistral / Qwen2 / Qwen3 backbone with its trainable state.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    pub config: DecoderConfig,
+    pub checkpoint: Checkpoint,
+    /// `Some` for LoRA training (only A, B trainable).
+    pub lora: Option<LoraConfig>,
+    pub causal: bool,
+    pub pooling: Pooling,
+    /// The trainable tensors, in buffer order: Hugging Face names (full fine-tuning) or peft names (LoRA).
+    pub entries: Vec<ParamEntry>,
+    index: HashMap<String, usize>,
+    pub buffers: ParamBuffers,
+    embed: Param,
+    layers: Vec<Layer>,
+    final_norm: Param,
+    pooler: Pooler,
+    rope_cos: Vec<f32>,
+    rope_sin: Vec<f32>,
+    rope_len: usize,
+    acts: Acts,
+    scratch: Scratch,
+}
+
+struct Builder<'a> {
+    ck: &'a Checkpoint,
+    entries: Vec<ParamEntry>,
+    params: Vec<f32>,
+    full: bool,
+}
+
+impl Builder<'_> {
+    fn push(&mut self, name: &str, shape: &[usize], init: Option<&Frozen>) -> Range<usize> {
+        let start = self.params.len();
+        let len: usize = shape.iter().product();
+        self.params.resize(start + len, 0.0);
+        if let Some(f) = init {
+            f.widen_range_into(0, &mut self.params[start..]);
+        }
+        self.entries.push(ParamEntry {
+            name: name.to_string(),
+            shape: shape.to_vec(),
+            offset: start,
+        });
+        start..start + len
+    }
+
+    /// A checkpoint tensor: trainable (full fine-tuning), or frozen (`small`: widened now).
+    fn tensor(&mut self, name: &str, shape: &[usize], small: bool) -> Result<Param> {
+        let f = self.ck.get(name, shape)?;
+        Ok(if self.full {
+            let f = f.clone();
+            Param::Train(self.push(name, shape, Some(&f)))
+        } else if small {
+            Param::Small(f.to_f32())
+        } else {
+            Param::Frozen(f.clone())
+        })
+    }
+}
+
+fn sized(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    v.resize(n, 0.0);
+    &mut v[..n]
+}
+
+fn zeroed(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    v.clear();
+    v.resize(n, 0.0);
+    &mut v[..]
+}
+
+fn two_mut(buf: &mut [f32], a: Range<usize>, b: Range<usize>) -> (&mut [f32], &mut [f32]) {
+    if a.start < b.start {
+        let (x, y) = buf.split_at_mut(b.start);
+        (&mut x[a], &mut y[..b.end - b.start])
+    } else {
+        let (x, y) = buf.split_at_mut(a.start);
+        (&mut y[..a.end - a.start], &mut x[b])
+    }
+}
+
+/// The f32 values of a parameter (a frozen weight widened into `wbuf`).
+fn values<'a>(p: &'a Param, params: &'a [f32], wbuf: &'a mut Vec<f32>) -> &'a [f32] {
+    match p {
+        Param::Frozen(f) => f.widen_into(wbuf),
+        Param::Small(v) => v,
+        Param::Train(r) => &params[r.clone()],
+    }
+}
+
+/// Values of a small parameter (norm weight, bias): never a frozen map window.
+fn small<'a>(p: &'a Param, params: &'a [f32]) -> &'a [f32] {
+    match p {
+        Param::Small(v) => v,
+        Param::Train(r) => &params[r.clone()],
+        Param::Frozen(_) => unreachable!("norms and biases are widened at load"),
+    }
+}
+
+fn grad_of<'a>(p: &Param, grads: &'a mut [f32]) -> Option<&'a mut [f32]> {
+    match p {
+        Param::Train(r) => Some(&mut grads[r.clone()]),
+        _ => None,
+    }
+}
+
+type Drop = Option<(f32, u64)>;
+
+fn lin_forward(
+    lin: &Linear,
+    params: &[f32],
+    wbuf: &mut Vec<f32>,
+    tmp: &mut Vec<f32>,
+    out: &mut [f32],
+    xa: &mut Vec<f32>,
+    inp: &[f32],
+    rows: usize,
+    drop: Drop,
+) -> Result<()> {
+    let w = values(&lin.weight, params, wbuf);
+    let b = lin.bias.as_ref().map(|b| small(b, params));
+    linear_forward(out, inp, w, b, rows, lin.in_dim, lin.out_dim)?;
+    if let Some(l) = &lin.lora {
+        let n = rows * lin.in_dim;
+        let x: &[f32] = match drop {
+            Some((p, seed)) => {
+                let t = sized(tmp, n);
+                dropout_forward(t, inp, n, p, seed)?;
+                t
+            }
+            None => inp,
+        };
+        let s = LoraShape {
+            rows,
+            in_dim: lin.in_dim,
+            out_dim: lin.out_dim,
+            r: l.r,
+            scale: l.scale,
+        };
+        lora_forward(
+            out,
+            sized(xa, rows * l.r),
+            x,
+            &params[l.a.clone()],
+            &params[l.b.clone()],
+            s,
+        )?;
+    }
+    Ok(())
+}
+
+fn lin_backward(
+    lin: &Linear,
+    params: &[f32],
+    grads: &mut [f32],
+    s: &mut Scratch,
+    mut dinp: Option<&mut [f32]>,
+    dout: &[f32],
+    inp: &[f32],
+    xa: &[f32],
+    rows: usize,
+    drop: Drop,
+) -> Result<()> {
+    let (i, o) = (lin.in_dim, lin.out_dim);
+    if let Param::Train(wr) = &lin.weight {
+        let (dw, db) = match &lin.bias {
+            Some(Param::Train(br)) => {
+                let (a, b) = two_mut(grads, wr.clone(), br.clone());
+                (a, Some(b))
+            }
+            _ => (&mut grads[wr.clone()], None),
+        };
+        linear_backward(
+            dinp.as_deref_mut(),
+            dw,
+            db,
+            dout,
+            inp,
+            &params[wr.clone()],
+            rows,
+            i,
+            o,
+        )?;
+    } else if let Some(d) = dinp.as_deref_mut() {
+        let w = values(&lin.weight, params, &mut s.w);
+        gemm(
+            1.0,
+            MatRef::new(dout, rows, o),
+            MatRef::new(w, o, i),
+            1.0,
+            MatMut::new(d, rows, i),
+        )?;
+    }
+    if let Some(l) = &lin.lora {
+        let shape = LoraShape {
+            rows,
+            in_dim: i,
+            out_dim: o,
+            r: l.r,
+            scale: l.scale,
+        };
+        let (da, db) = two_mut(grads, l.a.clone(), l.b.clone());
+        let (a, b) = (&params[l.a.clone()], &params[l.b.clone()]);
+        let dxa = sized(&mut s.dxa, rows * l.r);
+        match drop {
+            Some((p, seed)) => {
+                let n = rows * i;
+                let x = sized(&mut s.tmp, n);
+                dropout_forward(x, inp, n, p, seed)?;
+                let dx = zeroed(&mut s.tmp2, n);
+                lora_backward(Some(&mut *dx), da, db, dxa, dout, x, xa, a, b, shape)?;
+                if let Some(d) = dinp {
+                    dropout_backward(d, dx, n, p, seed)?;
+                }
+            }
+            None => lora_backward(dinp, da, db, dxa, dout, inp, xa, a, b, shape)?,
+        }
+    }
+    Ok(())
+}
+
+fn add_into(acc: &mut [f32], x: &[f32]) {
+    acc.iter_mut().zip(x).for_each(|(a, &b)| *a += b);
+}
+
+impl Decoder {
+    /// Loads `dir` (`config.json`, weights) as `opts` asks.
+    pub fn load(dir: impl AsRef<Path>, opts: DecoderOptions) -> Result<Self> {
+        let dir = dir.as_ref();
+        let config = DecoderConfig::from_dir(dir)?;
+        let checkpoint = Checkpoint::open(dir)?;
+        let mut lora = opts.lora.clone();
+        let adapter_cfg = match &opts.adapter {
+            Some(a) => {
+                let c = LoraConfig::from_adapter_config(&a.join("adapter_config.json"))?;
+                lora = Some(LoraConfig {
+                    dropout: lora.as_ref().map_or(c.dropout, |l| l.dropout),
+                    ..c
+                });
+                true
+            }
+            None => false,
+        };
+        let pooling = match opts.pooling {
+            Some(p) => p,
+            None if dir.join("modules.json").is_file() || dir.join("1_Pooling/config.json").is_file() => {
+                Pooling::from_model_dir(dir)?
+            }
+            None => Pooling::Last,
+        };
+        let mut d = Self::build(config, checkpoint, lora, opts.causal, pooling)?;
+        if adapter_cfg && let Some(a) = &opts.adapter {
+            d.read_adapter(a)?;
+        }
+        Ok(d)
+    }
+
+    fn build(
+        config: DecoderConfig,
+        checkpoint: Checkpoint,
+        lora: Option<LoraConfig>,
+        causal: bool,
+        pooling: Pooling,
+    ) -> Result<Self> {
+        let c = &config;
+        let (h, inter) = (c.hidden_size, c.intermediate_size);
+        let mask = match &lora {
+            Some(l) => Some(l.target_mask()?),
+            None => None,
+        };
+        let mut b = Builder {
+            ck: &checkpoint,
+            entries: Vec::new(),
+            params: Vec::new(),
+            full: lora.is_none(),
+        };
+        let embed = b.tensor("model.embed_tokens.weight", &[c.vocab_size, h], false)?;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for l in 0..c.num_hidden_layers {
+            let p = |s: &str| format!("model.layers.{l}.{s}");
+            let input_norm = b.tensor(&p("input_layernorm.weight"), &[h], true)?;
+            let dims = [
+                (h, c.q_dim()),
+                (h, c.kv_dim()),
+                (h, c.kv_dim()),
+                (c.q_dim(), h),
+                (h, inter),
+                (h, inter),
+                (inter, h),
+            ];
+            let mut lin = Vec::with_capacity(7);
+            let mut q_norm = None;
+            let mut k_norm = None;
+            let mut post_norm = None;
+            for (m, &(i, o)) in dims.iter().enumerate() {
+                if m == 3 && c.qk_norm {
+                    q_norm = Some(b.tensor(&p("self_attn.q_norm.weight"), &[c.head_dim], true)?);
+                    k_norm = Some(b.tensor(&p("self_attn.k_norm.weight"), &[c.head_dim], true)?);
+                }
+                if m == 4 {
+                    post_norm = Some(b.tensor(&p("post_attention_layernorm.weight"), &[h], true)?);
+                }
+                let base = p(&format!("{}.{}", module_parent(m), MODULES[m]));
+                let weight = b.tensor(&format!("{base}.weight"), &[o, i], false)?;
+                let has_bias = match m {
+                    0..=2 => c.qkv_bias,
+                    3 => c.o_bias,
+                    _ => c.mlp_bias,
+                };
+                let bias = if has_bias {
+                    Some(b.tensor(&format!("{base}.bias"), &[o], true)?)
+                } else {
+                    None
+                };
+                lin.push(Linear {
+                    weight,
+                    bias,
+                    in_dim: i,
+                    out_dim: o,
+                    lora: None,
+                });
+            }
+            layers.push(Layer {
+                input_norm,
+                post_norm: post_norm.expect("set at module 4"),
+                q_norm,
+                k_norm,
+                lin,
+            });
+        }
+        let final_norm = b.tensor("model.norm.weight", &[h], true)?;
+        // LoRA tensors after the base (full fine-tuning has none)
+        if let (Some(l), Some(mask)) = (&lora, mask) {
+            for (li, layer) in layers.iter_mut().enumerate() {
+                for (m, lin) in layer.lin.iter_mut().enumerate() {
+                    if !mask[m] {
+                        continue;
+                    }
+                    let a = b.push(&peft_name(li, m, false), &[l.r, lin.in_dim], None);
+                    let seed = derive_seed(l.seed, (li * 7 + m) as u64);
+                    kaiming_uniform(&mut b.params[a.clone()], lin.in_dim, seed);
+                    let bb = b.push(&peft_name(li, m, true), &[lin.out_dim, l.r], None);
+                    lin.lora = Some(LoraSlot {
+                        a,
+                        b: bb,
+                        r: l.r,
+                        scale: l.scale(),
+                    });
+                }
+            }
+        }
+        let Builder { entries, params, .. } = b;
+        let index = entries
+            .iter()
+            .enumerate()
+            .map(|(k, e)| (e.name.clone(), k))
+            .collect();
+        Ok(Decoder {
+            config,
+            checkpoint,
+            lora,
+            causal,
+            pooling,
+            entries,
+            index,
+            buffers: ParamBuffers::new(params),
+            embed,
+            layers,
+            final_norm,
+            pooler: Pooler::new(pooling),
+            rope_cos: Vec::new(),
+            rope_sin: Vec::new(),
+            rope_len: 0,
+            acts: Acts::default(),
+            scratch: Scratch::default(),
+        })
+    }
+
+    /// The trainable tensor `name` (an entry of [`Decoder::entries`]).
+    pub fn entry(&self, name: &str) -> Option<&ParamEntry> {
+        self.index.get(name).map(|&k| &self.entries[k])
+    }
+
+    /// The view of trainable tensor `name` in a buffer with the parameter layout.
+    pub fn view<'a>(&self, buf: &'a [f32], name: &str) -> Option<&'a [f32]> {
+        self.entry(name).and_then(|e| buf.get(e.range()))
+    }
+
+    /// Copies a peft adapter's A and B into the trainable buffer; any name or shape that does not fit
+    /// this model's LoRA layout is an error naming the tensor.
+    pub fn read_adapter(&mut self, adapter_dir: &Path) -> Result<()> {
+        let path = adapter_dir.join("adapter_model.safetensors");
+        if self.lora.is_none() {
+            return Err(DecoderError::Adapter {
+                path,
+                msg: "the model was built without LoRA".into(),
+            });
+        }
+        let tensors = crate::weights::read_f32_tensors(&path)?;
+        let mut seen = 0;
+        for (name, (shape, data)) in &tensors {
+            let e = self.entry(name).ok_or_else(|| DecoderError::Adapter {
+                path: path.clone(),
+                msg: format!("tensor `{name}` is not a LoRA tensor of this model and targets"),
+            })?;
+            if &e.shape != shape {
+                return Err(DecoderError::Adapter {
+                    path: path.clone(),
+                    msg: format!(
+                        "tensor `{name}` has shape {shape:?}, this model needs {:?}",
+                        e.shape
+                    ),
+                });
+            }
+            let r = e.range();
+            self.buffers.params[r].copy_from_slice(data);
+            seen += 1;
+        }
+        if seen != self.entries.len() {
+            let missing = self
+                .entries
+                .iter()
+                .find(|e| !tensors.contains_key(&e.name))
+                .map(|e| e.name.clone())
+                .unwrap_or_default();
+            return Err(DecoderError::Adapter {
+                path,
+                msg: format!("missing tensor `{missing}`"),
+            });
+        }
+        Ok(())
+    }
+
+    fn ensure_rope(&mut self, len: usize) {
+        if len > self.rope_len {
+            let n = len
+                .next_power_of_two()
+                .min(self.config.max_position_embeddings.max(len));
+            let inv: Vec<f64> = rope_inv_freq(self.config.rope_theta, self.config.head_dim)
+                .into_iter()
+                .map(|f| self.config.round_to_dtype(f))
+                .collect();
+            let (c, s) = rope_tables_from::<f32>(&inv, n);
+            self.rope_cos = c;
+            self.rope_sin = s;
+            self.rope_len = n;
+        }
+    }
+
+    fn check_batch(&self, ids: &[u32], seq_offsets: &[usize]) -> Result<usize> {
+        let bad = |m: String| Err(DecoderError::Batch(m));
+        if seq_offsets.len() < 2 || seq_offsets[0] != 0 {
+            return bad("seq_offsets must start at 0 and hold B + 1 >= 2 entries".into());
+        }
+        if let Some(b) = (0..seq_offsets.len() - 1).find(|&b| seq_offsets[b + 1] <= seq_offsets[b]) {
+            return bad(format!("sequence {b} is empty or seq_offsets decrease"));
+        }
+        if *seq_offsets.last().unwrap_or(&0) != ids.len() {
+            return bad(format!(
+                "seq_offsets end at {}, there are {} ids",
+                seq_offsets.last().unwrap_or(&0),
+                ids.len()
+            ));
+        }
+        if let Some((t, id)) = ids
+            .iter()
+            .enumerate()
+            .find(|(_, id)| **id as usize >= self.config.vocab_size)
+        {
+            return bad(format!(
+                "token {t}: id {id} is outside the vocabulary of {}",
+                self.config.vocab_size
+            ));
+        }
+        let longest = seq_offsets.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+        if longest > self.config.max_position_embeddings {
+            return bad(format!(
+                "a sequence of {longest} tokens exceeds max_position_embeddings {}",
+                self.config.max_position_embeddings
+            ));
+        }
+        if let Some(w) = self.config.sliding_window
+            && longest > w
+        {
+            return bad(format!(
+                "a sequence of {longest} tokens exceeds the model's sliding_window {w}; sliding-window attention is not implemented"
+            ));
+        }
+        Ok(longest)
+    }
+
+    /// Runs the backbone on packed sequences and returns the final-norm hidden states `[N, H]`.
+    /// `dropout_seed`: `Some` in train mode (LoRA dropout, one mask per module and step), `None` in eval.
+    pub fn forward(
+        &mut self,
+        ids: &[u32],
+        seq_offsets: &[usize],
+        dropout_seed: Option<u64>,
+    ) -> Result<&[f32]> {
+        let longest = self.check_batch(ids, seq_offsets)?;
+        self.ensure_rope(longest);
+        let Decoder {
+            config: c,
+            lora,
+            causal,
+            buffers,
+            embed,
+            layers,
+            final_norm,
+            rope_cos,
+            rope_sin,
+            acts,
+            scratch,
+            ..
+        } = self;
+        let params = &buffers.params;
+        let (n, h, inter) = (ids.len(), c.hidden_size, c.intermediate_size);
+        let (nh, nkv, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let (qd, kvd) = (c.q_dim(), c.kv_dim());
+        let eps = c.rms_norm_eps as f32;
+        let shape = GqaShape {
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: d,
+            causal: *causal,
+        };
+        let p_drop = lora.as_ref().map_or(0.0, |l| l.dropout);
+        acts.ready = false;
+        acts.ids.clear();
+        acts.ids.extend_from_slice(ids);
+        acts.offsets.clear();
+        acts.offsets.extend_from_slice(seq_offsets);
+        acts.dropout_seed = dropout_seed.filter(|_| p_drop > 0.0);
+        let drop_of = |l: usize, m: usize| acts_drop(dropout_seed, p_drop, l, m);
+        let nl = layers.len();
+        acts.layers.resize_with(nl.max(1), LayerActs::default);
+        // embedding
+        {
+            let x0 = sized(&mut acts.layers[0].x_in, n * h);
+            for (row, &id) in x0.chunks_exact_mut(h).zip(ids) {
+                let id = id as usize;
+                match embed {
+                    Param::Train(r) => row.copy_from_slice(&params[r.start + id * h..r.start + (id + 1) * h]),
+                    Param::Frozen(f) => f.widen_range_into(id * h, row),
+                    Param::Small(v) => row.copy_from_slice(&v[id * h..(id + 1) * h]),
+                }
+            }
+        }
+        let plen = attention_probs_len(seq_offsets, nh);
+        for (l, lay) in layers.iter().enumerate() {
+            let (cur, rest) = acts.layers.split_at_mut(l + 1);
+            let a = &mut cur[l];
+            let s = &mut *scratch;
+            rmsnorm_forward(
+                sized(&mut a.h1, n * h),
+                sized(&mut a.rstd1, n),
+                &a.x_in,
+                small(&lay.input_norm, params),
+                n,
+                h,
+                eps,
+            )?;
+            let [xq, xk, xv, xo, xg, xu, xd] = &mut a.xa;
+            lin_forward(
+                &lay.lin[0],
+                params,
+                &mut s.w,
+                &mut s.tmp,
+                sized(&mut a.q, n * qd),
+                xq,
+                &a.h1,
+                n,
+                drop_of(l, 0),
+            )?;
+            lin_forward(
+                &lay.lin[1],
+                params,
+                &mut s.w,
+                &mut s.tmp,
+                sized(&mut a.k, n * kvd),
+                xk,
+                &a.h1,
+                n,
+                drop_of(l, 1),
+            )?;
+            lin_forward(
+                &lay.lin[2],
+                params,
+                &mut s.w,
+                &mut s.tmp,
+                sized(&mut a.v, n * kvd),
+                xv,
+                &a.h1,
+                n,
+                drop_of(l, 2),
+            )?;
+            if let (Some(qn), Some(kn)) = (&lay.q_norm, &lay.k_norm) {
+                std::mem::swap(&mut a.q, &mut a.q_raw);
+                std::mem::swap(&mut a.k, &mut a.k_raw);
+                rmsnorm_forward(
+                    sized(&mut a.q, n * qd),
+                    sized(&mut a.rstd_q, n * nh),
+                    &a.q_raw,
+                    small(qn, params),
+                    n * nh,
+                    d,
+                    eps,
+                )?;
+                rmsnorm_forward(
+                    sized(&mut a.k, n * kvd),
+                    sized(&mut a.rstd_k, n * nkv),
+                    &a.k_raw,
+                    small(kn, params),
+                    n * nkv,
+                    d,
+                    eps,
+                )?;
+            }
+            rope_forward(&mut a.q, rope_cos, rope_sin, seq_offsets, nh, d)?;
+            rope_forward(&mut a.k, rope_cos, rope_sin, seq_offsets, nkv, d)?;
+            gqa_attention_forward(
+                sized(&mut a.att, n * qd),
+                sized(&mut a.probs, plen),
+                &a.q,
+                &a.k,
+                &a.v,
+                seq_offsets,
+                shape,
+            )?;
+            let x_mid = sized(&mut a.x_mid, n * h);
+            lin_forward(
+                &lay.lin[3],
+                params,
+                &mut s.w,
+                &mut s.tmp,
+                x_mid,
+                xo,
+                &a.att,
+                n,
+                drop_of(l, 3),
+            )?;
+            add_into(x_mid, &a.x_in);
+            rmsnorm_forward(
+                sized(&mut a.h2, n * h),
+                sized(&mut a.rstd2, n),
+                &a.x_mid,
+                small(&lay.post_norm, params),
+                n,
+                h,
+                eps,
+            )?;
+            lin_forward(
+                &lay.lin[4],
+                params,
+                &mut s.w,
+                &mut s.tmp,
+                sized(&mut a.gate, n * inter),
+                xg,
+                &a.h2,
+                n,
+                drop_of(l, 4),
+            )?;
+            lin_forward(
+                &lay.lin[5],
+                params,
+                &mut s.w,
+                &mut s.tmp,
+                sized(&mut a.up, n * inter),
+                xu,
+                &a.h2,
+                n,
+                drop_of(l, 5),
+            )?;
+            swiglu_forward(sized(&mut a.act, n * inter), &a.gate, &a.up, n * inter)?;
+            let next = if l + 1 < nl {
+                &mut rest[0].x_in
+            } else {
+                &mut acts.x_out
+            };
+            let next = sized(next, n * h);
+            lin_forward(
+                &lay.lin[6],
+                params,
+                &mut s.w,
+                &mut s.tmp,
+                next,
+                xd,
+                &a.act,
+                n,
+                drop_of(l, 6),
+            )?;
+            add_into(next, &a.x_mid);
+        }
+        if nl == 0 {
+            acts.x_out = acts.layers[0].x_in.clone();
+        }
+        rmsnorm_forward(
+            sized(&mut acts.hidden, n * h),
+            sized(&mut acts.rstd_f, n),
+            &acts.x_out,
+            small(final_norm, params),
+            n,
+            h,
+            eps,
+        )?;
+        acts.ready = true;
+        Ok(&acts.hidden)
+    }
+
+    /// Pools the last forward's hidden states into `out [B, H]`.
+    pub fn pool(&mut self, out: &mut [f32]) -> Result<()> {
+        if !self.acts.ready {
+            return Err(DecoderError::State("pool before forward".into()));
+        }
+        self.pooler.forward(
+            out,
+            &self.acts.hidden,
+            &self.acts.offsets,
+            self.config.hidden_size,
+        )?;
+        Ok(())
+    }
+
+    /// Backward from the gradient of the pooled embeddings `[B, H]` of the last forward + [`Decoder::pool`].
+    pub fn backward_pooled(&mut self, dpooled: &[f32]) -> Result<()> {
+        let n = self.acts.ids.len();
+        let h = self.config.hidden_size;
+        let mut dh = std::mem::take(&mut self.scratch.dhidden);
+        zeroed(&mut dh, n * h);
+        self.pooler.backward(&mut dh, dpooled, &self.acts.offsets, h)?;
+        let r = self.backward(&dh);
+        self.scratch.dhidden = dh;
+        r
+    }
+
+    /// Adds the gradients of every trainable tensor, from `dhidden [N, H]` (the gradient of the last
+    /// forward's output). Allocates gradients and moments on first use.
+    pub fn backward(&mut self, dhidden: &[f32]) -> Result<()> {
+        if !self.acts.ready {
+            return Err(DecoderError::State("backward without a forward".into()));
+        }
+        self.buffers.alloc_training();
+        let Decoder {
+            config: c,
+            lora,
+            causal,
+            buffers,
+            embed,
+            layers,
+            final_norm,
+            rope_cos,
+            rope_sin,
+            acts,
+            scratch: s,
+            ..
+        } = self;
+        let ParamBuffers { params, grads, .. } = buffers;
+        let (params, grads) = (&params[..], &mut grads[..]);
+        let (n, h, inter) = (acts.ids.len(), c.hidden_size, c.intermediate_size);
+        if dhidden.len() != n * h {
+            return Err(DecoderError::Batch(format!(
+                "dhidden has {} floats, expected {n} x {h}",
+                dhidden.len()
+            )));
+        }
+        let (nh, nkv, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let (qd, kvd) = (c.q_dim(), c.kv_dim());
+        let offs = &acts.offsets[..];
+        let shape = GqaShape {
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: d,
+            causal: *causal,
+        };
+        let p_drop = lora.as_ref().map_or(0.0, |l| l.dropout);
+        let seed = acts.dropout_seed;
+        let drop_of = |l: usize, m: usize| acts_drop(seed, p_drop, l, m);
+        let plen = attention_probs_len(offs, nh);
+        let mut dx = std::mem::take(&mut s.dx);
+        zeroed(&mut dx, n * h);
+        rmsnorm_backward(
+            &mut dx,
+            grad_of(final_norm, grads),
+            dhidden,
+            &acts.x_out,
+            small(final_norm, params),
+            &acts.rstd_f,
+            n,
+            h,
+        )?;
+        for (l, lay) in layers.iter().enumerate().rev() {
+            let a = &acts.layers[l];
+            // MLP
+            let mut dact = std::mem::take(&mut s.dact);
+            zeroed(&mut dact, n * inter);
+            lin_backward(
+                &lay.lin[6],
+                params,
+                grads,
+                s,
+                Some(&mut dact),
+                &dx,
+                &a.act,
+                &a.xa[6],
+                n,
+                drop_of(l, 6),
+            )?;
+            let (mut dgate, mut dup) = (std::mem::take(&mut s.dgate), std::mem::take(&mut s.dup));
+            zeroed(&mut dgate, n * inter);
+            zeroed(&mut dup, n * inter);
+            swiglu_backward(&mut dgate, &mut dup, &dact, &a.gate, &a.up, n * inter)?;
+            let mut dh = std::mem::take(&mut s.dh);
+            zeroed(&mut dh, n * h);
+            lin_backward(
+                &lay.lin[4],
+                params,
+                grads,
+                s,
+                Some(&mut dh),
+                &dgate,
+                &a.h2,
+                &a.xa[4],
+                n,
+                drop_of(l, 4),
+            )?;
+            lin_backward(
+                &lay.lin[5],
+                params,
+                grads,
+                s,
+                Some(&mut dh),
+                &dup,
+                &a.h2,
+                &a.xa[5],
+                n,
+                drop_of(l, 5),
+            )?;
+            rmsnorm_backward(
+                &mut dx,
+                grad_of(&lay.post_norm, grads),
+                &dh,
+                &a.x_mid,
+                small(&lay.post_norm, params),
+                &a.rstd2,
+                n,
+                h,
+            )?;
+            (s.dact, s.dgate, s.dup) = (dact, dgate, dup);
+            // attention
+            let mut datt = std::mem::take(&mut s.datt);
+            zeroed(&mut datt, n * qd);
+            lin_backward(
+                &lay.lin[3],
+                params,
+                grads,
+                s,
+                Some(&mut datt),
+                &dx,
+                &a.att,
+                &a.xa[3],
+                n,
+                drop_of(l, 3),
+            )?;
+            let (mut dq, mut dk, mut dv) = (
+                std::mem::take(&mut s.dq),
+                std::mem::take(&mut s.dk),
+                std::mem::take(&mut s.dv),
+            );
+            zeroed(&mut dq, n * qd);
+            zeroed(&mut dk, n * kvd);
+            zeroed(&mut dv, n * kvd);
+            gqa_attention_backward(
+                &mut dq,
+                &mut dk,
+                &mut dv,
+                sized(&mut s.dprobs, plen),
+                &datt,
+                &a.q,
+                &a.k,
+                &a.v,
+                &a.probs,
+                offs,
+                shape,
+            )?;
+            rope_backward(&mut dq, rope_cos, rope_sin, offs, nh, d)?;
+            rope_backward(&mut dk, rope_cos, rope_sin, offs, nkv, d)?;
+            if let (Some(qn), Some(kn)) = (&lay.q_norm, &lay.k_norm) {
+                let (mut dqr, mut dkr) = (std::mem::take(&mut s.dq_raw), std::mem::take(&mut s.dk_raw));
+                zeroed(&mut dqr, n * qd);
+                zeroed(&mut dkr, n * kvd);
+                rmsnorm_backward(
+                    &mut dqr,
+                    grad_of(qn, grads),
+                    &dq,
+                    &a.q_raw,
+                    small(qn, params),
+                    &a.rstd_q,
+                    n * nh,
+                    d,
+                )?;
+                rmsnorm_backward(
+                    &mut dkr,
+                    grad_of(kn, grads),
+                    &dk,
+                    &a.k_raw,
+                    small(kn, params),
+                    &a.rstd_k,
+                    n * nkv,
+                    d,
+                )?;
+                std::mem::swap(&mut dq, &mut dqr);
+                std::mem::swap(&mut dk, &mut dkr);
+                (s.dq_raw, s.dk_raw) = (dqr, dkr);
+            }
+            zeroed(&mut dh, n * h);
+            lin_backward(
+                &lay.lin[0],
+                params,
+                grads,
+                s,
+                Some(&mut dh),
+                &dq,
+                &a.h1,
+                &a.xa[0],
+                n,
+                drop_of(l, 0),
+            )?;
+            lin_backward(
+                &lay.lin[1],
+                params,
+                grads,
+                s,
+                Some(&mut dh),
+                &dk,
+                &a.h1,
+                &a.xa[1],
+                n,
+                drop_of(l, 1),
+            )?;
+            lin_backward(
+                &lay.lin[2],
+                params,
+                grads,
+                s,
+                Some(&mut dh),
+                &dv,
+                &a.h1,
+                &a.xa[2],
+                n,
+                drop_of(l, 2),
+            )?;
+            rmsnorm_backward(
+                &mut dx,
+                grad_of(&lay.input_norm, grads),
+                &dh,
+                &a.x_in,
+                small(&lay.input_norm, params),
+                &a.rstd1,
+                n,
+                h,
+            )?;
+            (s.datt, s.dq, s.dk, s.dv, s.dh) = (datt, dq, dk, dv, dh);
+        }
+        if let Param::Train(r) = embed {
+            for (row, &id) in dx.chunks_exact(h).zip(&acts.ids) {
+                if Some(id) == c.pad_token_id {
+                    continue; // padding_idx: no gradient, as torch
+                }
+                let at = r.start + id as usize * h;
+                add_into(&mut grads[at..at + h], row);
+            }
+        }
+        s.dx = dx;
+        Ok(())
+    }
+
+    /// Clears the gradients (allocating gradients and moments on first use).
+    pub fn zero_grad(&mut self) {
+        self.buffers.alloc_training();
+        self.buffers.zero_grad();
+    }
+
+    /// One AdamW step `t` (1-based) over the trainable buffer.
+    pub fn adamw_step(&mut self, hp: &AdamW, t: u64) -> Result<()> {
+        self.buffers.alloc_training();
+        let b = &mut self.buffers;
+        angle_tensor::cpu::adamw_update(
+            &mut b.params,
+            &b.grads,
+            &mut b.adam_m,
+            &mut b.adam_v,
+            hp.lr,
+            hp.beta1,
+            hp.beta2,
+            hp.eps,
+            hp.weight_decay,
+            t,
+        )?;
+        Ok(())
+    }
+
+    /// The global L2 norm of the gradients.
+    pub fn grad_norm(&self) -> f64 {
+        angle_tensor::cpu::grad_norm(&self.buffers.grads)
+    }
+}
+
+fn acts_drop(seed: Option<u64>, p: f64, layer: usize, module: usize) -> Drop {
+    match seed {
+        Some(s) if p > 0.0 => Some((p as f32, derive_seed(s, (layer * 7 + module) as u64))),
+        _ => None,
+    }
+}

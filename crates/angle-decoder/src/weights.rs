@@ -1,0 +1,301 @@
+//! Checkpoint tensors, memory-mapped: `model.safetensors` or the shards of `model.safetensors.index.json`.
+//!
+//! A [`Frozen`] tensor is a window into the map, kept in the file's dtype (f32, bf16 or f16): a 7B bf16
+//! checkpoint costs its 14 GB of pages, not 28 GB of f32. Products widen a frozen weight to f32 into a
+//! reusable scratch buffer ([`Frozen::widen_into`]).
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::Mmap;
+use safetensors::SafeTensors;
+use safetensors::tensor::Dtype;
+
+use crate::error::{DecoderError, Result, io_err, read_json};
+
+/// The element types of frozen weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightDtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl WeightDtype {
+    pub fn bytes(self) -> usize {
+        match self {
+            WeightDtype::F32 => 4,
+            _ => 2,
+        }
+    }
+    pub fn safetensors(self) -> Dtype {
+        match self {
+            WeightDtype::F32 => Dtype::F32,
+            WeightDtype::F16 => Dtype::F16,
+            WeightDtype::Bf16 => Dtype::BF16,
+        }
+    }
+    /// f32 to this dtype's little-endian bytes (round to nearest even).
+    pub fn encode(self, xs: &[f32], out: &mut Vec<u8>) {
+        match self {
+            WeightDtype::F32 => xs.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            WeightDtype::F16 => xs
+                .iter()
+                .for_each(|&x| out.extend_from_slice(&half::f16::from_f32(x).to_le_bytes())),
+            WeightDtype::Bf16 => xs
+                .iter()
+                .for_each(|&x| out.extend_from_slice(&half::bf16::from_f32(x).to_le_bytes())),
+        }
+    }
+}
+
+/// One tensor of a memory-mapped checkpoint, in the file's dtype.
+#[derive(Debug, Clone)]
+pub struct Frozen {
+    map: Arc<Mmap>,
+    start: usize,
+    pub dtype: WeightDtype,
+    pub shape: Vec<usize>,
+    pub name: String,
+}
+
+impl Frozen {
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The raw little-endian bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.map[self.start..self.start + self.len() * self.dtype.bytes()]
+    }
+
+    /// Elements `from .. from + out.len()` widened to f32 into `out`.
+    pub fn widen_range_into(&self, from: usize, out: &mut [f32]) {
+        let w = self.dtype.bytes();
+        let b = &self.bytes()[from * w..(from + out.len()) * w];
+        match self.dtype {
+            WeightDtype::F32 => {
+                for (o, c) in out.iter_mut().zip(b.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+            WeightDtype::Bf16 => {
+                for (o, c) in out.iter_mut().zip(b.chunks_exact(2)) {
+                    *o = f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16);
+                }
+            }
+            WeightDtype::F16 => {
+                for (o, c) in out.iter_mut().zip(b.chunks_exact(2)) {
+                    *o = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
+                }
+            }
+        }
+    }
+
+    /// The whole tensor widened into `out` (resized to fit; no allocation once it is large enough).
+    pub fn widen_into<'a>(&self, out: &'a mut Vec<f32>) -> &'a [f32] {
+        out.resize(self.len(), 0.0);
+        use rayon::prelude::*;
+        const CHUNK: usize = 1 << 16;
+        out.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(i, c)| self.widen_range_into(i * CHUNK, c));
+        &out[..]
+    }
+
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut v = Vec::new();
+        self.widen_into(&mut v);
+        v
+    }
+}
+
+/// All tensors of a checkpoint folder, by name.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    /// The weight files (one, or the shards in index order).
+    pub files: Vec<PathBuf>,
+    pub tensors: HashMap<String, Frozen>,
+}
+
+impl Checkpoint {
+    /// Opens `model.safetensors`, else the shards listed by `model.safetensors.index.json`.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        let files = if single.is_file() {
+            vec![single]
+        } else if index.is_file() {
+            let v = read_json(&index)?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| crate::error::cfg_err(&index, "weight_map", "missing or not an object"))?;
+            let mut shards = BTreeSet::new();
+            for (name, f) in map {
+                let f = f.as_str().ok_or_else(|| {
+                    crate::error::cfg_err(&index, &format!("weight_map.{name}"), "expected a file name")
+                })?;
+                shards.insert(f.to_string());
+            }
+            let mut files = Vec::new();
+            for s in shards {
+                let p = dir.join(&s);
+                if !p.is_file() {
+                    return Err(DecoderError::MissingShard { index, shard: s });
+                }
+                files.push(p);
+            }
+            files
+        } else {
+            return Err(DecoderError::NoWeights { path: dir });
+        };
+        let mut tensors = HashMap::new();
+        for path in &files {
+            let file = File::open(path).map_err(io_err(path))?;
+            // SAFETY: read-only map; a checkpoint is not rewritten in place while we hold it (our own
+            // writers rename a new file into place).
+            let map = Arc::new(unsafe { Mmap::map(&file) }.map_err(io_err(path))?);
+            let st = SafeTensors::deserialize(&map).map_err(|e| DecoderError::Safetensors {
+                path: path.clone(),
+                msg: e.to_string(),
+            })?;
+            for (name, view) in st.iter() {
+                let dtype = match view.dtype() {
+                    Dtype::F32 => WeightDtype::F32,
+                    Dtype::F16 => WeightDtype::F16,
+                    Dtype::BF16 => WeightDtype::Bf16,
+                    other => {
+                        return Err(DecoderError::UnsupportedDtype {
+                            path: path.clone(),
+                            name: name.to_string(),
+                            dtype: format!("{other:?}"),
+                        });
+                    }
+                };
+                let start = view.data().as_ptr() as usize - map.as_ptr() as usize;
+                tensors.insert(
+                    name.to_string(),
+                    Frozen {
+                        map: map.clone(),
+                        start,
+                        dtype,
+                        shape: view.shape().to_vec(),
+                        name: name.to_string(),
+                    },
+                );
+            }
+        }
+        Ok(Checkpoint { dir, files, tensors })
+    }
+
+    /// The tensor `name`, which must have `shape`.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<&Frozen> {
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| DecoderError::MissingTensor {
+                path: self.files.first().cloned().unwrap_or_else(|| self.dir.clone()),
+                name: name.to_string(),
+            })?;
+        if t.shape != shape {
+            return Err(DecoderError::ShapeMismatch {
+                path: self.dir.clone(),
+                name: name.to_string(),
+                found: t.shape.clone(),
+                expected: shape.to_vec(),
+            });
+        }
+        Ok(t)
+    }
+
+    /// The dtype most tensors have (what a merged checkpoint is written in).
+    pub fn dtype(&self) -> WeightDtype {
+        let mut count = HashMap::new();
+        for t in self.tensors.values() {
+            *count.entry(t.dtype as u8).or_insert(0usize) += 1;
+        }
+        [WeightDtype::Bf16, WeightDtype::F16, WeightDtype::F32]
+            .into_iter()
+            .max_by_key(|d| count.get(&(*d as u8)).copied().unwrap_or(0))
+            .unwrap_or(WeightDtype::F32)
+    }
+}
+
+/// Reads a small safetensors file (adapters) into f32 tensors, F64 included.
+pub fn read_f32_tensors(path: &Path) -> Result<HashMap<String, (Vec<usize>, Vec<f32>)>> {
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| DecoderError::Safetensors {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })?;
+    let mut out = HashMap::new();
+    for (name, v) in st.iter() {
+        let d = v.data();
+        let data: Vec<f32> = match v.dtype() {
+            Dtype::F32 => d
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::F64 => d
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+                .collect(),
+            Dtype::BF16 => d
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::F16 => d
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(DecoderError::UnsupportedDtype {
+                    path: path.to_path_buf(),
+                    name: name.to_string(),
+                    dtype: format!("{other:?}"),
+                });
+            }
+        };
+        out.insert(name.to_string(), (v.shape().to_vec(), data));
+    }
+    Ok(out)
+}
+
+/// Writes named tensors (raw little-endian bytes in `dtype`) to `path` atomically (temp file + rename).
+pub fn write_safetensors(path: &Path, tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)>) -> Result<()> {
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| {
+            let view = safetensors::tensor::TensorView::new(*d, s.clone(), b).map_err(|e| {
+                DecoderError::Safetensors {
+                    path: path.to_path_buf(),
+                    msg: format!("{n}: {e}"),
+                }
+            })?;
+            Ok((n.clone(), view))
+        })
+        .collect::<Result<_>>()?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(views, Some(meta), &tmp).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        DecoderError::Safetensors {
+            path: tmp.clone(),
+            msg: e.to_string(),
+        }
+    })?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}

@@ -1,0 +1,253 @@
+//! Parity with transformers (+ peft): every case folder under `ANGLE_DECODER_FIXTURES` (default
+//! `../shared/fixtures/decoder`). Model type, pooling, attention, maxlen, EOS and LoRA come from the files.
+
+mod common;
+
+use angle_decoder::{Decoder, DecoderOptions};
+use angle_encoder::{AdamW, Pooling};
+use angle_loss::{AngleLoss, AngleLossConfig, AnglePooling};
+use common::{Reference, cases, objective_value, rel_l2};
+use ndarray::ArrayView2;
+use serde_json::Value;
+
+fn loss_fn(objective: &str) -> AngleLoss {
+    let tau = objective_value(objective, "taus");
+    assert!(
+        objective.contains("angle pooling sum"),
+        "objective `{objective}`: only angle pooling sum is read"
+    );
+    AngleLoss::new(AngleLossConfig {
+        cosine_w: objective_value(objective, "cosine_w"),
+        ibn_w: objective_value(objective, "ibn_w"),
+        angle_w: objective_value(objective, "angle_w"),
+        cosine_tau: tau,
+        ibn_tau: tau,
+        angle_tau: tau,
+        angle_pooling: AnglePooling::Sum,
+        ..Default::default()
+    })
+}
+
+fn open(fx: &Reference) -> Decoder {
+    let model = fx.dir.join("model");
+    let lora: Value = serde_json::from_str(fx.meta("lora")).expect("metadata `lora` is JSON");
+    let adapter = (!lora.is_null()).then(|| model.join("adapter"));
+    let opts = DecoderOptions {
+        lora: None,
+        adapter,
+        causal: fx.flag("causal"),
+        pooling: Some(Pooling::parse(fx.meta("pooling")).expect("fixture pooling")),
+    };
+    let dec = Decoder::load(&model, opts).unwrap();
+    assert_eq!(dec.config.model_type.name(), fx.meta("model_type"));
+    if let Some(l) = &dec.lora {
+        assert_eq!(l.r as u64, lora["r"].as_u64().unwrap(), "adapter r vs metadata");
+        assert_eq!(
+            l.alpha,
+            lora["alpha"].as_f64().unwrap(),
+            "adapter alpha vs metadata"
+        );
+        let mut want: Vec<String> = lora["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap().to_string())
+            .collect();
+        want.sort();
+        assert_eq!(l.target_names().unwrap(), want, "adapter targets vs metadata");
+    }
+    dec
+}
+
+fn loss_of(dec: &mut Decoder, fx: &Reference, lf: &AngleLoss, labels: &[f64]) -> (f64, Vec<f32>, Vec<f64>) {
+    let h = dec.config.hidden_size;
+    dec.forward(&fx.ids, &fx.seq_offsets, None).unwrap();
+    let mut pooled = vec![0.0f32; fx.b * h];
+    dec.pool(&mut pooled).unwrap();
+    let p64: Vec<f64> = pooled.iter().map(|&x| x as f64).collect();
+    let out = lf
+        .format_a(ArrayView2::from_shape((fx.b, h), &p64).unwrap(), labels, None)
+        .unwrap();
+    (out.loss, pooled, out.grad.iter().copied().collect())
+}
+
+#[test]
+fn token_ids_are_ours() {
+    for dir in cases() {
+        let fx = Reference::load(&dir);
+        let maxlen: usize = fx.meta("maxlen").parse().unwrap();
+        let append_eos = fx.flag("append_eos");
+        let model = dir.join("model");
+        let cfg = angle_decoder::DecoderConfig::from_dir(&model).unwrap();
+        let tok = angle_data::TextTokenizer::from_file(&model, if append_eos { maxlen - 1 } else { maxlen })
+            .unwrap();
+        let eos = cfg.eos_token_id.expect("config eos_token_id");
+        for (b, w) in fx.seq_offsets.windows(2).enumerate() {
+            let ids = &fx.ids[w[0]..w[1]];
+            let body = if append_eos {
+                assert_eq!(
+                    *ids.last().unwrap(),
+                    eos,
+                    "{}: row {b} does not end in EOS",
+                    dir.display()
+                );
+                &ids[..ids.len() - 1]
+            } else {
+                ids
+            };
+            let text = tok.inner().decode(body, true).unwrap();
+            let mut ours = tok.encode(&text).unwrap().ids;
+            if append_eos {
+                ours.push(eos);
+            }
+            assert_eq!(ours, ids, "{}: row {b}: {text:?}", dir.display());
+        }
+        println!("{}: {} rows re-tokenised identically", dir.display(), fx.b);
+    }
+}
+
+#[test]
+fn forward_loss_and_gradients_match_reference() {
+    let mut failures = vec![];
+    for dir in cases() {
+        let fx = Reference::load(&dir);
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let mut dec = open(&fx);
+        let h = dec.config.hidden_size;
+        let maxlen: usize = fx.meta("maxlen").parse().unwrap();
+        assert!(fx.seq_offsets.windows(2).all(|w| w[1] - w[0] <= maxlen));
+        let hidden = dec.forward(&fx.ids, &fx.seq_offsets, None).unwrap().to_vec();
+        let lhs = fx.floats("last_hidden_state");
+        let mut herr = 0.0f64;
+        for (k, &(b, t)) in fx.rows.iter().enumerate() {
+            let r = &lhs[(b * fx.t + t) * h..][..h];
+            for (x, y) in hidden[k * h..(k + 1) * h].iter().zip(r) {
+                herr = herr.max((*x as f64 - y).abs());
+            }
+        }
+        println!("{name}: last_hidden_state max abs err {herr:.3e}");
+        if herr > 1e-4 {
+            failures.push(format!("{name}: last_hidden_state max abs err {herr:.3e} > 1e-4"));
+        }
+        let lf = loss_fn(fx.meta("objective"));
+        let labels = fx.floats("labels").to_vec();
+        let (loss, pooled, dpooled) = loss_of(&mut dec, &fx, &lf, &labels);
+        let perr = pooled
+            .iter()
+            .zip(fx.floats("pooled"))
+            .map(|(a, b)| (*a as f64 - b).abs())
+            .fold(0.0, f64::max);
+        println!("{name}: pooled max abs err {perr:.3e}");
+        if perr > 1e-4 {
+            failures.push(format!("{name}: pooled max abs err {perr:.3e} > 1e-4"));
+        }
+        let ref_loss = fx.floats("loss")[0];
+        let lerr = (loss - ref_loss).abs() / ref_loss.abs();
+        println!("{name}: loss {loss} vs {ref_loss}: rel err {lerr:.3e}");
+        if lerr > 1e-4 {
+            failures.push(format!("{name}: loss rel err {lerr:.3e} > 1e-4"));
+        }
+        let gp = rel_l2(&dpooled, fx.floats("grad.pooled"));
+        if gp > 1e-3 {
+            failures.push(format!("{name}: grad.pooled rel err {gp:.3e}"));
+        }
+
+        dec.zero_grad();
+        let d32: Vec<f32> = dpooled.iter().map(|&x| x as f32).collect();
+        dec.backward_pooled(&d32).unwrap();
+        let grads = dec.buffers.grads.clone();
+        // the trainable set is exactly the reference's gradient set; nothing else has a gradient buffer
+        assert_eq!(grads.len(), dec.entries.iter().map(|e| e.len()).sum::<usize>());
+        let ref_names: std::collections::BTreeSet<String> = fx
+            .tensors
+            .keys()
+            .filter_map(|k| k.strip_prefix("grad."))
+            .filter(|k| *k != "pooled" && !k.ends_with(".rows"))
+            .map(str::to_string)
+            .collect();
+        let ours: std::collections::BTreeSet<String> = dec.entries.iter().map(|e| e.name.clone()).collect();
+        assert_eq!(
+            ours, ref_names,
+            "{name}: trainable tensors differ from the reference's gradient set"
+        );
+        for e in &dec.entries {
+            let g = &grads[e.range()];
+            if let Some(i) = g.iter().position(|x| !x.is_finite()) {
+                failures.push(format!("{name}: {} has a non-finite gradient at {i}", e.name));
+            }
+            let want = fx.floats(&format!("grad.{}", e.name));
+            let rows_key = format!("grad.{}.rows", e.name);
+            let got: Vec<f64> = match fx.tensors.get(&rows_key) {
+                Some(rows) => {
+                    let w = e.shape[1];
+                    rows.i
+                        .iter()
+                        .flat_map(|&r| g[r as usize * w..(r as usize + 1) * w].iter().map(|&x| x as f64))
+                        .collect()
+                }
+                None => g.iter().map(|&x| x as f64).collect(),
+            };
+            let err = rel_l2(&got, want);
+            println!("{name}: {}: rel err {err:.3e}", e.name);
+            if err > 1e-3 || !err.is_finite() {
+                failures.push(format!("{name}: {}: rel err {err:.3e} > 1e-3", e.name));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "mismatches:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn adamw_trajectory_matches_reference() {
+    let mut failures = vec![];
+    for dir in cases() {
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let path = dir.join("adamw-steps.json");
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let hp = &v["hyperparameters"];
+        let batch = v["batch"].as_str().expect("`batch` names the reference file");
+        assert_eq!(batch, "reference.safetensors", "{}", path.display());
+        let fx = Reference::load(&dir);
+        let mut dec = open(&fx);
+        assert_eq!(hp["pooling"].as_str().unwrap(), fx.meta("pooling"));
+        assert_eq!(hp["causal"].as_bool().unwrap(), fx.flag("causal"));
+        let trainable = hp["trainable"].as_str().unwrap();
+        assert_eq!(
+            trainable.contains("LoRA"),
+            dec.lora.is_some(),
+            "{name}: trainable `{trainable}`"
+        );
+        let betas = hp["betas"].as_array().unwrap();
+        let opt = AdamW {
+            lr: hp["lr"].as_f64().unwrap(),
+            beta1: betas[0].as_f64().unwrap(),
+            beta2: betas[1].as_f64().unwrap(),
+            eps: hp["eps"].as_f64().unwrap(),
+            weight_decay: hp["weight_decay"].as_f64().unwrap(),
+        };
+        let lf = loss_fn(hp["objective"].as_str().unwrap());
+        let labels = fx.floats("labels").to_vec();
+        let want: Vec<f64> = v["losses_before_each_step"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        for (step, &w) in want.iter().enumerate() {
+            let (loss, _, dpooled) = loss_of(&mut dec, &fx, &lf, &labels);
+            let err = (loss - w).abs() / w.abs();
+            println!(
+                "{name}: step {}: loss {loss:.8} vs {w:.8}: rel err {err:.2e}",
+                step + 1
+            );
+            if err > 1e-4 {
+                failures.push(format!("{name}: step {}: rel err {err:.2e} > 1e-4", step + 1));
+            }
+            dec.zero_grad();
+            let d32: Vec<f32> = dpooled.iter().map(|&x| x as f32).collect();
+            dec.backward_pooled(&d32).unwrap();
+            dec.adamw_step(&opt, step as u64 + 1).unwrap();
+        }
+    }
+    assert!(failures.is_empty(), "mismatches:\n{}", failures.join("\n"));
+}

@@ -1,0 +1,344 @@
+//! Grouped-query attention over packed sequences (LLaMA, Mistral, Qwen): `n_heads` query heads share
+//! `n_kv_heads` key/value heads (query head `h` reads key/value head `h / (n_heads / n_kv_heads)`),
+//! `head_dim` free, causal or bidirectional, softmax scale `1/√head_dim`.
+//!
+//! `q[N, n_heads·d]`, `k`, `v[N, n_kv_heads·d]` are separate buffers (the BERT path's fused `qkv` op in
+//! `attention.rs` is untouched). Sequence `b` owns rows `seq_offsets[b] .. seq_offsets[b+1]` and attends
+//! within them; with `causal` token `i` sees tokens `0..=i` of its sequence. `probs` saves the softmax
+//! with the same layout as [`super::attention_probs_len`] (masked entries are exactly 0).
+
+use rayon::prelude::*;
+
+use super::Float;
+use super::gemm::{MatMut, MatRef, gemm};
+use crate::error::{TensorError, arg_err, check_len};
+
+/// The shape of a grouped-query attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GqaShape {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub causal: bool,
+}
+
+fn validate(op: &'static str, s: GqaShape, seq_offsets: &[usize]) -> Result<usize, TensorError> {
+    if s.n_kv_heads == 0 || s.n_heads % s.n_kv_heads != 0 {
+        return Err(arg_err(
+            op,
+            "n_kv_heads",
+            format!(
+                "{} key/value heads do not divide {} query heads",
+                s.n_kv_heads, s.n_heads
+            ),
+        ));
+    }
+    if seq_offsets.first() != Some(&0) {
+        return Err(arg_err(op, "seq_offsets", "must start with 0"));
+    }
+    if let Some(w) = seq_offsets.windows(2).find(|w| w[1] < w[0]) {
+        return Err(arg_err(
+            op,
+            "seq_offsets",
+            format!("decreasing offsets {} then {}", w[0], w[1]),
+        ));
+    }
+    Ok(*seq_offsets.last().unwrap_or(&0))
+}
+
+fn bases(seq_offsets: &[usize], n_heads: usize) -> Vec<usize> {
+    seq_offsets
+        .windows(2)
+        .scan(0, |acc, w| {
+            let b = *acc;
+            *acc += n_heads * (w[1] - w[0]).pow(2);
+            Some(b)
+        })
+        .collect()
+}
+
+/// Row-wise softmax of a `len x len` block, row `i` over columns `0..=i` when causal (the rest 0).
+fn softmax_rows<T: Float>(p: &mut [T], len: usize, causal: bool) {
+    for (i, row) in p.chunks_exact_mut(len).enumerate() {
+        let (live, masked) = row.split_at_mut(if causal { i + 1 } else { len });
+        masked.fill(T::zero());
+        let max = live.iter().copied().fold(T::neg_infinity(), T::max);
+        for v in live.iter_mut() {
+            *v = (*v - max).exp_();
+        }
+        let inv = T::one() / live.iter().copied().sum::<T>();
+        for v in live.iter_mut() {
+            *v *= inv;
+        }
+    }
+}
+
+/// `out[N, n_heads·d] = softmax(Q Kᵀ/√d (+ causal mask)) V` per sequence and head; saves the softmax in
+/// `probs` (`attention_probs_len(seq_offsets, n_heads)` elements).
+pub fn gqa_attention_forward<T: Float>(
+    out: &mut [T],
+    probs: &mut [T],
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    seq_offsets: &[usize],
+    shape: GqaShape,
+) -> Result<(), TensorError> {
+    const OP: &str = "gqa_attention_forward";
+    let rows = validate(OP, shape, seq_offsets)?;
+    let GqaShape {
+        n_heads,
+        n_kv_heads,
+        head_dim: d,
+        causal,
+    } = shape;
+    let (qw, kw) = (n_heads * d, n_kv_heads * d);
+    check_len(OP, "q", q.len(), rows * qw)?;
+    check_len(OP, "k", k.len(), rows * kw)?;
+    check_len(OP, "v", v.len(), rows * kw)?;
+    check_len(OP, "out", out.len(), rows * qw)?;
+    check_len(
+        OP,
+        "probs",
+        probs.len(),
+        super::attention_probs_len(seq_offsets, n_heads),
+    )?;
+    if qw == 0 {
+        return Ok(());
+    }
+    let group = n_heads / n_kv_heads;
+    let scale = T::of(1.0 / (d as f64).sqrt());
+    let mut outs: Vec<&mut [T]> = Vec::new();
+    let mut ps: Vec<&mut [T]> = Vec::new();
+    let (mut o_rest, mut p_rest) = (out, probs);
+    for w in seq_offsets.windows(2) {
+        let len = w[1] - w[0];
+        let (a, b) = std::mem::take(&mut o_rest).split_at_mut(len * qw);
+        outs.push(a);
+        o_rest = b;
+        let (a, b) = std::mem::take(&mut p_rest).split_at_mut(n_heads * len * len);
+        ps.push(a);
+        p_rest = b;
+    }
+    outs.into_par_iter()
+        .zip(ps)
+        .enumerate()
+        .try_for_each(|(b, (out, probs))| {
+            let (r0, r1) = (seq_offsets[b], seq_offsets[b + 1]);
+            let len = r1 - r0;
+            let (q, k, v) = (&q[r0 * qw..r1 * qw], &k[r0 * kw..r1 * kw], &v[r0 * kw..r1 * kw]);
+            for h in 0..n_heads {
+                let g = h / group;
+                let qh = MatRef::strided(&q[h * d..], len, d, qw, 1);
+                let kh = MatRef::strided(&k[g * d..], len, d, kw, 1);
+                let vh = MatRef::strided(&v[g * d..], len, d, kw, 1);
+                let p = &mut probs[h * len * len..(h + 1) * len * len];
+                gemm(scale, qh, kh.t(), T::zero(), MatMut::new(p, len, len))?;
+                softmax_rows(p, len, causal);
+                let o = MatMut::strided(&mut out[h * d..], len, d, qw, 1);
+                gemm(T::one(), MatRef::new(p, len, len), vh, T::zero(), o)?;
+            }
+            Ok(())
+        })
+}
+
+/// Adds the gradients with respect to `q`, `k`, `v` from `dout[N, n_heads·d]` and the forward's `probs`.
+/// `scratch` (`attention_probs_len` elements) is overwritten.
+pub fn gqa_attention_backward<T: Float>(
+    dq: &mut [T],
+    dk: &mut [T],
+    dv: &mut [T],
+    scratch: &mut [T],
+    dout: &[T],
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    probs: &[T],
+    seq_offsets: &[usize],
+    shape: GqaShape,
+) -> Result<(), TensorError> {
+    const OP: &str = "gqa_attention_backward";
+    let rows = validate(OP, shape, seq_offsets)?;
+    let GqaShape {
+        n_heads,
+        n_kv_heads,
+        head_dim: d,
+        ..
+    } = shape;
+    let (qw, kw) = (n_heads * d, n_kv_heads * d);
+    for (name, len, want) in [
+        ("q", q.len(), rows * qw),
+        ("k", k.len(), rows * kw),
+        ("v", v.len(), rows * kw),
+        ("dq", dq.len(), rows * qw),
+        ("dk", dk.len(), rows * kw),
+        ("dv", dv.len(), rows * kw),
+        ("dout", dout.len(), rows * qw),
+    ] {
+        check_len(OP, name, len, want)?;
+    }
+    let plen = super::attention_probs_len(seq_offsets, n_heads);
+    check_len(OP, "probs", probs.len(), plen)?;
+    check_len(OP, "scratch", scratch.len(), plen)?;
+    if qw == 0 {
+        return Ok(());
+    }
+    let group = n_heads / n_kv_heads;
+    let scale = T::of(1.0 / (d as f64).sqrt());
+    let pb = bases(seq_offsets, n_heads);
+    // per-sequence pieces of every written buffer
+    let mut parts = Vec::new();
+    let (mut dq_r, mut dk_r, mut dv_r, mut s_r) = (dq, dk, dv, scratch);
+    for w in seq_offsets.windows(2) {
+        let len = w[1] - w[0];
+        let (a, b) = std::mem::take(&mut dq_r).split_at_mut(len * qw);
+        dq_r = b;
+        let (c, e) = std::mem::take(&mut dk_r).split_at_mut(len * kw);
+        dk_r = e;
+        let (f, g) = std::mem::take(&mut dv_r).split_at_mut(len * kw);
+        dv_r = g;
+        let (s, t) = std::mem::take(&mut s_r).split_at_mut(n_heads * len * len);
+        s_r = t;
+        parts.push((a, c, f, s));
+    }
+    parts
+        .into_par_iter()
+        .enumerate()
+        .try_for_each(|(b, (dq, dk, dv, scratch))| {
+            let (r0, r1) = (seq_offsets[b], seq_offsets[b + 1]);
+            let len = r1 - r0;
+            let (q, k, v) = (&q[r0 * qw..r1 * qw], &k[r0 * kw..r1 * kw], &v[r0 * kw..r1 * kw]);
+            let dout = &dout[r0 * qw..r1 * qw];
+            let probs = &probs[pb[b]..pb[b] + n_heads * len * len];
+            for h in 0..n_heads {
+                let g = h / group;
+                let qh = MatRef::strided(&q[h * d..], len, d, qw, 1);
+                let kh = MatRef::strided(&k[g * d..], len, d, kw, 1);
+                let vh = MatRef::strided(&v[g * d..], len, d, kw, 1);
+                let dy = MatRef::strided(&dout[h * d..], len, d, qw, 1);
+                let p = &probs[h * len * len..(h + 1) * len * len];
+                let w = &mut scratch[h * len * len..(h + 1) * len * len];
+                // dV += Pᵀ dY
+                gemm(
+                    T::one(),
+                    MatRef::new(p, len, len).t(),
+                    dy,
+                    T::one(),
+                    MatMut::strided(&mut dv[g * d..], len, d, kw, 1),
+                )?;
+                // dP = dY Vᵀ; dS = P ⊙ (dP − rowsum(dP ⊙ P)) / √d (masked entries have P = 0)
+                gemm(T::one(), dy, vh.t(), T::zero(), MatMut::new(w, len, len))?;
+                for (wr, pr) in w.chunks_exact_mut(len).zip(p.chunks_exact(len)) {
+                    let c: T = wr.iter().zip(pr).map(|(&w, &p)| w * p).sum();
+                    for (wv, &p) in wr.iter_mut().zip(pr) {
+                        *wv = p * (*wv - c) * scale;
+                    }
+                }
+                let ds = MatRef::new(&*w, len, len);
+                gemm(
+                    T::one(),
+                    ds,
+                    kh,
+                    T::one(),
+                    MatMut::strided(&mut dq[h * d..], len, d, qw, 1),
+                )?;
+                gemm(
+                    T::one(),
+                    ds.t(),
+                    qh,
+                    T::one(),
+                    MatMut::strided(&mut dk[g * d..], len, d, kw, 1),
+                )?;
+            }
+            Ok(())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::attention_probs_len;
+    use crate::cpu::testutil::*;
+    use proptest::prelude::*;
+
+    fn offsets(lens: &[usize]) -> Vec<usize> {
+        std::iter::once(0)
+            .chain(lens.iter().scan(0, |a, &l| {
+                *a += l;
+                Some(*a)
+            }))
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn finite_differences(lens in proptest::collection::vec(1usize..6, 1..4), nkv in 1usize..3, group in 1usize..3, d in 1usize..5, causal: bool, seed: u64) {
+            let shape = GqaShape { n_heads: nkv * group, n_kv_heads: nkv, head_dim: d, causal };
+            let offs = offsets(&lens);
+            let rows = *offs.last().unwrap();
+            let (qw, kw) = (shape.n_heads * d, nkv * d);
+            let mut r = TestRng::new(seed);
+            let q: Vec<f64> = r.vec(rows * qw).iter().map(|x| 2.0 * x).collect();
+            let k: Vec<f64> = r.vec(rows * kw).iter().map(|x| 2.0 * x).collect();
+            let v = r.vec(rows * kw);
+            let g = r.vec(rows * qw);
+            let plen = attention_probs_len(&offs, shape.n_heads);
+            let f = |q: &[f64], k: &[f64], v: &[f64]| {
+                let (mut o, mut p) = (vec![0.0; rows * qw], vec![0.0; plen]);
+                gqa_attention_forward(&mut o, &mut p, q, k, v, &offs, shape).unwrap();
+                dot(&o, &g)
+            };
+            let (mut o, mut p) = (vec![0.0; rows * qw], vec![0.0; plen]);
+            gqa_attention_forward(&mut o, &mut p, &q, &k, &v, &offs, shape).unwrap();
+            let (dq0, dk0, dv0) = (r.vec(rows * qw), r.vec(rows * kw), r.vec(rows * kw));
+            let (mut dq, mut dk, mut dv) = (dq0.clone(), dk0.clone(), dv0.clone());
+            let mut s = vec![0.0; plen];
+            gqa_attention_backward(&mut dq, &mut dk, &mut dv, &mut s, &g, &q, &k, &v, &p, &offs, shape).unwrap();
+            assert_close(&added(&dq, &dq0), &numeric_grad(&q, |x| f(x, &k, &v)), 1e-7);
+            assert_close(&added(&dk, &dk0), &numeric_grad(&k, |x| f(&q, x, &v)), 1e-7);
+            assert_close(&added(&dv, &dv0), &numeric_grad(&v, |x| f(&q, &k, x)), 1e-7);
+        }
+
+        /// With one key/value head per query head and no mask it is the BERT op.
+        #[test]
+        fn equals_multi_head_attention(lens in proptest::collection::vec(1usize..6, 1..4), nh in 1usize..3, d in 1usize..4, seed: u64) {
+            let hidden = nh * d;
+            let offs = offsets(&lens);
+            let rows = *offs.last().unwrap();
+            let mut r = TestRng::new(seed);
+            let qkv = r.vec(rows * 3 * hidden);
+            let plen = attention_probs_len(&offs, nh);
+            let (mut o1, mut p1) = (vec![0.0; rows * hidden], vec![0.0; plen]);
+            crate::cpu::attention_forward(&mut o1, &mut p1, &mut [], &qkv, &offs, nh, hidden, None).unwrap();
+            let split = |c: usize| -> Vec<f64> { qkv.chunks(3 * hidden).flat_map(|row| row[c * hidden..(c + 1) * hidden].to_vec()).collect() };
+            let (mut o2, mut p2) = (vec![0.0; rows * hidden], vec![0.0; plen]);
+            let shape = GqaShape { n_heads: nh, n_kv_heads: nh, head_dim: d, causal: false };
+            gqa_attention_forward(&mut o2, &mut p2, &split(0), &split(1), &split(2), &offs, shape).unwrap();
+            assert_close(&o2, &o1, 1e-12);
+        }
+    }
+
+    #[test]
+    fn causal_first_token_copies_its_value() {
+        let shape = GqaShape {
+            n_heads: 2,
+            n_kv_heads: 1,
+            head_dim: 2,
+            causal: true,
+        };
+        let mut r = TestRng::new(3);
+        let (q, k, v) = (r.vec(3 * 4), r.vec(3 * 2), r.vec(3 * 2));
+        let offs = [0, 3];
+        let (mut o, mut p) = (vec![0.0; 12], vec![0.0; attention_probs_len(&offs, 2)]);
+        gqa_attention_forward(&mut o, &mut p, &q, &k, &v, &offs, shape).unwrap();
+        assert_eq!(&o[0..2], &v[0..2]);
+        assert_eq!(&o[2..4], &v[0..2]);
+        assert_eq!(p[1], 0.0);
+        let bad = GqaShape {
+            n_kv_heads: 3,
+            ..shape
+        };
+        assert!(gqa_attention_forward(&mut o, &mut p, &q, &k, &v, &offs, bad).is_err());
+    }
+}
