@@ -46,6 +46,16 @@ impl Decoder {
     /// base's config and tokenizer files): the trained weights of a full fine-tune, or the base with the
     /// adapter folded in, `W + (alpha/r)·B·A`, for LoRA. Loadable by transformers.
     pub fn save_merged(&self, dir: &Path) -> Result<()> {
+        self.write_full(dir, false)
+    }
+
+    /// As [`Decoder::save_merged`], but the trained tensors of a full fine-tune stay f32 (the rest keeps the
+    /// file's dtype): a training checkpoint that resumes bit for bit.
+    pub fn save_trained(&self, dir: &Path) -> Result<()> {
+        self.write_full(dir, true)
+    }
+
+    fn write_full(&self, dir: &Path, trained_f32: bool) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let p = &self.buffers.params;
         let mut names: Vec<&String> = self.checkpoint.tensors.keys().collect();
@@ -54,9 +64,13 @@ impl Decoder {
         for name in names {
             let f = &self.checkpoint.tensors[name];
             let mut bytes = Vec::new();
+            let mut dtype = f.dtype;
             if let Some(e) = self.entry(name) {
-                // full fine-tuning: the trained values, rounded to the file's dtype
-                f.dtype.encode(&p[e.range()], &mut bytes);
+                // full fine-tuning: the trained values, rounded to the file's dtype unless kept f32
+                if trained_f32 {
+                    dtype = crate::weights::WeightDtype::F32;
+                }
+                dtype.encode(&p[e.range()], &mut bytes);
             } else if let Some((a, b, scale)) = self.lora_of(name) {
                 let mut w = f.to_f32();
                 let (o, i) = (f.shape[0], f.shape[1]);
@@ -72,7 +86,7 @@ impl Decoder {
             } else {
                 bytes.extend_from_slice(f.bytes());
             }
-            out.push((name.clone(), f.dtype.safetensors(), f.shape.clone(), bytes));
+            out.push((name.clone(), dtype.safetensors(), f.shape.clone(), bytes));
         }
         write_safetensors(&dir.join("model.safetensors"), out)?;
         for f in COPIED {

@@ -79,9 +79,17 @@ fn token_ids_are_ours() {
         let append_eos = fx.flag("append_eos");
         let model = dir.join("model");
         let cfg = angle_decoder::DecoderConfig::from_dir(&model).unwrap();
-        let tok = angle_data::TextTokenizer::from_file(&model, if append_eos { maxlen - 1 } else { maxlen })
-            .unwrap();
-        let eos = cfg.eos_token_id.expect("config eos_token_id");
+        // The trainer's own path: truncation to maxlen - 1 and the tokenizer_config's EOS appended.
+        let plain = angle_data::TextTokenizer::from_file(&model, maxlen).unwrap();
+        let eos = plain.eos_id_from(&model).unwrap();
+        if let Some(e) = cfg.eos_token_id {
+            assert_eq!(e, eos, "{}: config and tokenizer disagree on EOS", dir.display());
+        }
+        let tok = if append_eos {
+            plain.clone().with_eos_appended(eos).unwrap()
+        } else {
+            plain.clone()
+        };
         for (b, w) in fx.seq_offsets.windows(2).enumerate() {
             let ids = &fx.ids[w[0]..w[1]];
             let body = if append_eos {
@@ -95,11 +103,8 @@ fn token_ids_are_ours() {
             } else {
                 ids
             };
-            let text = tok.inner().decode(body, true).unwrap();
-            let mut ours = tok.encode(&text).unwrap().ids;
-            if append_eos {
-                ours.push(eos);
-            }
+            let text = plain.inner().decode(body, true).unwrap();
+            let ours = tok.encode(&text).unwrap().ids;
             assert_eq!(ours, ids, "{}: row {b}: {text:?}", dir.display());
         }
         println!("{}: {} rows re-tokenised identically", dir.display(), fx.b);

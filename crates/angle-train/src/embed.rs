@@ -9,6 +9,7 @@ use angle_encoder::{Encoder, Pooling};
 use serde_json::Value;
 
 use crate::backbone::{Backbone, BertCpu, Packed, Sizes};
+use crate::decoder::{DecoderSettings, is_decoder_folder, load_decoder};
 use crate::device::{Device, GpuBert};
 use crate::error::{Result, TrainError};
 
@@ -133,6 +134,9 @@ pub struct ModelDefaults {
     pub max_length: Option<usize>,
     /// The format-A text prompt the model was trained with, if any.
     pub text_prompt: Option<String>,
+    /// Decoder family: trained with bidirectional attention / with EOS appended (angle_config.json).
+    pub bidirectional: bool,
+    pub append_eos: bool,
 }
 
 impl ModelDefaults {
@@ -163,16 +167,23 @@ impl ModelDefaults {
             })
             .map(|v| v as usize);
         let text_prompt = from_angle("text_prompt").and_then(|v| v.as_str().map(str::to_owned));
+        let trained = |key: &str| {
+            from_angle("train")
+                .and_then(|t| t.get(key).and_then(Value::as_bool))
+                .unwrap_or(false)
+        };
         Ok(ModelDefaults {
             pooling,
             max_length,
             text_prompt,
+            bidirectional: trained("bidirectional"),
+            append_eos: trained("append_eos"),
         })
     }
 }
 
 /// How to load a model for training or embedding.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
     pub device: Device,
     /// `None`: the model folder's own pooling ([`ModelDefaults`]).
@@ -181,6 +192,10 @@ pub struct LoadOptions {
     pub cpu_bf16_inference: bool,
     /// CPU: bf16 products in the training step (forward and both backward products).
     pub cpu_bf16_train: bool,
+    /// Decoder family: LoRA, attention, the base of an adapter folder.
+    pub decoder: DecoderSettings,
+    /// Append the tokenizer's EOS token to every text after truncation.
+    pub append_eos: bool,
 }
 
 /// Loads a model folder as a [`Backbone`] for `opts.device`, with its tokenizer (at most `max_len`
@@ -189,6 +204,38 @@ pub fn load_backbone(
     dir: &Path,
     max_len: usize,
     opts: LoadOptions,
+) -> Result<(Box<dyn Backbone>, TextTokenizer)> {
+    let (model, tok) = if is_decoder_folder(dir)? {
+        load_decoder_backbone(dir, max_len, &opts)?
+    } else {
+        if opts.decoder.lora.is_some() || opts.decoder.bidirectional {
+            return Err(TrainError::Config(format!(
+                "{}: LoRA and bidirectional attention are for the decoder family (llama, mistral, qwen2, qwen3)",
+                dir.display()
+            )));
+        }
+        load_bert_backbone(dir, max_len, &opts)?
+    };
+    let tok = match opts.append_eos {
+        true => {
+            let data = |e: angle_data::DataError| TrainError::Data(e.to_string());
+            let eos = tok.eos_id_from(&tok_folder(&tok)).map_err(data)?;
+            tok.with_eos_appended(eos).map_err(data)?
+        }
+        false => tok,
+    };
+    Ok((model, tok))
+}
+
+/// The folder of a tokenizer's `tokenizer.json` (where `tokenizer_config.json` sits too).
+fn tok_folder(tok: &TextTokenizer) -> PathBuf {
+    tok.path().parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn load_bert_backbone(
+    dir: &Path,
+    max_len: usize,
+    opts: &LoadOptions,
 ) -> Result<(Box<dyn Backbone>, TextTokenizer)> {
     let pooling = match opts.pooling {
         Some(p) => p,
@@ -213,6 +260,38 @@ pub fn load_backbone(
         Device::Cuda(p) => Box::new(GpuBert::new(enc, pooling, p)),
     };
     Ok((model, tok))
+}
+
+fn load_decoder_backbone(
+    dir: &Path,
+    max_len: usize,
+    opts: &LoadOptions,
+) -> Result<(Box<dyn Backbone>, TextTokenizer)> {
+    if opts.device != Device::Cpu {
+        return Err(TrainError::Config(format!(
+            "{}: the decoder family runs on the CPU so far (--device cpu)",
+            dir.display()
+        )));
+    }
+    if opts.cpu_bf16_inference || opts.cpu_bf16_train {
+        return Err(TrainError::Config(
+            "--precision bf16 is not offered for the decoder family yet: it computes in f32 on the widened weights"
+                .into(),
+        ));
+    }
+    // A pooling the folder's angle_config.json records (a checkpoint of ours) wins over the decoder's default.
+    let pooling = match opts.pooling {
+        Some(p) => Some(p),
+        None if dir.join(crate::checkpoint::ANGLE_CONFIG).is_file() => {
+            Some(ModelDefaults::from_dir(dir)?.pooling)
+        }
+        None => None,
+    };
+    let (model, tok_dir) = load_decoder(dir, pooling, &opts.decoder)?;
+    let max_len = max_len.min(model.dec.config.max_position_embeddings.max(1));
+    let tok = TextTokenizer::from_file(tok_dir.join("tokenizer.json"), max_len)
+        .map_err(|e| TrainError::Data(e.to_string()))?;
+    Ok((Box::new(model), tok))
 }
 
 /// Loads a model directory's encoder and tokenizer (`tokenizer.json` beside `config.json`).

@@ -10,6 +10,7 @@ pub mod backbone;
 pub mod checkpoint;
 pub mod config;
 pub mod cputime;
+pub mod decoder;
 pub mod device;
 pub mod embed;
 pub mod error;

@@ -28,7 +28,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Fine-tune a BERT-family model with the AnglE objectives.
+    /// Fine-tune a model (BERT family, or a decoder LLM in full or with LoRA) with the AnglE objectives.
     Train(Box<TrainArgs>),
     /// Embed lines of text (a file or stdin) into JSONL or .npy.
     Encode(EncodeArgs),
@@ -36,6 +36,21 @@ enum Command {
     Similarity(SimilarityArgs),
     /// Spearman and Pearson (× 100) on an STS file (STS-B CSV, STS TSV, or format A).
     Eval(EvalArgs),
+    /// Fold a LoRA adapter into its base model: a full checkpoint that transformers loads.
+    Merge(MergeArgs),
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    /// The adapter folder (peft layout: adapter_config.json, adapter_model.safetensors).
+    #[arg(long)]
+    adapter: PathBuf,
+    /// The base model [default: the adapter's base_model_name_or_path].
+    #[arg(long)]
+    base_model: Option<PathBuf>,
+    /// A new folder for the merged model.
+    #[arg(long)]
+    output: PathBuf,
 }
 
 /// Boolean options (`--dropout`, `--skip-invalid`, ...) take `true` or `false` and mean it; alone they mean true.
@@ -303,6 +318,15 @@ struct ModelArgs {
     /// Xeon 4th generation and later; about 2x faster encoding, embeddings within ~1e-3).
     #[arg(long)]
     precision: Option<Precision>,
+    /// A LoRA adapter folder's base model [default: the adapter's base_model_name_or_path].
+    #[arg(long)]
+    base_model: Option<PathBuf>,
+    /// Decoder family: bidirectional attention [default: as the checkpoint was trained, else false].
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    bidirectional: Option<bool>,
+    /// Append the tokenizer's EOS token to every text [default: as the checkpoint was trained, else false].
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    append_eos: Option<bool>,
 }
 
 #[derive(Args)]
@@ -357,6 +381,7 @@ fn main() -> anyhow::Result<()> {
         Command::Encode(a) => run_encode(&a),
         Command::Similarity(a) => run_similarity(&a),
         Command::Eval(a) => run_eval(&a),
+        Command::Merge(a) => run_merge(&a),
     }
 }
 
@@ -396,6 +421,12 @@ fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
         None => {
             if a.model.is_none() || a.train.is_none() || a.output.is_none() {
                 bail!("angle train needs --model, --train and --output (or --resume DIR)");
+            }
+            if !explicit.iter().any(|k| k == "pooling")
+                && angle_train::decoder::is_decoder_folder(&given.model)?
+            {
+                // LLM embedders pool the last token unless the checkpoint's sentence-transformers config says otherwise.
+                given.pooling = angle_train::decoder::default_pooling(&given.model)?.name();
             }
             given
         }
@@ -502,6 +533,12 @@ fn load(m: &ModelArgs) -> anyhow::Result<Loaded> {
         pooling,
         cpu_bf16_inference: cpu_bf16,
         cpu_bf16_train: false,
+        decoder: angle_train::decoder::DecoderSettings {
+            lora: None,
+            bidirectional: m.bidirectional.unwrap_or(defaults.bidirectional),
+            base_model: m.base_model.clone(),
+        },
+        append_eos: m.append_eos.unwrap_or(defaults.append_eos),
     };
     let (mut model, tok) = load_backbone(&m.model, max_len, opts)?;
     if cpu_bf16 && !angle_encoder::bf16_is_fast() {
@@ -596,6 +633,29 @@ fn run_similarity(a: &SimilarityArgs) -> anyhow::Result<()> {
     for (k, t) in a.texts.iter().enumerate().skip(1) {
         println!("{:.4}\t{t}", cosine(first, &emb[k * h..(k + 1) * h]));
     }
+    Ok(())
+}
+
+fn run_merge(a: &MergeArgs) -> anyhow::Result<()> {
+    if !a.adapter.join(angle_train::decoder::ADAPTER_CONFIG).is_file() {
+        bail!(
+            "{}: not an adapter folder (no {})",
+            a.adapter.display(),
+            angle_train::decoder::ADAPTER_CONFIG
+        );
+    }
+    let settings = angle_train::decoder::DecoderSettings {
+        base_model: a.base_model.clone(),
+        ..Default::default()
+    };
+    let (model, _) = angle_train::decoder::load_decoder(&a.adapter, None, &settings)?;
+    angle_train::decoder::write_merged(&model, &a.output)?;
+    println!(
+        "{}: {} merged into {}",
+        a.output.display(),
+        a.adapter.display(),
+        model.base.display()
+    );
     Ok(())
 }
 

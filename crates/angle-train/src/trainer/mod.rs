@@ -41,6 +41,8 @@ pub const BEST: &str = "best";
 pub const METRICS: &str = "metrics.jsonl";
 pub const PLOT: &str = "training.svg";
 pub const SUMMARY: &str = "summary.json";
+/// `--merge-lora`: the final adapter folded into the base weights.
+pub const MERGED: &str = "merged";
 
 /// How the caller steers a run from outside the configuration.
 #[derive(Debug, Clone, Default)]
@@ -152,6 +154,8 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
         pooling: Some(pooling),
         cpu_bf16_inference: false,
         cpu_bf16_train: cpu_bf16,
+        decoder: crate::decoder::settings_for(&config),
+        append_eos: config.append_eos,
     };
     let (mut model, tok) = load_backbone(&files_from, config.max_length, load)?;
     if cpu_bf16 {
@@ -351,6 +355,15 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
     }
     bar.finish_and_clear();
     drop(metrics);
+    if config.merge_lora && !interrupted {
+        let dir = out.join(MERGED);
+        model.write_merged(&dir)?;
+        say(
+            &bar,
+            opts.progress,
+            format!("wrote {}: the adapter merged into the base", dir.display()),
+        );
+    }
     write_svg(&out.join(PLOT), &read_records(&metrics_path)?)?;
 
     let summary = RunSummary {

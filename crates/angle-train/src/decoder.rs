@@ -1,0 +1,266 @@
+//! The decoder family (LLaMA, Mistral, Qwen2, Qwen3; full fine-tuning or LoRA) behind the [`Backbone`]
+//! interface, on the CPU.
+//!
+//! A LoRA checkpoint folder is a peft adapter (`adapter_config.json`, `adapter_model.safetensors`) whose
+//! `base_model_name_or_path` names the base folder; [`load_decoder`] reads either kind of folder.
+
+use std::path::{Path, PathBuf};
+
+use angle_decoder::{Decoder, DecoderOptions, LoraConfig};
+use angle_encoder::{AdamW, Pooling};
+
+use crate::backbone::{Backbone, Packed, Sizes};
+use crate::error::{Result, TrainError, io_err};
+
+/// The file that makes a folder a peft adapter.
+pub const ADAPTER_CONFIG: &str = "adapter_config.json";
+
+/// Model types of the decoder family (`config.json`'s `model_type`).
+pub const DECODER_TYPES: [&str; 4] = ["llama", "mistral", "qwen2", "qwen3"];
+
+fn dec_err(e: angle_decoder::DecoderError) -> TrainError {
+    TrainError::Encoder(e.to_string())
+}
+
+/// What a folder holds: a decoder-family checkpoint, a peft adapter on one, or neither.
+pub fn is_decoder_folder(dir: &Path) -> Result<bool> {
+    if dir.join(ADAPTER_CONFIG).is_file() {
+        return Ok(true);
+    }
+    let p = dir.join("config.json");
+    if !p.is_file() {
+        return Ok(false);
+    }
+    let v: serde_json::Value = crate::checkpoint::read_json(&p)?;
+    Ok(v.get("model_type")
+        .and_then(|t| t.as_str())
+        .is_some_and(|t| DECODER_TYPES.contains(&t)))
+}
+
+/// The pooling a decoder folder embeds with unless told: its sentence-transformers `1_Pooling` config when it
+/// has one (`pooling_mode_lasttoken` and the others), else `last`.
+pub fn default_pooling(dir: &Path) -> Result<Pooling> {
+    if dir.join("1_Pooling/config.json").is_file() || dir.join("modules.json").is_file() {
+        return Pooling::from_model_dir(dir).map_err(|e| TrainError::Encoder(e.to_string()));
+    }
+    Ok(Pooling::Last)
+}
+
+/// The base model folder of a peft adapter folder: `base` when given, else the adapter's
+/// `base_model_name_or_path` (relative paths from the adapter folder).
+pub fn adapter_base(adapter: &Path, base: Option<&Path>) -> Result<PathBuf> {
+    if let Some(b) = base {
+        return Ok(b.to_path_buf());
+    }
+    let p = adapter.join(ADAPTER_CONFIG);
+    let v: serde_json::Value = crate::checkpoint::read_json(&p)?;
+    let name = v
+        .get("base_model_name_or_path")
+        .and_then(|x| x.as_str())
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| TrainError::Checkpoint {
+            path: p.clone(),
+            msg: "base_model_name_or_path is missing: pass --base-model".into(),
+        })?;
+    let path = PathBuf::from(name);
+    let path = if path.is_relative() && !path.exists() {
+        adapter.join(&path)
+    } else {
+        path
+    };
+    if !path.join("config.json").is_file() {
+        return Err(TrainError::Checkpoint {
+            path: p,
+            msg: format!(
+                "base_model_name_or_path {name:?} is not a model folder here (no config.json): pass --base-model"
+            ),
+        });
+    }
+    Ok(path)
+}
+
+/// How a decoder is built for a run.
+#[derive(Debug, Clone, Default)]
+pub struct DecoderSettings {
+    /// LoRA for a new adapter (ignored when the folder is an adapter: its own settings hold).
+    pub lora: Option<LoraConfig>,
+    pub bidirectional: bool,
+    /// The base folder of an adapter folder, overriding its `base_model_name_or_path`.
+    pub base_model: Option<PathBuf>,
+}
+
+/// The decoder settings a training configuration asks for (LoRA's A initialised from the run's seed).
+pub fn settings_for(c: &crate::config::TrainConfig) -> DecoderSettings {
+    DecoderSettings {
+        lora: c.lora.as_ref().map(|l| LoraConfig {
+            r: l.r,
+            alpha: l.alpha,
+            dropout: l.dropout,
+            targets: l
+                .targets
+                .split(',')
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+                .collect(),
+            seed: c.seed,
+        }),
+        bidirectional: c.bidirectional,
+        base_model: None,
+    }
+}
+
+/// A decoder on the CPU.
+pub struct DecoderCpu {
+    pub dec: Decoder,
+    /// The base model folder (for a LoRA adapter's `base_model_name_or_path` and the merged model).
+    pub base: PathBuf,
+}
+
+/// Loads `dir` (a decoder checkpoint, or a peft adapter folder on one) as `s` asks; the tokenizer
+/// folder is returned beside (the adapter folder when it has a `tokenizer.json`, else the base).
+pub fn load_decoder(
+    dir: &Path,
+    pooling: Option<Pooling>,
+    s: &DecoderSettings,
+) -> Result<(DecoderCpu, PathBuf)> {
+    let is_adapter = dir.join(ADAPTER_CONFIG).is_file();
+    let base = if is_adapter {
+        adapter_base(dir, s.base_model.as_deref())?
+    } else {
+        dir.to_path_buf()
+    };
+    let opts = DecoderOptions {
+        lora: s.lora.clone(),
+        adapter: is_adapter.then(|| dir.to_path_buf()),
+        causal: !s.bidirectional,
+        pooling,
+    };
+    let dec = Decoder::load(&base, opts).map_err(dec_err)?;
+    let tok_dir = if dir.join("tokenizer.json").is_file() {
+        dir.to_path_buf()
+    } else {
+        base.clone()
+    };
+    let base = std::fs::canonicalize(&base).unwrap_or(base);
+    Ok((DecoderCpu { dec, base }, tok_dir))
+}
+
+impl Backbone for DecoderCpu {
+    fn describe(&self) -> String {
+        let c = &self.dec.config;
+        let how = match &self.dec.lora {
+            Some(l) => format!("LoRA r {} alpha {} on {}", l.r, l.alpha, l.targets.join(",")),
+            None => "full fine-tuning".into(),
+        };
+        format!(
+            "{} ({} layers, hidden {}) on the cpu, {}, {} attention, {} trainable",
+            c.model_type.name(),
+            c.num_hidden_layers,
+            c.hidden_size,
+            how,
+            if self.dec.causal {
+                "causal"
+            } else {
+                "bidirectional"
+            },
+            self.dec.buffers.params.len()
+        )
+    }
+
+    fn hidden_size(&self) -> usize {
+        self.dec.config.hidden_size
+    }
+
+    fn pooling(&self) -> Pooling {
+        self.dec.pooling
+    }
+
+    fn reserve(&mut self, _sizes: Sizes) -> Result<()> {
+        // The decoder sizes its one arena at the first forward of the largest batch and reuses it.
+        Ok(())
+    }
+
+    fn embed(&mut self, batch: &Packed<'_>, pooled: &mut Vec<f32>) -> Result<()> {
+        self.forward_train(batch, None, pooled)
+    }
+
+    fn forward_train(
+        &mut self,
+        batch: &Packed<'_>,
+        dropout: Option<u64>,
+        pooled: &mut Vec<f32>,
+    ) -> Result<()> {
+        self.dec
+            .forward(batch.input_ids, batch.seq_offsets, dropout)
+            .map_err(dec_err)?;
+        pooled.resize(batch.num_seqs() * self.hidden_size(), 0.0);
+        self.dec.pool(pooled).map_err(dec_err)
+    }
+
+    fn backward(&mut self, _batch: &Packed<'_>, dpooled: &[f32]) -> Result<()> {
+        self.dec.backward_pooled(dpooled).map_err(dec_err)
+    }
+
+    fn zero_grad(&mut self) -> Result<()> {
+        self.dec.zero_grad();
+        Ok(())
+    }
+
+    fn clip_grad_norm(&mut self, max_norm: Option<f32>) -> Result<f64> {
+        let g = &mut self.dec.buffers.grads;
+        Ok(match max_norm {
+            Some(m) => angle_tensor::cpu::clip_grad_norm(g, m as f64),
+            None => angle_tensor::cpu::grad_norm(g),
+        })
+    }
+
+    fn adamw_step(&mut self, hp: &AdamW, t: u64) -> Result<()> {
+        self.dec.adamw_step(hp, t).map_err(dec_err)
+    }
+
+    fn trainable_len(&self) -> usize {
+        self.dec.buffers.params.len()
+    }
+
+    fn moments(&mut self) -> Result<(&[f32], &[f32])> {
+        Ok((&self.dec.buffers.adam_m, &self.dec.buffers.adam_v))
+    }
+
+    fn set_moments(&mut self, m: Vec<f32>, v: Vec<f32>) -> Result<()> {
+        self.dec.buffers.adam_m = m;
+        self.dec.buffers.adam_v = v;
+        Ok(())
+    }
+
+    fn write_weights(&mut self, dir: &Path, _files_from: &Path) -> Result<()> {
+        match self.dec.lora {
+            Some(_) => {
+                let base = self.base.to_string_lossy().into_owned();
+                self.dec.save_adapter(dir, Some(&base)).map_err(dec_err)
+            }
+            None => self.dec.save_trained(dir).map_err(dec_err),
+        }
+    }
+
+    fn write_merged(&mut self, dir: &Path) -> Result<()> {
+        if self.dec.lora.is_none() {
+            return Err(TrainError::Config(
+                "--merge-lora needs a LoRA run (--lora-r ...)".into(),
+            ));
+        }
+        write_merged(self, dir)
+    }
+}
+
+/// `angle merge` and `--merge-lora`: the adapter folded into the base weights, a full checkpoint in `out`
+/// (with the tokenizer files), refused when `out` exists.
+pub fn write_merged(model: &DecoderCpu, out: &Path) -> Result<()> {
+    if out.exists() {
+        return Err(TrainError::Config(format!(
+            "{} exists: give a new folder for the merged model",
+            out.display()
+        )));
+    }
+    std::fs::create_dir_all(out).map_err(io_err(out))?;
+    model.dec.save_merged(out).map_err(dec_err)
+}
