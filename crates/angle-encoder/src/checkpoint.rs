@@ -139,6 +139,56 @@ fn convert(view: &TensorView<'_>, out: &mut [f32]) -> std::result::Result<(), St
 /// the data goes to a temporary file in the same directory that is then renamed over `path`, so a reader
 /// (or a crash) never sees a half-written checkpoint.
 pub fn save(path: impl AsRef<Path>, layout: &ParamLayout, params: &[f32], prefix: &str) -> Result<()> {
+    save_with(path, layout, params, prefix, &[])
+}
+
+/// A tensor the encoder does not model (a pooler, a head), carried into a saved checkpoint unchanged.
+#[derive(Debug, Clone)]
+pub struct Carried {
+    /// The full name, as in the source file.
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
+}
+
+/// The tensors of a safetensors file that `layout` does not hold (under `prefix`), to carry along on save.
+pub fn untrained_tensors(path: impl AsRef<Path>, layout: &ParamLayout, prefix: &str) -> Result<Vec<Carried>> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|e| EncoderError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| EncoderError::Safetensors {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })?;
+    let mut out: Vec<Carried> = st
+        .tensors()
+        .into_iter()
+        .filter(|(name, _)| {
+            let bare = name.strip_prefix(prefix).unwrap_or(name);
+            layout.get(bare).is_none() && layout.get(name).is_none()
+        })
+        .map(|(name, t)| Carried {
+            name,
+            dtype: t.dtype(),
+            shape: t.shape().to_vec(),
+            data: t.data().to_vec(),
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// [`save`], with `extra` tensors written beside the parameters.
+pub fn save_with(
+    path: impl AsRef<Path>,
+    layout: &ParamLayout,
+    params: &[f32],
+    prefix: &str,
+    extra: &[Carried],
+) -> Result<()> {
     let path = path.as_ref();
     if params.len() != layout.total {
         return Err(EncoderError::BufferSize {
@@ -153,6 +203,17 @@ pub fn save(path: impl AsRef<Path>, layout: &ParamLayout, params: &[f32], prefix
             .expect("the slice length is the shape's size by construction");
         (format!("{prefix}{}", e.name), view)
     });
+    let carried = extra.iter().map(|c| {
+        let view =
+            TensorView::new(c.dtype, c.shape.clone(), &c.data).map_err(|e| EncoderError::Safetensors {
+                path: path.to_path_buf(),
+                msg: format!("{}: {e}", c.name),
+            });
+        (c.name.clone(), view)
+    });
+    let carried: Vec<(String, TensorView<'_>)> =
+        carried.map(|(n, v)| v.map(|v| (n, v))).collect::<Result<_>>()?;
+    let tensors = tensors.chain(carried);
     let tmp = temp_path(path);
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
     safetensors::serialize_to_file(tensors, Some(meta), &tmp).map_err(|e| {

@@ -125,8 +125,23 @@ pub fn write_bert_weights(dir: &Path, enc: &Encoder, files_from: &Path) -> Resul
         let p = dir.join("config.json");
         std::fs::write(&p, enc.config.to_json_string()).map_err(io_err(&p))?;
     }
-    enc.save(dir.join("model.safetensors"))
-        .map_err(|e| TrainError::Encoder(e.to_string()))
+    // Tensors the encoder does not train (BERT's pooler, heads) come along unchanged, so that transformers
+    // finds every weight it expects and reports none as newly initialised.
+    let err = |e: angle_encoder::EncoderError| TrainError::Encoder(e.to_string());
+    let src = files_from.join("model.safetensors");
+    let carried = if src.is_file() {
+        angle_encoder::checkpoint::untrained_tensors(&src, &enc.layout, &enc.name_prefix).map_err(err)?
+    } else {
+        Vec::new()
+    };
+    angle_encoder::checkpoint::save_with(
+        dir.join("model.safetensors"),
+        &enc.layout,
+        &enc.buffers.params,
+        &enc.name_prefix,
+        &carried,
+    )
+    .map_err(err)
 }
 
 /// Writes the model files of a checkpoint into `dir` (which exists and is empty): the backbone's own

@@ -76,7 +76,11 @@ impl Embedder {
                 let (ids, types) = seq(i);
                 let n = ids.len().min(self.max_len);
                 if n == 0 {
-                    return Err(TrainError::Data(format!("text {i} has no tokens")));
+                    return Err(TrainError::Data(format!(
+                        "text {} has no tokens (an empty text, and a tokenizer that adds no special tokens; \
+                         --append-eos gives every text one)",
+                        i + 1
+                    )));
                 }
                 self.ids.extend_from_slice(&ids[..n]);
                 self.type_ids.extend_from_slice(&types[..n.min(types.len())]);

@@ -73,6 +73,9 @@ struct TrainArgs {
     /// Continue the run saved in this checkpoint-last directory (same data and options).
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Replace an earlier run's checkpoints in --output (refused without it).
+    #[arg(long)]
+    overwrite: bool,
     /// Where the encoder trains: cpu, or cuda (a build with `--features cuda`; mean or cls pooling).
     #[arg(long, default_value = "cpu")]
     device: Device,
@@ -368,7 +371,22 @@ struct EvalArgs {
     json: bool,
 }
 
-fn main() -> anyhow::Result<()> {
+/// User errors (a bad flag value, a bad row, a missing file) print their message and causes, never a backtrace,
+/// even with `RUST_BACKTRACE` set: backtraces are for bugs, which panic.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -450,6 +468,7 @@ fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
         halt_after: None,
         device,
         cpu_bf16,
+        overwrite: a.overwrite,
     };
     let s = angle_train::train(config, a.resume.as_deref(), &opts)?;
     println!("== run summary");
@@ -582,7 +601,8 @@ fn run_encode(a: &EncodeArgs) -> anyhow::Result<()> {
             .collect::<std::io::Result<_>>()
             .context("reading stdin")?,
     };
-    let texts: Vec<String> = lines.into_iter().filter(|t| !t.trim().is_empty()).collect();
+    // Every line is embedded, empty ones too (as the tokenizer encodes them): output row i is input line i.
+    let texts = lines;
     let h = l.model.hidden_size();
     let mut emb = if texts.is_empty() {
         Vec::new()

@@ -58,6 +58,8 @@ pub struct TrainOptions {
     /// On the CPU: bf16 products in the training step (AMX; `angle train --precision bf16`),
     /// f32 weight gradients, master weights and AdamW. Validation stays f32.
     pub cpu_bf16: bool,
+    /// A new run may replace an earlier run's files in the output folder (else it is refused).
+    pub overwrite: bool,
 }
 
 /// What a run did.
@@ -232,6 +234,9 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
     })?;
 
     let out = config.output.clone();
+    if resume.is_none() && !opts.overwrite {
+        refuse_earlier_run(&out)?;
+    }
     std::fs::create_dir_all(&out).map_err(io_err(&out))?;
     let metrics_path = out.join(METRICS);
     let mut metrics = match resumed_from_step {
@@ -395,6 +400,23 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
     })?;
     std::fs::write(&p, text + "\n").map_err(io_err(&p))?;
     Ok(summary)
+}
+
+/// A new run never replaces an earlier one's files without being asked (`--overwrite`) or resuming it.
+fn refuse_earlier_run(out: &Path) -> Result<()> {
+    let found: Vec<&str> = [CHECKPOINT_LAST, BEST, METRICS, SUMMARY]
+        .into_iter()
+        .filter(|f| out.join(f).exists())
+        .collect();
+    if found.is_empty() {
+        return Ok(());
+    }
+    Err(TrainError::Config(format!(
+        "{} holds an earlier run ({}): continue it with --resume {}, or replace it with --overwrite",
+        out.display(),
+        found.join(", "),
+        out.join(CHECKPOINT_LAST).display()
+    )))
 }
 
 /// The state of a run that has not taken a step yet.
