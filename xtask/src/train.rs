@@ -90,7 +90,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         .arg("--valid")
         .arg(&dev);
     if flag_value(&extra, "--output").is_none() {
-        cmd.arg("--output").arg(&output);
+        // The job's own folder: a rerun replaces the previous rerun's (and says so). A folder the user
+        // names is theirs: replacing it takes their `--overwrite`.
+        if output.join("checkpoint-last").exists() {
+            println!("replacing the previous run in {}", output.display());
+        }
+        cmd.arg("--output").arg(&output).arg("--overwrite");
     }
     for (flag, value) in RECIPE {
         cmd.arg(flag).arg(value);
