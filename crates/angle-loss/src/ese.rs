@@ -73,7 +73,6 @@ pub fn ese_loss<F: Real>(
     config: &EseConfig,
     pooled: &[ArrayView2<'_, F>],
 ) -> Result<EseOutput<F>, LossError> {
-    let n = pooled.len();
     let Some(last) = pooled.last() else {
         return Err(LossError::Empty {
             tensor: "pooled layers",
@@ -109,6 +108,46 @@ pub fn ese_loss<F: Real>(
         });
     }
 
+    let targets = pooled
+        .iter()
+        .map(|p| pca_target(p, k))
+        .collect::<Result<Vec<_>, _>>()?;
+    let views: Vec<ArrayView2<'_, F>> = targets.iter().map(|t| t.view()).collect();
+    ese_loss_with_targets(base, config, pooled, &views)
+}
+
+/// [`ese_loss`] with the distillation targets given (`targets[l - 1]` `[rows, k]` for layer `l`, normally
+/// [`pca_target`] of that layer): the objective as a function of the pooled outputs with the targets held
+/// constant, which is what the gradient is of (and what a finite-difference check perturbs).
+pub fn ese_loss_with_targets<F: Real>(
+    base: &impl BaseObjective<F>,
+    config: &EseConfig,
+    pooled: &[ArrayView2<'_, F>],
+    targets: &[ArrayView2<'_, F>],
+) -> Result<EseOutput<F>, LossError> {
+    let n = pooled.len();
+    let Some(last) = pooled.last() else {
+        return Err(LossError::Empty {
+            tensor: "pooled layers",
+            rows: 0,
+            dim: 0,
+        });
+    };
+    let k = config.compression_size;
+    let t = config.kl_temperature;
+    if targets.len() != n {
+        return Err(LossError::BadParameter {
+            name: "targets",
+            value: targets.len() as f64,
+            why: "needs one distillation target per pooled layer",
+        });
+    }
+    if let Some(tg) = targets.iter().find(|tg| tg.dim() != (last.nrows(), k)) {
+        return Err(LossError::GradShape {
+            got: tg.dim(),
+            expected: (last.nrows(), k),
+        });
+    }
     let mut grads: Vec<Array2<F>> = pooled.iter().map(|p| Array2::zeros(p.dim())).collect();
     let mut parts = EseParts::default();
     let mut loss = 0.0f64;
@@ -117,7 +156,7 @@ pub fn ese_loss<F: Real>(
         let g = &mut grads[n - 1];
         parts.teacher = base.loss_into(last.view(), &mut g.view_mut())?;
         loss += parts.teacher;
-        let (slim, distill) = truncated_terms(base, last, k, t, 1.0, g)?;
+        let (slim, distill) = truncated_terms(base, last, &targets[n - 1], k, t, 1.0, g)?;
         parts.teacher_slim = slim;
         parts.teacher_distill = distill;
         loss += slim + distill;
@@ -125,7 +164,7 @@ pub fn ese_loss<F: Real>(
     if n > 1 {
         for l in 1..n {
             let w = 1.0 / ((n - 1) as f64 * (1.0 + (l as f64).ln()));
-            let (slim, distill) = truncated_terms(base, &pooled[l - 1], k, t, w, &mut grads[l - 1])?;
+            let (slim, distill) = truncated_terms(base, &pooled[l - 1], &targets[l - 1], k, t, w, &mut grads[l - 1])?;
             parts.student.push(slim);
             parts.student_distill.push(distill);
             loss += w * (slim + distill);
@@ -138,10 +177,11 @@ pub fn ese_loss<F: Real>(
     })
 }
 
-/// `L(p[:, :k])` and `D(p[:, :k], PCA(p))`, unweighted; `weight ·` their gradients added into `grad[:, :k]`.
+/// `L(p[:, :k])` and `D(p[:, :k], target)`, unweighted; `weight ·` their gradients added into `grad[:, :k]`.
 fn truncated_terms<F: Real>(
     base: &impl BaseObjective<F>,
     p: &ArrayView2<'_, F>,
+    target: &ArrayView2<'_, F>,
     k: usize,
     temperature: f64,
     weight: f64,
@@ -150,7 +190,6 @@ fn truncated_terms<F: Real>(
     let slim = p.slice(s![.., ..k]).to_owned();
     let mut g = Array2::<F>::zeros(slim.dim());
     let l = base.loss_into(slim.view(), &mut g.view_mut())?;
-    let target = pca_target(p, k)?;
     let d = distill_loss_into(slim.view(), target.view(), temperature, 1.0, &mut g.view_mut())?;
     let w = F::of(weight);
     grad.slice_mut(s![.., ..k]).zip_mut_with(&g, |a, &b| *a += w * b);
