@@ -30,12 +30,19 @@ fn objective_weight(fx: &Fixture, key: &str) -> f64 {
     words
         .windows(2)
         .find(|w| w[0] == key)
-        .map(|w| w[1].parse().unwrap_or_else(|_| panic!("objective `{text}`: `{key}` is not followed by a number")))
+        .map(|w| {
+            w[1].parse()
+                .unwrap_or_else(|_| panic!("objective `{text}`: `{key}` is not followed by a number"))
+        })
         .unwrap_or(0.0)
 }
 
 fn rel(a: f64, b: f64) -> f64 {
-    if b == 0.0 { a.abs() } else { (a - b).abs() / b.abs() }
+    if b == 0.0 {
+        a.abs()
+    } else {
+        (a - b).abs() / b.abs()
+    }
 }
 
 #[test]
@@ -49,7 +56,10 @@ fn minilm_ese_matches_pytorch_reference() {
     let k: usize = fx.meta("ese_compression_size").parse().unwrap();
     let temperature: f64 = fx.meta("ese_kl_temperature").parse().unwrap();
     let longest = fx.seq_offsets.windows(2).map(|w| w[1] - w[0]).max().unwrap();
-    assert!(longest <= maxlen, "fixture sequence of {longest} tokens exceeds its maxlen {maxlen}");
+    assert!(
+        longest <= maxlen,
+        "fixture sequence of {longest} tokens exceeds its maxlen {maxlen}"
+    );
 
     let batch = Batch {
         input_ids: &fx.ids,
@@ -73,7 +83,11 @@ fn minilm_ese_matches_pytorch_reference() {
             .unwrap();
         let p64: Vec<f64> = p.iter().map(|&x| x as f64).collect();
         let want = fx.floats(&format!("pooled.{l}"));
-        let err = p64.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        let err = p64
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
         println!("pooled.{l} max abs err {err:.3e}");
         assert!(err <= 1e-4, "pooled.{l} max abs err {err:.3e} > 1e-4");
         pooled.push(p64);
@@ -94,7 +108,8 @@ fn minilm_ese_matches_pytorch_reference() {
     });
     let labels: Vec<f64> = fx.floats("labels").to_vec();
     let objective = |y: ArrayView2<'_, f64>, g: &mut ArrayViewMut2<'_, f64>| {
-        base.compute_into(DataFormat::A, y, &labels, None, g).map(|(l, _)| l)
+        base.compute_into(DataFormat::A, y, &labels, None, g)
+            .map(|(l, _)| l)
     };
     let views: Vec<ArrayView2<'_, f64>> = pooled[1..]
         .iter()
@@ -121,7 +136,10 @@ fn minilm_ese_matches_pytorch_reference() {
     part("part.teacher_distill".into(), out.parts.teacher_distill);
     for l in 1..depth {
         part(format!("part.student.{l}"), out.parts.student[l - 1]);
-        part(format!("part.student_distill.{l}"), out.parts.student_distill[l - 1]);
+        part(
+            format!("part.student_distill.{l}"),
+            out.parts.student_distill[l - 1],
+        );
     }
     for l in 1..=depth {
         let ours: Vec<f64> = out.grads[l - 1].iter().copied().collect();
@@ -138,7 +156,11 @@ fn minilm_ese_matches_pytorch_reference() {
 
     // one backward for every layer's pooled gradient
     enc.zero_grad();
-    let d32: Vec<Vec<f32>> = out.grads.iter().map(|g| g.iter().map(|&x| x as f32).collect()).collect();
+    let d32: Vec<Vec<f32>> = out
+        .grads
+        .iter()
+        .map(|g| g.iter().map(|&x| x as f32).collect())
+        .collect();
     let layer_grads: Vec<LayerGrad<'_>> = (1..=depth)
         .map(|l| LayerGrad {
             layer: l,
@@ -158,7 +180,11 @@ fn minilm_ese_matches_pytorch_reference() {
             let rows = &fx.tensors["grad.embeddings.word_embeddings.rows"].i;
             let table = enc.layout.view(grads, name).unwrap();
             rows.iter()
-                .flat_map(|&r| table[r as usize * h..(r as usize + 1) * h].iter().map(|&x| x as f64))
+                .flat_map(|&r| {
+                    table[r as usize * h..(r as usize + 1) * h]
+                        .iter()
+                        .map(|&x| x as f64)
+                })
                 .collect()
         } else {
             let v = enc
@@ -182,6 +208,9 @@ fn minilm_ese_matches_pytorch_reference() {
             }
         }
     }
-    assert!(checked >= 5 + 2 * 16, "only {checked} gradient tensors in the fixture");
+    assert!(
+        checked >= 5 + 2 * 16,
+        "only {checked} gradient tensors in the fixture"
+    );
     assert!(failures.is_empty(), "mismatches:\n{}", failures.join("\n"));
 }

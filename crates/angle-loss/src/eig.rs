@@ -211,7 +211,9 @@ mod tests {
     use super::*;
 
     fn lcg(seed: &mut u64) -> f64 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((*seed >> 11) as f64 / (1u64 << 53) as f64) - 0.5
     }
 
@@ -234,7 +236,11 @@ mod tests {
             for i in 0..n {
                 for j in 0..n {
                     let rec: f64 = (0..n).map(|r| vals[r] * vecs[r * n + i] * vecs[r * n + j]).sum();
-                    assert!((rec - m[i * n + j]).abs() < 1e-12, "n {n} ({i},{j}): {rec} vs {}", m[i * n + j]);
+                    assert!(
+                        (rec - m[i * n + j]).abs() < 1e-12,
+                        "n {n} ({i},{j}): {rec} vs {}",
+                        m[i * n + j]
+                    );
                     let dot: f64 = (0..n).map(|c| vecs[i * n + c] * vecs[j * n + c]).sum();
                     let want = if i == j { 1.0 } else { 0.0 };
                     assert!((dot - want).abs() < 1e-12);
@@ -251,11 +257,15 @@ mod tests {
         let (u, s) = left_singular(&a, n, 5).unwrap();
         for j in 0..5 {
             // v_j = aᵀ u_j / s_j is a unit vector, and a v_j = s_j u_j
-            let v: Vec<f64> = (0..n).map(|c| (0..n).map(|r| a[r * n + c] * u[r * 5 + j]).sum::<f64>() / s[j]).collect();
+            let v: Vec<f64> = (0..n)
+                .map(|c| (0..n).map(|r| a[r * n + c] * u[r * 5 + j]).sum::<f64>() / s[j])
+                .collect();
             let nv: f64 = v.iter().map(|x| x * x).sum::<f64>().sqrt();
             assert!((nv - 1.0).abs() < 1e-10);
             let col: Vec<f64> = (0..n).map(|r| u[r * 5 + j]).collect();
-            let big = col.iter().fold(0.0f64, |m, x| if x.abs() > m.abs() { *x } else { m });
+            let big = col
+                .iter()
+                .fold(0.0f64, |m, x| if x.abs() > m.abs() { *x } else { m });
             assert!(big > 0.0);
         }
     }

@@ -164,7 +164,8 @@ pub fn ese_loss_with_targets<F: Real>(
     if n > 1 {
         for l in 1..n {
             let w = 1.0 / ((n - 1) as f64 * (1.0 + (l as f64).ln()));
-            let (slim, distill) = truncated_terms(base, &pooled[l - 1], &targets[l - 1], k, t, w, &mut grads[l - 1])?;
+            let (slim, distill) =
+                truncated_terms(base, &pooled[l - 1], &targets[l - 1], k, t, w, &mut grads[l - 1])?;
             parts.student.push(slim);
             parts.student_distill.push(distill);
             loss += w * (slim + distill);
@@ -266,7 +267,9 @@ pub fn pca_target<F: Real>(x: &ArrayView2<'_, F>, k: usize) -> Result<Array2<F>,
     let mut a = vec![0.0f64; h * h];
     for i in 0..h {
         let row = &mut a[i * h..(i + 1) * h];
-        let m = (0..h).map(|j| gram[[i, j]] * scale).fold(f64::NEG_INFINITY, f64::max);
+        let m = (0..h)
+            .map(|j| gram[[i, j]] * scale)
+            .fold(f64::NEG_INFINITY, f64::max);
         let mut sum = 0.0;
         for (j, v) in row.iter_mut().enumerate() {
             *v = (gram[[i, j]] * scale - m).exp();

@@ -80,7 +80,10 @@ mod sym;
 
 pub use combined::{AngleLoss, AngleLossConfig, AngleLossOutput, DataFormat, LossParts};
 pub use error::LossError;
-pub use ese::{BaseObjective, EseConfig, EseOutput, EseParts, distill_loss_into, ese_loss, ese_loss_with_targets, pca_target};
+pub use ese::{
+    BaseObjective, EseConfig, EseOutput, EseParts, distill_loss_into, ese_loss, ese_loss_with_targets,
+    pca_target,
+};
 pub use matryoshka::{Matryoshka, MatryoshkaObjective};
 pub use objectives::{
     ContrastiveLayout, LossGrad, angle_loss, angle_loss_into, contrastive_loss, contrastive_loss_into,

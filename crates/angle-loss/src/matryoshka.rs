@@ -30,7 +30,11 @@ impl Matryoshka {
                 why: "a width must be positive",
             });
         }
-        let weights = if weights.is_empty() { vec![1.0; dims.len()] } else { weights };
+        let weights = if weights.is_empty() {
+            vec![1.0; dims.len()]
+        } else {
+            weights
+        };
         if weights.len() != dims.len() {
             return Err(LossError::BadParameter {
                 name: "matryoshka_weights",

@@ -13,7 +13,9 @@ const H: f64 = 1e-6;
 fn random(rows: usize, cols: usize, seed: u64) -> Array2<f64> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     Array2::from_shape_fn((rows, cols), |_| {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
     })
 }
@@ -57,14 +59,19 @@ fn distillation_term_matches_finite_differences() {
     assert!(d.abs() < 1e-14 && g.iter().all(|v| v.abs() < 1e-14));
 }
 
-fn format_a(labels: Vec<f64>) -> impl Fn(ArrayView2<'_, f64>, &mut ArrayViewMut2<'_, f64>) -> Result<f64, LossError> {
+fn format_a(
+    labels: Vec<f64>,
+) -> impl Fn(ArrayView2<'_, f64>, &mut ArrayViewMut2<'_, f64>) -> Result<f64, LossError> {
     let base = AngleLoss::new(AngleLossConfig {
         cosine_w: 1.0,
         ibn_w: 1.0,
         angle_w: 1.0,
         ..Default::default()
     });
-    move |y, g| base.compute_into(DataFormat::A, y, &labels, None, g).map(|(l, _)| l)
+    move |y, g| {
+        base.compute_into(DataFormat::A, y, &labels, None, g)
+            .map(|(l, _)| l)
+    }
 }
 
 #[test]
@@ -87,7 +94,8 @@ fn whole_objective_matches_finite_differences_with_targets_held() {
     let n = layers as f64;
     let mut sum = out.parts.teacher + out.parts.teacher_slim + out.parts.teacher_distill;
     for l in 1..layers {
-        sum += (out.parts.student[l - 1] + out.parts.student_distill[l - 1]) / ((n - 1.0) * (1.0 + (l as f64).ln()));
+        sum += (out.parts.student[l - 1] + out.parts.student_distill[l - 1])
+            / ((n - 1.0) * (1.0 + (l as f64).ln()));
     }
     assert!((sum - out.loss).abs() < 1e-12 * out.loss.abs());
     for l in 0..layers {
@@ -99,7 +107,13 @@ fn whole_objective_matches_finite_differences_with_targets_held() {
         assert!(err < 1e-6, "layer {}: fd error {err:.3e}", l + 1);
         // students see only the first k columns; the teacher's full term sees them all
         if l + 1 < layers {
-            assert!(out.grads[l].columns().into_iter().skip(k).all(|c| c.iter().all(|&v| v == 0.0)));
+            assert!(
+                out.grads[l]
+                    .columns()
+                    .into_iter()
+                    .skip(k)
+                    .all(|c| c.iter().all(|&v| v == 0.0))
+            );
         }
     }
 }
@@ -136,7 +150,15 @@ fn matryoshka_matches_finite_differences_and_composes_with_ese() {
     };
     let pooled = [random(6, 8, 8), random(6, 8, 9)];
     let views: Vec<_> = pooled.iter().map(|p| p.view()).collect();
-    let out = ese_loss(&obj, &EseConfig { compression_size: 4, kl_temperature: 1.0 }, &views).unwrap();
+    let out = ese_loss(
+        &obj,
+        &EseConfig {
+            compression_size: 4,
+            kl_temperature: 1.0,
+        },
+        &views,
+    )
+    .unwrap();
     assert!(out.loss.is_finite());
 }
 
@@ -145,9 +167,25 @@ fn bad_settings_are_errors() {
     let base = format_a(vec![1.0, 0.0]);
     let p = random(4, 6, 1);
     let views = [p.view()];
-    let err = ese_loss(&base, &EseConfig { compression_size: 7, kl_temperature: 1.0 }, &views).unwrap_err();
+    let err = ese_loss(
+        &base,
+        &EseConfig {
+            compression_size: 7,
+            kl_temperature: 1.0,
+        },
+        &views,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("ese_compression_size"), "{err}");
-    let err = ese_loss(&base, &EseConfig { compression_size: 4, kl_temperature: 0.0 }, &views).unwrap_err();
+    let err = ese_loss(
+        &base,
+        &EseConfig {
+            compression_size: 4,
+            kl_temperature: 0.0,
+        },
+        &views,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("ese_kl_temperature"), "{err}");
     assert!(ese_loss(&base, &EseConfig::default(), &[]).is_err());
     assert!(Matryoshka::new(vec![4, 2], vec![1.0]).is_err());
