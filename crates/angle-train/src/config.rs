@@ -65,6 +65,10 @@ pub struct TrainConfig {
     pub threads: usize,
     /// Batch size (texts) when encoding the validation set.
     pub eval_batch_size: usize,
+    /// `--ese`: the Espresso objective over every layer (docs/ese.md).
+    pub ese: Option<angle_loss::EseConfig>,
+    /// `--matryoshka-dims`: the objective summed over leading-dimension truncations.
+    pub matryoshka: Option<crate::ese::MatryoshkaConfig>,
 }
 
 impl Default for TrainConfig {
@@ -103,6 +107,8 @@ impl Default for TrainConfig {
             log_steps: 10,
             threads: 0,
             eval_batch_size: 64,
+            ese: None,
+            matryoshka: None,
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod cputime;
 pub mod device;
 pub mod embed;
 pub mod error;
+pub mod ese;
 pub mod evaluate;
 pub mod metrics;
 pub mod npy;

@@ -171,6 +171,8 @@ struct TrainArgs {
     /// Show a progress bar (on a terminal; plain log lines otherwise) [default: true].
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     progress: Option<bool>,
+    #[command(flatten)]
+    ese: angle_train::ese::EseArgs,
 }
 
 impl TrainArgs {
@@ -230,6 +232,7 @@ impl TrainArgs {
         take_opt!(query_prompt);
         take_opt!(doc_prompt);
         take_opt!(max_steps);
+        self.ese.apply(&mut c, &mut set);
         (c, set)
     }
 }

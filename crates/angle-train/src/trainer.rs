@@ -285,6 +285,13 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
     let mut pooler = Pooler::new(pooling);
     let loss_fn = AngleLoss::new(config.loss.clone());
     let format = data_format(data.format());
+    // ESE / Matryoshka: every layer's pooled output in the objective, one backward (ese.rs)
+    let mut layered = crate::ese::LayeredObjective::new(&config, pooling, &enc)?;
+    if layered.is_some() && gpu.is_some() {
+        return Err(TrainError::Config(
+            "--ese and --matryoshka-dims run on the CPU only".into(),
+        ));
+    }
     // On the GPU the objective runs there too when its kernel covers this loss (said once).
     if let Some(g) = gpu.as_mut() {
         eprintln!("{}", g.use_device_objective(&config.loss, format));
@@ -369,6 +376,30 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
                 for (acc, v) in step_parts.iter_mut().zip(part_values(&parts)) {
                     accumulate(acc, v.map(|v| v as f64 / micro as f64));
                 }
+                step_examples += batch.examples.len() as u64;
+                step_tokens += batch.tokens() as u64;
+                continue;
+            }
+            if let Some(lo) = layered.as_mut() {
+                let b = Batch {
+                    input_ids: &batch.input_ids,
+                    token_type_ids: Some(&batch.token_type_ids),
+                    seq_offsets: &batch.seq_offsets,
+                };
+                enc.forward(&b, &mut acts, dropout).map_err(enc_err)?;
+                let ids = (!config.drop_duplicates).then_some(&batch.text_ids[..]);
+                let inv = 1.0 / micro as f32;
+                let (loss, _) = lo.step(
+                    &mut enc,
+                    &mut acts,
+                    &loss_fn,
+                    format,
+                    &batch.labels,
+                    ids,
+                    inv,
+                    state.step,
+                )?;
+                step_loss += loss as f64 / micro as f64;
                 step_examples += batch.examples.len() as u64;
                 step_tokens += batch.tokens() as u64;
                 continue;
