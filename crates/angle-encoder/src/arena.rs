@@ -214,6 +214,19 @@ impl Activations {
         &self.layer_in[slot * self.cap.max_tokens * h..][..n * h]
     }
 
+    /// The output `[N, H]` of layer `l` in the last forward: `l = 0` the embedding output (after its dropout),
+    /// `l = num_hidden_layers` the last hidden state. A train-mode arena keeps every layer's; an eval-mode arena
+    /// only the last (`None` otherwise, and for `l` past the depth).
+    pub fn layer_output(&self, l: usize) -> Option<&[f32]> {
+        let layers = self.dims.layers;
+        if l > layers || (self.mode == Mode::Eval && l != layers) {
+            return None;
+        }
+        let (n, h) = (self.num_tokens(), self.dims.h);
+        let slot = self.layer_in_slot(l);
+        Some(&self.layer_in[slot * self.cap.max_tokens * h..][..n * h])
+    }
+
     /// The gradient of the last hidden state `[N, H]` (train mode): zeroed by each forward; pooling backward
     /// adds into it, and [`crate::Encoder::backward`] reads it.
     pub fn dhidden_mut(&mut self) -> &mut [f32] {

@@ -32,6 +32,6 @@ pub use arena::{Activations, Capacity, Mode};
 pub use config::{Activation, BertConfig};
 pub use error::{EncoderError, Result};
 pub use inference::{Precision, bf16_is_fast};
-pub use model::{AdamW, Batch, Encoder};
+pub use model::{AdamW, Batch, Encoder, LayerGrad};
 pub use params::{ParamBuffers, ParamEntry, ParamLayout};
 pub use pooling::{Pooler, Pooling};

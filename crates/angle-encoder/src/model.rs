@@ -18,7 +18,7 @@ use crate::config::{Activation, BertConfig};
 use crate::error::{EncoderError, Result};
 use crate::inference::{Bf16Packs, Precision, pack_layers};
 use crate::params::{ParamBuffers, ParamLayout};
-use crate::pooling::Pooling;
+use crate::pooling::{Pooler, Pooling};
 use crate::profile::{self, Op};
 
 /// A batch of packed sequences (no padding): token `t` of sequence `b` is row `seq_offsets[b] + t`.
@@ -134,6 +134,26 @@ impl Encoder {
             train_precision: Precision::F32,
             bf16: None,
         })
+    }
+
+    /// The first `layers` layers of this model (ESE, `--layers N`): the same embeddings and layers with
+    /// `num_hidden_layers = layers`, a valid smaller checkpoint of the same family. Precisions carry over.
+    pub fn truncated(&self, layers: usize) -> Result<Encoder> {
+        let depth = self.config.num_hidden_layers;
+        if layers == 0 || layers > depth {
+            return Err(EncoderError::Batch(format!(
+                "cannot keep {layers} layers of a {depth}-layer model (1..={depth})"
+            )));
+        }
+        let mut config = self.config.clone();
+        config.num_hidden_layers = layers;
+        let layout = ParamLayout::new(&config);
+        let mut enc = Encoder::from_params(config, self.buffers.params[..layout.total].to_vec())?;
+        enc.name_prefix = self.name_prefix.clone();
+        enc.default_pooling = self.default_pooling;
+        enc.set_train_precision(self.train_precision)?;
+        enc.set_inference_precision(self.inference_precision)?;
+        Ok(enc)
     }
 
     /// Writes the parameters to `path` (safetensors, f32, the names they were loaded with), atomically.
@@ -545,6 +565,22 @@ impl Encoder {
     /// gradients of every parameter, added into `self.buffers.grads` (allocated on first use). Layers run
     /// in reverse; the embeddings come last.
     pub fn backward(&mut self, acts: &mut Activations) -> Result<()> {
+        self.backward_layers(acts, &[])
+    }
+
+    /// [`Encoder::backward`] with the gradients of the pooled outputs of any set of layers added on the way down
+    /// (ESE, docs/ese.md): each [`LayerGrad`]'s `dpooled` goes through its pooler's backward into the gradient of
+    /// that layer's output in the residual stream when the walk reaches it, so one backward serves every layer.
+    /// Layer `0` is the embedding output, layer `num_hidden_layers` the last (its gradient adds to
+    /// [`Activations::dhidden_mut`]). The poolers must be the ones that pooled [`Activations::layer_output`].
+    pub fn backward_layers(&mut self, acts: &mut Activations, layer_grads: &[LayerGrad<'_>]) -> Result<()> {
+        let depth = self.config.num_hidden_layers;
+        if let Some(g) = layer_grads.iter().find(|g| g.layer > depth) {
+            return Err(EncoderError::Batch(format!(
+                "a pooled gradient for layer {}; the model has layers 0..={depth}",
+                g.layer
+            )));
+        }
         if !acts.ready_for_backward {
             return Err(EncoderError::Batch(
                 "backward needs a train-mode forward on the same arena first".into(),
@@ -572,12 +608,17 @@ impl Encoder {
 
         // dx: gradient flowing into the current layer's output
         a.dx[..nh_].copy_from_slice(&a.dhidden[..nh_]);
+        inject_layer_grads(&mut a.dx[..nh_], layer_grads, depth, &a.seq_offsets, h)?;
         // bf16 training: backward's input gradients through the transposed bf16 weights
         let bwd16 = match self.train_precision {
             Precision::Bf16 => self.bf16.as_deref().map(|packs| &packs.bwd[..]),
             Precision::F32 => None,
         };
         for (l, w) in self.layout.layers.iter().enumerate().rev() {
+            if l + 1 < depth {
+                // dx is the gradient of layer l + 1's output (slot l + 1)
+                inject_layer_grads(&mut a.dx[..nh_], layer_grads, l + 1, &a.seq_offsets, h)?;
+            }
             let wt = bwd16.map(|layers| &layers[l]);
             let th = l * t_cap * h;
             let ti = l * t_cap * inter;
@@ -732,6 +773,9 @@ impl Encoder {
             })?;
         }
 
+        if depth > 0 {
+            inject_layer_grads(&mut a.dx[..nh_], layer_grads, 0, &a.seq_offsets, h)?;
+        }
         // x0 = dropout(LN(emb_sum))
         let e = &self.layout.embeddings;
         let dproj = &mut a.dproj[..nh_];
@@ -775,7 +819,31 @@ impl Encoder {
     }
 }
 
-/// `dinp = dropout'(dout)`: a copy when there is no dropout.
+/// The gradient of one layer's pooled output, for [`Encoder::backward_layers`].
+#[derive(Debug, Clone, Copy)]
+pub struct LayerGrad<'a> {
+    /// 0 = the embedding output, `num_hidden_layers` = the last layer.
+    pub layer: usize,
+    /// The pooler that pooled this layer's output (its backward needs the forward's state, e.g. max's arg-max).
+    pub pooler: &'a Pooler,
+    /// `d loss / d pooled` `[B, H]`.
+    pub dpooled: &'a [f32],
+}
+
+/// Adds every `layer_grads` entry of `layer` through its pooler's backward into `dx`.
+fn inject_layer_grads(
+    dx: &mut [f32],
+    layer_grads: &[LayerGrad<'_>],
+    layer: usize,
+    seq_offsets: &[usize],
+    h: usize,
+) -> Result<()> {
+    for g in layer_grads.iter().filter(|g| g.layer == layer) {
+        g.pooler.backward(dx, g.dpooled, seq_offsets, h)?;
+    }
+    Ok(())
+}
+
 /// A linear layer's backward (adds into every gradient). With `bf16` (the layer's transposed
 /// bf16 weight) both products (`dout · W`, `doutᵀ · inp`) run in bf16 with f32 sums; the bias
 /// gradient is an f32 sum.

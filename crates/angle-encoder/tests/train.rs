@@ -3,7 +3,7 @@
 
 mod common;
 
-use angle_encoder::{AdamW, Capacity, Encoder, Mode, Pooler, Pooling, model::Batch};
+use angle_encoder::{AdamW, Capacity, Encoder, LayerGrad, Mode, Pooler, Pooling, model::Batch};
 use angle_loss::{AngleLoss, AngleLossConfig};
 use common::{Fixture, model_dir, random_vec, shared, tiny_encoder};
 use ndarray::ArrayView2;
@@ -16,6 +16,140 @@ fn batch(fx: &Fixture) -> Batch<'_> {
     }
 }
 
+/// An arena exactly the batch's size (tokens, longest sequence).
+fn capacity(b: &Batch<'_>) -> Capacity {
+    Capacity {
+        max_tokens: b.num_tokens(),
+        max_seq_len: b.seq_offsets.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(1),
+    }
+}
+
+/// Forward, then `L = Σ_l Σ w_l ⊙ mean-pool(output of layer l)` over `layers`, and one backward that takes every
+/// layer's pooled gradient (`backward_layers`); returns (L, grads).
+fn layered_loss_and_grads(
+    enc: &mut Encoder,
+    b: &Batch<'_>,
+    layers: &[(usize, Vec<f32>)],
+    seed: Option<u64>,
+    with_grad: bool,
+) -> (f64, Vec<f32>) {
+    let h = enc.config.hidden_size;
+    let mut acts = enc.activations(capacity(b), Mode::Train);
+    enc.forward(b, &mut acts, seed).unwrap();
+    let mut poolers = vec![];
+    let mut loss = 0.0f64;
+    for (l, w) in layers {
+        let mut pooler = Pooler::new(Pooling::Mean);
+        let mut pooled = vec![0.0; b.num_seqs() * h];
+        pooler
+            .forward(&mut pooled, acts.layer_output(*l).unwrap(), b.seq_offsets, h)
+            .unwrap();
+        loss += pooled.iter().zip(w).map(|(a, b)| (a * b) as f64).sum::<f64>();
+        poolers.push(pooler);
+    }
+    if !with_grad {
+        return (loss, vec![]);
+    }
+    enc.zero_grad();
+    let lg: Vec<LayerGrad<'_>> = layers
+        .iter()
+        .zip(&poolers)
+        .map(|((l, w), p)| LayerGrad {
+            layer: *l,
+            pooler: p,
+            dpooled: w,
+        })
+        .collect();
+    enc.backward_layers(&mut acts, &lg).unwrap();
+    (loss, enc.buffers.grads.clone())
+}
+
+/// Directional finite differences of a loss on the pooled outputs of every layer (embedding output included),
+/// dropout on: the gradients injected into the residual stream on the way down are right.
+#[test]
+fn layer_gradient_injection_matches_finite_differences() {
+    let mut enc = tiny_encoder(6);
+    enc.config.hidden_dropout_prob = 0.1;
+    enc.config.attention_probs_dropout_prob = 0.1;
+    let depth = enc.config.num_hidden_layers;
+    let ids: Vec<u32> = (0..15).map(|i| (i * 7 % 30) as u32).collect();
+    let offs = [0usize, 5, 6, 15];
+    let b = Batch {
+        input_ids: &ids,
+        token_type_ids: None,
+        seq_offsets: &offs,
+    };
+    let layers: Vec<(usize, Vec<f32>)> = (0..=depth)
+        .map(|l| (l, random_vec(3 * 16, 40 + l as u64, 1.0)))
+        .collect();
+    let seed = Some(77);
+    let (_, g) = layered_loss_and_grads(&mut enc, &b, &layers, seed, true);
+    // the last layer alone through backward_layers equals the classic dhidden path
+    let (_, g_last) = layered_loss_and_grads(&mut enc, &b, &layers[depth..], seed, true);
+    let (_, g_classic) = loss_and_grads(&mut enc, &b, &layers[depth].1, seed, true);
+    assert_eq!(g_last, g_classic);
+    let base = enc.buffers.params.clone();
+    let eps = 1e-2f32;
+    for (k, e) in enc.layout.entries.clone().iter().enumerate() {
+        let u = random_vec(e.len(), 300 + k as u64, 1.0);
+        let un = u.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let analytic: f64 = g[e.range()]
+            .iter()
+            .zip(&u)
+            .map(|(a, b)| (a * b / un) as f64)
+            .sum();
+        let mut at = |s: f32| {
+            enc.buffers.params.copy_from_slice(&base);
+            enc.buffers.params[e.range()]
+                .iter_mut()
+                .zip(&u)
+                .for_each(|(p, d)| *p += s * d / un);
+            layered_loss_and_grads(&mut enc, &b, &layers, seed, false).0
+        };
+        let fd = (at(eps) - at(-eps)) / (2.0 * eps as f64);
+        let tol = 2e-3 * analytic.abs().max(fd.abs()) + 2e-4;
+        assert!(
+            (fd - analytic).abs() <= tol,
+            "{}: finite difference {fd:.6e} vs backward {analytic:.6e}",
+            e.name
+        );
+    }
+    // a layer past the depth is an error, not a panic
+    let mut acts = enc.activations(capacity(&b), Mode::Train);
+    enc.forward(&b, &mut acts, None).unwrap();
+    let p = Pooler::new(Pooling::Mean);
+    let bad = [LayerGrad {
+        layer: depth + 1,
+        pooler: &p,
+        dpooled: &layers[0].1,
+    }];
+    assert!(enc.backward_layers(&mut acts, &bad).is_err());
+}
+
+#[test]
+fn truncated_model_is_the_first_layers() {
+    let enc = tiny_encoder(8);
+    let small = enc.truncated(1).unwrap();
+    assert_eq!(small.config.num_hidden_layers, 1);
+    let ids: Vec<u32> = (0..9).map(|i| (i * 5 % 30) as u32).collect();
+    let offs = [0usize, 4, 9];
+    let b = Batch {
+        input_ids: &ids,
+        token_type_ids: None,
+        seq_offsets: &offs,
+    };
+    let mut acts = enc.activations(capacity(&b), Mode::Train);
+    enc.forward(&b, &mut acts, None).unwrap();
+    let want = acts.layer_output(1).unwrap().to_vec();
+    let mut acts1 = small.activations(capacity(&b), Mode::Eval);
+    let got = small.forward(&b, &mut acts1, None).unwrap();
+    assert_eq!(got, &want[..]);
+    assert!(enc.truncated(0).is_err());
+    assert!(enc.truncated(3).is_err());
+    // eval arenas keep only the last layer's output
+    assert!(acts1.layer_output(0).is_none() && acts1.layer_output(1).is_some());
+}
+
 /// Forward, mean pooling, `L = Σ w ⊙ pooled`, backward; returns (L, grads).
 fn loss_and_grads(
     enc: &mut Encoder,
@@ -25,11 +159,7 @@ fn loss_and_grads(
     with_grad: bool,
 ) -> (f64, Vec<f32>) {
     let h = enc.config.hidden_size;
-    let cap = Capacity {
-        max_tokens: b.num_tokens(),
-        max_seq_len: 64,
-    };
-    let mut acts = enc.activations(cap, Mode::Train);
+    let mut acts = enc.activations(capacity(b), Mode::Train);
     let hidden = enc.forward(b, &mut acts, seed).unwrap();
     let mut pooler = Pooler::new(Pooling::Mean);
     let mut pooled = vec![0.0; b.num_seqs() * h];
@@ -68,10 +198,7 @@ fn eval_equals_train_without_dropout_and_seeds_are_deterministic() {
     let fx = Fixture::load();
     let enc = Encoder::from_dir(model_dir()).unwrap();
     let b = batch(&fx);
-    let cap = Capacity {
-        max_tokens: b.num_tokens(),
-        max_seq_len: 64,
-    };
+    let cap = capacity(&b);
     let mut eval = enc.activations(cap, Mode::Eval);
     let e = enc.forward(&b, &mut eval, None).unwrap().to_vec();
 
@@ -166,7 +293,10 @@ fn backward_matches_finite_differences_with_dropout() {
 
 #[test]
 fn adamw_steps_follow_pytorch() {
-    let path = shared("fixtures/encoder/minilm-adamw-steps.json");
+    // ANGLE_ADAMW_STEPS points at another trajectory; its `batch` names the encoder fixture beside it
+    let path = std::env::var_os("ANGLE_ADAMW_STEPS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| shared("fixtures/encoder/minilm-adamw-steps.json"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let hp = &v["hyperparameters"];
@@ -190,20 +320,28 @@ fn adamw_steps_follow_pytorch() {
         .collect();
     assert_eq!(want.len() as u64, hp["steps"].as_u64().unwrap());
 
-    // the batch is the encoder fixture named in the file (ANGLE_ENCODER_FIXTURE is for the parity test)
-    assert_eq!(v["batch"], "minilm-mean-reference.safetensors");
-    let fx = Fixture::load();
+    // the batch is the encoder fixture the file names, beside it (else ANGLE_ENCODER_FIXTURE)
+    let name = v["batch"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{}: no `batch` file name", path.display()));
+    let beside = path.parent().unwrap_or(std::path::Path::new(".")).join(name);
+    let fx = if beside.exists() {
+        Fixture::load_from(beside)
+    } else {
+        let fx = Fixture::load();
+        assert!(
+            fx.path.file_name().and_then(|f| f.to_str()) == Some(name),
+            "{}: batch {name} is neither beside it nor ANGLE_ENCODER_FIXTURE ({})",
+            path.display(),
+            fx.path.display()
+        );
+        fx
+    };
     let labels = fx.floats("labels").to_vec();
     let mut enc = Encoder::from_dir(model_dir()).unwrap();
     let h = enc.config.hidden_size;
     let b = batch(&fx);
-    let mut acts = enc.activations(
-        Capacity {
-            max_tokens: b.num_tokens(),
-            max_seq_len: 64,
-        },
-        Mode::Train,
-    );
+    let mut acts = enc.activations(capacity(&b), Mode::Train);
     let mut pooler = Pooler::new(pooling);
     let mut pooled = vec![0.0f32; fx.b * h];
     for (step, &want) in want.iter().enumerate() {

@@ -12,6 +12,8 @@
 //! | in-batch negatives | [`in_batch_negative_loss`] | zigzag pairs, optional text ids |
 //! | contrastive (InfoNCE) | [`contrastive_loss`], [`contrastive_loss_with_ids`] | q, p(, n) rows; text ids |
 //! | angle-emb's `AngleLoss` | [`AngleLoss`] | formats A, B, C |
+//! | Espresso (ESE) over every layer | [`ese_loss`] | any base objective ([`BaseObjective`]) |
+//! | Matryoshka truncations | [`Matryoshka`] | any base objective |
 //!
 //! Each `*_loss` has an `*_into` twin that adds `weight · dL/dy_pred` into a caller's buffer instead of allocating.
 //!
@@ -64,7 +66,10 @@ mod ce;
 mod check;
 mod combined;
 mod dot;
+mod eig;
 mod error;
+pub mod ese;
+pub mod matryoshka;
 mod norm;
 mod objectives;
 mod pairs;
@@ -75,6 +80,11 @@ mod sym;
 
 pub use combined::{AngleLoss, AngleLossConfig, AngleLossOutput, DataFormat, LossParts};
 pub use error::LossError;
+pub use ese::{
+    BaseObjective, EseConfig, EseOutput, EseParts, distill_loss_into, ese_loss, ese_loss_with_targets,
+    pca_target,
+};
+pub use matryoshka::{Matryoshka, MatryoshkaObjective};
 pub use objectives::{
     ContrastiveLayout, LossGrad, angle_loss, angle_loss_into, contrastive_loss, contrastive_loss_into,
     contrastive_loss_with_ids, contrastive_loss_with_ids_into, cosine_loss, cosine_loss_into,

@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use angle_encoder::{Activations, AdamW, Batch, Capacity, Encoder, Mode, Pooler, Pooling};
+use angle_encoder::{Activations, AdamW, Batch, Capacity, Encoder, LayerGrad, Mode, Pooler, Pooling};
 use angle_loss::{AngleLossConfig, DataFormat, LossParts};
 
 use crate::error::{Result, TrainError};
@@ -78,6 +78,26 @@ pub trait Backbone {
     /// gradients.
     fn backward(&mut self, batch: &Packed<'_>, dpooled: &[f32]) -> Result<()>;
 
+    /// Transformer layers (the depth a layered objective such as ESE reads).
+    fn num_layers(&self) -> usize;
+    /// Train-mode forward that pools the output of each of `layers` (0 = the embeddings, `num_layers()` =
+    /// the last) into `pooled[i]`: for objectives over several layers (ESE). `None` where the backbone has
+    /// no such path.
+    fn forward_train_layers(
+        &mut self,
+        _batch: &Packed<'_>,
+        _dropout: Option<u64>,
+        _layers: &[usize],
+        _pooled: &mut [Vec<f32>],
+    ) -> Option<Result<()>> {
+        None
+    }
+    /// One backward from the gradients of every layer's pooled output of the last
+    /// [`Backbone::forward_train_layers`].
+    fn backward_layers(&mut self, _layers: &[usize], _dpooled: &[Vec<f32>]) -> Result<()> {
+        Err(TrainError::Config("this backbone has no layered backward".into()))
+    }
+
     /// Offers to compute the objective itself (the GPU's fused kernel): `Some(message to log once)`
     /// when it will, for every later [`Backbone::fused_step`]; `None` (the default) when the host
     /// computes it.
@@ -129,6 +149,8 @@ fn enc_err(e: angle_encoder::EncoderError) -> TrainError {
 pub struct BertCpu {
     pub enc: Encoder,
     pooler: Pooler,
+    /// One pooler per layer a layered objective reads (their backward needs their forward's state).
+    layer_poolers: Vec<Pooler>,
     train: Option<Activations>,
     eval: Option<Activations>,
 }
@@ -138,6 +160,7 @@ impl BertCpu {
         BertCpu {
             enc,
             pooler: Pooler::new(pooling),
+            layer_poolers: Vec::new(),
             train: None,
             eval: None,
         }
@@ -163,6 +186,35 @@ impl BertCpu {
         self.pooler
             .forward(pooled, hidden, batch.seq_offsets, h)
             .map_err(enc_err)
+    }
+}
+
+impl BertCpu {
+    fn pool_layers(
+        &mut self,
+        batch: &Packed<'_>,
+        dropout: Option<u64>,
+        layers: &[usize],
+        pooled: &mut [Vec<f32>],
+    ) -> Result<()> {
+        let h = self.enc.config.hidden_size;
+        let acts = self
+            .train
+            .as_mut()
+            .ok_or_else(|| TrainError::Config("backbone used before reserve()".into()))?;
+        self.enc
+            .forward(&batch.as_encoder_batch(), acts, dropout)
+            .map_err(enc_err)?;
+        let kind = self.pooler.kind;
+        self.layer_poolers.resize_with(layers.len(), || Pooler::new(kind));
+        for ((&l, pooler), out) in layers.iter().zip(&mut self.layer_poolers).zip(pooled.iter_mut()) {
+            let hidden = acts
+                .layer_output(l)
+                .ok_or_else(|| TrainError::Encoder(format!("no output of layer {l} in the arena")))?;
+            out.resize(batch.num_seqs() * h, 0.0);
+            pooler.forward(out, hidden, batch.seq_offsets, h).map_err(enc_err)?;
+        }
+        Ok(())
     }
 }
 
@@ -220,6 +272,38 @@ impl Backbone for BertCpu {
             .backward(acts.dhidden_mut(), dpooled, batch.seq_offsets, h)
             .map_err(enc_err)?;
         self.enc.backward(acts).map_err(enc_err)
+    }
+
+    fn num_layers(&self) -> usize {
+        self.enc.config.num_hidden_layers
+    }
+
+    fn forward_train_layers(
+        &mut self,
+        batch: &Packed<'_>,
+        dropout: Option<u64>,
+        layers: &[usize],
+        pooled: &mut [Vec<f32>],
+    ) -> Option<Result<()>> {
+        Some(self.pool_layers(batch, dropout, layers, pooled))
+    }
+
+    fn backward_layers(&mut self, layers: &[usize], dpooled: &[Vec<f32>]) -> Result<()> {
+        let acts = self
+            .train
+            .as_mut()
+            .ok_or_else(|| TrainError::Config("backward before a training forward".into()))?;
+        let grads: Vec<LayerGrad<'_>> = layers
+            .iter()
+            .zip(&self.layer_poolers)
+            .zip(dpooled)
+            .map(|((&layer, pooler), d)| LayerGrad {
+                layer,
+                pooler,
+                dpooled: d,
+            })
+            .collect();
+        self.enc.backward_layers(acts, &grads).map_err(enc_err)
     }
 
     fn zero_grad(&mut self) -> Result<()> {

@@ -65,6 +65,10 @@ pub struct TrainConfig {
     pub threads: usize,
     /// Batch size (texts) when encoding the validation set.
     pub eval_batch_size: usize,
+    /// `--ese`: the Espresso objective over every layer (docs/ese.md).
+    pub ese: Option<angle_loss::EseConfig>,
+    /// `--matryoshka-dims`: the objective summed over leading-dimension truncations.
+    pub matryoshka: Option<crate::ese::MatryoshkaConfig>,
 
     /// Decoder family: LoRA on a frozen base (`None`: the whole model trains).
     pub lora: Option<LoraSettings>,
@@ -138,6 +142,8 @@ impl Default for TrainConfig {
             bidirectional: false,
             append_eos: false,
             merge_lora: false,
+            ese: None,
+            matryoshka: None,
         }
     }
 }

@@ -201,6 +201,10 @@ impl Backbone for DecoderCpu {
         self.dec.backward_pooled(dpooled).map_err(dec_err)
     }
 
+    fn num_layers(&self) -> usize {
+        self.dec.config.num_hidden_layers
+    }
+
     fn zero_grad(&mut self) -> Result<()> {
         self.dec.zero_grad();
         Ok(())

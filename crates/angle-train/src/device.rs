@@ -645,6 +645,10 @@ impl Backbone for GpuBert {
         )
     }
 
+    fn num_layers(&self) -> usize {
+        self.host.num_layers()
+    }
+
     fn zero_grad(&mut self) -> Result<()> {
         self.host.zero_grad()?;
         match self.gpu.as_mut() {

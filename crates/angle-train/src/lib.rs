@@ -14,6 +14,7 @@ pub mod decoder;
 pub mod device;
 pub mod embed;
 pub mod error;
+pub mod ese;
 pub mod evaluate;
 pub mod metrics;
 pub mod npy;

@@ -213,6 +213,8 @@ struct TrainArgs {
     /// Append the tokenizer's EOS token to every text after truncation [default: false].
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     append_eos: Option<bool>,
+    #[command(flatten)]
+    ese: angle_train::ese::EseArgs,
 }
 
 impl TrainArgs {
@@ -289,6 +291,7 @@ impl TrainArgs {
             });
             set.push("lora".into());
         }
+        self.ese.apply(&mut c, &mut set);
         (c, set)
     }
 }

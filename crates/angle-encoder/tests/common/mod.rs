@@ -48,7 +48,11 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn load() -> Fixture {
-        let path = fixture_path();
+        Self::load_from(fixture_path())
+    }
+
+    /// Any fixture of the encoder format (or one that extends it, such as the ESE fixture).
+    pub fn load_from(path: PathBuf) -> Fixture {
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()));
         let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
         let meta = header.metadata().clone().unwrap_or_default();

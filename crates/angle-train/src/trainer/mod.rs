@@ -247,7 +247,9 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
     let format = data_format(data.format());
     let schedule = LinearSchedule::new(config.lr, config.warmup_steps, total_steps);
     let mut stepper = Stepper::new(&config, &data, format, schedule, rows_max, model.hidden_size());
-    stepper.fused = model.use_fused_objective(&config.loss, format).is_some();
+    // ESE / Matryoshka: every layer's pooled output in the objective, one backward (ese.rs).
+    stepper.layered = crate::ese::LayeredObjective::new(&config, &*model)?;
+    stepper.fused = stepper.layered.is_none() && model.use_fused_objective(&config.loss, format).is_some();
 
     let bar = progress_bar(opts.progress, total_steps, state.step);
     let mut plan: EpochPlan = data

@@ -45,6 +45,8 @@ pub(super) struct Stepper<'a> {
     pub schedule: LinearSchedule,
     /// The backbone computes the objective itself ([`Backbone::use_fused_objective`]).
     pub fused: bool,
+    /// ESE / Matryoshka: the objective over several layers or truncations (`crate::ese`).
+    pub layered: Option<crate::ese::LayeredObjective>,
     batch: PackedBatch,
     pooled: Vec<f32>,
     dpooled: Vec<f32>,
@@ -70,6 +72,7 @@ impl<'a> Stepper<'a> {
             format,
             schedule,
             fused: false,
+            layered: None,
             batch: PackedBatch::default(),
             pooled: Vec::with_capacity(rows_max * hidden),
             dpooled: Vec::with_capacity(rows_max * hidden),
@@ -151,6 +154,12 @@ impl<'a> Stepper<'a> {
             let (loss, parts) = model.fused_step(&packed, &b.labels, dropout, inv)?;
             return Ok(MicroLoss { loss, parts });
         }
+        let ids = (!self.config.drop_duplicates).then_some(&b.text_ids[..]);
+        if let Some(lo) = self.layered.as_mut() {
+            let (loss, parts) =
+                lo.step(model, &packed, dropout, &self.loss_fn, self.format, &b.labels, ids, inv, step)?;
+            return Ok(MicroLoss { loss, parts });
+        }
         model.forward_train(&packed, dropout, &mut self.pooled)?;
         let (rows, h) = (b.rows(), model.hidden_size());
         self.dpooled.clear();
@@ -159,7 +168,6 @@ impl<'a> Stepper<'a> {
         let mut g = ArrayViewMut2::from_shape((rows, h), &mut self.dpooled)
             .map_err(|e| numeric(step, e.to_string()))?;
         // Every format masks duplicates with them (A: in-batch negatives, B and C: contrastive softmaxes).
-        let ids = (!self.config.drop_duplicates).then_some(&b.text_ids[..]);
         let (loss, parts) = self
             .loss_fn
             .compute_into(self.format, y, &b.labels, ids, &mut g)
