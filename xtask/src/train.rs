@@ -316,7 +316,9 @@ fn find_stsb(root: &Path, cache: &Path) -> anyhow::Result<PathBuf> {
         }
         return Ok(dir);
     }
-    for dir in [root.join("../shared/data/stsb"), cache.join("stsb")] {
+    // The repository ships the English CSVs (`data/stsb/`, with licence and provenance); `../shared` is a fast path
+    // only in name, both hold the same files.
+    for dir in [root.join("data/stsb"), root.join("../shared/data/stsb"), cache.join("stsb")] {
         if has_all(&dir) {
             return Ok(dir);
         }

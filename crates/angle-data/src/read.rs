@@ -289,28 +289,32 @@ fn read_delimited<R: Read>(
     options: &ReadOptions,
     sink: &mut Sink,
 ) -> Result<Option<Format>, DataError> {
+    // The csv crate's own line numbers drift on `\r\n` files (a bad row reported a line early), so lines are
+    // counted from the bytes the parser reads: the line of a record is 1 + the newlines before its first byte.
+    let lines = Lines::default();
     // `flexible`: a row with the wrong number of fields is our error (naming file and line), not csv's.
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
         .delimiter(delimiter)
         .quoting(quoting)
-        .from_reader(reader);
+        .from_reader(LineCounter::new(reader, lines.clone()));
     let path = sink.path.clone();
     let mut layout: Option<Columns> = None;
     let mut record = csv::StringRecord::new();
     loop {
-        let line = rdr.position().line();
+        let start = rdr.position().byte();
         match rdr.read_record(&mut record) {
             Ok(false) => break,
             Ok(true) => {}
             Err(e) => {
-                let err = csv_error(&path, line, e)?;
+                let byte = e.position().map_or(start, |p| p.byte());
+                let err = csv_error(&path, lines.line_at(byte), e)?;
                 sink.push(Err(err))?;
                 continue;
             }
         }
-        let line = record.position().map_or(line, |p| p.line());
+        let line = lines.line_at(record.position().map_or(start, |p| p.byte()));
         let cols = match &layout {
             Some(c) => c,
             None => {
@@ -362,9 +366,61 @@ fn read_delimited<R: Read>(
     Ok(layout.map(|c| c.format))
 }
 
+/// Byte offsets of the newlines a [`LineCounter`] has passed on, shared with the loop that reads records.
+#[derive(Clone, Default)]
+struct Lines(std::rc::Rc<std::cell::RefCell<LineState>>);
+
+#[derive(Default)]
+struct LineState {
+    /// Offsets of newlines not yet behind a record start (records come in order, so older ones are dropped).
+    pending: std::collections::VecDeque<u64>,
+    /// Newlines dropped from `pending`.
+    passed: u64,
+    /// Bytes read so far.
+    read: u64,
+}
+
+impl Lines {
+    /// The 1-based line of a record that starts at byte `offset` (offsets must not decrease between calls). On
+    /// `\r\n` files the csv crate puts a record's start on the `\n` that ends the line before: a newline at
+    /// `offset` is behind the record.
+    fn line_at(&self, offset: u64) -> u64 {
+        let mut s = self.0.borrow_mut();
+        while s.pending.front().is_some_and(|&nl| nl <= offset) {
+            s.pending.pop_front();
+            s.passed += 1;
+        }
+        s.passed + 1
+    }
+}
+
+/// Passes bytes through, noting where the newlines are.
+struct LineCounter<R> {
+    inner: R,
+    lines: Lines,
+}
+
+impl<R> LineCounter<R> {
+    fn new(inner: R, lines: Lines) -> Self {
+        LineCounter { inner, lines }
+    }
+}
+
+impl<R: Read> Read for LineCounter<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut s = self.lines.0.borrow_mut();
+        let base = s.read;
+        for (i, _) in buf[..n].iter().enumerate().filter(|(_, b)| **b == b'\n') {
+            s.pending.push_back(base + i as u64);
+        }
+        s.read += n as u64;
+        Ok(n)
+    }
+}
+
 /// A csv error at `line`: a row-level `Malformed` (bad UTF-8), or a fatal I/O error.
 fn csv_error(path: &Path, line: u64, e: csv::Error) -> Result<DataError, DataError> {
-    let line = e.position().map_or(line, |p| p.line());
     let message = e.to_string();
     match e.into_kind() {
         csv::ErrorKind::Io(source) => Err(DataError::Io {
