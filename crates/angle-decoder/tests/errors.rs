@@ -23,7 +23,10 @@ fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Map<String, Value>)) 
 }
 
 fn err_of(dir: &Path, opts: DecoderOptions) -> String {
-    Decoder::load(dir, opts).err().expect("load must fail").to_string()
+    Decoder::load(dir, opts)
+        .err()
+        .expect("load must fail")
+        .to_string()
 }
 
 #[test]
@@ -38,10 +41,16 @@ fn unknown_model_type_and_rope_type_are_refused_by_key() {
     assert!(e.contains("model_type") && e.contains("gpt_neox"), "{e}");
     edit_config(&m, |c| {
         c.insert("model_type".into(), "llama".into());
-        c.insert("rope_scaling".into(), serde_json::json!({"rope_type": "llama3", "factor": 8.0}));
+        c.insert(
+            "rope_scaling".into(),
+            serde_json::json!({"rope_type": "llama3", "factor": 8.0}),
+        );
     });
     let e = err_of(&m, DecoderOptions::default());
-    assert!(e.contains("rope_scaling.rope_type") && e.contains("llama3"), "{e}");
+    assert!(
+        e.contains("rope_scaling.rope_type") && e.contains("llama3"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -50,7 +59,11 @@ fn sharded_checkpoint_loads_and_a_missing_shard_is_named() {
     let m = tmp.path().join("m");
     let src = case("qwen3-bidir-mean").join("model");
     copy_dir(&src, &m);
-    std::fs::rename(m.join("model.safetensors"), m.join("model-00001-of-00002.safetensors")).unwrap();
+    std::fs::rename(
+        m.join("model.safetensors"),
+        m.join("model-00001-of-00002.safetensors"),
+    )
+    .unwrap();
     let ck = angle_decoder::Checkpoint::open(&src).unwrap();
     let mut map = serde_json::Map::new();
     for name in ck.tensors.keys() {
@@ -61,12 +74,21 @@ fn sharded_checkpoint_loads_and_a_missing_shard_is_named() {
         std::fs::write(m.join("model.safetensors.index.json"), v.to_string()).unwrap();
     };
     write_index(&map);
-    let opts = || DecoderOptions { causal: false, ..Default::default() };
+    let opts = || DecoderOptions {
+        causal: false,
+        ..Default::default()
+    };
     Decoder::load(&m, opts()).expect("a one-shard index loads");
-    map.insert("model.norm.weight".into(), "model-00002-of-00002.safetensors".into());
+    map.insert(
+        "model.norm.weight".into(),
+        "model-00002-of-00002.safetensors".into(),
+    );
     write_index(&map);
     let e = err_of(&m, opts());
-    assert!(e.contains("model-00002-of-00002.safetensors") && e.contains("missing"), "{e}");
+    assert!(
+        e.contains("model-00002-of-00002.safetensors") && e.contains("missing"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -97,7 +119,10 @@ fn mismatched_adapter_is_an_error_naming_the_tensor() {
 fn adapter_and_merged_checkpoint_round_trip() {
     let dir = case("qwen2-lora-last");
     let base = dir.join("model");
-    let opts = |adapter: Option<PathBuf>| DecoderOptions { adapter, ..Default::default() };
+    let opts = |adapter: Option<PathBuf>| DecoderOptions {
+        adapter,
+        ..Default::default()
+    };
     let mut dec = Decoder::load(&base, opts(Some(base.join("adapter")))).unwrap();
     let ids: Vec<u32> = (1..30).collect();
     let offs = [0, 12, 29];
@@ -107,7 +132,8 @@ fn adapter_and_merged_checkpoint_round_trip() {
     let tmp = tempfile::tempdir().unwrap();
     let ad = tmp.path().join("adapter");
     dec.save_adapter(&ad, Some("qwen2-lora-last")).unwrap();
-    let cfg: Value = serde_json::from_str(&std::fs::read_to_string(ad.join("adapter_config.json")).unwrap()).unwrap();
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(ad.join("adapter_config.json")).unwrap()).unwrap();
     assert_eq!(cfg["peft_type"], "LORA");
     assert_eq!(cfg["r"], 4);
     let mut again = Decoder::load(&base, opts(Some(ad))).unwrap();
@@ -120,7 +146,45 @@ fn adapter_and_merged_checkpoint_round_trip() {
     assert!(full.lora.is_none());
     let got = full.forward(&ids, &offs, None).unwrap();
     // the merged weights are rounded to the checkpoint's bf16
-    let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-    println!("merged vs adapter: max abs err {err:.3e} over {} x {h}", ids.len());
+    let err = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    println!(
+        "merged vs adapter: max abs err {err:.3e} over {} x {h}",
+        ids.len()
+    );
     assert!(err < 5e-2, "merged model differs by {err}");
+}
+
+#[test]
+fn the_model_interface_drives_a_step() {
+    use angle_decoder::{Batch, EmbeddingModel};
+    let base = case("qwen2-lora-last").join("model");
+    let mut dec = Decoder::load(
+        &base,
+        DecoderOptions {
+            adapter: Some(base.join("adapter")),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let ids: Vec<u32> = (5..25).collect();
+    let batch = Batch {
+        input_ids: &ids,
+        seq_offsets: &[0, 7, 20],
+    };
+    let h = dec.hidden_size();
+    let mut pooled = vec![0.0; 2 * h];
+    dec.forward_pooled(&batch, None, &mut pooled).unwrap();
+    let direct = dec.forward(&ids, batch.seq_offsets, None).unwrap().to_vec();
+    assert_eq!(&pooled[..h], &direct[6 * h..7 * h], "last-token pooling");
+    EmbeddingModel::zero_grad(&mut dec);
+    EmbeddingModel::backward_pooled(&mut dec, &vec![1.0; 2 * h]).unwrap();
+    assert!(EmbeddingModel::grad_norm(&dec) > 0.0);
+    let before = dec.params().to_vec();
+    EmbeddingModel::adamw_step(&mut dec, &angle_encoder::AdamW::default(), 1).unwrap();
+    assert_ne!(dec.params(), &before[..]);
+    assert_eq!(dec.grads().len(), dec.params().len());
 }
