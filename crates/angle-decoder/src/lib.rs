@@ -7,14 +7,12 @@
 
 pub mod config;
 pub mod error;
-pub mod interface;
 pub mod lora;
 pub mod memory;
 pub mod model;
 pub mod save;
 pub mod weights;
 
-pub use angle_model::{Batch, EmbeddingModel, SaveKind};
 pub use config::{DecoderConfig, ModelType};
 pub use error::{DecoderError, Result};
 pub use lora::LoraConfig;

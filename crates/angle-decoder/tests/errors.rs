@@ -159,8 +159,7 @@ fn adapter_and_merged_checkpoint_round_trip() {
 }
 
 #[test]
-fn the_model_interface_drives_a_step() {
-    use angle_decoder::{Batch, EmbeddingModel};
+fn a_step_pools_the_last_real_token_and_updates_the_adapter() {
     let base = case("qwen2-lora-last").join("model");
     let mut dec = Decoder::load(
         &base,
@@ -171,20 +170,17 @@ fn the_model_interface_drives_a_step() {
     )
     .unwrap();
     let ids: Vec<u32> = (5..25).collect();
-    let batch = Batch {
-        input_ids: &ids,
-        seq_offsets: &[0, 7, 20],
-    };
-    let h = dec.hidden_size();
+    let offsets = [0usize, 7, 20];
+    let h = dec.config.hidden_size;
+    let direct = dec.forward(&ids, &offsets, None).unwrap().to_vec();
     let mut pooled = vec![0.0; 2 * h];
-    dec.forward_pooled(&batch, None, &mut pooled).unwrap();
-    let direct = dec.forward(&ids, batch.seq_offsets, None).unwrap().to_vec();
+    dec.pool(&mut pooled).unwrap();
     assert_eq!(&pooled[..h], &direct[6 * h..7 * h], "last-token pooling");
-    EmbeddingModel::zero_grad(&mut dec);
-    EmbeddingModel::backward_pooled(&mut dec, &vec![1.0; 2 * h]).unwrap();
-    assert!(EmbeddingModel::grad_norm(&dec) > 0.0);
-    let before = dec.params().to_vec();
-    EmbeddingModel::adamw_step(&mut dec, &angle_encoder::AdamW::default(), 1).unwrap();
-    assert_ne!(dec.params(), &before[..]);
-    assert_eq!(dec.grads().len(), dec.params().len());
+    dec.zero_grad();
+    dec.backward_pooled(&vec![1.0; 2 * h]).unwrap();
+    assert!(dec.grad_norm() > 0.0);
+    let before = dec.buffers.params.clone();
+    dec.adamw_step(&angle_encoder::AdamW::default(), 1).unwrap();
+    assert_ne!(dec.buffers.params, before);
+    assert_eq!(dec.buffers.grads.len(), dec.buffers.params.len());
 }

@@ -212,7 +212,9 @@ impl BertCpu {
                 .layer_output(l)
                 .ok_or_else(|| TrainError::Encoder(format!("no output of layer {l} in the arena")))?;
             out.resize(batch.num_seqs() * h, 0.0);
-            pooler.forward(out, hidden, batch.seq_offsets, h).map_err(enc_err)?;
+            pooler
+                .forward(out, hidden, batch.seq_offsets, h)
+                .map_err(enc_err)?;
         }
         Ok(())
     }

@@ -156,8 +156,17 @@ impl<'a> Stepper<'a> {
         }
         let ids = (!self.config.drop_duplicates).then_some(&b.text_ids[..]);
         if let Some(lo) = self.layered.as_mut() {
-            let (loss, parts) =
-                lo.step(model, &packed, dropout, &self.loss_fn, self.format, &b.labels, ids, inv, step)?;
+            let (loss, parts) = lo.step(
+                model,
+                &packed,
+                dropout,
+                &self.loss_fn,
+                self.format,
+                &b.labels,
+                ids,
+                inv,
+                step,
+            )?;
             return Ok(MicroLoss { loss, parts });
         }
         model.forward_train(&packed, dropout, &mut self.pooled)?;
