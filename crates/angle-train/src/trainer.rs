@@ -338,6 +338,9 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
         let mut step_parts = [None; 5];
         let mut step_examples = 0u64;
         let mut step_tokens = 0u64;
+        // Saturation metrics only at logged steps (crate::saturation), on the last micro-batch.
+        let sat_due = (state.step + 1) % log_steps == 0 || state.step + 1 == total_steps;
+        let mut sat = None;
         for k in 0..micro {
             data.fill_batch(&plan, state.batch_in_epoch + k, &mut batch)
                 .map_err(|e| TrainError::Data(e.to_string()))?;
@@ -418,6 +421,16 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
                     step: state.step,
                     msg: format!("loss is {loss}"),
                 });
+            }
+            if sat_due && k + 1 == micro && format == DataFormat::A {
+                sat = Some(
+                    crate::saturation::measure(&config.loss, y, &batch.labels, ids).map_err(|e| {
+                        TrainError::Loss {
+                            step: state.step,
+                            msg: e.to_string(),
+                        }
+                    })?,
+                );
             }
             // The step's loss is the mean over its micro-batches, as a larger batch's would be.
             let inv = 1.0 / micro as f32;
@@ -521,6 +534,13 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
                 );
             }
             metrics.write(&Record::Train(rec))?;
+            if let Some(r) = sat.take() {
+                metrics.write(&Record::Saturation(crate::saturation::SaturationRecord {
+                    step: state.step,
+                    epoch: epoch_f,
+                    ..r
+                }))?;
+            }
             window = Window::default();
         }
 
