@@ -495,7 +495,7 @@ fn usage() -> &'static str {
      Trains the objective variants cosine, angle, cosine+angle, ibn, cosine+ibn, cosine+ibn+angle (1/1/0.02) with \
      the default recipe for each seed (default 2: 42, 43), scores each on STS-B test and dev and the --eval sets, \
      and writes ablation.md, ablation.json, ablation.svg into DIR (default runs/ablation). A rerun reuses the \
-     finished runs. Environment: ANGLE_MODEL_DIR, ANGLE_STSB_DIR as for cargo xtask train."
+     finished runs. Environment: ANGLE_MODEL_DIR, ANGLE_STSB_DIR as for cargo xtask train; ANGLE_BIN: use this angle binary."
 }
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
@@ -536,7 +536,11 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let train = train.unwrap_or_else(|| stsb.join("stsb-en-train.csv"));
     let mut eval_sets = vec![stsb.join("stsb-en-test.csv"), stsb.join("stsb-en-dev.csv")];
     eval_sets.extend(evals);
-    let bin = crate::train::build_angle(&root)?;
+    // ANGLE_BIN: an `angle` binary built already (skips the release build).
+    let bin = match std::env::var_os("ANGLE_BIN") {
+        Some(b) => PathBuf::from(b),
+        None => crate::train::build_angle(&root)?,
+    };
     let o = Options {
         bin,
         model,
@@ -554,8 +558,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let each = RECIPE_SECONDS * steps / RECIPE_STEPS;
     println!(
         "{} variants × {seeds_n} seeds = {runs} runs of about {steps:.0} steps; at the default recipe's {RECIPE_SECONDS:.0} s \
-         per {RECIPE_STEPS:.0} steps on 2 free cores that is about {:.0} min of training (plus evaluations); \
-         finished runs in {} are reused",
+         per {RECIPE_STEPS:.0} steps (2 cores, crates/angle-train/README.md) that is about {:.0} min of training plus \
+         two evaluations per run (the full default: 6 × 2 × 266 s ≈ 53 min); finished runs in {} are reused",
         VARIANTS.len(),
         runs as f64 * each / 60.0,
         o.output.display()
