@@ -1,9 +1,11 @@
 //! `cargo xtask <task>`: the project's jobs that are too heavy for unit tests.
 //!
 //! - `train`     the default AnglE recipe end to end (`train.rs`)
+//! - `ablation`  every objective variant × seeds, evaluated on STS sets (`ablation.rs`)
 //! - `bench`     encoder throughput and memory beside PyTorch's numbers (`bench.rs`)
 //! - `gpu-check` prepares and describes the one GPU run (`gpu_check.rs`)
 
+mod ablation;
 mod bench;
 mod gpu_check;
 mod train;
@@ -14,8 +16,9 @@ fn main() -> anyhow::Result<()> {
     let rest: Vec<String> = args.collect();
     match task.as_str() {
         "train" => train::run(&rest),
+        "ablation" => ablation::run(&rest),
         "bench" => bench::run(&rest),
         "gpu-check" => gpu_check::run(&rest),
-        other => anyhow::bail!("unknown task {other:?}; tasks: train, bench, gpu-check"),
+        other => anyhow::bail!("unknown task {other:?}; tasks: train, ablation, bench, gpu-check"),
     }
 }

@@ -57,10 +57,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("xtask has no parent folder")?
-        .to_path_buf();
+    let root = workspace_root()?;
     let cache = root.join(".angle-cache");
     let model = find_model(&root, &cache)?;
     let data = find_stsb(&root, &cache)?;
@@ -178,6 +175,14 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The workspace root (xtask's parent folder).
+pub(crate) fn workspace_root() -> anyhow::Result<PathBuf> {
+    Ok(Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("xtask has no parent folder")?
+        .to_path_buf())
+}
+
 /// The value after `flag` in `args` (`--flag v` or `--flag=v`; the last occurrence wins, as in `angle train`).
 fn flag_value(args: &[String], flag: &str) -> Option<String> {
     let mut found = None;
@@ -226,7 +231,7 @@ fn eval(bin: &Path, model: &Path, data: &Path, max_length: &str, pooling: &str) 
         .context("angle eval's JSON has no spearman")
 }
 
-fn build_angle(root: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn build_angle(root: &Path) -> anyhow::Result<PathBuf> {
     println!("\n== cargo build --release -p angle-train --bin angle");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
@@ -254,7 +259,7 @@ fn build_angle(root: &Path) -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-fn find_model(root: &Path, cache: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn find_model(root: &Path, cache: &Path) -> anyhow::Result<PathBuf> {
     if let Some(dir) = std::env::var_os("ANGLE_MODEL_DIR") {
         return Ok(PathBuf::from(dir));
     }
@@ -362,7 +367,7 @@ fn verify_model(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn find_stsb(root: &Path, cache: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn find_stsb(root: &Path, cache: &Path) -> anyhow::Result<PathBuf> {
     let has_all = |d: &Path| {
         ["train", "dev", "test"]
             .iter()

@@ -76,6 +76,7 @@ mod pairs;
 mod par;
 mod rank;
 mod real;
+mod score;
 mod sym;
 
 pub use combined::{AngleLoss, AngleLossConfig, AngleLossOutput, DataFormat, LossParts};
@@ -92,6 +93,7 @@ pub use objectives::{
 };
 pub use pairs::AnglePooling;
 pub use real::Real;
+pub use score::{angle_score, angle_slope, cosine_score, cosine_slope};
 
 /// The floor of a row norm, as in `torch.nn.functional.normalize`: rows are divided by `max(‖x‖, NORM_EPS)`.
 pub const NORM_EPS: f64 = 1e-12;

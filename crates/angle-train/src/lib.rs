@@ -19,8 +19,11 @@ pub mod evaluate;
 pub mod metrics;
 pub mod npy;
 pub mod plot;
+pub mod saturation;
 pub mod schedule;
+pub mod similarity;
 pub mod stats;
+pub mod suite;
 pub mod trainer;
 
 pub use config::TrainConfig;

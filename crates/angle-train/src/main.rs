@@ -9,7 +9,6 @@ use angle_encoder::Pooling;
 use angle_train::backbone::Backbone;
 use angle_train::device::{Device, Precision};
 use angle_train::embed::{Embedder, LoadOptions, ModelDefaults, load_backbone};
-use angle_train::evaluate::{evaluate, load_sts};
 use angle_train::stats::cosine;
 use angle_train::{TrainConfig, TrainOptions};
 use anyhow::{Context, bail};
@@ -34,7 +33,7 @@ enum Command {
     Encode(EncodeArgs),
     /// Cosine similarity of texts under a model.
     Similarity(SimilarityArgs),
-    /// Spearman and Pearson (× 100) on an STS file (STS-B CSV, STS TSV, or format A).
+    /// Spearman and Pearson (× 100) of five similarity measures on STS files (STS-B CSV, STS TSV, format A).
     Eval(EvalArgs),
     /// Fold a LoRA adapter into its base model: a full checkpoint that transformers loads.
     Merge(MergeArgs),
@@ -363,9 +362,13 @@ struct SimilarityArgs {
 struct EvalArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// STS data: STS-B CSV (sentence1,sentence2,score), STS TSV (score, s1, s2) or a format-A file.
-    #[arg(long)]
-    data: PathBuf,
+    /// STS data, one or more files or folders: STS-B CSV (sentence1,sentence2,score), STS TSV (score, s1, s2)
+    /// or format-A files. One model load; a table per file and the mean.
+    #[arg(long, required = true, num_args = 1..)]
+    data: Vec<PathBuf>,
+    /// Print a markdown table instead of text.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    markdown: bool,
     /// Skip malformed rows (counted) instead of stopping.
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     skip_invalid: bool,
@@ -683,32 +686,22 @@ fn run_merge(a: &MergeArgs) -> anyhow::Result<()> {
 }
 
 fn run_eval(a: &EvalArgs) -> anyhow::Result<()> {
+    use angle_train::suite;
+    let files = suite::collect_files(&a.data)?;
     let mut l = load(&a.model)?;
     let prompts = angle_data::Prompts {
         text: l.prompt.clone(),
         ..Default::default()
     };
-    let data = load_sts(&a.data, &l.tok, &prompts, a.skip_invalid)?;
-    let mut scratch = Vec::new();
-    let s = evaluate(&mut *l.model, &mut l.emb, &data, &mut scratch)?;
-    let skipped = data.skip_counts().total;
+    let sets = suite::load_all(&files, &l.tok, &prompts, a.skip_invalid)?;
+    let r = suite::evaluate_all(&mut *l.model, &mut l.emb, &sets)?;
     if a.json {
-        let v = serde_json::json!({
-            "data": a.data, "spearman": s.spearman, "pearson": s.pearson, "pairs": s.pairs,
-            "skipped": skipped, "seconds": s.seconds, "pooling": l.model.pooling().name(),
-        });
-        println!("{v}");
+        println!("{}", suite::to_json(&r, &l.model.pooling().name()));
+    } else if a.markdown {
+        print!("{}", suite::render_markdown(&r));
     } else {
-        println!(
-            "{}: Spearman {:.2}  Pearson {:.2}  ({} pairs, {} skipped, {:.1} s, pooling {})",
-            a.data.display(),
-            s.spearman,
-            s.pearson,
-            s.pairs,
-            skipped,
-            s.seconds,
-            l.model.pooling().name()
-        );
+        print!("{}", suite::render_text(&r));
+        println!("pooling {}", l.model.pooling().name());
     }
     Ok(())
 }

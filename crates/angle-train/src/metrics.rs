@@ -15,6 +15,8 @@ use crate::error::{Result, TrainError, io_err};
 pub enum Record {
     Train(TrainRecord),
     Eval(EvalRecord),
+    /// Per-objective gradients and saturation shares at a logged step (`crate::saturation`).
+    Saturation(crate::saturation::SaturationRecord),
 }
 
 impl Record {
@@ -22,6 +24,7 @@ impl Record {
         match self {
             Record::Train(r) => r.step,
             Record::Eval(r) => r.step,
+            Record::Saturation(r) => r.step,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! The end-of-run SVG: training loss and validation Spearman against optimizer steps, two panels side by side.
+//! The end-of-run SVG: training loss and validation Spearman against optimizer steps, side by side, and when the
+//! run logged them, a third panel with the saturation shares of the cosine and angle objectives.
 //! Hand-written SVG keeps the binary free of plotting dependencies; any browser shows it.
 
 use std::fmt::Write as _;
@@ -14,40 +15,68 @@ const MARGIN_R: f64 = 20.0;
 const MARGIN_T: f64 = 40.0;
 const MARGIN_B: f64 = 45.0;
 
-/// A series to draw in one panel.
+/// The series to draw in one panel (the first one's color also marks its points).
 struct Panel<'a> {
     title: &'a str,
     y_label: &'a str,
     color: &'a str,
     points: Vec<(f64, f64)>,
+    /// Further series: legend label, color, points.
+    more: Vec<(&'a str, &'a str, Vec<(f64, f64)>)>,
+    /// Legend label of the first series (only drawn when there are further series).
+    label: &'a str,
 }
 
 /// Render the plot for `records` as an SVG document.
 pub fn render_svg(records: &[Record]) -> String {
     let mut loss = Vec::new();
     let mut spearman = Vec::new();
+    let (mut sat_cos, mut sat_ang) = (Vec::new(), Vec::new());
     for r in records {
         match r {
             Record::Train(t) if t.loss.is_finite() => loss.push((t.step as f64, t.loss)),
             Record::Eval(e) if e.spearman.is_finite() => spearman.push((e.step as f64, e.spearman)),
+            Record::Saturation(s) => {
+                let share = |name: &str| s.objectives.get(name).and_then(|o| o.saturated);
+                if let Some(v) = share("cosine") {
+                    sat_cos.push((s.step as f64, 100.0 * v));
+                }
+                if let Some(v) = share("angle") {
+                    sat_ang.push((s.step as f64, 100.0 * v));
+                }
+            }
             _ => {}
         }
     }
-    let panels = [
+    let mut panels = vec![
         Panel {
             title: "training loss",
             y_label: "loss",
             color: "#1f77b4",
             points: loss,
+            more: Vec::new(),
+            label: "",
         },
         Panel {
             title: "validation Spearman × 100",
             y_label: "Spearman",
             color: "#d62728",
             points: spearman,
+            more: Vec::new(),
+            label: "",
         },
     ];
-    let width = 2.0 * PANEL_W;
+    if !sat_cos.is_empty() || !sat_ang.is_empty() {
+        panels.push(Panel {
+            title: "saturation: % pairs with gradient < 1% of max",
+            y_label: "% of pairs",
+            color: "#1f77b4",
+            points: sat_cos,
+            more: vec![("angle", "#ff7f0e", sat_ang)],
+            label: "cosine",
+        });
+    }
+    let width = panels.len() as f64 * PANEL_W;
     let mut svg = String::new();
     let _ = writeln!(
         svg,
@@ -91,7 +120,13 @@ fn draw_panel(svg: &mut String, x0: f64, p: &Panel) {
         top + h / 2.0,
         escape(p.y_label)
     );
-    if p.points.is_empty() {
+    let all = || {
+        p.points
+            .iter()
+            .chain(p.more.iter().flat_map(|m| m.2.iter()))
+            .copied()
+    };
+    if all().next().is_none() {
         let _ = writeln!(
             svg,
             r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" fill="#888">no data</text>"##,
@@ -100,8 +135,8 @@ fn draw_panel(svg: &mut String, x0: f64, p: &Panel) {
         );
         return;
     }
-    let (xmin, xmax) = padded_range(p.points.iter().map(|q| q.0), false);
-    let (ymin, ymax) = padded_range(p.points.iter().map(|q| q.1), true);
+    let (xmin, xmax) = padded_range(all().map(|q| q.0), false);
+    let (ymin, ymax) = padded_range(all().map(|q| q.1), true);
     let sx = |x: f64| left + (x - xmin) / (xmax - xmin) * w;
     let sy = |y: f64| top + h - (y - ymin) / (ymax - ymin) * h;
     for t in ticks(xmin, xmax) {
@@ -126,26 +161,45 @@ fn draw_panel(svg: &mut String, x0: f64, p: &Panel) {
             fmt_tick(t)
         );
     }
-    let mut pts = String::new();
-    for &(x, y) in &p.points {
-        let _ = write!(pts, "{:.1},{:.1} ", sx(x), sy(y));
-    }
-    let _ = writeln!(
-        svg,
-        r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="1.5"/>"#,
-        pts.trim_end(),
-        p.color
-    );
-    // Evaluations are few: mark each one so a single point still shows.
-    if p.points.len() <= 50 {
-        for &(x, y) in &p.points {
+    let series =
+        std::iter::once((p.label, p.color, &p.points)).chain(p.more.iter().map(|m| (m.0, m.1, &m.2)));
+    for (k, (label, color, points)) in series.enumerate() {
+        if !p.more.is_empty() {
+            let ly = top + 14.0 + 14.0 * k as f64;
             let _ = writeln!(
                 svg,
-                r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{}"/>"#,
-                sx(x),
-                sy(y),
-                p.color
+                r#"<line x1="{:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{color}" stroke-width="2"/><text x="{:.1}" y="{:.1}">{}</text>"#,
+                left + 8.0,
+                left + 24.0,
+                left + 28.0,
+                ly + 4.0,
+                escape(label)
             );
+        }
+        if points.is_empty() {
+            continue;
+        }
+        let mut pts = String::new();
+        for &(x, y) in points {
+            let _ = write!(pts, "{:.1},{:.1} ", sx(x), sy(y));
+        }
+        let _ = writeln!(
+            svg,
+            r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="1.5"/>"#,
+            pts.trim_end(),
+            color
+        );
+        // Evaluations are few: mark each one so a single point still shows.
+        if points.len() <= 50 {
+            for &(x, y) in points {
+                let _ = writeln!(
+                    svg,
+                    r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{}"/>"#,
+                    sx(x),
+                    sy(y),
+                    color
+                );
+            }
         }
     }
 }

@@ -286,7 +286,16 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
                 .map_err(|e| TrainError::Data(e.to_string()))?;
         }
         let micro = config.grad_accum.min(plan.len() - state.batch_in_epoch);
-        let r = stepper.step(&mut *model, &plan, state.batch_in_epoch, micro, state.step)?;
+        // Saturation metrics only at logged steps (crate::saturation), on the last micro-batch.
+        let logged = (state.step + 1) % log_steps == 0 || state.step + 1 == total_steps;
+        let mut r = stepper.step(
+            &mut *model,
+            &plan,
+            state.batch_in_epoch,
+            micro,
+            state.step,
+            logged,
+        )?;
         state.batch_in_epoch += micro;
         state.step += 1;
         record_step(&mut state, &r);
@@ -315,6 +324,14 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
                 );
             }
             metrics.write(&Record::Train(rec))?;
+            if let Some(sat) = r.saturation.take() {
+                let rec = crate::saturation::SaturationRecord {
+                    step: state.step,
+                    epoch: epoch_f,
+                    ..sat
+                };
+                metrics.write(&Record::Saturation(rec))?;
+            }
         }
 
         let due = |every: u64| {

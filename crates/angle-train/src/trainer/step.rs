@@ -17,8 +17,11 @@ use crate::error::{Result, TrainError};
 use crate::schedule::LinearSchedule;
 
 /// What one optimizer step did.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct StepResult {
+    /// The objectives' gradient sizes and saturated shares on the last micro-batch, when asked for
+    /// (`crate::saturation`; format A on the host objective).
+    pub saturation: Option<crate::saturation::SaturationRecord>,
     /// The mean loss over the step's micro-batches, as one larger batch's would be.
     pub loss: f64,
     pub parts: [Option<f64>; 5],
@@ -87,11 +90,13 @@ impl<'a> Stepper<'a> {
         first: usize,
         micro: usize,
         step: u64,
+        measure_saturation: bool,
     ) -> Result<StepResult> {
         let started = Instant::now();
         let cpu_started = process_cpu_seconds();
         model.zero_grad()?;
         let mut r = StepResult {
+            saturation: None,
             loss: 0.0,
             parts: [None; 5],
             grad_norm: 0.0,
@@ -113,7 +118,8 @@ impl<'a> Stepper<'a> {
                 .config
                 .dropout
                 .then(|| derive_seed(derive_seed(self.config.seed, step), k as u64));
-            let m = self.micro_batch(model, dropout, micro, step)?;
+            let sat = measure_saturation && k + 1 == micro;
+            let m = self.micro_batch(model, dropout, micro, step, sat.then_some(&mut r.saturation))?;
             if !m.loss.is_finite() {
                 return Err(numeric(step, format!("loss is {}", m.loss)));
             }
@@ -142,6 +148,7 @@ impl<'a> Stepper<'a> {
         dropout: Option<u64>,
         micro: usize,
         step: u64,
+        saturation: Option<&mut Option<crate::saturation::SaturationRecord>>,
     ) -> Result<MicroLoss> {
         let b = &self.batch;
         let packed = Packed {
@@ -184,6 +191,18 @@ impl<'a> Stepper<'a> {
                 step,
                 msg: e.to_string(),
             })?;
+        if let Some(out) = saturation.filter(|_| self.format == DataFormat::A) {
+            let y =
+                ArrayView2::from_shape((rows, h), &self.pooled).map_err(|e| numeric(step, e.to_string()))?;
+            *out = Some(
+                crate::saturation::measure(&self.config.loss, y, &b.labels, ids).map_err(|e| {
+                    TrainError::Loss {
+                        step,
+                        msg: e.to_string(),
+                    }
+                })?,
+            );
+        }
         if micro > 1 {
             self.dpooled.iter_mut().for_each(|x| *x *= inv);
         }

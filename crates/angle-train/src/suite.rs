@@ -1,0 +1,300 @@
+//! The STS evaluation suite behind `angle eval`: several files in one call (one model load), every similarity
+//! measure of [`crate::similarity`], a table per file and the mean over files, as text, markdown or JSON.
+//!
+//! Every distinct text of all the files is embedded once (STS files repeat sentences, and files may share them),
+//! in batches sorted by length ([`Embedder::embed`]). Files are read by angle-data ([`load_sts`]): a format
+//! angle-data learns to read (e.g. a parquet reader) is picked up here, for files and for folders, with no change.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use angle_data::{Dataset, FileKind, Prompts, TextTokenizer};
+use serde::{Deserialize, Serialize};
+
+use crate::backbone::Backbone;
+use crate::embed::Embedder;
+use crate::error::{Result, TrainError, io_err};
+use crate::evaluate::load_sts;
+use crate::similarity::Measure;
+use crate::stats::{pearson, spearman};
+
+/// Spearman and Pearson × 100 of one measure against the gold scores.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Correlation {
+    pub spearman: f64,
+    pub pearson: f64,
+}
+
+/// One correlation per measure.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MeasureTable {
+    pub cosine: Correlation,
+    pub dot: Correlation,
+    pub euclidean: Correlation,
+    pub manhattan: Correlation,
+    pub angle: Correlation,
+}
+
+impl MeasureTable {
+    pub fn get(&self, m: Measure) -> Correlation {
+        match m {
+            Measure::Cosine => self.cosine,
+            Measure::Dot => self.dot,
+            Measure::Euclidean => self.euclidean,
+            Measure::Manhattan => self.manhattan,
+            Measure::Angle => self.angle,
+        }
+    }
+
+    fn from_fn(mut f: impl FnMut(Measure) -> Result<Correlation>) -> Result<Self> {
+        Ok(MeasureTable {
+            cosine: f(Measure::Cosine)?,
+            dot: f(Measure::Dot)?,
+            euclidean: f(Measure::Euclidean)?,
+            manhattan: f(Measure::Manhattan)?,
+            angle: f(Measure::Angle)?,
+        })
+    }
+}
+
+/// The scores of one file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileScores {
+    pub data: PathBuf,
+    pub pairs: usize,
+    pub skipped: usize,
+    pub scores: MeasureTable,
+}
+
+/// The scores of every file and their mean.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SuiteReport {
+    pub files: Vec<FileScores>,
+    /// The unweighted mean over files of each measure's correlations.
+    pub mean: MeasureTable,
+    /// Distinct texts embedded (over all files).
+    pub texts: usize,
+    pub seconds: f64,
+}
+
+/// The files named by `inputs`: each file as given, each folder's files that angle-data can read (by extension,
+/// sorted by name; hidden files skipped). An input that is neither, or a folder with no such file, is an error.
+pub fn collect_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in inputs {
+        if p.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(p)
+                .map_err(io_err(p))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| {
+                    f.is_file()
+                        && FileKind::from_path(f).is_some()
+                        && !f
+                            .file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with('.'))
+                })
+                .collect();
+            found.sort();
+            if found.is_empty() {
+                return Err(TrainError::Data(format!(
+                    "{}: folder holds no file angle-data reads (.csv, .tsv, .txt, .jsonl, .json)",
+                    p.display()
+                )));
+            }
+            out.extend(found);
+        } else if p.is_file() {
+            out.push(p.clone());
+        } else {
+            return Err(TrainError::Data(format!(
+                "{}: no such file or folder",
+                p.display()
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// Reads every file as scored pairs (see [`load_sts`]).
+pub fn load_all(
+    files: &[PathBuf],
+    tok: &TextTokenizer,
+    prompts: &Prompts,
+    skip_invalid: bool,
+) -> Result<Vec<Dataset>> {
+    files
+        .iter()
+        .map(|f| load_sts(f, tok, prompts, skip_invalid))
+        .collect()
+}
+
+/// Scores every dataset under every measure, embedding each distinct text once.
+pub fn evaluate_all(model: &mut dyn Backbone, emb: &mut Embedder, sets: &[Dataset]) -> Result<SuiteReport> {
+    if sets.is_empty() {
+        return Err(TrainError::Data("no STS file to evaluate".into()));
+    }
+    let started = Instant::now();
+    // Global text numbers: the first file's texts in its own order, then each later file's new ones (so a single
+    // file is embedded exactly as the trainer's validation embeds it).
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut seqs: Vec<(usize, usize)> = Vec::new();
+    let mut maps: Vec<Vec<usize>> = Vec::with_capacity(sets.len());
+    for (d, set) in sets.iter().enumerate() {
+        let map = (0..set.num_texts())
+            .map(|t| {
+                let next = seqs.len();
+                *index.entry(set.text(t)).or_insert_with(|| {
+                    seqs.push((d, t));
+                    next
+                })
+            })
+            .collect();
+        maps.push(map);
+    }
+    let mut vecs = Vec::new();
+    emb.embed(
+        model,
+        seqs.len(),
+        |g| sets[seqs[g].0].tokens(seqs[g].1),
+        &mut vecs,
+    )?;
+    let h = model.hidden_size();
+    let row = |g: usize| &vecs[g * h..(g + 1) * h];
+
+    let mut files = Vec::with_capacity(sets.len());
+    for (set, map) in sets.iter().zip(&maps) {
+        let gold: Vec<f64> = set.labels().iter().map(|&l| l as f64).collect();
+        let scores = MeasureTable::from_fn(|m| {
+            if m == Measure::Angle && h % 2 != 0 {
+                return Err(TrainError::Data(format!(
+                    "the angle measure needs an even embedding size; this model's is {h}"
+                )));
+            }
+            let sims: Vec<f64> = (0..set.len())
+                .map(|e| {
+                    m.score(
+                        row(map[set.text_of(e, 0, 0, 0)]),
+                        row(map[set.text_of(e, 1, 0, 0)]),
+                    )
+                })
+                .collect();
+            correlate(set.path(), m, &sims, &gold)
+        })?;
+        files.push(FileScores {
+            data: set.path().to_path_buf(),
+            pairs: set.len(),
+            skipped: set.skip_counts().total,
+            scores,
+        });
+    }
+    let n = files.len() as f64;
+    let mean = MeasureTable::from_fn(|m| {
+        Ok(Correlation {
+            spearman: files.iter().map(|f| f.scores.get(m).spearman).sum::<f64>() / n,
+            pearson: files.iter().map(|f| f.scores.get(m).pearson).sum::<f64>() / n,
+        })
+    })?;
+    Ok(SuiteReport {
+        files,
+        mean,
+        texts: seqs.len(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Spearman and Pearson × 100; an error naming the file and measure when undefined (constant scores).
+pub fn correlate(path: &Path, m: Measure, sims: &[f64], gold: &[f64]) -> Result<Correlation> {
+    let undefined = || {
+        TrainError::Data(format!(
+            "{}: {} correlation undefined (constant scores)",
+            path.display(),
+            m.name()
+        ))
+    };
+    Ok(Correlation {
+        spearman: 100.0 * spearman(sims, gold).ok_or_else(undefined)?,
+        pearson: 100.0 * pearson(sims, gold).ok_or_else(undefined)?,
+    })
+}
+
+fn file_label(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| p.display().to_string())
+}
+
+/// Plain text: a block per file, then the mean (when there are several files).
+pub fn render_text(r: &SuiteReport) -> String {
+    let mut s = String::new();
+    let block = |s: &mut String, title: String, t: &MeasureTable| {
+        let _ = writeln!(s, "{title}");
+        let _ = writeln!(s, "  {:<10} {:>9} {:>9}", "measure", "Spearman", "Pearson");
+        for m in Measure::ALL {
+            let c = t.get(m);
+            let _ = writeln!(s, "  {:<10} {:>9.2} {:>9.2}", m.name(), c.spearman, c.pearson);
+        }
+    };
+    for f in &r.files {
+        block(
+            &mut s,
+            format!("{} ({} pairs, {} skipped)", f.data.display(), f.pairs, f.skipped),
+            &f.scores,
+        );
+    }
+    if r.files.len() > 1 {
+        block(&mut s, format!("mean over {} files", r.files.len()), &r.mean);
+    }
+    let _ = writeln!(s, "{} distinct texts embedded, {:.1} s", r.texts, r.seconds);
+    s
+}
+
+/// Markdown: one row per file (and the mean), Spearman / Pearson per measure.
+pub fn render_markdown(r: &SuiteReport) -> String {
+    let mut s = String::from("| data | pairs |");
+    for m in Measure::ALL {
+        let _ = write!(s, " {} |", m.name());
+    }
+    s.push_str("\n| --- | --- |");
+    for _ in Measure::ALL {
+        s.push_str(" --- |");
+    }
+    s.push('\n');
+    let row = |s: &mut String, name: String, pairs: String, t: &MeasureTable| {
+        let _ = write!(s, "| {name} | {pairs} |");
+        for m in Measure::ALL {
+            let c = t.get(m);
+            let _ = write!(s, " {:.2} / {:.2} |", c.spearman, c.pearson);
+        }
+        s.push('\n');
+    };
+    for f in &r.files {
+        row(&mut s, file_label(&f.data), f.pairs.to_string(), &f.scores);
+    }
+    if r.files.len() > 1 {
+        row(&mut s, "**mean**".into(), String::new(), &r.mean);
+    }
+    s.push_str("\nSpearman / Pearson × 100 per similarity measure.\n");
+    s
+}
+
+/// JSON: the report, plus top-level `spearman`/`pearson` (the mean cosine scores, i.e. the file's own for one
+/// file) and, for a single file, its `data`, `pairs` and `skipped`, as `angle eval --json` printed before.
+pub fn to_json(r: &SuiteReport, pooling: &str) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "spearman": r.mean.cosine.spearman,
+        "pearson": r.mean.cosine.pearson,
+        "files": r.files,
+        "mean": r.mean,
+        "texts": r.texts,
+        "seconds": r.seconds,
+        "pooling": pooling,
+    });
+    if let [f] = &r.files[..] {
+        v["data"] = serde_json::json!(f.data);
+        v["pairs"] = serde_json::json!(f.pairs);
+        v["skipped"] = serde_json::json!(f.skipped);
+    }
+    v
+}
