@@ -6,7 +6,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use angle_train::embed::{Embedder, load_model};
+use angle_train::backbone::Backbone;
+use angle_train::embed::{Embedder, LoadOptions, load_backbone};
 use angle_train::metrics::{Record, read_records};
 use angle_train::similarity::Measure;
 use angle_train::stats::{pearson, spearman};
@@ -55,17 +56,22 @@ fn files(dir: &Path) -> (PathBuf, Vec<PathBuf>) {
 fn several_files_score_as_each_file_alone() {
     let tmp = tempfile::tempdir().unwrap();
     let (model, paths) = files(tmp.path());
-    let (enc, tok) = load_model(&model, MAX_LEN).unwrap();
+    let opts = LoadOptions {
+        pooling: Some(angle_encoder::Pooling::Mean),
+        ..LoadOptions::default()
+    };
+    let (mut model, tok) = load_backbone(&model, MAX_LEN, opts).unwrap();
     let prompts = angle_data::Prompts::default();
-    let mut emb = Embedder::new(&enc, angle_encoder::Pooling::Mean, 16, tok.max_len());
+    let mut emb = Embedder::new(16, tok.max_len());
+    model.reserve(emb.sizes()).unwrap();
     let sets = load_all(&paths, &tok, &prompts, false).unwrap();
-    let all = evaluate_all(&enc, &mut emb, &sets).unwrap();
+    let all = evaluate_all(&mut *model, &mut emb, &sets).unwrap();
     assert_eq!(all.files.len(), 3);
     // The test head and the TSV share 10 rows: their texts are embedded once.
     let distinct: usize = sets.iter().map(|s| s.num_texts()).sum();
     assert!(all.texts < distinct, "{} vs {distinct}", all.texts);
     for (k, set) in sets.iter().enumerate() {
-        let one = evaluate_all(&enc, &mut emb, std::slice::from_ref(set)).unwrap();
+        let one = evaluate_all(&mut *model, &mut emb, std::slice::from_ref(set)).unwrap();
         assert_eq!(one.files[0].pairs, all.files[k].pairs);
         for m in Measure::ALL {
             let (a, b) = (all.files[k].scores.get(m), one.files[0].scores.get(m));
@@ -97,16 +103,21 @@ fn several_files_score_as_each_file_alone() {
 fn each_measure_matches_a_direct_computation() {
     let tmp = tempfile::tempdir().unwrap();
     let (model, paths) = files(tmp.path());
-    let (enc, tok) = load_model(&model, MAX_LEN).unwrap();
-    let h = enc.config.hidden_size;
-    let mut emb = Embedder::new(&enc, angle_encoder::Pooling::Mean, 16, tok.max_len());
+    let opts = LoadOptions {
+        pooling: Some(angle_encoder::Pooling::Mean),
+        ..LoadOptions::default()
+    };
+    let (mut model, tok) = load_backbone(&model, MAX_LEN, opts).unwrap();
+    let mut emb = Embedder::new(16, tok.max_len());
+    model.reserve(emb.sizes()).unwrap();
+    let h = model.hidden_size();
     let sets = load_all(&paths[..1], &tok, &Default::default(), false).unwrap();
-    let report = evaluate_all(&enc, &mut emb, &sets).unwrap();
+    let report = evaluate_all(&mut *model, &mut emb, &sets).unwrap();
 
     let rows = read_rows(&paths[0]);
     let texts: Vec<String> = rows.iter().flat_map(|(a, b, _)| [a.clone(), b.clone()]).collect();
     let mut v = Vec::new();
-    emb.embed_texts(&enc, &tok, &texts, &mut v).unwrap();
+    emb.embed_texts(&mut *model, &tok, &texts, &mut v).unwrap();
     let gold: Vec<f64> = rows.iter().map(|r| r.2).collect();
     let pair = |k: usize| -> (Vec<f64>, Vec<f64>) {
         let x = v[2 * k * h..(2 * k + 1) * h].iter().map(|&a| a as f64).collect();
