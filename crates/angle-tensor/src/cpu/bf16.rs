@@ -276,6 +276,40 @@ pub fn bf16_kernel() -> Bf16Kernel {
 /// AMD EPYC here, `cargo bench -p angle-benches --bench kernels -- bf16`).
 const AVX2_OVER_PORTABLE: bool = true;
 
+/// Runs `kernel` against the portable kernel on ragged forward and accumulate products (odd
+/// rows, columns and features, more rows than one cache block): `Err` says how far apart they
+/// were (relative error above 1e-5, or the kernel's own error). A few milliseconds.
+pub fn bf16_self_check(kernel: Bf16Kernel) -> Result<(), String> {
+    let (rows, k, n) = (61, 97, 45);
+    let val = |i: usize, s: u64| (crate::rng::uniform(s, i as u64) * 2.0 - 1.0) as f32;
+    let inp: Vec<f32> = (0..rows * k).map(|i| val(i, 1)).collect();
+    let w: Vec<f32> = (0..n * k).map(|i| val(i, 2)).collect();
+    let bias: Vec<f32> = (0..n).map(|i| val(i, 3)).collect();
+    let packed = PackedBf16::pack(&w, n, k).map_err(|e| e.to_string())?;
+    let run = |kern| -> Result<Vec<f32>, String> {
+        let mut out = vec![0.0f32; rows * n];
+        bf16_product(kern, &mut out, &inp, &packed, Some(&bias), rows, false).map_err(|e| e.to_string())?;
+        bf16_product(kern, &mut out, &inp, &packed, None, rows, true).map_err(|e| e.to_string())?;
+        Ok(out)
+    };
+    let (got, want) = (run(kernel)?, run(Bf16Kernel::Portable)?);
+    let num: f64 = got
+        .iter()
+        .zip(&want)
+        .map(|(&g, &w)| f64::from(g - w).powi(2))
+        .sum();
+    let den: f64 = want.iter().map(|&w| f64::from(w).powi(2)).sum();
+    let e = (num / den).sqrt();
+    if e.is_finite() && e < 1e-5 {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} kernel: relative error {e:e} against the portable one",
+            kernel.name()
+        ))
+    }
+}
+
 /// The kernels this CPU has, and those it lacks (tests run the first, name the second).
 pub fn bf16_kernels_present() -> (Vec<Bf16Kernel>, Vec<Bf16Kernel>) {
     Bf16Kernel::ALL.into_iter().partition(|k| k.available())
@@ -435,7 +469,11 @@ fn bf16_product(
         return Err(arg_err(
             OP,
             "kernel",
-            format!("this CPU lacks {} for the {} kernel", kernel.needs(), kernel.name()),
+            format!(
+                "this CPU lacks {} for the {} kernel",
+                kernel.needs(),
+                kernel.name()
+            ),
         ));
     }
     match kernel {
@@ -445,7 +483,15 @@ fn bf16_product(
             Ok(())
         }
         Bf16Kernel::Avx512Bf16 => {
-            bf16_simd::linear(bf16_simd::Family::Avx512Bf16, out, inp, weight, bias, rows, accumulate);
+            bf16_simd::linear(
+                bf16_simd::Family::Avx512Bf16,
+                out,
+                inp,
+                weight,
+                bias,
+                rows,
+                accumulate,
+            );
             Ok(())
         }
         Bf16Kernel::Amx => {
@@ -853,6 +899,13 @@ mod tests {
     }
 
     #[test]
+    fn self_check_passes_for_every_kernel_present() {
+        for kern in kernels() {
+            bf16_self_check(kern).unwrap();
+        }
+    }
+
+    #[test]
     fn rounding_is_nearest_even() {
         assert_eq!(f32_to_bf16(1.0), 0x3f80);
         // 1 + 2^-8 is halfway between two bf16 values: ties go to the even one (1.0)
@@ -978,7 +1031,10 @@ mod tests {
                     ("db", &db, &want_db),
                 ] {
                     let e = rel_err(got, want);
-                    assert!(e < 1e-5, "{kern:?} {rows}x{in_dim}x{out_dim} {name}: relative error {e}");
+                    assert!(
+                        e < 1e-5,
+                        "{kern:?} {rows}x{in_dim}x{out_dim} {name}: relative error {e}"
+                    );
                 }
             }
             let (mut dx, mut dw) = (dx0.clone(), dw0.clone());

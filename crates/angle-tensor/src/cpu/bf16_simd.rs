@@ -199,7 +199,10 @@ mod x86 {
                 Init::Bias(bias) => {
                     let mut row = [0.0f32; 16];
                     row[..cols].copy_from_slice(&bias[j0..j0 + cols]);
-                    let (b0, b1) = (_mm256_loadu_ps(row.as_ptr()), _mm256_loadu_ps(row.as_ptr().add(8)));
+                    let (b0, b1) = (
+                        _mm256_loadu_ps(row.as_ptr()),
+                        _mm256_loadu_ps(row.as_ptr().add(8)),
+                    );
                     for acc in acc.iter_mut() {
                         *acc = [b0, b1];
                     }
@@ -208,7 +211,10 @@ mod x86 {
                     for (i, acc) in acc.iter_mut().enumerate() {
                         let mut row = [0.0f32; 16];
                         row[..cols].copy_from_slice(&c[i * ldc..i * ldc + cols]);
-                        *acc = [_mm256_loadu_ps(row.as_ptr()), _mm256_loadu_ps(row.as_ptr().add(8))];
+                        *acc = [
+                            _mm256_loadu_ps(row.as_ptr()),
+                            _mm256_loadu_ps(row.as_ptr().add(8)),
+                        ];
                     }
                 }
             }
@@ -271,7 +277,10 @@ mod x86 {
             unsafe {
                 // the second operand gives the low 16 results, the first the high 16
                 let v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(p.add(16)), _mm512_loadu_ps(p));
-                _mm512_storeu_si512(out.as_mut_ptr().cast(), std::mem::transmute::<__m512bh, __m512i>(v));
+                _mm512_storeu_si512(
+                    out.as_mut_ptr().cast(),
+                    std::mem::transmute::<__m512bh, __m512i>(v),
+                );
             }
             dst[i..i + len].copy_from_slice(&out[..len]);
             i += 32;
@@ -368,7 +377,10 @@ mod x86 {
                 Init::Bias(bias) => {
                     let mut row = [0.0f32; 32];
                     row[..cols].copy_from_slice(&bias[j0..j0 + cols]);
-                    let v = [_mm512_loadu_ps(row.as_ptr()), _mm512_loadu_ps(row.as_ptr().add(16))];
+                    let v = [
+                        _mm512_loadu_ps(row.as_ptr()),
+                        _mm512_loadu_ps(row.as_ptr().add(16)),
+                    ];
                     for acc in acc.iter_mut() {
                         *acc = v;
                     }
@@ -377,7 +389,10 @@ mod x86 {
                     for (i, acc) in acc.iter_mut().enumerate() {
                         let mut row = [0.0f32; 32];
                         row[..cols].copy_from_slice(&c[i * ldc..i * ldc + cols]);
-                        *acc = [_mm512_loadu_ps(row.as_ptr()), _mm512_loadu_ps(row.as_ptr().add(16))];
+                        *acc = [
+                            _mm512_loadu_ps(row.as_ptr()),
+                            _mm512_loadu_ps(row.as_ptr().add(16)),
+                        ];
                     }
                 }
             }
