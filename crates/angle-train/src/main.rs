@@ -257,11 +257,11 @@ struct ModelArgs {
     /// Where the encoder runs: cpu, or cuda (a build with `--features cuda`; mean or cls pooling).
     #[arg(long, default_value = "cpu")]
     device: Device,
-    /// Arithmetic: f32, tf32 or bf16 (see `angle train --help`) [default: tf32 on cuda, f32 on the CPU].
-    /// On the CPU, bf16 runs the linear layers' products in bf16 with f32 sums (AMX tiles on Intel
-    /// Xeon 4th generation and later; about 2x faster encoding, embeddings within ~1e-3).
+    /// Arithmetic: auto, f32, tf32 or bf16 (see `angle train --help`) [default: auto: tf32 on cuda;
+    /// on the CPU bf16 where a bf16 kernel beats f32 there (AMX, AVX512-BF16), else f32; printed].
+    /// On the CPU, bf16 runs the linear layers' products in bf16 with f32 sums (embeddings within ~1e-3).
     #[arg(long)]
-    precision: Option<Precision>,
+    precision: Option<angle_train::auto_precision::CliPrecision>,
 }
 
 #[derive(Args)]
@@ -442,13 +442,8 @@ struct Loaded {
 }
 
 fn load(m: &ModelArgs) -> anyhow::Result<Loaded> {
-    // bf16 on the CPU is an inference mode of the encoder (AMX products), not a device setting.
-    let cpu_bf16 = matches!(m.device, Device::Cpu) && m.precision == Some(Precision::Bf16);
-    let device = if cpu_bf16 {
-        Device::Cpu
-    } else {
-        m.device.with_precision(m.precision)?
-    };
+    // bf16 on the CPU is an inference mode of the encoder, not a device setting.
+    let (device, cpu_precision) = angle_train::auto_precision::resolve(m.device, m.precision)?;
     set_threads(m.threads)?;
     let defaults = ModelDefaults::from_dir(&m.model)?;
     let pooling = match &m.pooling {
@@ -457,11 +452,8 @@ fn load(m: &ModelArgs) -> anyhow::Result<Loaded> {
     };
     let max_len = m.max_length.or(defaults.max_length).unwrap_or(512);
     let (mut enc, tok) = load_model(&m.model, max_len)?;
-    if cpu_bf16 {
-        enc.set_inference_precision(angle_encoder::Precision::Bf16)?;
-        if !angle_encoder::bf16_is_fast() {
-            eprintln!("note: this CPU has no AMX-BF16: bf16 products run at f32 speed (same rounding)");
-        }
+    if let Some(p) = cpu_precision {
+        enc.set_inference_precision(p)?;
     }
     let emb = Embedder::new(&enc, pooling, m.batch_size, tok.max_len()).on_device(device, &enc)?;
     let prompt = match m.prompt.clone().or(defaults.text_prompt) {

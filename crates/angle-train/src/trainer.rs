@@ -311,6 +311,7 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
         scratch: Vec::new(),
         seconds: 0.0,
         last: None,
+        bf16: matches!(opts.device, Device::Cpu) && crate::auto_precision::validation_bf16(),
     });
     // The untrained model's score starts the curve (and is the best so far), unless the run is resumed.
     if let (Some(v), None) = (validation.as_mut(), resumed_from_step) {
@@ -630,6 +631,8 @@ struct Validation {
     scratch: Vec<f32>,
     seconds: f64,
     last: Option<StsScores>,
+    /// bf16 where `--precision auto` would pick it on this CPU (crate::auto_precision).
+    bf16: bool,
 }
 
 impl Validation {
@@ -644,7 +647,15 @@ impl Validation {
         progress: bool,
         best: &BestCheckpoint<'_>,
     ) -> Result<()> {
-        let scores = evaluate(enc, &mut self.embedder, &self.data, &mut self.scratch)?;
+        let scores = if self.bf16 {
+            // a copy in eval precision bf16, so the step loop never repacks for validation
+            let mut e = enc.clone();
+            e.set_inference_precision(angle_encoder::Precision::Bf16)
+                .map_err(|e| TrainError::Encoder(e.to_string()))?;
+            evaluate(&e, &mut self.embedder, &self.data, &mut self.scratch)?
+        } else {
+            evaluate(enc, &mut self.embedder, &self.data, &mut self.scratch)?
+        };
         self.seconds += scores.seconds;
         self.last = Some(scores);
         metrics.write(&Record::Eval(EvalRecord {
