@@ -13,7 +13,9 @@ use angle_tensor::cpu::{
     attention_probs_len, dropout_forward, embedding_backward, embedding_forward, gelu_backward, gelu_forward,
     layernorm_backward, layernorm_forward, linear_backward, linear_forward, set_gemm_backend,
 };
-use angle_tensor::cpu::{PackedBf16, bf16_kernel, linear_forward_bf16};
+use angle_tensor::cpu::{
+    PackedBf16, bf16_kernels_present, linear_backward_bf16_with, linear_forward_bf16_with,
+};
 use criterion::{
     BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main, measurement::WallTime,
 };
@@ -88,12 +90,43 @@ fn linear(c: &mut Criterion) {
             });
         }
         set_gemm_backend(GemmBackend::Auto);
-        // inference in bf16 (AMX tiles where the CPU has them), beside the f32 forward above
+        // bf16 products on every kernel this CPU has, beside the f32 ones above (`Auto`)
         let packed = PackedBf16::pack(&w, o, i).unwrap();
-        g.throughput(Throughput::Elements((2 * n * i * o) as u64));
-        g.bench_function(format!("{name}_forward/bf16-{:?}", bf16_kernel()), |bch| {
-            bch.iter(|| linear_forward_bf16(&mut out, black_box(&x), &packed, Some(&b), n).unwrap())
-        });
+        let packed_t = PackedBf16::pack_transposed(&w, o, i).unwrap();
+        let (present, absent) = bf16_kernels_present();
+        for k in absent {
+            eprintln!(
+                "bf16 kernel {} not benchmarked: this CPU lacks {}",
+                k.name(),
+                k.needs()
+            );
+        }
+        for k in present {
+            g.throughput(Throughput::Elements((2 * n * i * o) as u64));
+            g.bench_function(format!("{name}_forward/bf16-{}", k.name()), |bch| {
+                bch.iter(|| {
+                    linear_forward_bf16_with(k, &mut out, black_box(&x), &packed, Some(&b), n).unwrap()
+                })
+            });
+            g.throughput(Throughput::Elements((4 * n * i * o) as u64));
+            g.bench_function(format!("{name}_backward/bf16-{}", k.name()), |bch| {
+                bch.iter(|| {
+                    linear_backward_bf16_with(
+                        k,
+                        &mut dx,
+                        &mut dw,
+                        Some(&mut db),
+                        black_box(&dy),
+                        &x,
+                        &packed_t,
+                        n,
+                        i,
+                        o,
+                    )
+                    .unwrap()
+                })
+            });
+        }
     }
 }
 

@@ -153,6 +153,18 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         None => None,
     };
     let load_start = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    if o.bf16 {
+        println!(
+            "bf16 kernel: {} ({}); `auto` picks {}",
+            angle_encoder::bf16_kernel_name(),
+            if angle_encoder::bf16_is_fast() {
+                "faster than f32 here"
+            } else {
+                "not faster than f32 here"
+            },
+            angle_encoder::fastest_precision().1
+        );
+    }
     let mut results = Vec::new();
     for kind in ["encode", "encode-bf16", "train", "train-bf16"] {
         if o.only.as_deref().is_some_and(|k| !kind.starts_with(k)) || (kind.ends_with("-bf16") && !o.bf16) {
@@ -371,7 +383,11 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             Row {
                 measure: format!(
                     "same, bf16 products ({}; f32 sums, layer norm, softmax, GELU): PyTorch with bf16 autocast, sorted",
-                    if eb["bf16_on_amx"].as_bool() == Some(true) { "AMX tiles" } else { "portable kernel: no AMX here" }
+                    format!(
+                        "kernel {}{}",
+                        eb["bf16_kernel"].as_str().unwrap_or("?"),
+                        if eb["bf16_faster_than_f32"].as_bool() == Some(true) { "" } else { ", not faster than f32 here" }
+                    )
                 ),
                 reference: "(f32 only)".into(),
                 torch: format!("{:.0} sentences/s", f(tb, "sentences_per_s")),
@@ -391,7 +407,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         rows.insert(
             at,
             Row {
-                measure: "same, bf16 products (`--precision bf16`: forward and input gradients; weight gradients and AdamW f32): PyTorch with bf16 autocast".into(),
+                measure: format!(
+                    "same, bf16 products (`--precision bf16`, kernel {}: all three products; bias sums and AdamW f32): PyTorch with bf16 autocast",
+                    angle_encoder::bf16_kernel_name()
+                ),
                 reference: "(f32 only)".into(),
                 torch: format!("{:.1} pairs/s", f(ttb, "pairs_per_s")),
                 ours: format!("{rate:.1} pairs/s"),
@@ -835,7 +854,8 @@ fn encode(o: &Opts, precision: Precision) -> anyhow::Result<Value> {
         "activation_bytes_per_seq64": angle_encoder::Activations::bytes_per_sequence(&enc.config, MAX_LEN, Mode::Eval),
         "first_embedding_norm": norm0,
         "precision": format!("{precision:?}"),
-        "bf16_on_amx": angle_encoder::bf16_is_fast(),
+        "bf16_faster_than_f32": angle_encoder::bf16_is_fast(),
+        "bf16_kernel": angle_encoder::bf16_kernel_name(),
     }))
 }
 

@@ -79,8 +79,38 @@ pub(crate) fn pack_layers(
     Ok(())
 }
 
-/// Whether bf16 products run on AMX here (else a portable, much slower implementation of the
-/// same math).
+/// Whether bf16 products beat our f32 products on this CPU (AMX; AVX512-BF16 once its
+/// run-time self-check passed), else they run about as fast as f32, or slower.
 pub fn bf16_is_fast() -> bool {
-    bf16_kernel() == Bf16Kernel::Amx
+    let k = bf16_kernel();
+    k.beats_f32() && (k != Bf16Kernel::Avx512Bf16 || avx512_bf16_checked())
+}
+
+/// The AVX512-BF16 kernel was written without such a CPU to run on: before `auto` picks it,
+/// it must reproduce the portable kernel on a ragged product (once per process).
+fn avx512_bf16_checked() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| angle_tensor::cpu::bf16_self_check(Bf16Kernel::Avx512Bf16).is_ok())
+}
+
+/// The bf16 kernel this CPU runs: `amx`, `avx512-bf16`, `avx2` or `portable`.
+pub fn bf16_kernel_name() -> &'static str {
+    bf16_kernel().name()
+}
+
+/// What `--precision auto` means here: the fastest precision whose accuracy is established,
+/// bf16 only where its kernel beats f32 on this CPU; with the line to print
+/// (`precision: bf16 (amx)`, `precision: f32 (no fast bf16 kernel here)`).
+pub fn fastest_precision() -> (Precision, String) {
+    let k = bf16_kernel();
+    if bf16_is_fast() {
+        (Precision::Bf16, format!("precision: bf16 ({})", k.name()))
+    } else if k == Bf16Kernel::Avx512Bf16 {
+        (
+            Precision::F32,
+            "precision: f32 (the avx512-bf16 kernel failed its self-check on this CPU)".into(),
+        )
+    } else {
+        (Precision::F32, "precision: f32 (no fast bf16 kernel here)".into())
+    }
 }

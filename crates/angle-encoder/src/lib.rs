@@ -31,7 +31,7 @@ pub mod profile;
 pub use arena::{Activations, Capacity, Mode};
 pub use config::{Activation, BertConfig};
 pub use error::{EncoderError, Result};
-pub use inference::{Precision, bf16_is_fast};
+pub use inference::{Precision, bf16_is_fast, bf16_kernel_name, fastest_precision};
 pub use model::{AdamW, Batch, Encoder, LayerGrad};
 pub use params::{ParamBuffers, ParamEntry, ParamLayout};
 pub use pooling::{Pooler, Pooling};

@@ -6,6 +6,7 @@
 //! it: [`trainer`] runs the loop, [`checkpoint`] writes and reads checkpoints, [`evaluate`] scores STS data.
 
 pub mod atomic;
+pub mod auto_precision;
 pub mod backbone;
 pub mod checkpoint;
 pub mod config;

@@ -318,11 +318,11 @@ struct ModelArgs {
     /// Where the encoder runs: cpu, or cuda (a build with `--features cuda`; mean or cls pooling).
     #[arg(long, default_value = "cpu")]
     device: Device,
-    /// Arithmetic: f32, tf32 or bf16 (see `angle train --help`) [default: tf32 on cuda, f32 on the CPU].
-    /// On the CPU, bf16 runs the linear layers' products in bf16 with f32 sums (AMX tiles on Intel
-    /// Xeon 4th generation and later; about 2x faster encoding, embeddings within ~1e-3).
+    /// Arithmetic: auto, f32, tf32 or bf16 (see `angle train --help`) [default: auto: tf32 on cuda;
+    /// on the CPU bf16 where a bf16 kernel beats f32 there (AMX, AVX512-BF16), else f32; printed].
+    /// On the CPU, bf16 runs the linear layers' products in bf16 with f32 sums (embeddings within ~1e-3).
     #[arg(long)]
-    precision: Option<Precision>,
+    precision: Option<angle_train::auto_precision::CliPrecision>,
     /// A LoRA adapter folder's base model [default: the adapter's base_model_name_or_path].
     #[arg(long)]
     base_model: Option<PathBuf>,
@@ -539,13 +539,8 @@ struct Loaded {
 }
 
 fn load(m: &ModelArgs) -> anyhow::Result<Loaded> {
-    // bf16 on the CPU is an inference mode of the encoder (AMX products), not a device setting.
-    let cpu_bf16 = matches!(m.device, Device::Cpu) && m.precision == Some(Precision::Bf16);
-    let device = if cpu_bf16 {
-        Device::Cpu
-    } else {
-        m.device.with_precision(m.precision)?
-    };
+    // bf16 on the CPU is an inference mode of the encoder, not a device setting.
+    let (device, cpu_precision) = angle_train::auto_precision::resolve(m.device, m.precision)?;
     set_threads(m.threads)?;
     let defaults = ModelDefaults::from_dir(&m.model)?;
     let pooling = match &m.pooling {
@@ -553,6 +548,13 @@ fn load(m: &ModelArgs) -> anyhow::Result<Loaded> {
         None => None,
     };
     let max_len = m.max_length.or(defaults.max_length).unwrap_or(512);
+    // `auto` keeps the decoder family in f32: its bf16 arithmetic is not established yet.
+    let auto = matches!(
+        m.precision.unwrap_or_default(),
+        angle_train::auto_precision::CliPrecision::Auto
+    );
+    let cpu_bf16 = cpu_precision == Some(angle_encoder::Precision::Bf16)
+        && !(auto && angle_train::decoder::is_decoder_folder(&m.model)?);
     let opts = LoadOptions {
         device,
         pooling,
@@ -566,9 +568,6 @@ fn load(m: &ModelArgs) -> anyhow::Result<Loaded> {
         append_eos: m.append_eos.unwrap_or(defaults.append_eos),
     };
     let (mut model, tok) = load_backbone(&m.model, max_len, opts)?;
-    if cpu_bf16 && !angle_encoder::bf16_is_fast() {
-        eprintln!("note: this CPU has no AMX-BF16: bf16 products run at f32 speed (same rounding)");
-    }
     let emb = Embedder::new(m.batch_size, tok.max_len());
     model.reserve(emb.sizes())?;
     let prompt = match m.prompt.clone().or(defaults.text_prompt) {

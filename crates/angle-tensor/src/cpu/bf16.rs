@@ -17,16 +17,17 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+use super::bf16_simd;
 use crate::error::{TensorError, arg_err, check_len};
 
 /// Input features per tile (64 bytes of bf16).
-const TK: usize = 32;
+pub(super) const TK: usize = 32;
 /// Output columns per tile.
-const TN: usize = 16;
+pub(super) const TN: usize = 16;
 /// Rows per tile.
 const TM: usize = 16;
 /// u16 elements in one packed weight tile.
-const TILE: usize = TK * TN;
+pub(super) const TILE: usize = TK * TN;
 
 /// Rounds to the nearest bf16, ties to even (NaN stays a quiet NaN).
 #[inline]
@@ -48,13 +49,15 @@ pub fn bf16_to_f32(x: u16) -> f32 {
 /// tiles: `out_dim` padded to a multiple of 32, `in_dim` to a multiple of 32, with zeros.
 #[derive(Debug, Clone, Default)]
 pub struct PackedBf16 {
-    out_dim: usize,
-    in_dim: usize,
+    pub(super) out_dim: usize,
+    pub(super) in_dim: usize,
     /// `in_dim` rounded up to whole tiles.
-    k_tiles: usize,
+    pub(super) k_tiles: usize,
     /// `out_dim` rounded up to pairs of tiles (the kernel's 32 columns).
     n_tiles: usize,
-    tiles: Vec<u16>,
+    /// Read by every kernel but the portable one (AMX tiles; AVX2 and AVX512-BF16 read the
+    /// same pair rows).
+    pub(super) tiles: Vec<u16>,
     /// On CPUs without AMX: the weight rounded to bf16, as f32 `[out, in]`, for the portable
     /// kernel (which then is an f32 product of bf16 values: as fast as the f32 path).
     rounded: Vec<f32>,
@@ -158,7 +161,7 @@ impl PackedBf16 {
                 }
             });
         self.rounded.clear();
-        if bf16_kernel() != Bf16Kernel::Amx {
+        if bf16_kernel() == Bf16Kernel::Portable {
             self.rounded
                 .extend((0..n * k).map(|i| bf16_to_f32(f32_to_bf16(w(i / k, i % k)))));
         }
@@ -187,22 +190,129 @@ impl PackedBf16 {
     }
 }
 
-/// Which implementation [`linear_forward_bf16`] uses.
+/// Which implementation the bf16 products use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bf16Kernel {
     /// Intel AMX tiles (`tdpbf16ps`).
     Amx,
-    /// Plain Rust, any CPU: the same rounding, a different summation order.
+    /// AVX512-BF16 (`vdpbf16ps`: two bf16 products per f32 lane and instruction).
+    Avx512Bf16,
+    /// AVX2 + FMA: the weight kept in bf16 and widened to f32 in the kernel.
+    Avx2,
+    /// Plain Rust, any CPU: the inputs rounded, then our f32 product (faer) of the rounded values.
     Portable,
 }
 
-/// The kernel this CPU runs (AMX needs the CPU feature and the kernel's permission for tile state).
-pub fn bf16_kernel() -> Bf16Kernel {
-    #[cfg(target_arch = "x86_64")]
-    if amx::available() {
-        return Bf16Kernel::Amx;
+impl Bf16Kernel {
+    /// Every kernel, fastest first.
+    pub const ALL: [Bf16Kernel; 4] = [
+        Bf16Kernel::Amx,
+        Bf16Kernel::Avx512Bf16,
+        Bf16Kernel::Avx2,
+        Bf16Kernel::Portable,
+    ];
+
+    /// `amx`, `avx512-bf16`, `avx2`, `portable`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bf16Kernel::Amx => "amx",
+            Bf16Kernel::Avx512Bf16 => "avx512-bf16",
+            Bf16Kernel::Avx2 => "avx2",
+            Bf16Kernel::Portable => "portable",
+        }
     }
-    Bf16Kernel::Portable
+
+    /// The CPU features this kernel needs (for skip messages).
+    pub fn needs(self) -> &'static str {
+        match self {
+            Bf16Kernel::Amx => "AMX-TILE + AMX-BF16 (and the kernel's permission for tile state)",
+            Bf16Kernel::Avx512Bf16 => "AVX512F + AVX512-BF16",
+            Bf16Kernel::Avx2 => "AVX2 + FMA",
+            Bf16Kernel::Portable => "nothing",
+        }
+    }
+
+    /// Whether this CPU can run it.
+    pub fn available(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Bf16Kernel::Amx => amx::available(),
+            #[cfg(not(target_arch = "x86_64"))]
+            Bf16Kernel::Amx => false,
+            Bf16Kernel::Avx512Bf16 => bf16_simd::avx512_bf16_available(),
+            Bf16Kernel::Avx2 => bf16_simd::avx2_available(),
+            Bf16Kernel::Portable => true,
+        }
+    }
+
+    /// Whether its products beat our f32 products (faer) on the CPUs it runs on, as measured
+    /// (`crates/angle-tensor/README.md`): AMX 2.9–4.2× on a Xeon. AVX512-BF16 has twice the
+    /// multiplies per instruction of f32 FMA (not yet measured on such a CPU). AVX2 widening
+    /// does not: it loses to faer on the AMD EPYC here, as does the portable kernel (same speed
+    /// plus the rounding).
+    pub fn beats_f32(self) -> bool {
+        matches!(self, Bf16Kernel::Amx | Bf16Kernel::Avx512Bf16)
+    }
+}
+
+/// The kernel bf16 products run on this CPU: AMX, else AVX512-BF16, else the faster of the
+/// portable and AVX2 kernels here (portable: see [`Bf16Kernel::beats_f32`]).
+pub fn bf16_kernel() -> Bf16Kernel {
+    use std::sync::OnceLock;
+    static K: OnceLock<Bf16Kernel> = OnceLock::new();
+    *K.get_or_init(|| {
+        [Bf16Kernel::Amx, Bf16Kernel::Avx512Bf16]
+            .into_iter()
+            .find(|k| k.available())
+            .unwrap_or(if AVX2_OVER_PORTABLE && Bf16Kernel::Avx2.available() {
+                Bf16Kernel::Avx2
+            } else {
+                Bf16Kernel::Portable
+            })
+    })
+}
+
+/// Whether the AVX2 kernel is preferred to the portable one where both run (measured on the
+/// AMD EPYC here, `cargo bench -p angle-benches --bench kernels -- bf16`).
+const AVX2_OVER_PORTABLE: bool = true;
+
+/// Runs `kernel` against the portable kernel on ragged forward and accumulate products (odd
+/// rows, columns and features, more rows than one cache block): `Err` says how far apart they
+/// were (relative error above 1e-5, or the kernel's own error). A few milliseconds.
+pub fn bf16_self_check(kernel: Bf16Kernel) -> Result<(), String> {
+    let (rows, k, n) = (61, 97, 45);
+    let val = |i: usize, s: u64| (crate::rng::uniform(s, i as u64) * 2.0 - 1.0) as f32;
+    let inp: Vec<f32> = (0..rows * k).map(|i| val(i, 1)).collect();
+    let w: Vec<f32> = (0..n * k).map(|i| val(i, 2)).collect();
+    let bias: Vec<f32> = (0..n).map(|i| val(i, 3)).collect();
+    let packed = PackedBf16::pack(&w, n, k).map_err(|e| e.to_string())?;
+    let run = |kern| -> Result<Vec<f32>, String> {
+        let mut out = vec![0.0f32; rows * n];
+        bf16_product(kern, &mut out, &inp, &packed, Some(&bias), rows, false).map_err(|e| e.to_string())?;
+        bf16_product(kern, &mut out, &inp, &packed, None, rows, true).map_err(|e| e.to_string())?;
+        Ok(out)
+    };
+    let (got, want) = (run(kernel)?, run(Bf16Kernel::Portable)?);
+    let num: f64 = got
+        .iter()
+        .zip(&want)
+        .map(|(&g, &w)| f64::from(g - w).powi(2))
+        .sum();
+    let den: f64 = want.iter().map(|&w| f64::from(w).powi(2)).sum();
+    let e = (num / den).sqrt();
+    if e.is_finite() && e < 1e-5 {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} kernel: relative error {e:e} against the portable one",
+            kernel.name()
+        ))
+    }
+}
+
+/// The kernels this CPU has, and those it lacks (tests run the first, name the second).
+pub fn bf16_kernels_present() -> (Vec<Bf16Kernel>, Vec<Bf16Kernel>) {
+    Bf16Kernel::ALL.into_iter().partition(|k| k.available())
 }
 
 thread_local! {
@@ -252,6 +362,35 @@ pub fn linear_backward_bf16(
     in_dim: usize,
     out_dim: usize,
 ) -> Result<(), TensorError> {
+    linear_backward_bf16_with(
+        bf16_kernel(),
+        dinp,
+        dweight,
+        dbias,
+        dout,
+        inp,
+        weight_t,
+        rows,
+        in_dim,
+        out_dim,
+    )
+}
+
+/// As [`linear_backward_bf16`] with a chosen kernel for both products (tests and the kernel
+/// bench compare them; a kernel the CPU lacks is an error).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_backward_bf16_with(
+    kernel: Bf16Kernel,
+    dinp: &mut [f32],
+    dweight: &mut [f32],
+    dbias: Option<&mut [f32]>,
+    dout: &[f32],
+    inp: &[f32],
+    weight_t: &PackedBf16,
+    rows: usize,
+    in_dim: usize,
+    out_dim: usize,
+) -> Result<(), TensorError> {
     const OP: &str = "linear_backward_bf16";
     check_len(OP, "dout", dout.len(), rows * out_dim)?;
     check_len(OP, "inp", inp.len(), rows * in_dim)?;
@@ -270,7 +409,7 @@ pub fn linear_backward_bf16(
         check_len(OP, "dbias", db.len(), out_dim)?;
         crate::cpu::linear::column_sums_add(db, dout, rows, out_dim);
     }
-    linear_accumulate_bf16(dinp, dout, weight_t, rows)?;
+    bf16_product(kernel, dinp, dout, weight_t, None, rows, true)?;
     if rows == 0 {
         return Ok(());
     }
@@ -288,7 +427,7 @@ pub fn linear_backward_bf16(
             *d = dout[r * out_dim + o];
         }
     });
-    let result = linear_accumulate_bf16(dweight, dt, &inp_packed, out_dim);
+    let result = bf16_product(kernel, dweight, dt, &inp_packed, None, out_dim, true);
     DOUT_T.with(|b| *b.borrow_mut() = (t, inp_packed));
     result
 }
@@ -326,8 +465,35 @@ fn bf16_product(
     if rows == 0 || n == 0 {
         return Ok(());
     }
+    if !kernel.available() {
+        return Err(arg_err(
+            OP,
+            "kernel",
+            format!(
+                "this CPU lacks {} for the {} kernel",
+                kernel.needs(),
+                kernel.name()
+            ),
+        ));
+    }
     match kernel {
         Bf16Kernel::Portable => portable(out, inp, weight, bias, rows, accumulate),
+        Bf16Kernel::Avx2 => {
+            bf16_simd::linear(bf16_simd::Family::Avx2, out, inp, weight, bias, rows, accumulate);
+            Ok(())
+        }
+        Bf16Kernel::Avx512Bf16 => {
+            bf16_simd::linear(
+                bf16_simd::Family::Avx512Bf16,
+                out,
+                inp,
+                weight,
+                bias,
+                rows,
+                accumulate,
+            );
+            Ok(())
+        }
         Bf16Kernel::Amx => {
             #[cfg(target_arch = "x86_64")]
             if amx::available() {
@@ -689,6 +855,17 @@ mod tests {
     use super::*;
     use crate::cpu::testutil::TestRng;
 
+    /// The kernels this CPU has; prints the ones skipped, naming the missing features.
+    fn kernels() -> Vec<Bf16Kernel> {
+        let (present, absent) = bf16_kernels_present();
+        for k in absent {
+            eprintln!("bf16 kernel {} skipped: this CPU lacks {}", k.name(), k.needs());
+        }
+        let names: Vec<_> = present.iter().map(|k| k.name()).collect();
+        eprintln!("bf16 kernels checked: {}", names.join(", "));
+        present
+    }
+
     fn f32s(rng: &mut TestRng, n: usize) -> Vec<f32> {
         rng.vec(n).iter().map(|&v| v as f32).collect()
     }
@@ -722,6 +899,13 @@ mod tests {
     }
 
     #[test]
+    fn self_check_passes_for_every_kernel_present() {
+        for kern in kernels() {
+            bf16_self_check(kern).unwrap();
+        }
+    }
+
+    #[test]
     fn rounding_is_nearest_even() {
         assert_eq!(f32_to_bf16(1.0), 0x3f80);
         // 1 + 2^-8 is halfway between two bf16 values: ties go to the even one (1.0)
@@ -743,19 +927,14 @@ mod tests {
             (33, 64, 33),
             (70, 384, 96),
             (150, 100, 70),
+            (97, 65, 50),
         ] {
             let inp = f32s(&mut rng, rows * k);
             let w = f32s(&mut rng, n * k);
             let bias = f32s(&mut rng, n);
             let packed = PackedBf16::pack(&w, n, k).unwrap();
             let want = reference(&inp, &w, &bias, rows, k, n);
-            let kernels: &[Bf16Kernel] = if bf16_kernel() == Bf16Kernel::Amx {
-                &[Bf16Kernel::Portable, Bf16Kernel::Amx]
-            } else {
-                eprintln!("AMX check skipped: this CPU has no AMX-BF16 (the portable kernel is checked)");
-                &[Bf16Kernel::Portable]
-            };
-            for &kern in kernels {
+            for kern in kernels() {
                 let mut out = vec![f32::NAN; rows * n];
                 linear_forward_bf16_with(kern, &mut out, &inp, &packed, Some(&bias), rows).unwrap();
                 let e = rel_err(&out, &want);
@@ -769,7 +948,7 @@ mod tests {
     #[test]
     fn transposed_accumulate_matches_reference() {
         let mut rng = TestRng::new(12);
-        for (rows, out_dim, in_dim) in [(3, 5, 7), (40, 64, 48), (70, 100, 33)] {
+        for (rows, out_dim, in_dim) in [(3, 5, 7), (40, 64, 48), (70, 100, 33), (101, 47, 61)] {
             let dy = f32s(&mut rng, rows * out_dim);
             let w = f32s(&mut rng, out_dim * in_dim);
             let old = f32s(&mut rng, rows * in_dim);
@@ -784,7 +963,7 @@ mod tests {
                     s + f64::from(old[idx])
                 })
                 .collect();
-            for kern in [Bf16Kernel::Portable, bf16_kernel()] {
+            for kern in kernels() {
                 let mut out = old.clone();
                 bf16_product(kern, &mut out, &dy, &packed, None, rows, true).unwrap();
                 let e = rel_err(&out, &want);
@@ -831,27 +1010,34 @@ mod tests {
                 .map(|o| f64::from(db0[o]) + (0..rows).map(|a| f64::from(dy[a * out_dim + o])).sum::<f64>())
                 .collect();
             let wt = PackedBf16::pack_transposed(&w, out_dim, in_dim).unwrap();
-            let (mut dx, mut dw, mut db) = (dx0.clone(), dw0.clone(), db0.clone());
-            linear_backward_bf16(
-                &mut dx,
-                &mut dw,
-                Some(&mut db),
-                &dy,
-                &x,
-                &wt,
-                rows,
-                in_dim,
-                out_dim,
-            )
-            .unwrap();
-            for (name, got, want) in [
-                ("dx", &dx, &want_dx),
-                ("dw", &dw, &want_dw),
-                ("db", &db, &want_db),
-            ] {
-                let e = rel_err(got, want);
-                assert!(e < 1e-5, "{rows}x{in_dim}x{out_dim} {name}: relative error {e}");
+            for kern in kernels() {
+                let (mut dx, mut dw, mut db) = (dx0.clone(), dw0.clone(), db0.clone());
+                linear_backward_bf16_with(
+                    kern,
+                    &mut dx,
+                    &mut dw,
+                    Some(&mut db),
+                    &dy,
+                    &x,
+                    &wt,
+                    rows,
+                    in_dim,
+                    out_dim,
+                )
+                .unwrap();
+                for (name, got, want) in [
+                    ("dx", &dx, &want_dx),
+                    ("dw", &dw, &want_dw),
+                    ("db", &db, &want_db),
+                ] {
+                    let e = rel_err(got, want);
+                    assert!(
+                        e < 1e-5,
+                        "{kern:?} {rows}x{in_dim}x{out_dim} {name}: relative error {e}"
+                    );
+                }
             }
+            let (mut dx, mut dw) = (dx0.clone(), dw0.clone());
             // a weight packed the other way round is refused
             let wrong = PackedBf16::pack(&w, out_dim, in_dim).unwrap();
             if in_dim != out_dim {
