@@ -382,12 +382,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             2,
             Row {
                 measure: format!(
-                    "same, bf16 products ({}; f32 sums, layer norm, softmax, GELU): PyTorch with bf16 autocast, sorted",
-                    format!(
-                        "kernel {}{}",
-                        eb["bf16_kernel"].as_str().unwrap_or("?"),
-                        if eb["bf16_faster_than_f32"].as_bool() == Some(true) { "" } else { ", not faster than f32 here" }
-                    )
+                    "same, bf16 products (kernel {}{}; f32 sums, layer norm, softmax, GELU): PyTorch with bf16 autocast, sorted",
+                    eb["bf16_kernel"].as_str().unwrap_or("?"),
+                    if eb["bf16_faster_than_f32"].as_bool() == Some(true) { "" } else { ", not faster than f32 here" }
                 ),
                 reference: "(f32 only)".into(),
                 torch: format!("{:.0} sentences/s", f(tb, "sentences_per_s")),

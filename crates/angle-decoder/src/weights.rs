@@ -230,8 +230,11 @@ impl Checkpoint {
     }
 }
 
+/// Tensors read into f32, by name: shape and values.
+pub type F32Tensors = HashMap<String, (Vec<usize>, Vec<f32>)>;
+
 /// Reads a small safetensors file (adapters) into f32 tensors, F64 included.
-pub fn read_f32_tensors(path: &Path) -> Result<HashMap<String, (Vec<usize>, Vec<f32>)>> {
+pub fn read_f32_tensors(path: &Path) -> Result<F32Tensors> {
     let bytes = std::fs::read(path).map_err(io_err(path))?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| DecoderError::Safetensors {
         path: path.to_path_buf(),

@@ -23,10 +23,7 @@ fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Map<String, Value>)) 
 }
 
 fn err_of(dir: &Path, opts: DecoderOptions) -> String {
-    Decoder::load(dir, opts)
-        .err()
-        .expect("load must fail")
-        .to_string()
+    Decoder::load(dir, opts).expect_err("load must fail").to_string()
 }
 
 #[test]

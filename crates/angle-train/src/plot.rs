@@ -15,6 +15,9 @@ const MARGIN_R: f64 = 20.0;
 const MARGIN_T: f64 = 40.0;
 const MARGIN_B: f64 = 45.0;
 
+/// A further series of a panel: legend label, color, points.
+type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+
 /// The series to draw in one panel (the first one's color also marks its points).
 struct Panel<'a> {
     title: &'a str,
@@ -22,7 +25,7 @@ struct Panel<'a> {
     color: &'a str,
     points: Vec<(f64, f64)>,
     /// Further series: legend label, color, points.
-    more: Vec<(&'a str, &'a str, Vec<(f64, f64)>)>,
+    more: Vec<Series<'a>>,
     /// Legend label of the first series (only drawn when there are further series).
     label: &'a str,
 }

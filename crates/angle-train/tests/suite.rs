@@ -6,7 +6,6 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use angle_train::backbone::Backbone;
 use angle_train::embed::{Embedder, LoadOptions, load_backbone};
 use angle_train::metrics::{Record, read_records};
 use angle_train::similarity::Measure;

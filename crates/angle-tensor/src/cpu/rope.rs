@@ -63,7 +63,7 @@ fn check<T>(
             "tables must both be [max_pos, head_dim/2]",
         ));
     }
-    let max_pos = if half == 0 { usize::MAX } else { cos.len() / half };
+    let max_pos = cos.len().checked_div(half).unwrap_or(usize::MAX);
     if let Some(w) = seq_offsets.windows(2).find(|w| w[1] - w[0] > max_pos) {
         return Err(arg_err(
             op,
