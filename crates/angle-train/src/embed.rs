@@ -15,6 +15,8 @@ use crate::error::{Result, TrainError};
 
 /// The buffers of one packed batch, reused for every batch.
 pub struct Embedder {
+    /// Keep the leading `dim` dimensions of each embedding (`--dim`, Matryoshka / ESE models); `None`: all.
+    dim: Option<usize>,
     batch_texts: usize,
     max_len: usize,
     ids: Vec<u32>,
@@ -28,6 +30,7 @@ impl Embedder {
     /// must have reserved for embedding ([`Embedder::sizes`]).
     pub fn new(batch_texts: usize, max_len: usize) -> Self {
         Embedder {
+            dim: None,
             batch_texts: batch_texts.max(1),
             max_len,
             ids: Vec::new(),
@@ -44,6 +47,17 @@ impl Embedder {
             embed_seqs: self.batch_texts,
             max_len: self.max_len,
         }
+    }
+
+    /// Keeps the first `dim` dimensions of every embedding (`--dim K`); an error later if wider than the model.
+    pub fn with_dim(mut self, dim: Option<usize>) -> Self {
+        self.dim = dim;
+        self
+    }
+
+    /// The width of the embeddings this embedder writes for `model`.
+    pub fn out_dim(&self, model: &dyn Backbone) -> usize {
+        self.dim.unwrap_or(usize::MAX).min(model.hidden_size())
     }
 
     pub fn batch_texts(&self) -> usize {
@@ -63,8 +77,14 @@ impl Embedder {
         F: Fn(usize) -> (&'s [u32], &'s [u32]),
     {
         let h = model.hidden_size();
+        if let Some(d) = self.dim.filter(|&d| d == 0 || d > h) {
+            return Err(TrainError::Config(format!(
+                "--dim {d}: the model's embeddings have {h} dimensions (1..={h})"
+            )));
+        }
+        let k = self.out_dim(model);
         out.clear();
-        out.resize(count * h, 0.0);
+        out.resize(count * k, 0.0);
         let mut order: Vec<usize> = (0..count).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(seq(i).0.len()));
         for chunk in order.chunks(self.batch_texts) {
@@ -92,8 +112,8 @@ impl Embedder {
                 seq_offsets: &self.offsets,
             };
             model.embed(&batch, &mut self.pooled)?;
-            for (k, &i) in chunk.iter().enumerate() {
-                out[i * h..(i + 1) * h].copy_from_slice(&self.pooled[k * h..(k + 1) * h]);
+            for (r, &i) in chunk.iter().enumerate() {
+                out[i * k..(i + 1) * k].copy_from_slice(&self.pooled[r * h..r * h + k]);
             }
         }
         Ok(())
@@ -200,6 +220,8 @@ pub struct LoadOptions {
     pub decoder: DecoderSettings,
     /// Append the tokenizer's EOS token to every text after truncation.
     pub append_eos: bool,
+    /// Keep the first N layers (`--layers N`, ESE models; BERT family).
+    pub layers: Option<usize>,
 }
 
 /// Loads a model folder as a [`Backbone`] for `opts.device`, with its tokenizer (at most `max_len`
@@ -246,6 +268,16 @@ fn load_bert_backbone(
         None => ModelDefaults::from_dir(dir)?.pooling,
     };
     let (mut enc, tok) = load_model(dir, max_len)?;
+    if let Some(n) = opts.layers {
+        let depth = enc.config.num_hidden_layers;
+        if n == 0 || n > depth {
+            return Err(TrainError::Config(format!(
+                "--layers {n}: {} has {depth} layers (1..={depth})",
+                dir.display()
+            )));
+        }
+        enc = enc.truncated(n).map_err(|e| TrainError::Encoder(e.to_string()))?;
+    }
     let bf16 = |on: bool| {
         if on {
             angle_encoder::Precision::Bf16
@@ -276,6 +308,11 @@ fn load_decoder_backbone(
             "{}: the decoder family runs on the CPU so far (--device cpu)",
             dir.display()
         )));
+    }
+    if opts.layers.is_some() {
+        return Err(TrainError::Config(
+            "--layers is offered for the BERT family so far (ESE training)".into(),
+        ));
     }
     if opts.cpu_bf16_inference || opts.cpu_bf16_train {
         return Err(TrainError::Config(

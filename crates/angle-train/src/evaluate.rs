@@ -52,7 +52,7 @@ pub fn evaluate(
 ) -> Result<StsScores> {
     let started = Instant::now();
     emb.embed_dataset(model, data, scratch)?;
-    let h = model.hidden_size();
+    let h = emb.out_dim(model);
     let row = |t: usize| &scratch[t * h..(t + 1) * h];
     let sims: Vec<f64> = (0..data.len())
         .map(|e| cosine(row(data.text_of(e, 0, 0, 0)), row(data.text_of(e, 1, 0, 0))))

@@ -323,6 +323,12 @@ struct ModelArgs {
     /// On the CPU, bf16 runs the linear layers' products in bf16 with f32 sums (embeddings within ~1e-3).
     #[arg(long)]
     precision: Option<angle_train::auto_precision::CliPrecision>,
+    /// Use only the first N layers (a model trained with --ese) [default: all].
+    #[arg(long)]
+    layers: Option<usize>,
+    /// Keep the first K dimensions of each embedding (--ese / --matryoshka-dims models) [default: all].
+    #[arg(long)]
+    dim: Option<usize>,
     /// A LoRA adapter folder's base model [default: the adapter's base_model_name_or_path].
     #[arg(long)]
     base_model: Option<PathBuf>,
@@ -566,9 +572,10 @@ fn load(m: &ModelArgs) -> anyhow::Result<Loaded> {
             base_model: m.base_model.clone(),
         },
         append_eos: m.append_eos.unwrap_or(defaults.append_eos),
+        layers: m.layers,
     };
     let (mut model, tok) = load_backbone(&m.model, max_len, opts)?;
-    let emb = Embedder::new(m.batch_size, tok.max_len());
+    let emb = Embedder::new(m.batch_size, tok.max_len()).with_dim(m.dim);
     model.reserve(emb.sizes())?;
     let prompt = match m.prompt.clone().or(defaults.text_prompt) {
         Some(p) => Some(angle_data::Prompt::new(p)?),
@@ -608,7 +615,7 @@ fn run_encode(a: &EncodeArgs) -> anyhow::Result<()> {
     };
     // Every line is embedded, empty ones too (as the tokenizer encodes them): output row i is input line i.
     let texts = lines;
-    let h = l.model.hidden_size();
+    let h = l.emb.out_dim(&*l.model);
     let mut emb = if texts.is_empty() {
         Vec::new()
     } else {
@@ -653,7 +660,7 @@ fn write_jsonl(w: &mut impl Write, texts: &[String], emb: &[f32], h: usize) -> a
 fn run_similarity(a: &SimilarityArgs) -> anyhow::Result<()> {
     let mut l = load(&a.model)?;
     let emb = embed_lines(&mut l, &a.texts)?;
-    let h = l.model.hidden_size();
+    let h = l.emb.out_dim(&*l.model);
     let first = &emb[..h];
     for (k, t) in a.texts.iter().enumerate().skip(1) {
         println!("{:.4}\t{t}", cosine(first, &emb[k * h..(k + 1) * h]));

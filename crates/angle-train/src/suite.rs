@@ -160,7 +160,7 @@ pub fn evaluate_all(model: &mut dyn Backbone, emb: &mut Embedder, sets: &[Datase
         |g| sets[seqs[g].0].tokens(seqs[g].1),
         &mut vecs,
     )?;
-    let h = model.hidden_size();
+    let h = emb.out_dim(model);
     let row = |g: usize| &vecs[g * h..(g + 1) * h];
 
     let mut files = Vec::with_capacity(sets.len());

@@ -187,3 +187,46 @@ fn user_errors_print_no_backtrace_even_with_rust_backtrace_set() {
         assert!(!err.trim().is_empty());
     }
 }
+
+#[test]
+fn encode_with_fewer_layers_and_dimensions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path(), 7);
+    let input = tmp.path().join("in.txt");
+    std::fs::write(&input, "A man plays guitar.\nA dog runs.\n").unwrap();
+    let o = run_ok(
+        angle()
+            .args(["encode", "--layers", "1", "--dim", "8", "--normalize", "--model"])
+            .arg(&model)
+            .arg("--input")
+            .arg(&input),
+    );
+    for line in String::from_utf8(o.stdout).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let e: Vec<f64> = v["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        assert_eq!(e.len(), 8);
+        let norm = e.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "renormalised after truncation: {norm}");
+    }
+    for (flag, value, says) in [
+        ("--layers", "3", "2 layers"),
+        ("--layers", "0", "1..=2"),
+        ("--dim", "64", "32 dimensions"),
+    ] {
+        let o = angle()
+            .args(["encode", flag, value, "--model"])
+            .arg(&model)
+            .arg("--input")
+            .arg(&input)
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{flag} {value} must fail");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(says), "{flag} {value}: {err}");
+    }
+}

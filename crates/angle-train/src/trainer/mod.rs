@@ -158,6 +158,7 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
         cpu_bf16_train: cpu_bf16,
         decoder: crate::decoder::settings_for(&config),
         append_eos: config.append_eos,
+        layers: None,
     };
     let (mut model, tok) = load_backbone(&files_from, config.max_length, load)?;
     if cpu_bf16 {
