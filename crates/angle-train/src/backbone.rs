@@ -9,7 +9,9 @@
 
 use std::path::Path;
 
-use angle_encoder::{Activations, AdamW, Batch, Capacity, Encoder, LayerGrad, Mode, Pooler, Pooling};
+use angle_encoder::{
+    Activations, AdamW, Batch, Capacity, Encoder, LayerGrad, Mode, ParamBuffers, Pooler, Pooling,
+};
 use angle_loss::{AngleLossConfig, DataFormat, LossParts};
 
 use crate::error::{Result, TrainError};
@@ -139,6 +141,23 @@ pub trait Backbone {
             "only a LoRA model has an adapter to merge".into(),
         ))
     }
+}
+
+/// The global gradient norm of a CPU backbone's flat gradients, clipped to `max_norm` when given.
+pub(crate) fn clip_or_norm(b: &mut ParamBuffers, max_norm: Option<f32>) -> f64 {
+    match max_norm {
+        Some(m) => angle_tensor::cpu::clip_grad_norm(&mut b.grads, m as f64),
+        None => angle_tensor::cpu::grad_norm(&b.grads),
+    }
+}
+
+pub(crate) fn moments_of(b: &ParamBuffers) -> (&[f32], &[f32]) {
+    (&b.adam_m, &b.adam_v)
+}
+
+pub(crate) fn set_moments_of(b: &mut ParamBuffers, m: Vec<f32>, v: Vec<f32>) {
+    b.adam_m = m;
+    b.adam_v = v;
 }
 
 fn enc_err(e: angle_encoder::EncoderError) -> TrainError {
@@ -314,11 +333,7 @@ impl Backbone for BertCpu {
     }
 
     fn clip_grad_norm(&mut self, max_norm: Option<f32>) -> Result<f64> {
-        let g = &mut self.enc.buffers.grads;
-        Ok(match max_norm {
-            Some(m) => angle_tensor::cpu::clip_grad_norm(g, m as f64),
-            None => angle_tensor::cpu::grad_norm(g),
-        })
+        Ok(clip_or_norm(&mut self.enc.buffers, max_norm))
     }
 
     fn adamw_step(&mut self, hp: &AdamW, t: u64) -> Result<()> {
@@ -330,12 +345,11 @@ impl Backbone for BertCpu {
     }
 
     fn moments(&mut self) -> Result<(&[f32], &[f32])> {
-        Ok((&self.enc.buffers.adam_m, &self.enc.buffers.adam_v))
+        Ok(moments_of(&self.enc.buffers))
     }
 
     fn set_moments(&mut self, m: Vec<f32>, v: Vec<f32>) -> Result<()> {
-        self.enc.buffers.adam_m = m;
-        self.enc.buffers.adam_v = v;
+        set_moments_of(&mut self.enc.buffers, m, v);
         Ok(())
     }
 

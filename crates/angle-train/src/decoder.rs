@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use angle_decoder::{Decoder, DecoderOptions, LoraConfig};
 use angle_encoder::{AdamW, Pooling};
 
-use crate::backbone::{Backbone, Packed, Sizes};
+use crate::backbone::{Backbone, Packed, Sizes, clip_or_norm, moments_of, set_moments_of};
 use crate::error::{Result, TrainError, io_err};
 
 /// The file that makes a folder a peft adapter.
@@ -211,11 +211,7 @@ impl Backbone for DecoderCpu {
     }
 
     fn clip_grad_norm(&mut self, max_norm: Option<f32>) -> Result<f64> {
-        let g = &mut self.dec.buffers.grads;
-        Ok(match max_norm {
-            Some(m) => angle_tensor::cpu::clip_grad_norm(g, m as f64),
-            None => angle_tensor::cpu::grad_norm(g),
-        })
+        Ok(clip_or_norm(&mut self.dec.buffers, max_norm))
     }
 
     fn adamw_step(&mut self, hp: &AdamW, t: u64) -> Result<()> {
@@ -227,12 +223,11 @@ impl Backbone for DecoderCpu {
     }
 
     fn moments(&mut self) -> Result<(&[f32], &[f32])> {
-        Ok((&self.dec.buffers.adam_m, &self.dec.buffers.adam_v))
+        Ok(moments_of(&self.dec.buffers))
     }
 
     fn set_moments(&mut self, m: Vec<f32>, v: Vec<f32>) -> Result<()> {
-        self.dec.buffers.adam_m = m;
-        self.dec.buffers.adam_v = v;
+        set_moments_of(&mut self.dec.buffers, m, v);
         Ok(())
     }
 
