@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use angle_encoder::{Capacity, Encoder, LayerGrad, Mode, Pooler, Pooling, model::Batch};
 use angle_loss::{AngleLoss, AngleLossConfig, AnglePooling, DataFormat, EseConfig, ese_loss};
-use common::{Fixture, model_dir, norm, rel_l2, shared};
+use common::{Fixture, model_dir, rel_l2, shared};
 use ndarray::{ArrayView2, ArrayViewMut2};
 
 fn ese_fixture() -> Fixture {
@@ -169,45 +169,8 @@ fn minilm_ese_matches_pytorch_reference() {
         })
         .collect();
     enc.backward_layers(&mut acts, &layer_grads).unwrap();
-    let grads = &enc.buffers.grads;
-    let mut checked = 0;
-    for name in fx.tensors.keys().filter_map(|k| k.strip_prefix("grad.")) {
-        if name.starts_with("pooled.") || name == "embeddings.word_embeddings.rows" {
-            continue;
-        }
-        let want = fx.floats(&format!("grad.{name}"));
-        let ours: Vec<f64> = if name == "embeddings.word_embeddings.weight" {
-            let rows = &fx.tensors["grad.embeddings.word_embeddings.rows"].i;
-            let table = enc.layout.view(grads, name).unwrap();
-            rows.iter()
-                .flat_map(|&r| {
-                    table[r as usize * h..(r as usize + 1) * h]
-                        .iter()
-                        .map(|&x| x as f64)
-                })
-                .collect()
-        } else {
-            let v = enc
-                .layout
-                .view(grads, name)
-                .unwrap_or_else(|| panic!("no parameter {name}"));
-            v.iter().map(|&x| x as f64).collect()
-        };
-        checked += 1;
-        if name.ends_with("attention.self.key.bias") {
-            let n = norm(&ours);
-            println!("{name}: |ours| {n:.3e} (exact gradient is 0)");
-            if n > 1e-5 {
-                failures.push(format!("{name}: |ours| = {n:.3e} > 1e-5"));
-            }
-        } else {
-            let e = rel_l2(&ours, want);
-            println!("{name}: rel err {e:.3e}");
-            if e > 1e-3 {
-                failures.push(format!("{name}: rel err {e:.3e} > 1e-3"));
-            }
-        }
-    }
+    let checked =
+        common::check_param_grads(&fx, &enc, |name: &str| name.starts_with("pooled."), &mut failures);
     assert!(
         checked >= 5 + 2 * 16,
         "only {checked} gradient tensors in the fixture"

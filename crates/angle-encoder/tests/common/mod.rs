@@ -180,3 +180,54 @@ pub fn tiny_encoder(seed: u64) -> angle_encoder::Encoder {
     }
     angle_encoder::Encoder::from_params(cfg, params).unwrap()
 }
+
+/// Compares every `grad.<parameter>` of the fixture (those `skip` does not exclude) with the encoder's gradients:
+/// ‖ours − ref‖ / ‖ref‖ ≤ 1e-3, the word embeddings on the fixture's rows only, and each key bias (whose exact
+/// gradient is 0) by its size. Mismatches go into `failures`; returns the number of tensors checked.
+pub fn check_param_grads(
+    fx: &Fixture,
+    enc: &angle_encoder::Encoder,
+    skip: impl Fn(&str) -> bool,
+    failures: &mut Vec<String>,
+) -> usize {
+    let (grads, h) = (&enc.buffers.grads, enc.config.hidden_size);
+    let mut checked = 0;
+    for name in fx.tensors.keys().filter_map(|k| k.strip_prefix("grad.")) {
+        if skip(name) || name == "embeddings.word_embeddings.rows" {
+            continue;
+        }
+        let want = fx.floats(&format!("grad.{name}"));
+        let ours: Vec<f64> = if name == "embeddings.word_embeddings.weight" {
+            let rows = &fx.tensors["grad.embeddings.word_embeddings.rows"].i;
+            let table = enc.layout.view(grads, name).unwrap();
+            rows.iter()
+                .flat_map(|&r| {
+                    table[r as usize * h..(r as usize + 1) * h]
+                        .iter()
+                        .map(|&x| x as f64)
+                })
+                .collect()
+        } else {
+            let v = enc
+                .layout
+                .view(grads, name)
+                .unwrap_or_else(|| panic!("no parameter {name}"));
+            v.iter().map(|&x| x as f64).collect()
+        };
+        checked += 1;
+        if name.ends_with("attention.self.key.bias") {
+            let n = norm(&ours);
+            println!("{name}: |ours| {n:.3e} (exact gradient is 0)");
+            if n > 1e-5 {
+                failures.push(format!("{name}: |ours| = {n:.3e} > 1e-5"));
+            }
+        } else {
+            let e = rel_l2(&ours, want);
+            println!("{name}: rel err {e:.3e}");
+            if e > 1e-3 {
+                failures.push(format!("{name}: rel err {e:.3e} > 1e-3"));
+            }
+        }
+    }
+    checked
+}
