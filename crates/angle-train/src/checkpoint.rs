@@ -72,6 +72,9 @@ pub struct AngleConfigFile {
     pub query_prompt: Option<String>,
     pub doc_prompt: Option<String>,
     pub step: u64,
+    /// The hub repository the trained model started from (`{"id", "revision", "commit"}`); absent for a folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_model: Option<serde_json::Value>,
     pub train: TrainConfig,
 }
 
@@ -192,9 +195,22 @@ pub fn write_model_files(
         query_prompt: config.query_prompt.clone(),
         doc_prompt: config.doc_prompt.clone(),
         step,
+        base_model: base_model_record(config, files_from),
         train: config.clone(),
     };
     write_json(&dir.join(ANGLE_CONFIG), &angle)
+}
+
+/// The hub record of the run's base model: resolved in this process, or carried from the checkpoint resumed from.
+fn base_model_record(config: &TrainConfig, files_from: &Path) -> Option<serde_json::Value> {
+    if let Some(r) = angle_hub::resolve_model(&config.model)
+        .ok()
+        .and_then(|m| crate::hub::hub_record(&m.dir))
+    {
+        return Some(r);
+    }
+    let saved: AngleConfigFile = read_json(&files_from.join(ANGLE_CONFIG)).ok()?;
+    saved.base_model.filter(|_| saved.train.model == config.model)
 }
 
 /// Writes a model-only checkpoint (e.g. `best`) atomically.

@@ -50,7 +50,7 @@ pub fn default_pooling(dir: &Path) -> Result<Pooling> {
 /// `base_model_name_or_path` (relative paths from the adapter folder).
 pub fn adapter_base(adapter: &Path, base: Option<&Path>) -> Result<PathBuf> {
     if let Some(b) = base {
-        return Ok(b.to_path_buf());
+        return crate::hub::model_dir(b);
     }
     let p = adapter.join(ADAPTER_CONFIG);
     let v: serde_json::Value = crate::checkpoint::read_json(&p)?;
@@ -63,10 +63,16 @@ pub fn adapter_base(adapter: &Path, base: Option<&Path>) -> Result<PathBuf> {
             msg: "base_model_name_or_path is missing: pass --base-model".into(),
         })?;
     let path = PathBuf::from(name);
-    let path = if path.is_relative() && !path.exists() {
+    let path = if path.exists() {
+        path
+    } else if path.is_relative() && adapter.join(&path).exists() {
         adapter.join(&path)
     } else {
-        path
+        // Not a folder here: a hub id (peft writes the id it loaded the base from), through the cache.
+        crate::hub::model_dir(&path).map_err(|e| TrainError::Checkpoint {
+            path: p.clone(),
+            msg: format!("base_model_name_or_path {name:?}: {e}; or pass --base-model"),
+        })?
     };
     if !path.join("config.json").is_file() {
         return Err(TrainError::Checkpoint {
@@ -234,7 +240,7 @@ impl Backbone for DecoderCpu {
     fn write_weights(&mut self, dir: &Path, _files_from: &Path) -> Result<()> {
         match self.dec.lora {
             Some(_) => {
-                let base = self.base.to_string_lossy().into_owned();
+                let base = crate::hub::model_name(&self.base);
                 self.dec.save_adapter(dir, Some(&base)).map_err(dec_err)
             }
             None => self.dec.save_trained(dir).map_err(dec_err),

@@ -231,6 +231,7 @@ pub fn load_backbone(
     max_len: usize,
     opts: LoadOptions,
 ) -> Result<(Box<dyn Backbone>, TextTokenizer)> {
+    let dir = &crate::hub::model_dir(dir)?;
     let (model, tok) = if is_decoder_folder(dir)? {
         load_decoder_backbone(dir, max_len, &opts)?
     } else {

@@ -24,6 +24,9 @@ pub enum TrainError {
     Config(String),
     #[error("data: {0}")]
     Data(String),
+    /// A hub id that does not resolve (offline without the files, a repository without safetensors, ...).
+    #[error("{0}")]
+    Hub(String),
     #[error("encoder: {0}")]
     Encoder(String),
     #[error("loss at step {step}: {msg}")]

@@ -17,6 +17,7 @@ pub mod embed;
 pub mod error;
 pub mod ese;
 pub mod evaluate;
+pub mod hub;
 pub mod metrics;
 pub mod npy;
 pub mod plot;

@@ -452,11 +452,10 @@ fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
             if a.model.is_none() || a.train.is_none() || a.output.is_none() {
                 bail!("angle train needs --model, --train and --output (or --resume DIR)");
             }
-            if !explicit.iter().any(|k| k == "pooling")
-                && angle_train::decoder::is_decoder_folder(&given.model)?
-            {
+            let dir = angle_train::hub::model_dir(&given.model)?;
+            if !explicit.iter().any(|k| k == "pooling") && angle_train::decoder::is_decoder_folder(&dir)? {
                 // LLM embedders pool the last token unless the checkpoint's sentence-transformers config says otherwise.
-                given.pooling = angle_train::decoder::default_pooling(&given.model)?.name();
+                given.pooling = angle_train::decoder::default_pooling(&dir)?.name();
             }
             given
         }
@@ -548,7 +547,9 @@ fn load(m: &ModelArgs) -> anyhow::Result<Loaded> {
     // bf16 on the CPU is an inference mode of the encoder, not a device setting.
     let (device, cpu_precision) = angle_train::auto_precision::resolve(m.device, m.precision)?;
     set_threads(m.threads)?;
-    let defaults = ModelDefaults::from_dir(&m.model)?;
+    // A hub id becomes its cache snapshot here; everything below reads a folder.
+    let dir = angle_train::hub::model_dir(&m.model)?;
+    let defaults = ModelDefaults::from_dir(&dir)?;
     let pooling = match &m.pooling {
         Some(p) => Some(Pooling::parse(p).with_context(|| format!("unknown pooling {p:?}"))?),
         None => None,
@@ -560,7 +561,7 @@ fn load(m: &ModelArgs) -> anyhow::Result<Loaded> {
         angle_train::auto_precision::CliPrecision::Auto
     );
     let cpu_bf16 = cpu_precision == Some(angle_encoder::Precision::Bf16)
-        && !(auto && angle_train::decoder::is_decoder_folder(&m.model)?);
+        && !(auto && angle_train::decoder::is_decoder_folder(&dir)?);
     let opts = LoadOptions {
         device,
         pooling,
@@ -574,7 +575,7 @@ fn load(m: &ModelArgs) -> anyhow::Result<Loaded> {
         append_eos: m.append_eos.unwrap_or(defaults.append_eos),
         layers: m.layers,
     };
-    let (mut model, tok) = load_backbone(&m.model, max_len, opts)?;
+    let (mut model, tok) = load_backbone(&dir, max_len, opts)?;
     let emb = Embedder::new(m.batch_size, tok.max_len()).with_dim(m.dim);
     model.reserve(emb.sizes())?;
     let prompt = match m.prompt.clone().or(defaults.text_prompt) {
