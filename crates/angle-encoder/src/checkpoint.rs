@@ -168,7 +168,8 @@ pub fn untrained_tensors(path: impl AsRef<Path>, layout: &ParamLayout, prefix: &
         .into_iter()
         .filter(|(name, _)| {
             let bare = name.strip_prefix(prefix).unwrap_or(name);
-            layout.get(bare).is_none() && layout.get(name).is_none()
+            // A layer's tensor outside the layout belongs to a layer cut away (`Encoder::truncated`): not carried.
+            layout.get(bare).is_none() && layout.get(name).is_none() && !bare.starts_with("encoder.layer.")
         })
         .map(|(name, t)| Carried {
             name,

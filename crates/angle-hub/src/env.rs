@@ -18,7 +18,9 @@ impl HubEnv {
     pub fn from_env() -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let home = var("HF_HOME").map(PathBuf::from).unwrap_or_else(|| {
-            let user = var("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+            let user = var("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("."));
             var("XDG_CACHE_HOME")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| user.join(".cache"))
@@ -31,7 +33,9 @@ impl HubEnv {
         let offline = ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"]
             .iter()
             .any(|k| var(k).is_some_and(|v| is_true(&v)));
-        let token_file = var("HF_TOKEN_PATH").map(PathBuf::from).unwrap_or_else(|| home.join("token"));
+        let token_file = var("HF_TOKEN_PATH")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| home.join("token"));
         let token = var("HF_TOKEN")
             .or_else(|| var("HUGGING_FACE_HUB_TOKEN"))
             .or_else(|| read_token(&token_file));
@@ -56,7 +60,10 @@ impl HubEnv {
 
 /// huggingface_hub's truthy values for a boolean variable.
 fn is_true(v: &str) -> bool {
-    matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "on" | "yes" | "true")
+    matches!(
+        v.trim().to_ascii_lowercase().as_str(),
+        "1" | "on" | "yes" | "true"
+    )
 }
 
 fn read_token(path: &Path) -> Option<String> {

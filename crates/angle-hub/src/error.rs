@@ -5,7 +5,9 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
     /// Neither a local path nor something that reads as a hub id.
-    #[error("{spec:?} is not a folder or file here, and not a Hugging Face Hub id (ORG/NAME[@REVISION]{hint})")]
+    #[error(
+        "{spec:?} is not a folder or file here, and not a Hugging Face Hub id (ORG/NAME[@REVISION]{hint})"
+    )]
     NotFound { spec: String, hint: &'static str },
     #[error("{spec:?}: {message}")]
     BadId { spec: String, message: String },

@@ -146,7 +146,8 @@ fn check_revision(spec: &str, revision: Option<&str>) -> Result<String, HubError
 fn is_part(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 96
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && !s.starts_with(['-', '.'])
         && !s.ends_with(['-', '.'])
         && !s.contains("..")
@@ -164,12 +165,22 @@ mod tests {
     #[test]
     fn model_ids() {
         let r = RepoId::parse_model("WhereIsAI/UAE-Large-V1").unwrap().unwrap();
-        assert_eq!((r.id.as_str(), r.revision.as_str()), ("WhereIsAI/UAE-Large-V1", "main"));
+        assert_eq!(
+            (r.id.as_str(), r.revision.as_str()),
+            ("WhereIsAI/UAE-Large-V1", "main")
+        );
         assert_eq!(r.folder_name(), "models--WhereIsAI--UAE-Large-V1");
         let r = RepoId::parse_model("Qwen/Qwen3-0.6B@v1.0").unwrap().unwrap();
         assert_eq!(r.revision, "v1.0");
         assert_eq!(r.to_string(), "Qwen/Qwen3-0.6B@v1.0");
-        for path in ["./model", "/abs/path", "a/b/c", "model", "../shared/models/x", "a/.b"] {
+        for path in [
+            "./model",
+            "/abs/path",
+            "a/b/c",
+            "model",
+            "../shared/models/x",
+            "a/.b",
+        ] {
             assert!(RepoId::parse_model(path).is_none(), "{path}");
         }
         assert!(RepoId::parse_model("org/name@").unwrap().is_err());
@@ -177,12 +188,22 @@ mod tests {
 
     #[test]
     fn dataset_ids() {
-        let d = DatasetId::parse("hf://datasets/SeanLee97/all_nli_angle_format_a").unwrap().unwrap();
+        let d = DatasetId::parse("hf://datasets/SeanLee97/all_nli_angle_format_a")
+            .unwrap()
+            .unwrap();
         assert_eq!(d.repo.id, "SeanLee97/all_nli_angle_format_a");
-        assert_eq!(d.repo.folder_name(), "datasets--SeanLee97--all_nli_angle_format_a");
+        assert_eq!(
+            d.repo.folder_name(),
+            "datasets--SeanLee97--all_nli_angle_format_a"
+        );
         assert_eq!(d.folder, None);
-        let d = DatasetId::parse("hf://datasets/mteb/stsbenchmark-sts@abc/data/").unwrap().unwrap();
-        assert_eq!((d.repo.revision.as_str(), d.folder.as_deref()), ("abc", Some("data")));
+        let d = DatasetId::parse("hf://datasets/mteb/stsbenchmark-sts@abc/data/")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (d.repo.revision.as_str(), d.folder.as_deref()),
+            ("abc", Some("data"))
+        );
         assert_eq!(d.to_string(), "hf://datasets/mteb/stsbenchmark-sts@abc/data");
         assert!(DatasetId::parse("data/train.csv").is_none());
         assert!(DatasetId::parse("hf://datasets/justname").unwrap().is_err());

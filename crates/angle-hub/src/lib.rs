@@ -89,7 +89,10 @@ pub fn snapshot_of_dir(dir: impl AsRef<Path>) -> Option<Snapshot> {
 
 /// The data files of a `hf://datasets/...` argument's split, through the process's cache; `None` when `spec` is
 /// not a hub dataset (a local file or folder, which always wins).
-pub fn resolve_dataset(spec: impl AsRef<Path>, split: &str) -> Option<Result<(Snapshot, Vec<PathBuf>), HubError>> {
+pub fn resolve_dataset(
+    spec: impl AsRef<Path>,
+    split: &str,
+) -> Option<Result<(Snapshot, Vec<PathBuf>), HubError>> {
     let spec = spec.as_ref();
     if spec.exists() {
         return None;

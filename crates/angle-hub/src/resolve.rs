@@ -134,7 +134,8 @@ impl Hub {
         if self.env.offline {
             OFFLINE_ADVICE.to_string()
         } else {
-            "the hub is unreachable: connect, or set HF_HUB_CACHE (or HF_HOME) to a cache that holds it".to_string()
+            "the hub is unreachable: connect, or set HF_HUB_CACHE (or HF_HOME) to a cache that holds it"
+                .to_string()
         }
     }
 
@@ -155,7 +156,10 @@ impl Hub {
     /// Online but unreachable, a cached snapshot is used with a warning, as huggingface_hub does.
     fn listing(&self, repo: &RepoId) -> Result<(String, Vec<String>, bool), HubError> {
         if !self.env.offline {
-            match self.api().and_then(|api| api.repo(repo.hf_hub_repo()).info().map_err(|e| e.to_string())) {
+            match self
+                .api()
+                .and_then(|api| api.repo(repo.hf_hub_repo()).info().map_err(|e| e.to_string()))
+            {
                 Ok(info) => {
                     let files = info.siblings.into_iter().map(|s| s.rfilename).collect();
                     return Ok((info.sha, files, true));
@@ -172,7 +176,9 @@ impl Hub {
                             ),
                         });
                     }
-                    eprintln!("warning: {repo}: the hub is unreachable ({message}); using the cached snapshot");
+                    eprintln!(
+                        "warning: {repo}: the hub is unreachable ({message}); using the cached snapshot"
+                    );
                 }
             }
         }

@@ -29,7 +29,9 @@ pub fn model_files(listing: &[String]) -> Result<Vec<String>, String> {
     if has("adapter_config.json") {
         // A peft adapter: its base comes from `base_model_name_or_path`, resolved on its own.
         if !has("adapter_model.safetensors") {
-            return Err("a LoRA adapter without adapter_model.safetensors (angle reads safetensors only)".into());
+            return Err(
+                "a LoRA adapter without adapter_model.safetensors (angle reads safetensors only)".into(),
+            );
         }
         want.extend(["adapter_config.json", "adapter_model.safetensors"].map(String::from));
     } else {
@@ -45,7 +47,9 @@ pub fn model_files(listing: &[String]) -> Result<Vec<String>, String> {
         } else if has(SHARD_INDEX) {
             want.push(SHARD_INDEX.into());
         } else {
-            return Err("no model.safetensors or model.safetensors.index.json (angle reads safetensors only)".into());
+            return Err(
+                "no model.safetensors or model.safetensors.index.json (angle reads safetensors only)".into(),
+            );
         }
     }
     for f in OPTIONAL {
@@ -69,7 +73,9 @@ pub fn shard_files(index_json: &str) -> Result<Vec<String>, String> {
             .as_str()
             .ok_or_else(|| format!("weight_map[{tensor:?}] is not a file name"))?;
         if file.contains("..") || file.starts_with('/') {
-            return Err(format!("weight_map[{tensor:?}] = {file:?} points outside the repository"));
+            return Err(format!(
+                "weight_map[{tensor:?}] = {file:?} points outside the repository"
+            ));
         }
         shards.push(file.to_string());
     }
@@ -83,7 +89,12 @@ pub fn shard_files(index_json: &str) -> Result<Vec<String>, String> {
 
 const DATA_EXTENSIONS: &[&str] = &["parquet", "csv", "tsv", "jsonl", "json"];
 /// JSON files of a dataset repository that describe it rather than hold rows.
-const METADATA: &[&str] = &["dataset_infos.json", "dataset_info.json", "dataset_dict.json", "state.json"];
+const METADATA: &[&str] = &[
+    "dataset_infos.json",
+    "dataset_info.json",
+    "dataset_dict.json",
+    "state.json",
+];
 
 /// The split keywords of the `datasets` library: a file belongs to a split when one of them is a word of its path
 /// (words are separated by `/`, `-`, `_`, `.`, spaces and digits), as in `data/train-00000-of-00004.parquet`,
@@ -96,7 +107,10 @@ const SPLITS: &[(&str, &[&str])] = &[
 
 fn keywords(split: &str) -> Vec<String> {
     let s = split.to_ascii_lowercase();
-    match SPLITS.iter().find(|(name, kws)| *name == s || kws.contains(&s.as_str())) {
+    match SPLITS
+        .iter()
+        .find(|(name, kws)| *name == s || kws.contains(&s.as_str()))
+    {
         Some((_, kws)) => kws.iter().map(|k| k.to_string()).collect(),
         None => vec![s],
     }
@@ -111,7 +125,9 @@ fn words(path: &str) -> impl Iterator<Item = String> + '_ {
 fn is_data_file(path: &str) -> bool {
     let name = path.rsplit('/').next().unwrap_or(path);
     let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
-    ext.is_some_and(|e| DATA_EXTENSIONS.contains(&e.as_str())) && !METADATA.contains(&name) && !name.starts_with('.')
+    ext.is_some_and(|e| DATA_EXTENSIONS.contains(&e.as_str()))
+        && !METADATA.contains(&name)
+        && !name.starts_with('.')
 }
 
 /// The data files of `split` in a dataset repository's listing, under `folder` when given, in name order. When no
@@ -137,7 +153,11 @@ pub fn split_files(listing: &[String], folder: Option<&str>, split: &str) -> Res
     }
     let kws = keywords(split);
     let in_split = |p: &str, kws: &[String]| words(&rel(p)).any(|w| kws.contains(&w));
-    let mut files: Vec<String> = data.iter().filter(|p| in_split(p, &kws)).map(|p| p.to_string()).collect();
+    let mut files: Vec<String> = data
+        .iter()
+        .filter(|p| in_split(p, &kws))
+        .map(|p| p.to_string())
+        .collect();
     if files.is_empty() {
         let present: Vec<&str> = SPLITS
             .iter()
@@ -189,11 +209,27 @@ mod tests {
         let got = model_files(&l).unwrap();
         assert_eq!(
             got,
-            list(&["config.json", "model.safetensors", "tokenizer.json", "vocab.txt", "modules.json", "1_Pooling/config.json"])
+            list(&[
+                "config.json",
+                "model.safetensors",
+                "tokenizer.json",
+                "vocab.txt",
+                "modules.json",
+                "1_Pooling/config.json"
+            ])
         );
-        let sharded = list(&["config.json", "tokenizer.json", SHARD_INDEX, "model-00001-of-00002.safetensors"]);
+        let sharded = list(&[
+            "config.json",
+            "tokenizer.json",
+            SHARD_INDEX,
+            "model-00001-of-00002.safetensors",
+        ]);
         assert!(model_files(&sharded).unwrap().contains(&SHARD_INDEX.to_string()));
-        assert!(model_files(&list(&["config.json", "tokenizer.json", "pytorch_model.bin"])).unwrap_err().contains("safetensors"));
+        assert!(
+            model_files(&list(&["config.json", "tokenizer.json", "pytorch_model.bin"]))
+                .unwrap_err()
+                .contains("safetensors")
+        );
         let adapter = list(&["adapter_config.json", "adapter_model.safetensors", "README.md"]);
         assert_eq!(model_files(&adapter).unwrap(), adapter[..2].to_vec());
     }
@@ -201,7 +237,10 @@ mod tests {
     #[test]
     fn shards_from_the_index() {
         let idx = r#"{"metadata":{},"weight_map":{"a":"m-2.safetensors","b":"m-1.safetensors","c":"m-2.safetensors"}}"#;
-        assert_eq!(shard_files(idx).unwrap(), list(&["m-1.safetensors", "m-2.safetensors"]));
+        assert_eq!(
+            shard_files(idx).unwrap(),
+            list(&["m-1.safetensors", "m-2.safetensors"])
+        );
         assert!(shard_files(r#"{"weight_map":{"a":"../x"}}"#).is_err());
     }
 
@@ -216,14 +255,27 @@ mod tests {
             "dataset_infos.json",
         ]);
         assert_eq!(split_files(&l, None, "train").unwrap().len(), 2);
-        assert_eq!(split_files(&l, None, "dev").unwrap(), list(&["data/validation-00000-of-00001.parquet"]));
-        assert!(split_files(&l, None, "extra").unwrap_err().contains("train, validation, test"));
+        assert_eq!(
+            split_files(&l, None, "dev").unwrap(),
+            list(&["data/validation-00000-of-00001.parquet"])
+        );
+        assert!(
+            split_files(&l, None, "extra")
+                .unwrap_err()
+                .contains("train, validation, test")
+        );
         let flat = list(&["stsb-en-train.csv", "stsb-en-dev.csv", "stsb-en-test.csv"]);
-        assert_eq!(split_files(&flat, None, "validation").unwrap(), list(&["stsb-en-dev.csv"]));
+        assert_eq!(
+            split_files(&flat, None, "validation").unwrap(),
+            list(&["stsb-en-dev.csv"])
+        );
         let nosplit = list(&["part-a.jsonl", "part-b.jsonl"]);
         assert_eq!(split_files(&nosplit, None, "train").unwrap().len(), 2);
         assert!(split_files(&nosplit, None, "test").is_err());
         let configs = list(&["en/train/0000.parquet", "zh/train/0000.parquet"]);
-        assert_eq!(split_files(&configs, Some("zh"), "train").unwrap(), list(&["zh/train/0000.parquet"]));
+        assert_eq!(
+            split_files(&configs, Some("zh"), "train").unwrap(),
+            list(&["zh/train/0000.parquet"])
+        );
     }
 }

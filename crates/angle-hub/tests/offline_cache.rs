@@ -45,7 +45,10 @@ fn a_cached_model_resolves_offline_with_only_what_angle_reads() {
     let hub = Hub::new(HubEnv::offline_at(tmp.path()));
     let s = hub.model(&model("org/sharded")).unwrap();
     assert_eq!(s.commit, COMMIT);
-    assert_eq!(s.dir, tmp.path().join("models--org--sharded/snapshots").join(COMMIT));
+    assert_eq!(
+        s.dir,
+        tmp.path().join("models--org--sharded/snapshots").join(COMMIT)
+    );
     assert!(s.files.contains(&"model-00002-of-00002.safetensors".to_string()));
     assert!(s.files.contains(&"1_Pooling/config.json".to_string()));
     assert!(!s.files.contains(&"pytorch_model.bin".to_string()));
@@ -74,16 +77,24 @@ fn a_missing_shard_offline_names_the_cache_folder_and_the_variable() {
     let msg = err.to_string();
     assert!(matches!(err, HubError::NotCached { .. }), "{msg}");
     assert!(msg.contains("model-00002-of-00002.safetensors"), "{msg}");
-    assert!(msg.contains(&format!("models--org--partial/snapshots/{COMMIT}")), "{msg}");
+    assert!(
+        msg.contains(&format!("models--org--partial/snapshots/{COMMIT}")),
+        "{msg}"
+    );
     assert!(msg.contains("HF_HUB_OFFLINE"), "{msg}");
 }
 
 #[test]
 fn an_uncached_model_offline_says_where_it_looked() {
     let tmp = tempfile::tempdir().unwrap();
-    let err = Hub::new(HubEnv::offline_at(tmp.path())).model(&model("org/absent")).unwrap_err();
+    let err = Hub::new(HubEnv::offline_at(tmp.path()))
+        .model(&model("org/absent"))
+        .unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("models--org--absent") && msg.contains("refs/main"), "{msg}");
+    assert!(
+        msg.contains("models--org--absent") && msg.contains("refs/main"),
+        "{msg}"
+    );
     assert!(msg.contains("HF_HUB_CACHE"), "{msg}");
 }
 
@@ -93,7 +104,11 @@ fn a_model_without_safetensors_is_refused_by_name() {
     cache_repo(
         tmp.path(),
         "models--org--bin",
-        &[("config.json", "{}"), ("tokenizer.json", "{}"), ("pytorch_model.bin", "z")],
+        &[
+            ("config.json", "{}"),
+            ("tokenizer.json", "{}"),
+            ("pytorch_model.bin", "z"),
+        ],
     );
     let msg = Hub::new(HubEnv::offline_at(tmp.path()))
         .model(&model("org/bin"))
@@ -124,7 +139,10 @@ fn a_cached_dataset_split_resolves_to_its_shards() {
     let (_, test) = hub.dataset_split(&id, "test").unwrap();
     assert_eq!(test.len(), 1);
     let msg = hub.dataset_split(&id, "validation").unwrap_err().to_string();
-    assert!(msg.contains("\"validation\"") && msg.contains("train, test"), "{msg}");
+    assert!(
+        msg.contains("\"validation\"") && msg.contains("train, test"),
+        "{msg}"
+    );
 }
 
 #[test]

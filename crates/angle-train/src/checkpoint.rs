@@ -75,6 +75,11 @@ pub struct AngleConfigFile {
     /// The hub repository the trained model started from (`{"id", "revision", "commit"}`); absent for a folder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_model: Option<serde_json::Value>,
+    /// Encode-time defaults of `--layers` and `--dim` (`angle export`); absent: the whole model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dim: Option<usize>,
     pub train: TrainConfig,
 }
 
@@ -123,7 +128,13 @@ pub fn write_bert_weights(dir: &Path, enc: &Encoder, files_from: &Path) -> Resul
     // `architectures`, ...) survive; the weights keep the layout it describes.
     let src_cfg = files_from.join("config.json");
     if src_cfg.is_file() {
-        std::fs::copy(&src_cfg, dir.join("config.json")).map_err(io_err(&src_cfg))?;
+        let mut cfg: serde_json::Value = read_json(&src_cfg)?;
+        // A truncated encoder (`--layers N`) is a valid smaller checkpoint: its depth is the saved one.
+        if cfg.get("num_hidden_layers").and_then(|v| v.as_u64()) != Some(enc.config.num_hidden_layers as u64)
+        {
+            cfg["num_hidden_layers"] = json!(enc.config.num_hidden_layers);
+        }
+        write_json(&dir.join("config.json"), &cfg)?;
     } else {
         let p = dir.join("config.json");
         std::fs::write(&p, enc.config.to_json_string()).map_err(io_err(&p))?;
@@ -196,6 +207,8 @@ pub fn write_model_files(
         doc_prompt: config.doc_prompt.clone(),
         step,
         base_model: base_model_record(config, files_from),
+        layers: None,
+        dim: None,
         train: config.clone(),
     };
     write_json(&dir.join(ANGLE_CONFIG), &angle)
@@ -211,6 +224,30 @@ fn base_model_record(config: &TrainConfig, files_from: &Path) -> Option<serde_js
     }
     let saved: AngleConfigFile = read_json(&files_from.join(ANGLE_CONFIG)).ok()?;
     saved.base_model.filter(|_| saved.train.model == config.model)
+}
+
+/// `angle export`: the model as loaded (e.g. its first N layers) in a new folder, with `dim` (when given) as the
+/// encode-time default of `--dim` in `angle_config.json`.
+pub fn export_model_dir(
+    dest: &Path,
+    model: &mut dyn Backbone,
+    files_from: &Path,
+    config: &TrainConfig,
+    dim: Option<usize>,
+) -> Result<()> {
+    if dest.exists() {
+        return Err(TrainError::Checkpoint {
+            path: dest.to_path_buf(),
+            msg: "exists already: export writes a new folder".into(),
+        });
+    }
+    write_dir_atomic(dest, |dir| {
+        write_model_files(dir, model, files_from, config, 0)?;
+        let path = dir.join(ANGLE_CONFIG);
+        let mut v: AngleConfigFile = read_json(&path)?;
+        v.dim = dim;
+        write_json(&path, &v)
+    })
 }
 
 /// Writes a model-only checkpoint (e.g. `best`) atomically.

@@ -161,6 +161,10 @@ pub struct ModelDefaults {
     /// Decoder family: trained with bidirectional attention / with EOS appended (angle_config.json).
     pub bidirectional: bool,
     pub append_eos: bool,
+    /// Encode-time defaults for `--layers` / `--dim` (angle_config.json's `layers` and `dim`, which
+    /// `angle export` writes).
+    pub layers: Option<usize>,
+    pub dim: Option<usize>,
 }
 
 impl ModelDefaults {
@@ -202,6 +206,8 @@ impl ModelDefaults {
             text_prompt,
             bidirectional: trained("bidirectional"),
             append_eos: trained("append_eos"),
+            layers: from_angle("layers").and_then(|v| v.as_u64()).map(|v| v as usize),
+            dim: from_angle("dim").and_then(|v| v.as_u64()).map(|v| v as usize),
         })
     }
 }

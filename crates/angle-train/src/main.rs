@@ -37,6 +37,18 @@ enum Command {
     Eval(EvalArgs),
     /// Fold a LoRA adapter into its base model: a full checkpoint that transformers loads.
     Merge(MergeArgs),
+    /// Save a model as it encodes under --layers/--dim: a smaller Hugging Face checkpoint (the first N layers)
+    /// whose angle_config.json makes --dim K the default.
+    Export(ExportArgs),
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// A new folder for the exported model.
+    #[arg(long)]
+    output: PathBuf,
 }
 
 #[derive(Args)]
@@ -412,6 +424,7 @@ fn run() -> anyhow::Result<()> {
         Command::Similarity(a) => run_similarity(&a),
         Command::Eval(a) => run_eval(&a),
         Command::Merge(a) => run_merge(&a),
+        Command::Export(a) => run_export(&a),
     }
 }
 
@@ -573,10 +586,10 @@ fn load(m: &ModelArgs) -> anyhow::Result<Loaded> {
             base_model: m.base_model.clone(),
         },
         append_eos: m.append_eos.unwrap_or(defaults.append_eos),
-        layers: m.layers,
+        layers: m.layers.or(defaults.layers),
     };
     let (mut model, tok) = load_backbone(&dir, max_len, opts)?;
-    let emb = Embedder::new(m.batch_size, tok.max_len()).with_dim(m.dim);
+    let emb = Embedder::new(m.batch_size, tok.max_len()).with_dim(m.dim.or(defaults.dim));
     model.reserve(emb.sizes())?;
     let prompt = match m.prompt.clone().or(defaults.text_prompt) {
         Some(p) => Some(angle_data::Prompt::new(p)?),
@@ -666,6 +679,33 @@ fn run_similarity(a: &SimilarityArgs) -> anyhow::Result<()> {
     for (k, t) in a.texts.iter().enumerate().skip(1) {
         println!("{:.4}\t{t}", cosine(first, &emb[k * h..(k + 1) * h]));
     }
+    Ok(())
+}
+
+fn run_export(a: &ExportArgs) -> anyhow::Result<()> {
+    let mut l = load(&a.model)?;
+    let dir = angle_train::hub::model_dir(&a.model.model)?;
+    // The source's training record carries over (prompts, pooling, how it was trained); else a fresh one.
+    let saved = dir.join(angle_train::checkpoint::ANGLE_CONFIG);
+    let mut config = if saved.is_file() {
+        read_saved_config(&dir)?
+    } else {
+        TrainConfig {
+            model: a.model.model.clone(),
+            ..TrainConfig::default()
+        }
+    };
+    config.max_length = l.tok.max_len();
+    config.pooling = l.model.pooling().name();
+    let dim = l.emb.out_dim(&*l.model);
+    let dim = (dim < l.model.hidden_size()).then_some(dim);
+    angle_train::checkpoint::export_model_dir(&a.output, &mut *l.model, &dir, &config, dim)?;
+    println!(
+        "exported {} layers{} to {}",
+        l.model.num_layers(),
+        dim.map(|d| format!(", --dim {d} by default")).unwrap_or_default(),
+        a.output.display()
+    );
     Ok(())
 }
 

@@ -54,7 +54,12 @@ fn a_hub_id_encodes_from_the_cache_as_its_folder_does() {
     let input = tmp.path().join("in.txt");
     std::fs::write(&input, "A man plays guitar.\nA dog runs.\n").unwrap();
     let run = |m: &str| {
-        let (ok, out, err) = output(angle(&home).args(["encode", "--model", m]).arg("--input").arg(&input));
+        let (ok, out, err) = output(
+            angle(&home)
+                .args(["encode", "--model", m])
+                .arg("--input")
+                .arg(&input),
+        );
         assert!(ok, "{err}");
         out
     };
@@ -81,15 +86,24 @@ fn a_file_missing_offline_names_the_cache_and_the_variable() {
     let snap = cache_with(&model, &home, &["tokenizer.json"]);
     let input = tmp.path().join("in.txt");
     std::fs::write(&input, "x\n").unwrap();
-    let (ok, _, err) = output(angle(&home).args(["encode", "--model", ID]).arg("--input").arg(&input));
+    let (ok, _, err) = output(
+        angle(&home)
+            .args(["encode", "--model", ID])
+            .arg("--input")
+            .arg(&input),
+    );
     assert!(!ok);
     assert!(err.contains("tokenizer.json"), "{err}");
     assert!(err.contains(&snap.display().to_string()), "{err}");
     assert!(err.contains("HF_HUB_OFFLINE"), "{err}");
     assert!(!err.contains("stack backtrace"), "{err}");
     // Not cached at all: the message says which folder was looked in.
-    let (ok, _, err) =
-        output(angle(&home).args(["encode", "--model", "angle-test/absent"]).arg("--input").arg(&input));
+    let (ok, _, err) = output(
+        angle(&home)
+            .args(["encode", "--model", "angle-test/absent"])
+            .arg("--input")
+            .arg(&input),
+    );
     assert!(!ok);
     assert!(err.contains("models--angle-test--absent"), "{err}");
 }
