@@ -1,7 +1,8 @@
 //! Errors and the record of skipped rows.
 //!
 //! Every row-level error names the file and the 1-based line where the row starts, and the column (a header name, a
-//! JSON key, or a 1-based field position) where one is involved. With `skip_invalid` the same errors become
+//! JSON key, or a 1-based field position) where one is involved. In a parquet file the line is the 1-based row in
+//! the file, and the message adds the row group. With `skip_invalid` the same errors become
 //! [`SkippedRow`]s, counted per [`SkipReason`], so a run summary can say what was left out and why.
 
 use std::fmt;
@@ -91,8 +92,33 @@ pub enum DataError {
     },
     #[error("{path}: no examples{skipped}")]
     NoExamples { path: PathBuf, skipped: String },
-    #[error("{path}: cannot tell the file type from the extension (expected .csv, .tsv, .txt or .jsonl)")]
+    #[error(
+        "{path}: cannot tell the file type from the extension (expected .csv, .tsv, .txt, .jsonl or .parquet)"
+    )]
     UnknownFileKind { path: PathBuf },
+    #[error("{path}: folder holds no data file (.csv, .tsv, .txt, .jsonl, .json, .parquet)")]
+    NoDataFiles { path: PathBuf },
+    /// A parquet file's columns (its schema, read once) name no layout, or more than one.
+    #[error(
+        "{path}: columns {columns:?} {problem}; rename columns with a mapping such as \
+         `sentence1:text1,sentence2:text2,score:label`"
+    )]
+    SchemaLayout {
+        path: PathBuf,
+        columns: Vec<String>,
+        problem: String,
+    },
+    /// A parquet file that cannot be read: not parquet, damaged, or compressed with a codec this build lacks.
+    #[error("{path}: {message}")]
+    Parquet { path: PathBuf, message: String },
+    /// A row-level error in a parquet file; `line` (of the inner error) is the 1-based row in the file.
+    #[error("{source} (row group {row_group} of {row_groups})")]
+    InRowGroup {
+        source: Box<DataError>,
+        /// 1-based.
+        row_group: usize,
+        row_groups: usize,
+    },
     #[error("column mapping {spec:?}: {message}")]
     ColumnMap { spec: String, message: String },
     #[error("prompt {prompt:?} has no `{{text}}` placeholder")]
@@ -116,6 +142,7 @@ impl DataError {
             | DataError::EmptyText { line, .. }
             | DataError::UnknownLayout { line, .. }
             | DataError::AmbiguousLayout { line, .. } => Some(*line),
+            DataError::InRowGroup { source, .. } => source.line(),
             _ => None,
         }
     }
@@ -130,6 +157,7 @@ impl DataError {
             DataError::BadLabel { .. } => SkipReason::BadLabel,
             DataError::LabelOutOfRange { .. } => SkipReason::LabelOutOfRange,
             DataError::EmptyText { .. } => SkipReason::EmptyText,
+            DataError::InRowGroup { source, .. } => return source.skip_reason(),
             _ => return None,
         })
     }

@@ -21,15 +21,19 @@ mod batch;
 mod dataset;
 mod error;
 mod format;
+#[cfg(feature = "parquet")]
+mod parquet;
 mod prompt;
 mod read;
 mod rng;
 mod tokenize;
 
 pub use batch::{BatchConfig, DuplicatePolicy, EpochPlan, MEGA_BATCH, PackedBatch, PaddedBatch};
-pub use dataset::Dataset;
+pub use dataset::{Dataset, ENCODE_CHUNK};
 pub use error::{DataError, SkipCounts, SkipReason, SkippedRow};
 pub use format::{ColumnMap, Format, Role};
 pub use prompt::{Prompt, Prompts};
-pub use read::{FileKind, Header, RawDataset, RawExample, ReadOptions, read_file, read_from};
+pub use read::{
+    FileKind, Header, RawDataset, RawExample, ReadOptions, data_files, read_file, read_files, read_from,
+};
 pub use tokenize::{Encoded, TextTokenizer};

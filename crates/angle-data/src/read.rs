@@ -20,19 +20,58 @@ pub enum FileKind {
     Tsv,
     /// One JSON object per line; text fields are strings or non-empty lists of strings (one is drawn per epoch).
     Jsonl,
+    /// Apache Parquet (as pyarrow and Hugging Face datasets write it): columns named like JSONL keys, text columns
+    /// strings or lists of strings, labels numbers or numeric strings. Snappy, lz4 or no compression.
+    #[cfg(feature = "parquet")]
+    Parquet,
 }
 
 impl FileKind {
-    /// From the extension: `.csv`; `.tsv` or `.txt`; `.jsonl` or `.json`.
+    /// From the extension: `.csv`; `.tsv` or `.txt`; `.jsonl` or `.json`; `.parquet` (with the `parquet` feature).
     pub fn from_path(path: &Path) -> Option<FileKind> {
         let ext = path.extension()?.to_str()?.to_ascii_lowercase();
         match ext.as_str() {
             "csv" => Some(FileKind::Csv),
             "tsv" | "txt" => Some(FileKind::Tsv),
             "jsonl" | "json" => Some(FileKind::Jsonl),
+            #[cfg(feature = "parquet")]
+            "parquet" => Some(FileKind::Parquet),
             _ => None,
         }
     }
+}
+
+/// The data files a path names: a file is itself; a folder gives the files in it (not in subfolders) whose
+/// extension [`FileKind::from_path`] knows, hidden files left out, sorted by name, so that the shards of a
+/// published dataset (`train-00000-of-00004.parquet`, ...) come in order. A folder with none is an error.
+pub fn data_files(path: impl AsRef<Path>) -> Result<Vec<PathBuf>, DataError> {
+    let path = path.as_ref();
+    let io = |source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if !path.is_dir() {
+        // a missing file is reported by whoever opens it, with the same message as a single file
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(io)? {
+        let p = entry.map_err(io)?.path();
+        let hidden = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
+        if !hidden && p.is_file() && FileKind::from_path(&p).is_some() {
+            files.push(p);
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        return Err(DataError::NoDataFiles {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(files)
 }
 
 /// Whether a CSV/TSV file starts with a header row.
@@ -100,10 +139,13 @@ pub struct RawExample {
     pub label: Option<f32>,
 }
 
-/// The examples of one file.
+/// The examples of one file, or of several read as one ([`read_files`]).
 #[derive(Clone, Debug)]
 pub struct RawDataset {
+    /// The (first) file.
     pub path: PathBuf,
+    /// Each file and the number of its first example, in order (one entry, `(path, 0)`, for a single file).
+    pub files: Vec<(PathBuf, usize)>,
     pub format: Format,
     pub examples: Vec<RawExample>,
     /// Rows left out under `skip_invalid` (always empty otherwise).
@@ -111,6 +153,12 @@ pub struct RawDataset {
 }
 
 impl RawDataset {
+    /// The file example `example` was read from.
+    pub fn file_of(&self, example: usize) -> &Path {
+        let i = self.files.partition_point(|&(_, start)| start <= example);
+        &self.files[i.saturating_sub(1)].0
+    }
+
     pub fn len(&self) -> usize {
         self.examples.len()
     }
@@ -129,6 +177,15 @@ pub fn read_file(path: impl AsRef<Path>, options: &ReadOptions) -> Result<RawDat
     let path = path.as_ref();
     let kind = match options.kind.or_else(|| FileKind::from_path(path)) {
         Some(k) => k,
+        None if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("parquet")) =>
+        {
+            return Err(DataError::Config(format!(
+                "{}: angle-data was built without its `parquet` feature",
+                path.display()
+            )));
+        }
         None => {
             return Err(DataError::UnknownFileKind {
                 path: path.to_path_buf(),
@@ -139,56 +196,110 @@ pub fn read_file(path: impl AsRef<Path>, options: &ReadOptions) -> Result<RawDat
         path: path.to_path_buf(),
         source,
     })?;
+    #[cfg(feature = "parquet")]
+    if kind == FileKind::Parquet {
+        // parquet reads the footer first: it needs the file itself, not a stream
+        let mut sink = Sink::new(path, options);
+        let format = crate::parquet::read_parquet(file, options, &mut sink)?;
+        return sink.finish(format);
+    }
     read_from(BufReader::new(file), path, kind, options)
+}
+
+/// Reads several files as one dataset (the shards of a published dataset, or the files [`data_files`] finds in
+/// a folder): examples in file order, each keeping its own line. All files must have the same layout. The result's
+/// `path` is the first file's; [`RawDataset::files`] says which examples came from which file.
+pub fn read_files(paths: &[PathBuf], options: &ReadOptions) -> Result<RawDataset, DataError> {
+    let Some((first, rest)) = paths.split_first() else {
+        return Err(DataError::Config("no data files given".into()));
+    };
+    let mut all = read_file(first, options)?;
+    for p in rest {
+        let next = read_file(p, options)?;
+        if next.format != all.format {
+            return Err(DataError::Config(format!(
+                "{} is format {:?} but {} is format {:?}: the files of one dataset must share a layout",
+                p.display(),
+                next.format,
+                first.display(),
+                all.format
+            )));
+        }
+        let start = all.examples.len();
+        all.files.push((next.path, start));
+        all.examples.extend(next.examples);
+        all.skipped.extend(next.skipped);
+    }
+    Ok(all)
 }
 
 /// Reads data of the given kind from any reader; `path` only names the source in messages.
 pub fn read_from<R: Read>(
-    reader: R,
+    mut reader: R,
     path: &Path,
     kind: FileKind,
     options: &ReadOptions,
 ) -> Result<RawDataset, DataError> {
-    let mut sink = Sink {
-        path: path.to_path_buf(),
-        skip: options.skip_invalid,
-        examples: Vec::new(),
-        skipped: Vec::new(),
-    };
+    let mut sink = Sink::new(path, options);
     let format = match kind {
         FileKind::Csv => read_delimited(reader, b',', true, options, &mut sink)?,
         FileKind::Tsv => read_delimited(reader, b'\t', false, options, &mut sink)?,
         FileKind::Jsonl => read_jsonl(reader, options, &mut sink)?,
+        #[cfg(feature = "parquet")]
+        FileKind::Parquet => {
+            let mut bytes = Vec::new();
+            reader.read_to_end(&mut bytes).map_err(|source| DataError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            crate::parquet::read_parquet(bytes::Bytes::from(bytes), options, &mut sink)?
+        }
     };
-    let Some(format) = format.filter(|_| !sink.examples.is_empty()) else {
-        let skipped = if sink.skipped.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", SkipCounts::from_rows(&sink.skipped))
-        };
-        return Err(DataError::NoExamples {
-            path: sink.path,
-            skipped,
-        });
-    };
-    Ok(RawDataset {
-        path: sink.path,
-        format,
-        examples: sink.examples,
-        skipped: sink.skipped,
-    })
+    sink.finish(format)
 }
 
 /// Collects rows: an example is kept, a row-level error is skipped (if allowed) or returned.
-struct Sink {
-    path: PathBuf,
+pub(crate) struct Sink {
+    pub(crate) path: PathBuf,
     skip: bool,
     examples: Vec<RawExample>,
     skipped: Vec<SkippedRow>,
 }
 
 impl Sink {
-    fn push(&mut self, row: Result<RawExample, DataError>) -> Result<(), DataError> {
+    fn new(path: &Path, options: &ReadOptions) -> Self {
+        Sink {
+            path: path.to_path_buf(),
+            skip: options.skip_invalid,
+            examples: Vec::new(),
+            skipped: Vec::new(),
+        }
+    }
+
+    /// The dataset read, or `NoExamples` when no row made an example.
+    fn finish(self, format: Option<Format>) -> Result<RawDataset, DataError> {
+        let sink = self;
+        let Some(format) = format.filter(|_| !sink.examples.is_empty()) else {
+            let skipped = if sink.skipped.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", SkipCounts::from_rows(&sink.skipped))
+            };
+            return Err(DataError::NoExamples {
+                path: sink.path,
+                skipped,
+            });
+        };
+        Ok(RawDataset {
+            files: vec![(sink.path.clone(), 0)],
+            path: sink.path,
+            format,
+            examples: sink.examples,
+            skipped: sink.skipped,
+        })
+    }
+
+    pub(crate) fn push(&mut self, row: Result<RawExample, DataError>) -> Result<(), DataError> {
         match row {
             Ok(ex) => self.examples.push(ex),
             Err(e) => match (self.skip, e.skip_reason(), e.line()) {
@@ -574,8 +685,7 @@ fn json_row(
     let format = match *format {
         Some(f) => f,
         None => {
-            let has = |r: Role| obj.keys().any(|k| options.columns.role_of(k) == Some(r));
-            let f = Format::detect(has).map_err(|ambiguous| {
+            let f = detect_named(obj.keys().map(String::as_str), options).map_err(|ambiguous| {
                 let columns = obj.keys().cloned().collect();
                 let path = path.to_path_buf();
                 if ambiguous {
@@ -588,9 +698,7 @@ fn json_row(
             f
         }
     };
-    let mut texts = Vec::with_capacity(format.rows_per_example());
-    let mut label = None;
-    for &role in format.roles() {
+    object_example(format, line, options, path, |role| {
         let mut keys = obj.keys().filter(|k| options.columns.role_of(k) == Some(role));
         let Some(key) = keys.next() else {
             return Err(DataError::MissingColumn {
@@ -607,7 +715,41 @@ fn json_row(
                 message: format!("`{key}` and `{other}` both map to `{role}`"),
             });
         }
-        let value = &obj[key];
+        Ok((key.as_str(), &obj[key]))
+    })
+}
+
+/// The layout named by a row's keys or a schema's columns (after renaming); `Err(ambiguous)` as
+/// [`Format::detect`].
+pub(crate) fn detect_named<'a>(
+    names: impl Iterator<Item = &'a str> + Clone,
+    options: &ReadOptions,
+) -> Result<Format, bool> {
+    Format::detect(|r: Role| names.clone().any(|k| options.columns.role_of(k) == Some(r)))
+}
+
+/// An example from named values, as JSONL objects and parquet rows have them: `value_of(role)` gives the column
+/// name (for messages) and the value of each role of `format`. Text values are strings or non-empty lists of
+/// strings (alternatives); labels numbers or numeric strings; nulls are refused.
+pub(crate) fn object_example<'v>(
+    format: Format,
+    line: u64,
+    options: &ReadOptions,
+    path: &Path,
+    mut value_of: impl FnMut(Role) -> Result<(&'v str, &'v serde_json::Value), DataError>,
+) -> Result<RawExample, DataError> {
+    let mut texts = Vec::with_capacity(format.rows_per_example());
+    let mut label = None;
+    for &role in format.roles() {
+        let (key, value) = value_of(role)?;
+        if value.is_null() {
+            return Err(DataError::BadField {
+                path: path.to_path_buf(),
+                line,
+                column: key.to_string(),
+                message: "null value".into(),
+            });
+        }
         if role == Role::Label {
             label = Some(json_label(value, options, path, line, key)?);
         } else {

@@ -417,3 +417,29 @@ fn append_eos_truncates_to_one_less_and_ends_every_text_with_eos() {
         .unwrap_err();
     assert!(e.to_string().contains("tokenizer_config.json"), "{e}");
 }
+
+#[test]
+fn several_files_load_as_one_dataset_each_example_knowing_its_file() {
+    let tok = tokenizer(64);
+    let (dev, test) = (stsb("stsb-en-dev.csv"), stsb("stsb-en-test.csv"));
+    let opts = ReadOptions::default();
+    let both = Dataset::load_all(&[dev.clone(), test.clone()], &opts, &Prompts::default(), &tok).unwrap();
+    let one = Dataset::load(&test, &opts, &Prompts::default(), &tok).unwrap();
+    assert_eq!(both.len(), 1500 + 1379);
+    assert_eq!(both.paths(), &[dev.clone(), test.clone()]);
+    assert_eq!(both.path(), dev.as_path());
+    assert_eq!(both.source_of(0), (dev.as_path(), 1));
+    assert_eq!(both.source_of(1500), (test.as_path(), 1));
+    assert_eq!(both.source_of(1500 + 1378), (test.as_path(), 1379));
+    assert!(both.describe(1501).ends_with("stsb-en-test.csv:2"));
+    // the second file's examples have the same texts and tokens as when it is read alone
+    for e in [0, 17, 1378] {
+        for slot in 0..2 {
+            let (a, b) = (both.text_of(1500 + e, slot, 0, 0), one.text_of(e, slot, 0, 0));
+            assert_eq!(both.text(a), one.text(b));
+            assert_eq!(both.tokens(a), one.tokens(b));
+            assert_eq!(both.tokens(a).0, tok.encode(both.text(a)).unwrap().ids.as_slice());
+        }
+    }
+    assert_eq!(both.labels()[1500..], *one.labels());
+}
