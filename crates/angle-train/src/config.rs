@@ -13,9 +13,18 @@ use crate::error::{Result, TrainError};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TrainConfig {
+    /// A model folder or a hub id (`ORG/NAME[@REVISION]`), as given.
     pub model: PathBuf,
-    pub train: PathBuf,
-    pub valid: Option<PathBuf>,
+    /// Training data: files, folders of files (shards) or hub datasets (`hf://datasets/ORG/NAME`), read as one.
+    /// (A single path in checkpoints written before several were allowed.)
+    #[serde(deserialize_with = "one_or_many")]
+    pub train: Vec<PathBuf>,
+    /// Validation data (scored pairs), the same kinds of source; empty: no validation.
+    #[serde(deserialize_with = "one_or_many")]
+    pub valid: Vec<PathBuf>,
+    /// The split of a hub dataset in `train` / `valid`.
+    pub train_split: String,
+    pub valid_split: String,
     pub output: PathBuf,
 
     /// Force the data format (`A`, `B`, `C`) instead of detecting it from the columns.
@@ -106,8 +115,10 @@ impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             model: PathBuf::new(),
-            train: PathBuf::new(),
-            valid: None,
+            train: Vec::new(),
+            valid: Vec::new(),
+            train_split: "train".into(),
+            valid_split: "validation".into(),
             output: PathBuf::new(),
             format: None,
             columns: None,
@@ -162,6 +173,7 @@ pub fn default_recipe_loss() -> AngleLossConfig {
 pub const RESUME_MUTABLE: &[&str] = &[
     "output",
     "valid",
+    "valid_split",
     "eval_steps",
     "save_steps",
     "log_steps",
@@ -170,9 +182,26 @@ pub const RESUME_MUTABLE: &[&str] = &[
     "skip_invalid",
 ];
 
+/// A list of paths, or one path or `null` (checkpoints from before `train`/`valid` took several).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<PathBuf>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Paths {
+        Many(Vec<PathBuf>),
+        One(PathBuf),
+        None(()),
+    }
+    Ok(match Paths::deserialize(d)? {
+        Paths::Many(v) => v,
+        Paths::One(p) => vec![p],
+        Paths::None(()) => Vec::new(),
+    })
+}
+
 impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(TrainError::Config(m));
+
         if self.batch_size == 0 {
             return bad("batch_size must be at least 1".into());
         }
@@ -307,6 +336,15 @@ mod tests {
         );
         assert_eq!((c.warmup_steps, c.weight_decay), (0, 0.0));
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn train_and_valid_read_one_path_or_several() {
+        let old: TrainConfig = serde_json::from_str(r#"{"train": "a.csv", "valid": null}"#).unwrap();
+        assert_eq!((old.train, old.valid), (vec![PathBuf::from("a.csv")], vec![]));
+        let new: TrainConfig = serde_json::from_str(r#"{"train": ["a", "b"], "valid": "v.csv"}"#).unwrap();
+        assert_eq!((new.train.len(), new.valid.len()), (2, 1));
+        assert_eq!(new.train_split, "train");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! STS evaluation: Spearman and Pearson (× 100) of the cosine similarity of each pair's embeddings against the gold
 //! scores, as angle-emb and sentence-transformers report them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use angle_data::{Dataset, Format, Prompts, ReadOptions, TextTokenizer};
@@ -22,23 +22,30 @@ pub struct StsScores {
 
 /// Reads an STS file for evaluation: STS-B CSV, SentEval STS TSV, or any format-A file (detected by angle-data).
 pub fn load_sts(path: &Path, tok: &TextTokenizer, prompts: &Prompts, skip_invalid: bool) -> Result<Dataset> {
+    load_sts_files(&[path.to_path_buf()], tok, prompts, skip_invalid)
+}
+
+/// [`load_sts`] of several files (the shards of one set) read as one set.
+pub fn load_sts_files(
+    paths: &[PathBuf],
+    tok: &TextTokenizer,
+    prompts: &Prompts,
+    skip_invalid: bool,
+) -> Result<Dataset> {
     let opts = ReadOptions {
         skip_invalid,
         ..ReadOptions::default()
     };
-    let data = Dataset::load(path, &opts, prompts, tok).map_err(|e| TrainError::Data(e.to_string()))?;
+    let data = Dataset::load_all(paths, &opts, prompts, tok).map_err(|e| TrainError::Data(e.to_string()))?;
+    let name = crate::hub::describe(paths);
     if data.format() != Format::A {
         return Err(TrainError::Data(format!(
-            "{}: evaluation needs scored pairs (format A: text1, text2, label); this file is format {:?}",
-            path.display(),
+            "{name}: evaluation needs scored pairs (format A: text1, text2, label); this data is format {:?}",
             data.format()
         )));
     }
     if data.len() < 2 {
-        return Err(TrainError::Data(format!(
-            "{}: fewer than 2 pairs to correlate",
-            path.display()
-        )));
+        return Err(TrainError::Data(format!("{name}: fewer than 2 pairs to correlate")));
     }
     Ok(data)
 }

@@ -31,3 +31,25 @@ pub fn model_name(model_dir: &Path) -> String {
         None => model_dir.to_string_lossy().into_owned(),
     }
 }
+
+/// The data files of `--train`/`--valid` sources: a file is itself, a folder its data files (shards), a
+/// `hf://datasets/ORG/NAME` id the files of `split` in the cache.
+pub fn data_files(specs: &[PathBuf], split: &str) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for spec in specs {
+        match angle_hub::resolve_dataset(spec, split) {
+            Some(r) => files.extend(r.map_err(hub_err)?.1),
+            None => files.extend(angle_data::data_files(spec).map_err(|e| TrainError::Data(e.to_string()))?),
+        }
+    }
+    Ok(files)
+}
+
+/// How sources read in messages: `a.csv`, or `a.csv (+3 more)`.
+pub fn describe(specs: &[PathBuf]) -> String {
+    match specs {
+        [] => "(none)".into(),
+        [one] => one.display().to_string(),
+        [first, rest @ ..] => format!("{} (+{} more)", first.display(), rest.len()),
+    }
+}

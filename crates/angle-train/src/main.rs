@@ -68,16 +68,25 @@ struct MergeArgs {
 #[derive(Args)]
 #[command(args_override_self = true)]
 struct TrainArgs {
-    /// Model directory (Hugging Face layout: config.json, model.safetensors, tokenizer.json).
+    /// Model directory (Hugging Face layout: config.json, model.safetensors, tokenizer.json), or a Hugging Face
+    /// Hub id ORG/NAME[@REVISION] (through the HF cache; a local path of that name wins).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Training data: CSV, TSV or JSONL in angle-emb format A (text1,text2,label), B (query,positive) or C
-    /// (query,positive,negative).
+    /// Training data: CSV, TSV, JSONL or parquet in angle-emb format A (text1,text2,label), B (query,positive)
+    /// or C (query,positive,negative). Several files, a folder of shards, or hf://datasets/ORG/NAME[/FOLDER]
+    /// (its --split), read as one dataset.
+    #[arg(long, num_args = 1.., action = ArgAction::Append)]
+    train: Vec<PathBuf>,
+    /// The split of a hub dataset given to --train.
     #[arg(long)]
-    train: Option<PathBuf>,
-    /// Validation data with scores (format A): evaluated every --eval-steps, the best checkpoint kept.
+    split: Option<String>,
+    /// Validation data with scores (format A; files, a folder or a hub dataset, as --train): evaluated every
+    /// --eval-steps, the best checkpoint kept.
+    #[arg(long, num_args = 1.., action = ArgAction::Append)]
+    valid: Vec<PathBuf>,
+    /// The split of a hub dataset given to --valid.
     #[arg(long)]
-    valid: Option<PathBuf>,
+    valid_split: Option<String>,
     /// Output directory: checkpoint-last/, best/, metrics.jsonl, training.svg, summary.json.
     #[arg(long)]
     output: Option<PathBuf>,
@@ -242,7 +251,14 @@ impl TrainArgs {
             };
         }
         take!(model => model);
-        take!(train => train);
+        take!(split => train_split);
+        take!(valid_split => valid_split);
+        for (given, key, target) in [(&self.train, "train", &mut c.train), (&self.valid, "valid", &mut c.valid)] {
+            if !given.is_empty() {
+                *target = given.clone();
+                set.push(key.to_string());
+            }
+        }
         take!(output => output);
         take!(max_length => max_length);
         take!(skip_invalid => skip_invalid);
@@ -278,7 +294,6 @@ impl TrainArgs {
                 }
             };
         }
-        take_opt!(valid);
         take_opt!(format);
         take_opt!(columns);
         take_opt!(text_prompt);
@@ -462,7 +477,7 @@ fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
     let config = match &a.resume {
         Some(dir) => TrainConfig::merge_for_resume(&read_saved_config(dir)?, &given, &explicit)?,
         None => {
-            if a.model.is_none() || a.train.is_none() || a.output.is_none() {
+            if a.model.is_none() || a.train.is_empty() || a.output.is_none() {
                 bail!("angle train needs --model, --train and --output (or --resume DIR)");
             }
             let dir = angle_train::hub::model_dir(&given.model)?;

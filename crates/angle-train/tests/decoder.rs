@@ -37,8 +37,8 @@ fn angle() -> Command {
 fn config(model: &Path, train: &Path, valid: Option<&Path>, out: &Path) -> TrainConfig {
     TrainConfig {
         model: model.to_path_buf(),
-        train: train.to_path_buf(),
-        valid: valid.map(Path::to_path_buf),
+        train: vec![train.to_path_buf()],
+        valid: valid.map(Path::to_path_buf).into_iter().collect(),
         output: out.to_path_buf(),
         max_length: 24,
         batch_size: 4,

@@ -137,3 +137,76 @@ fn a_checkpoint_trained_from_a_hub_id_records_it() {
     }
     assert!(out.join("checkpoint-last/angle_config.json").exists());
 }
+
+/// Two STS-B shards as a hub dataset's `data/train-0000K-of-00002.csv` in the cache.
+fn cache_dataset(hf_home: &Path, shards: &[PathBuf]) -> PathBuf {
+    let repo = hf_home.join("hub").join("datasets--angle-test--pairs");
+    let snap = repo.join("snapshots").join(COMMIT);
+    std::fs::create_dir_all(snap.join("data")).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), COMMIT).unwrap();
+    for (i, s) in shards.iter().enumerate() {
+        let name = format!("data/train-{i:05}-of-{:05}.csv", shards.len());
+        std::fs::copy(s, snap.join(name)).unwrap();
+    }
+    std::fs::write(snap.join("README.md"), "# pairs").unwrap();
+    snap
+}
+
+#[test]
+fn train_reads_several_files_a_folder_or_a_hub_dataset_as_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path(), 3);
+    let home = tmp.path().join("hf");
+    let shards = tmp.path().join("shards");
+    std::fs::create_dir_all(&shards).unwrap();
+    let a = stsb_head(&shards, "train", 8, "part-0.csv");
+    let b = stsb_head(&shards, "dev", 8, "part-1.csv");
+    cache_dataset(&home, &[a.clone(), b.clone()]);
+    let train = |out: &str, data: &[&dyn AsRef<std::ffi::OsStr>]| {
+        let mut c = angle(&home);
+        c.args(["train", "--model"]).arg(&model).arg("--train");
+        for d in data {
+            c.arg(d);
+        }
+        let out = tmp.path().join(out);
+        c.arg("--output").arg(&out).args(["--max-steps", "1", "--batch-size", "4", "--max-length", "32"]);
+        let (ok, _, err) = output(&mut c);
+        assert!(ok, "{err}");
+        let s: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("checkpoint-last/trainer_state.json")).unwrap()).unwrap();
+        s
+    };
+    let files = train("files", &[&a, &b]);
+    let folder = train("folder", &[&shards]);
+    let hub = train("hub", &[&"hf://datasets/angle-test/pairs"]);
+    for s in [&files, &folder, &hub] {
+        assert_eq!(s["train_examples"], 16, "{s}");
+    }
+    // A bad row in the second file is reported with that file's name and line.
+    let bad = shards.join("part-2.csv");
+    std::fs::write(&bad, "a b,c d,1.0\ne f,g h,abc\n").unwrap();
+    let (ok, _, err) = output(
+        angle(&home)
+            .args(["train", "--model"])
+            .arg(&model)
+            .arg("--train")
+            .arg(&shards)
+            .arg("--output")
+            .arg(tmp.path().join("bad"))
+            .args(["--max-steps", "1"]),
+    );
+    assert!(!ok);
+    assert!(err.contains("part-2.csv:2"), "{err}");
+    // An uncached hub split names the split and the splits there are.
+    let (ok, _, err) = output(
+        angle(&home)
+            .args(["train", "--model"])
+            .arg(&model)
+            .args(["--train", "hf://datasets/angle-test/pairs", "--split", "test", "--output"])
+            .arg(tmp.path().join("nosplit"))
+            .args(["--max-steps", "1"]),
+    );
+    assert!(!ok);
+    assert!(err.contains("\"test\"") && err.contains("train"), "{err}");
+}

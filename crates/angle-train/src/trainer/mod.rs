@@ -28,7 +28,7 @@ use crate::config::TrainConfig;
 use crate::device::Device;
 use crate::embed::{Embedder, LoadOptions, load_backbone};
 use crate::error::{Result, TrainError, io_err};
-use crate::evaluate::{StsScores, load_sts};
+use crate::evaluate::{StsScores, load_sts_files};
 use crate::metrics::{MetricsWriter, Record, read_records};
 use crate::plot::write_svg;
 use crate::schedule::LinearSchedule;
@@ -144,6 +144,14 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
     config.validate()?;
     let pooling = Pooling::parse(&config.pooling)
         .ok_or_else(|| TrainError::Config(format!("unknown pooling {:?}", config.pooling)))?;
+    if config.train.is_empty() {
+        return Err(TrainError::Config(
+            "no training data: give --train FILE, FOLDER or hf://datasets/ORG/NAME".into(),
+        ));
+    }
+    // Files first: a missing file or an uncached hub dataset fails before the model loads.
+    let train_files = crate::hub::data_files(&config.train, &config.train_split)?;
+    let valid_files = crate::hub::data_files(&config.valid, &config.valid_split)?;
 
     // Weights (and tokenizer files) come from the checkpoint when resuming, else from the model directory.
     let files_from = match resume {
@@ -173,17 +181,17 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
     }
     let max_len = tok.max_len();
 
-    let data = Dataset::load(&config.train, &read_options(&config)?, &prompts(&config)?, &tok)
+    let data = Dataset::load_all(&train_files, &read_options(&config)?, &prompts(&config)?, &tok)
         .map_err(|e| TrainError::Data(e.to_string()))?;
     if data.is_empty() {
         return Err(TrainError::Data(format!(
             "{}: no examples to train on",
-            config.train.display()
+            crate::hub::describe(&train_files)
         )));
     }
-    let valid = match &config.valid {
-        Some(p) => Some(load_sts(p, &tok, &prompts(&config)?, config.skip_invalid)?),
-        None => None,
+    let valid = match valid_files.is_empty() {
+        false => Some(load_sts_files(&valid_files, &tok, &prompts(&config)?, config.skip_invalid)?),
+        true => None,
     };
 
     let batch_cfg = BatchConfig {

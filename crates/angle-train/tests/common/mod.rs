@@ -70,8 +70,8 @@ pub fn stsb_head(dir: &Path, split: &str, n: usize, name: &str) -> PathBuf {
 pub fn tiny_config(model: &Path, train: &Path, valid: Option<&Path>, output: &Path) -> TrainConfig {
     TrainConfig {
         model: model.to_path_buf(),
-        train: train.to_path_buf(),
-        valid: valid.map(Path::to_path_buf),
+        train: vec![train.to_path_buf()],
+        valid: valid.map(Path::to_path_buf).into_iter().collect(),
         output: output.to_path_buf(),
         max_length: 32,
         batch_size: 8,
