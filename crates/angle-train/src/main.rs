@@ -396,9 +396,13 @@ struct EvalArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// STS data, one or more files or folders: STS-B CSV (sentence1,sentence2,score), STS TSV (score, s1, s2)
-    /// or format-A files. One model load; a table per file and the mean.
+    /// or format-A files, parquet in the Hugging Face STS layout, or hf://datasets/ORG/NAME (its --split). One
+    /// model load; a table per file and the mean.
     #[arg(long, required = true, num_args = 1..)]
     data: Vec<PathBuf>,
+    /// The split of hub datasets given to --data.
+    #[arg(long, default_value = "test")]
+    split: String,
     /// Print a markdown table instead of text.
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     markdown: bool,
@@ -749,7 +753,15 @@ fn run_merge(a: &MergeArgs) -> anyhow::Result<()> {
 
 fn run_eval(a: &EvalArgs) -> anyhow::Result<()> {
     use angle_train::suite;
-    let files = suite::collect_files(&a.data)?;
+    // Hub datasets become their split's files in the cache; each file is its own table.
+    let mut inputs = Vec::new();
+    for d in &a.data {
+        match angle_hub::resolve_dataset(d, &a.split) {
+            Some(r) => inputs.extend(r?.1),
+            None => inputs.push(d.clone()),
+        }
+    }
+    let files = suite::collect_files(&inputs)?;
     let mut l = load(&a.model)?;
     let prompts = angle_data::Prompts {
         text: l.prompt.clone(),
