@@ -68,6 +68,8 @@ pub struct LayeredObjective {
     layers: Vec<usize>,
     pooled: Vec<Vec<f32>>,
     grads: Vec<Vec<f32>>,
+    /// The gradient of the logged parts' extra evaluation, thrown away (kept to avoid a per-step allocation).
+    scratch: Vec<f32>,
 }
 
 impl LayeredObjective {
@@ -95,13 +97,14 @@ impl LayeredObjective {
             matryoshka,
             pooled: vec![Vec::new(); layers.len()],
             grads: vec![Vec::new(); layers.len()],
+            scratch: Vec::new(),
             layers,
         }))
     }
 
     /// Forward (pooling every layer the objective reads), the objective, and one backward with `scale ·`
-    /// every layer's gradient. Returns the loss (unscaled) and the base-objective parts (`None` parts: they are
-    /// not computed separately).
+    /// every layer's gradient. Returns the loss (unscaled) and the parts of the base objective on the whole
+    /// model's embedding (the last layer, all dimensions), so that metrics.jsonl logs the same parts as a plain run.
     #[allow(clippy::too_many_arguments)]
     pub fn step(
         &mut self,
@@ -165,7 +168,32 @@ impl LayeredObjective {
         } else {
             model.backward(batch, &self.grads[0])?;
         }
-        Ok((loss as f32, LossParts::default()))
+        let parts = self
+            .full_model_parts(loss_fn, format, labels, text_ids, rows, h)
+            .map_err(loss_err)?;
+        Ok((loss as f32, parts))
+    }
+
+    /// The base objective's parts on the last layer's full embedding: one more evaluation of the objective
+    /// (small beside the encoder), its gradient discarded.
+    fn full_model_parts(
+        &mut self,
+        loss_fn: &AngleLoss,
+        format: DataFormat,
+        labels: &[f32],
+        text_ids: Option<&[u64]>,
+        rows: usize,
+        h: usize,
+    ) -> std::result::Result<LossParts<f32>, LossError> {
+        let last = self.pooled.last().expect("one pooled buffer per layer read");
+        let y = ArrayView2::from_shape((rows, h), &last[..]).expect("pooled buffer sized rows x h");
+        self.scratch.clear();
+        self.scratch.resize(rows * h, 0.0);
+        let mut g =
+            ArrayViewMut2::from_shape((rows, h), &mut self.scratch[..]).expect("scratch sized rows x h");
+        loss_fn
+            .compute_into(format, y, labels, text_ids, &mut g)
+            .map(|(_, parts)| parts)
     }
 
     /// The loss on the pooled buffers, its gradients into `self.grads`.

@@ -45,7 +45,9 @@ pub fn load_sts_files(
         )));
     }
     if data.len() < 2 {
-        return Err(TrainError::Data(format!("{name}: fewer than 2 pairs to correlate")));
+        return Err(TrainError::Data(format!(
+            "{name}: fewer than 2 pairs to correlate"
+        )));
     }
     Ok(data)
 }

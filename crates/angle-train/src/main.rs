@@ -253,7 +253,10 @@ impl TrainArgs {
         take!(model => model);
         take!(split => train_split);
         take!(valid_split => valid_split);
-        for (given, key, target) in [(&self.train, "train", &mut c.train), (&self.valid, "valid", &mut c.valid)] {
+        for (given, key, target) in [
+            (&self.train, "train", &mut c.train),
+            (&self.valid, "valid", &mut c.valid),
+        ] {
             if !given.is_empty() {
                 *target = given.clone();
                 set.push(key.to_string());

@@ -170,11 +170,15 @@ fn train_reads_several_files_a_folder_or_a_hub_dataset_as_one() {
             c.arg(d);
         }
         let out = tmp.path().join(out);
-        c.arg("--output").arg(&out).args(["--max-steps", "1", "--batch-size", "4", "--max-length", "32"]);
+        c.arg("--output")
+            .arg(&out)
+            .args(["--max-steps", "1", "--batch-size", "4", "--max-length", "32"]);
         let (ok, _, err) = output(&mut c);
         assert!(ok, "{err}");
-        let s: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("checkpoint-last/trainer_state.json")).unwrap()).unwrap();
+        let s: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join("checkpoint-last/trainer_state.json")).unwrap(),
+        )
+        .unwrap();
         s
     };
     let files = train("files", &[&a, &b]);
@@ -203,7 +207,13 @@ fn train_reads_several_files_a_folder_or_a_hub_dataset_as_one() {
         angle(&home)
             .args(["train", "--model"])
             .arg(&model)
-            .args(["--train", "hf://datasets/angle-test/pairs", "--split", "test", "--output"])
+            .args([
+                "--train",
+                "hf://datasets/angle-test/pairs",
+                "--split",
+                "test",
+                "--output",
+            ])
             .arg(tmp.path().join("nosplit"))
             .args(["--max-steps", "1"]),
     );

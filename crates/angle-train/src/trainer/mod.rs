@@ -190,7 +190,12 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
         )));
     }
     let valid = match valid_files.is_empty() {
-        false => Some(load_sts_files(&valid_files, &tok, &prompts(&config)?, config.skip_invalid)?),
+        false => Some(load_sts_files(
+            &valid_files,
+            &tok,
+            &prompts(&config)?,
+            config.skip_invalid,
+        )?),
         true => None,
     };
 
