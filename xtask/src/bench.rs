@@ -11,6 +11,10 @@
 //!   and AdamW on 32 STS-B train pairs (64 texts, max length 64), a different batch each step; median of
 //!   `--steps` steps after a warm-up step. Tokenisation happens before the steps, as in a trainer.
 //!
+//! - data (`--only data`, not part of the table): a generated 1,000,000-row format-A CSV (`--rows N`; pseudo-random
+//!   sentences of 10–25 common English words, labels in [0, 5]) read and tokenised by `Dataset::load` with the
+//!   model's tokenizer (max length 64): wall time and the load's peak resident set.
+//!
 //! `--torch PYTHON` (or `ANGLE_TORCH_PYTHON`) then measures PyTorch on the same machine in the same run, with
 //! the same threads and data: `scripts/bench/torch_cpu_encode.py` (batches in file order as the reference file
 //! measured them, and again sorted by length as ours are) and `scripts/bench/torch_cpu_train_step.py` (the same
@@ -57,6 +61,9 @@ struct Opts {
     /// Python with torch and transformers for the same-run PyTorch baseline.
     torch: Option<PathBuf>,
     root: PathBuf,
+    /// `--only data`: rows of the generated file, and the file (set by the parent for the child).
+    rows: usize,
+    data_file: Option<PathBuf>,
 }
 
 fn usage() -> &'static str {
@@ -65,7 +72,8 @@ fn usage() -> &'static str {
      --threads  rayon threads (default: all cores, as PyTorch's 2 threads on the 2-core build machine)\n\
      --steps    timed train steps (default 10), --repeat timed encode passes (default 3)\n\
      --streams  encode batches on N independent workers, threads/N each (default 1)\n\
-     --only     encode | train: run one measurement (no table)\n\
+     --only     encode | train | data: run one measurement (no table); data: load and tokenise a generated\n\
+                format-A CSV of --rows rows (default 1000000)\n\
      --profile  print the time per encoder op\n\
      --bf16     also encode and train with bf16 products (AMX tiles where the CPU has them)\n\
      --torch PYTHON  then run PyTorch's encode and train step (scripts/bench/torch_cpu_*.py) with this Python\n\
@@ -100,6 +108,8 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
         child: None,
         torch,
         root: root.to_path_buf(),
+        rows: 1_000_000,
+        data_file: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -116,6 +126,8 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
             "--profile" => o.profile = true,
             "--bf16" => o.bf16 = true,
             "--torch" => o.torch = Some(val()?.into()),
+            "--rows" => o.rows = val()?.parse().context("--rows")?,
+            "--data-file" => o.data_file = Some(val()?.into()),
             "-h" | "--help" => {
                 println!("{}", usage());
                 std::process::exit(0);
@@ -141,10 +153,14 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             "encode-bf16" => encode(&o, Precision::Bf16)?,
             "train" => train(&o, Precision::F32)?,
             "train-bf16" => train(&o, Precision::Bf16)?,
+            "data" => data_child(&o)?,
             other => bail!("unknown child {other:?}"),
         };
         println!("BENCH {result}");
         return Ok(());
+    }
+    if o.only.as_deref() == Some("data") {
+        return data_bench(&o, args);
     }
 
     // a Python without torch should fail now, not after minutes of our own measurements
@@ -985,5 +1001,132 @@ fn train(o: &Opts, precision: Precision) -> anyhow::Result<Value> {
         "peak_rss_bytes": peak_rss()?,
         "arena_bytes_reserved": acts.bytes_reserved(),
         "activation_bytes_per_seq64": angle_encoder::Activations::bytes_per_sequence(&enc.config, MAX_LEN, Mode::Train),
+    }))
+}
+
+/// Common English words for the generated sentences (WordPiece splits most into one token, as real text).
+const WORDS: &str = "the of and to in a is that for it as was with be by on not he this are or his from at which \
+    but have an they you were her she there been one all we their has would when if so no will more can who out \
+    up said about what into than them only other new some could time these two may first then do any like my now \
+    over such our man me even most made after also did many before must through back years where much your way \
+    well down should because each just those people how too little state good very make world still own see men \
+    work long get here between both life being under never day same another know while last might us great old \
+    year off come since against go came right used take three small house water city music river garden dog cat \
+    playing walking running sitting woman child children car train plane table window street morning evening \
+    beautiful quickly slowly happy large green blue red white black game market school teacher student phone";
+
+/// `--only data`: writes the file, then loads it in a child process so that the peak resident set is the load's.
+fn data_bench(o: &Opts, args: &[String]) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("angle-bench-data-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("pairs.csv");
+    let written = Instant::now();
+    write_pairs(&file, o.rows)?;
+    let bytes = std::fs::metadata(&file)?.len();
+    eprintln!(
+        "bench: data: wrote {} rows ({:.0} MB) in {:.1} s; loading ({} threads) ...",
+        o.rows,
+        bytes as f64 / 1e6,
+        written.elapsed().as_secs_f64(),
+        o.threads
+    );
+    let out = Command::new(std::env::current_exe()?)
+        .arg("bench")
+        .args(args)
+        .args(["--child", "data", "--data-file"])
+        .arg(&file)
+        .output()
+        .context("running the data child");
+    std::fs::remove_dir_all(&dir).ok();
+    let out = out?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "data child failed ({}):\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("BENCH "))
+        .context("child printed no BENCH line")?;
+    let r: Value = serde_json::from_str(line)?;
+    let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "data: {} rows ({:.0} MB CSV) -> {} distinct texts, {} tokens: loaded and tokenised in {:.1} s \
+         ({:.0} rows/s, {:.1} s CPU), peak RSS {:.0} MB",
+        r["rows"],
+        bytes as f64 / 1e6,
+        r["texts"],
+        r["tokens"],
+        f("seconds"),
+        f("rows") / f("seconds"),
+        f("cpu_seconds"),
+        f("peak_rss_bytes") / 1e6
+    );
+    println!("{r}");
+    Ok(())
+}
+
+/// A headed format-A CSV of `rows` pairs, deterministic: 10–25 words a sentence, labels in [0, 5] by tenths.
+fn write_pairs(path: &Path, rows: usize) -> anyhow::Result<()> {
+    use std::io::Write;
+    let words: Vec<&str> = WORDS.split_whitespace().collect();
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        // SplitMix64
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(w, "text1,text2,label")?;
+    let mut sentence = String::new();
+    for _ in 0..rows {
+        for _ in 0..2 {
+            sentence.clear();
+            let n = 10 + (next() % 16) as usize;
+            for i in 0..n {
+                if i > 0 {
+                    sentence.push(' ');
+                }
+                sentence.push_str(words[(next() % words.len() as u64) as usize]);
+            }
+            sentence.push('.');
+            w.write_all(sentence.as_bytes())?;
+            w.write_all(b",")?;
+        }
+        writeln!(w, "{:.1}", (next() % 51) as f64 / 10.0)?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+/// The child of `--only data`: `Dataset::load` of the generated file with the model's tokenizer.
+fn data_child(o: &Opts) -> anyhow::Result<Value> {
+    let file = o.data_file.as_ref().context("--child data needs --data-file")?;
+    let tok = TextTokenizer::from_file(&o.model, MAX_LEN)?;
+    let (t0, cpu0) = (Instant::now(), cpu_seconds()?);
+    let data = angle_data::Dataset::load(
+        file,
+        &angle_data::ReadOptions::default(),
+        &angle_data::Prompts::default(),
+        &tok,
+    )?;
+    let seconds = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds()? - cpu0;
+    Ok(json!({
+        "measure": "data",
+        "rows": data.len(),
+        "texts": data.num_texts(),
+        "tokens": data.num_tokens(),
+        "truncated": data.truncated_texts(),
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "threads": o.threads,
+        "peak_rss_bytes": peak_rss()?,
     }))
 }

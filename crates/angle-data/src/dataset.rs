@@ -12,9 +12,13 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{SkipCounts, SkippedRow};
 use crate::rng::{STREAM_ALTERNATIVE, SplitMix64, derive};
-use crate::{DataError, Format, Prompts, RawDataset, ReadOptions, TextTokenizer, read_file, read_files};
+use rayon::prelude::*;
 
-/// Texts per `encode_batch` call while tokenising a dataset: enough to keep every core busy, few enough that the
+use crate::{
+    DataError, Encoded, Format, Prompts, RawDataset, ReadOptions, TextTokenizer, read_file, read_files,
+};
+
+/// Texts tokenised together (in parallel) while tokenising a dataset: enough to keep every core busy, few enough that the
 /// chunk's `Encoding`s (with their token strings and offsets, ~100 bytes a token) stay in the tens of megabytes.
 pub const ENCODE_CHUNK: usize = 16_384;
 
@@ -310,7 +314,8 @@ fn index(raw: &RawDataset, prompts: &Prompts) -> Result<Indexed, DataError> {
     })
 }
 
-/// Tokenises the distinct texts, [`ENCODE_CHUNK`] at a time (each chunk in parallel), keeping only ids.
+/// Tokenises the distinct texts, [`ENCODE_CHUNK`] at a time (each chunk in parallel on rayon's pool), keeping
+/// only ids.
 fn tokenize(ix: Indexed, tokenizer: &TextTokenizer) -> Result<Dataset, DataError> {
     let n = ix.text_offsets.len() - 1;
     let text = |t: usize| &ix.text_data[ix.text_offsets[t]..ix.text_offsets[t + 1]];
@@ -323,7 +328,13 @@ fn tokenize(ix: Indexed, tokenizer: &TextTokenizer) -> Result<Dataset, DataError
     for start in (0..n).step_by(ENCODE_CHUNK) {
         chunk.clear();
         chunk.extend((start..n.min(start + ENCODE_CHUNK)).map(text));
-        for e in tokenizer.encode_batch(&chunk)? {
+        // Our own rayon split, one text per task: the `tokenizers` batch API ran on one core here (2 threads,
+        // CPU time = wall time), and each `Encoding` is dropped as soon as its ids are copied.
+        let encoded: Vec<Encoded> = chunk
+            .par_iter()
+            .map(|t| tokenizer.encode(t))
+            .collect::<Result<_, _>>()?;
+        for e in encoded {
             tok_ids.extend_from_slice(&e.ids);
             let nonzero = e.type_ids.iter().any(|&t| t != 0);
             if nonzero && tok_type_ids.is_empty() {

@@ -613,17 +613,17 @@ fn check_range(
     line: u64,
     column: &str,
 ) -> Result<f32, DataError> {
-    if let Some((min, max)) = options.label_range {
-        if !(min..=max).contains(&v) {
-            return Err(DataError::LabelOutOfRange {
-                path: path.to_path_buf(),
-                line,
-                column: column.to_string(),
-                value: v,
-                min,
-                max,
-            });
-        }
+    if let Some((min, max)) = options.label_range
+        && !(min..=max).contains(&v)
+    {
+        return Err(DataError::LabelOutOfRange {
+            path: path.to_path_buf(),
+            line,
+            column: column.to_string(),
+            value: v,
+            min,
+            max,
+        });
     }
     Ok(v)
 }

@@ -20,7 +20,11 @@ pub struct StsScores {
     pub seconds: f64,
 }
 
-/// Reads an STS file for evaluation: STS-B CSV, SentEval STS TSV, or any format-A file (detected by angle-data).
+/// The column names of the Hugging Face / MTEB STS datasets (`mteb/stsbenchmark-sts`, `sentence-transformers/stsb`).
+const HF_STS_COLUMNS: &str = "sentence1:text1,sentence2:text2,score:label";
+
+/// Reads an STS file for evaluation: STS-B CSV, SentEval STS TSV, the Hugging Face/MTEB layout (`sentence1,
+/// sentence2, score`, e.g. a published parquet file), or any format-A file (detected by angle-data).
 pub fn load_sts(path: &Path, tok: &TextTokenizer, prompts: &Prompts, skip_invalid: bool) -> Result<Dataset> {
     load_sts_files(&[path.to_path_buf()], tok, prompts, skip_invalid)
 }
@@ -34,6 +38,9 @@ pub fn load_sts_files(
 ) -> Result<Dataset> {
     let opts = ReadOptions {
         skip_invalid,
+        columns: HF_STS_COLUMNS
+            .parse()
+            .map_err(|e: angle_data::DataError| TrainError::Data(e.to_string()))?,
         ..ReadOptions::default()
     };
     let data = Dataset::load_all(paths, &opts, prompts, tok).map_err(|e| TrainError::Data(e.to_string()))?;
@@ -79,4 +86,20 @@ pub fn evaluate(
         pairs: data.len(),
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hugging_face_sts_parquet_reads_as_scored_pairs() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let tok = root.join("../../../shared/models/all-MiniLM-L6-v2/tokenizer.json");
+        let tok = TextTokenizer::from_file(tok, 32).unwrap();
+        let file = root.join("../angle-data/tests/data/pyarrow-a.parquet");
+        let data = load_sts(&file, &tok, &Prompts::default(), false).unwrap();
+        assert_eq!(data.format(), Format::A);
+        assert_eq!(data.labels(), &[5.0, 3.8, 0.5, 4.2, 0.0]);
+    }
 }

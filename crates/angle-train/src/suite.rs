@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use angle_data::{Dataset, FileKind, Prompts, TextTokenizer};
+use angle_data::{Dataset, Prompts, TextTokenizer};
 use serde::{Deserialize, Serialize};
 
 use crate::backbone::Backbone;
@@ -85,26 +85,7 @@ pub fn collect_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in inputs {
         if p.is_dir() {
-            let mut found: Vec<PathBuf> = std::fs::read_dir(p)
-                .map_err(io_err(p))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|f| {
-                    f.is_file()
-                        && FileKind::from_path(f).is_some()
-                        && !f
-                            .file_name()
-                            .and_then(|n| n.to_str())
-                            .is_some_and(|n| n.starts_with('.'))
-                })
-                .collect();
-            found.sort();
-            if found.is_empty() {
-                return Err(TrainError::Data(format!(
-                    "{}: folder holds no file angle-data reads (.csv, .tsv, .txt, .jsonl, .json)",
-                    p.display()
-                )));
-            }
-            out.extend(found);
+            out.extend(angle_data::data_files(p).map_err(|e| TrainError::Data(e.to_string()))?);
         } else if p.is_file() {
             out.push(p.clone());
         } else {
