@@ -163,7 +163,10 @@ impl TextTokenizer {
     /// Encodes many texts in parallel (the `tokenizers` batch API, on rayon's pool), each on its own.
     pub fn encode_batch<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Encoded>, DataError> {
         let inputs: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
-        let encs = self.inner.encode_batch_fast(inputs, true).map_err(|e| self.error(e))?;
+        let encs = self
+            .inner
+            .encode_batch_fast(inputs, true)
+            .map_err(|e| self.error(e))?;
         Ok(encs.iter().map(|e| self.finish(e)).collect())
     }
 

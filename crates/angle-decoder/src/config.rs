@@ -134,14 +134,14 @@ impl Keys<'_> {
 /// `rope_type` of a rope section: only `default` is computed (exactly); anything else is refused.
 fn check_rope_type(section: &Map<String, Value>, key: &str, path: &Path) -> Result<()> {
     for k in ["rope_type", "type"] {
-        if let Some(t) = section.get(k).filter(|v| !v.is_null()) {
-            if t.as_str() != Some("default") {
-                return Err(cfg_err(
-                    path,
-                    &format!("{key}.{k}"),
-                    format!("rope type {t} is not supported (only \"default\")"),
-                ));
-            }
+        if let Some(t) = section.get(k).filter(|v| !v.is_null())
+            && t.as_str() != Some("default")
+        {
+            return Err(cfg_err(
+                path,
+                &format!("{key}.{k}"),
+                format!("rope type {t} is not supported (only \"default\")"),
+            ));
         }
     }
     Ok(())

@@ -214,7 +214,7 @@ impl BertConfig {
                 return Err(cfg_err(path, key, "must be positive"));
             }
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(cfg_err(
                 path,
                 "num_attention_heads",

@@ -63,7 +63,7 @@ impl Hub {
     pub fn model(&self, repo: &RepoId) -> Result<Snapshot, HubError> {
         let (commit, listing, online) = self.listing(repo)?;
         let mut files =
-            model_files(&listing).map_err(|m| self.missing(repo, &commit, online, &format!("{m}")))?;
+            model_files(&listing).map_err(|m| self.missing(repo, &commit, online, &m.to_string()))?;
         self.fetch_all(repo, &commit, &files, online)?;
         if files.iter().any(|f| f == SHARD_INDEX) {
             let dir = self.snapshot_dir(repo, &commit);

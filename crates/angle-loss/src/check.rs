@@ -76,7 +76,7 @@ pub(crate) fn weight<F: Real>(name: &'static str, w: F) -> Result<f64, LossError
 pub(crate) fn pairs<F: Real>(y: &ArrayView2<'_, F>, labels: &[F]) -> Result<(), LossError> {
     non_empty(y)?;
     let rows = y.nrows();
-    if rows % 2 != 0 {
+    if !rows.is_multiple_of(2) {
         return Err(LossError::OddRows { rows });
     }
     if labels.len() != rows / 2 {
@@ -92,7 +92,7 @@ pub(crate) fn pairs<F: Real>(y: &ArrayView2<'_, F>, labels: &[F]) -> Result<(), 
 
 pub(crate) fn even_dim<F: Real>(y: &ArrayView2<'_, F>) -> Result<(), LossError> {
     let dim = y.ncols();
-    if dim % 2 != 0 {
+    if !dim.is_multiple_of(2) {
         return Err(LossError::OddDim { dim });
     }
     Ok(())

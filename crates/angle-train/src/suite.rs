@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backbone::Backbone;
 use crate::embed::Embedder;
-use crate::error::{Result, TrainError, io_err};
+use crate::error::{Result, TrainError};
 use crate::evaluate::load_sts;
 use crate::similarity::Measure;
 use crate::stats::{pearson, spearman};
@@ -148,7 +148,7 @@ pub fn evaluate_all(model: &mut dyn Backbone, emb: &mut Embedder, sets: &[Datase
     for (set, map) in sets.iter().zip(&maps) {
         let gold: Vec<f64> = set.labels().iter().map(|&l| l as f64).collect();
         let scores = MeasureTable::from_fn(|m| {
-            if m == Measure::Angle && h % 2 != 0 {
+            if m == Measure::Angle && !h.is_multiple_of(2) {
                 return Err(TrainError::Data(format!(
                     "the angle measure needs an even embedding size; this model's is {h}"
                 )));

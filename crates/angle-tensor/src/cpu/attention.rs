@@ -49,7 +49,7 @@ fn validate(
     n_heads: usize,
     hidden: usize,
 ) -> Result<Geometry, TensorError> {
-    if n_heads == 0 || hidden % n_heads != 0 {
+    if n_heads == 0 || !hidden.is_multiple_of(n_heads) {
         return Err(arg_err(
             op,
             "n_heads",

@@ -30,7 +30,7 @@ fn check_ids(
 }
 
 fn check_table(op: &'static str, tensor: &'static str, len: usize, hidden: usize) -> Result<(), TensorError> {
-    if hidden == 0 || len % hidden == 0 {
+    if hidden == 0 || len.is_multiple_of(hidden) {
         Ok(())
     } else {
         Err(TensorError::Len {

@@ -23,7 +23,7 @@ pub struct GqaShape {
 }
 
 fn validate(op: &'static str, s: GqaShape, seq_offsets: &[usize]) -> Result<usize, TensorError> {
-    if s.n_kv_heads == 0 || s.n_heads % s.n_kv_heads != 0 {
+    if s.n_kv_heads == 0 || !s.n_heads.is_multiple_of(s.n_kv_heads) {
         return Err(arg_err(
             op,
             "n_kv_heads",

@@ -47,7 +47,7 @@ fn check<T>(
     n_heads: usize,
     head_dim: usize,
 ) -> Result<usize, TensorError> {
-    if head_dim % 2 != 0 {
+    if !head_dim.is_multiple_of(2) {
         return Err(arg_err(op, "head_dim", format!("{head_dim} is odd")));
     }
     if seq_offsets.first() != Some(&0) || seq_offsets.windows(2).any(|w| w[1] < w[0]) {
@@ -56,7 +56,7 @@ fn check<T>(
     let rows = *seq_offsets.last().unwrap_or(&0);
     check_len(op, "x", x, rows * n_heads * head_dim)?;
     let half = head_dim / 2;
-    if cos.len() != sin.len() || (half > 0 && cos.len() % half != 0) {
+    if cos.len() != sin.len() || (half > 0 && !cos.len().is_multiple_of(half)) {
         return Err(arg_err(
             op,
             "cos/sin",
