@@ -442,10 +442,10 @@ impl<T: Elem> GpuEncoder<T> {
             }
             None => hb.types.resize(n, 0),
         }
-        if let Some(l) = labels {
-            if l.len() * 2 != b {
-                return bad(format!("{} labels for {b} sequences (one per pair)", l.len()));
-            }
+        if let Some(l) = labels
+            && l.len() * 2 != b
+        {
+            return bad(format!("{} labels for {b} sequences (one per pair)", l.len()));
         }
         hb.ids.clear();
         hb.ids.extend(input_ids.iter().map(|&x| x as i32));

@@ -82,7 +82,7 @@ fn geo_args(op: &'static str, s: &AttentionShape) -> Result<[i32; 4], GpuError> 
 /// Whether the permutes may move 4 consecutive `d` at a time: head rows of whole groups and
 /// every view they touch aligned for 4-element accesses.
 pub(crate) fn permute_vectorised<T: DType>(s: &AttentionShape, views: &[DSlice<T>]) -> bool {
-    s.head_dim % 4 == 0 && views.iter().all(|&v| super::gelu::aligned4(v))
+    s.head_dim.is_multiple_of(4) && views.iter().all(|&v| super::gelu::aligned4(v))
 }
 
 /// The permute kernels' launch: `(vectorised name, scalar name)` picked by `vec`, grid over the

@@ -697,7 +697,11 @@ fn attention<T: Elem>(c: &mut Ctx, s: u64) -> Result<(), GpuError> {
             dr,
         )?;
         // Fresh buffers are aligned: the head width decides the permute kernels.
-        let path = if shape.head_dim % 4 == 0 { "vec4" } else { "scalar" };
+        let path = if shape.head_dim.is_multiple_of(4) {
+            "vec4"
+        } else {
+            "scalar"
+        };
         let what = format!(
             "attention B={} nh={nh} H={hidden} p={p} ({path} permutes)",
             offs.len() - 1

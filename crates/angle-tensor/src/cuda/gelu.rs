@@ -98,13 +98,13 @@ pub fn bias_gelu_backward<T: DType>(
 
 /// Whether an address allows 4-element accesses of `T` (16 bytes for f32, 8 for bf16).
 pub(crate) fn aligned4<T: DType>(x: DSlice<T>) -> bool {
-    x.ptr % (4 * std::mem::size_of::<T>() as u64) == 0
+    x.ptr.is_multiple_of(4 * std::mem::size_of::<T>() as u64)
 }
 
 /// Whether [`bias_gelu_forward`] takes the vectorised kernel: whole groups of 4 per row and
 /// aligned rows (the bias is read per element: its offset in the parameter buffer is arbitrary).
 pub(crate) fn fwd_vectorised<T: DType>(out: DSlice<T>, pre: DSlice<T>, cols: usize) -> bool {
-    cols % 4 == 0 && aligned4(out) && aligned4(pre)
+    cols.is_multiple_of(4) && aligned4(out) && aligned4(pre)
 }
 
 /// Whether [`bias_gelu_backward`] takes the vectorised kernel (any length: it does the tail).

@@ -70,7 +70,7 @@ fn warp_kernels<T: DType>(
 /// Whether the warp kernels may use 4-element accesses: whole groups of 4 per row and every
 /// activation view aligned for them.
 pub(crate) fn vectorised<T: DType>(cols: usize, views: &[Option<DSlice<T>>]) -> bool {
-    cols % 4 == 0 && views.iter().flatten().all(|&v| super::gelu::aligned4(v))
+    cols.is_multiple_of(4) && views.iter().flatten().all(|&v| super::gelu::aligned4(v))
 }
 
 const MAX_DIM: usize = 256 * 8;

@@ -66,7 +66,7 @@ pub fn angle_objective(
             format!("{pairs} > {} allocated", obj.max_pairs),
         ));
     }
-    if width % 2 != 0 && obj.angle_w != 0.0 {
+    if !width.is_multiple_of(2) && obj.angle_w != 0.0 {
         return Err(arg_err(
             OP,
             "dim",

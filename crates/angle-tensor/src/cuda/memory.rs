@@ -70,7 +70,7 @@ impl<T> DSlice<T> {
     pub fn cast<U>(&self) -> Result<DSlice<U>, GpuError> {
         let bytes = self.len * std::mem::size_of::<T>();
         let u = std::mem::size_of::<U>();
-        if bytes % u != 0 || self.ptr % std::mem::align_of::<U>() as u64 != 0 {
+        if !bytes.is_multiple_of(u) || !self.ptr.is_multiple_of(std::mem::align_of::<U>() as u64) {
             return Err(arg_err("DSlice::cast", "view", "size or alignment mismatch"));
         }
         Ok(DSlice {

@@ -122,5 +122,5 @@ pub fn cast_bf16_to_f32(gpu: &Gpu, out: DSlice<f32>, inp: DSlice<half::bf16>) ->
 
 /// Whether [`bias_grad`] takes the 4-column kernel (rows of whole groups, aligned view).
 pub(crate) fn bias_grad_vectorised<T: DType>(dout: DSlice<T>, cols: usize) -> bool {
-    cols % 4 == 0 && super::gelu::aligned4(dout)
+    cols.is_multiple_of(4) && super::gelu::aligned4(dout)
 }
