@@ -46,18 +46,51 @@ pub struct Loaded {
     pub prefix: String,
 }
 
+pub const SHARD_INDEX: &str = "model.safetensors.index.json";
+
+/// The weight files of a model folder: `model.safetensors`, else the shards its `model.safetensors.index.json`
+/// names (each once, in name order; a missing shard is an error naming it).
+pub fn weight_files(dir: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
+    let dir = dir.as_ref();
+    let single = dir.join("model.safetensors");
+    let index = dir.join(SHARD_INDEX);
+    if single.is_file() || !index.is_file() {
+        return Ok(vec![single]);
+    }
+    let bad = |msg: String| EncoderError::Safetensors {
+        path: index.clone(),
+        msg,
+    };
+    let text = std::fs::read_to_string(&index).map_err(io_err(&index))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| bad("no `weight_map` object".into()))?;
+    let mut files: Vec<PathBuf> = Vec::new();
+    for (tensor, file) in map {
+        let file = file
+            .as_str()
+            .filter(|f| !f.contains("..") && !f.starts_with('/'))
+            .ok_or_else(|| bad(format!("weight_map[{tensor:?}] is not a file of this folder")))?;
+        files.push(dir.join(file));
+    }
+    files.sort();
+    files.dedup();
+    if let Some(missing) = files.iter().find(|f| !f.is_file()) {
+        return Err(bad(format!("shard {} is missing", missing.display())));
+    }
+    Ok(files)
+}
+
 /// Reads every parameter of `layout` from `path` into a new flat buffer.
 pub fn load(path: impl AsRef<Path>, cfg: &BertConfig, layout: &ParamLayout) -> Result<Loaded> {
-    let path = path.as_ref();
-    let file = File::open(path).map_err(io_err(path))?;
-    // SAFETY: the map is read-only and lives only inside this function. Another process truncating the
-    // file meanwhile could fault; `save` never does that (it renames a new file into place).
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err(path))?;
-    let st = SafeTensors::deserialize(&map).map_err(|e| EncoderError::Safetensors {
-        path: path.to_path_buf(),
-        msg: e.to_string(),
-    })?;
+    load_files(&[path.as_ref().to_path_buf()], cfg, layout)
+}
 
+/// [`load`] from the shards of one checkpoint: each file is mapped once, and every parameter must come from
+/// exactly one of them.
+pub fn load_files(paths: &[PathBuf], cfg: &BertConfig, layout: &ParamLayout) -> Result<Loaded> {
     let mut params = vec![0.0f32; layout.total];
     let mut seen = vec![false; layout.entries.len()];
     let index: HashMap<&str, usize> = layout
@@ -68,11 +101,54 @@ pub fn load(path: impl AsRef<Path>, cfg: &BertConfig, layout: &ParamLayout) -> R
         .collect();
     let full_prefix = model_prefix(cfg);
     let mut prefix = String::new();
+    for path in paths {
+        let file = File::open(path).map_err(io_err(path))?;
+        // SAFETY: the map is read-only and lives only inside this loop. Another process truncating the
+        // file meanwhile could fault; `save` never does that (it renames a new file into place).
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err(path))?;
+        let st = SafeTensors::deserialize(&map).map_err(|e| EncoderError::Safetensors {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
+        read_tensors(
+            &st,
+            path,
+            full_prefix,
+            &index,
+            layout,
+            &mut params,
+            &mut seen,
+            &mut prefix,
+        )?;
+    }
+    if let Some(k) = seen.iter().position(|s| !s) {
+        let path = match paths {
+            [one] => one.clone(),
+            _ => paths[0].with_file_name(SHARD_INDEX),
+        };
+        return Err(EncoderError::MissingTensor {
+            path,
+            name: format!("{prefix}{}", layout.entries[k].name),
+        });
+    }
+    Ok(Loaded { params, prefix })
+}
 
+/// The parameters one safetensors file holds, into `params`; `seen` marks them (twice is an error).
+fn read_tensors(
+    st: &SafeTensors<'_>,
+    path: &Path,
+    full_prefix: &str,
+    index: &HashMap<&str, usize>,
+    layout: &ParamLayout,
+    params: &mut [f32],
+    seen: &mut [bool],
+    prefix: &mut String,
+) -> Result<()> {
     for (file_name, view) in st.iter() {
         let name = match file_name.strip_prefix(full_prefix) {
             Some(rest) => {
-                prefix = full_prefix.to_string();
+                *prefix = full_prefix.to_string();
                 rest
             }
             None => file_name,
@@ -86,6 +162,12 @@ pub fn load(path: impl AsRef<Path>, cfg: &BertConfig, layout: &ParamLayout) -> R
                 name: file_name.to_string(),
             });
         };
+        if seen[k] {
+            return Err(EncoderError::Safetensors {
+                path: path.to_path_buf(),
+                msg: format!("tensor `{file_name}` is in more than one shard"),
+            });
+        }
         let entry = &layout.entries[k];
         if view.shape() != entry.shape.as_slice() {
             return Err(EncoderError::ShapeMismatch {
@@ -102,13 +184,7 @@ pub fn load(path: impl AsRef<Path>, cfg: &BertConfig, layout: &ParamLayout) -> R
         })?;
         seen[k] = true;
     }
-    if let Some(k) = seen.iter().position(|s| !s) {
-        return Err(EncoderError::MissingTensor {
-            path: path.to_path_buf(),
-            name: format!("{prefix}{}", layout.entries[k].name),
-        });
-    }
-    Ok(Loaded { params, prefix })
+    Ok(())
 }
 
 /// Little-endian bytes to f32; `Err(dtype)` for a dtype we do not read.

@@ -94,7 +94,9 @@ impl Encoder {
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         let config = BertConfig::from_file(dir.join("config.json"))?;
-        let mut enc = Self::from_files(config, dir.join("model.safetensors"))?;
+        let layout = ParamLayout::new(&config);
+        let loaded = checkpoint::load_files(&checkpoint::weight_files(dir)?, &config, &layout)?;
+        let mut enc = Self::from_loaded(config, layout, loaded);
         enc.default_pooling = Pooling::from_model_dir(dir)?;
         Ok(enc)
     }
@@ -103,7 +105,11 @@ impl Encoder {
     pub fn from_files(config: BertConfig, weights: impl AsRef<Path>) -> Result<Self> {
         let layout = ParamLayout::new(&config);
         let loaded = checkpoint::load(weights, &config, &layout)?;
-        Ok(Encoder {
+        Ok(Self::from_loaded(config, layout, loaded))
+    }
+
+    fn from_loaded(config: BertConfig, layout: ParamLayout, loaded: checkpoint::Loaded) -> Self {
+        Encoder {
             config,
             layout,
             buffers: ParamBuffers::new(loaded.params),
@@ -112,7 +118,7 @@ impl Encoder {
             inference_precision: Precision::F32,
             train_precision: Precision::F32,
             bf16: None,
-        })
+        }
     }
 
     /// An encoder with the given parameters (e.g. random ones for tests).

@@ -254,3 +254,37 @@ fn roberta_positions_and_prefix() {
     );
     assert!(roberta.forward(&batch, &mut c, None).is_err());
 }
+
+#[test]
+fn a_sharded_checkpoint_loads_as_the_single_file_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let enc = tiny_encoder(3);
+    enc.save_dir(dir.path()).unwrap();
+    let single = Encoder::from_dir(dir.path()).unwrap();
+    let mut shards: [Vec<_>; 2] = [Vec::new(), Vec::new()];
+    let mut map = serde_json::Map::new();
+    for (i, t) in tensors_of(&enc, "").into_iter().enumerate() {
+        let file = format!("model-0000{}-of-00002.safetensors", i % 2 + 1);
+        map.insert(t.0.clone(), serde_json::json!(file));
+        shards[i % 2].push(t);
+    }
+    for (i, s) in shards.into_iter().enumerate() {
+        write(
+            &dir.path()
+                .join(format!("model-0000{}-of-00002.safetensors", i + 1)),
+            s,
+        );
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    let sharded = Encoder::from_dir(dir.path()).unwrap();
+    assert_eq!(sharded.buffers.params, single.buffers.params);
+
+    std::fs::remove_file(dir.path().join("model-00002-of-00002.safetensors")).unwrap();
+    let msg = Encoder::from_dir(dir.path()).unwrap_err().to_string();
+    assert!(
+        msg.contains("model-00002-of-00002.safetensors") && msg.contains("missing"),
+        "{msg}"
+    );
+}

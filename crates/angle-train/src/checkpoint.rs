@@ -142,12 +142,15 @@ pub fn write_bert_weights(dir: &Path, enc: &Encoder, files_from: &Path) -> Resul
     // Tensors the encoder does not train (BERT's pooler, heads) come along unchanged, so that transformers
     // finds every weight it expects and reports none as newly initialised.
     let err = |e: angle_encoder::EncoderError| TrainError::Encoder(e.to_string());
-    let src = files_from.join("model.safetensors");
-    let carried = if src.is_file() {
-        angle_encoder::checkpoint::untrained_tensors(&src, &enc.layout, &enc.name_prefix).map_err(err)?
-    } else {
-        Vec::new()
-    };
+    let mut carried = Vec::new();
+    for src in angle_encoder::checkpoint::weight_files(files_from).map_err(err)? {
+        if src.is_file() {
+            carried.extend(
+                angle_encoder::checkpoint::untrained_tensors(&src, &enc.layout, &enc.name_prefix)
+                    .map_err(err)?,
+            );
+        }
+    }
     angle_encoder::checkpoint::save_with(
         dir.join("model.safetensors"),
         &enc.layout,
