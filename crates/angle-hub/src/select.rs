@@ -1,8 +1,9 @@
 //! Which files of a repository angle reads: a model's config, tokenizer and safetensors weights (never
 //! `pytorch_model.bin`, ONNX or other copies), or a dataset split's data files.
 
-/// Small files read or carried into checkpoints when the repository has them.
-const OPTIONAL: &[&str] = &[
+/// A model's tokenizer files: `tokenizer.json` (what angle reads) and those a checkpoint carries along for other
+/// tools (BERT, RoBERTa and XLM-R vocabularies).
+pub const TOKENIZER_FILES: &[&str] = &[
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -11,6 +12,10 @@ const OPTIONAL: &[&str] = &[
     "merges.txt",
     "added_tokens.json",
     "sentencepiece.bpe.model",
+];
+
+/// Other small files read or carried into checkpoints when the repository has them.
+const OPTIONAL: &[&str] = &[
     "generation_config.json",
     "modules.json",
     "1_Pooling/config.json",
@@ -52,7 +57,7 @@ pub fn model_files(listing: &[String]) -> Result<Vec<String>, String> {
             );
         }
     }
-    for f in OPTIONAL {
+    for f in TOKENIZER_FILES.iter().chain(OPTIONAL) {
         if has(f) && !want.iter().any(|w| w == f) {
             want.push(f.to_string());
         }

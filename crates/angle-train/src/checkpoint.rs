@@ -25,19 +25,9 @@ pub const ANGLE_CONFIG: &str = "angle_config.json";
 pub const TRAINER_STATE: &str = "trainer_state.json";
 pub const OPTIMIZER: &str = "optimizer.safetensors";
 
-/// Files copied from the source model when present: tokenizers of the BERT and RoBERTa families and the
-/// sentence-transformers config that names the library version.
-const COPIED: &[&str] = &[
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
-    "sentencepiece.bpe.model",
-    "config_sentence_transformers.json",
-];
+/// Files copied from the source model when present, beside its tokenizer files: the sentence-transformers config
+/// that names the library version.
+const COPIED: &[&str] = &["config_sentence_transformers.json"];
 
 /// Where the trainer is, and what it has counted; everything else a resumed run needs is in the config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -172,7 +162,7 @@ pub fn write_model_files(
 ) -> Result<()> {
     model.write_weights(dir, files_from)?;
     let pooling = model.pooling();
-    for name in COPIED {
+    for name in angle_hub::select::TOKENIZER_FILES.iter().chain(COPIED) {
         let src = files_from.join(name);
         if src.is_file() {
             std::fs::copy(&src, dir.join(name)).map_err(io_err(&src))?;
