@@ -257,19 +257,55 @@ impl Bf16Kernel {
 
 /// The kernel bf16 products run on this CPU: AMX, else AVX512-BF16, else the faster of the
 /// portable and AVX2 kernels here (portable: see [`Bf16Kernel::beats_f32`]).
+/// `ANGLE_BF16_KERNEL=amx|avx512-bf16|avx2|portable` picks one the CPU has instead (to compare
+/// kernels end to end on one machine); a name it does not know or a kernel this CPU lacks is
+/// reported once on stderr and the automatic choice stands.
 pub fn bf16_kernel() -> Bf16Kernel {
     use std::sync::OnceLock;
     static K: OnceLock<Bf16Kernel> = OnceLock::new();
     *K.get_or_init(|| {
-        [Bf16Kernel::Amx, Bf16Kernel::Avx512Bf16]
-            .into_iter()
-            .find(|k| k.available())
-            .unwrap_or(if AVX2_OVER_PORTABLE && Bf16Kernel::Avx2.available() {
-                Bf16Kernel::Avx2
-            } else {
-                Bf16Kernel::Portable
-            })
+        let auto = automatic_kernel();
+        match kernel_override(std::env::var("ANGLE_BF16_KERNEL").ok().as_deref()) {
+            Ok(Some(k)) => k,
+            Ok(None) => auto,
+            Err(why) => {
+                eprintln!("warning: ANGLE_BF16_KERNEL: {why}; using {}", auto.name());
+                auto
+            }
+        }
     })
+}
+
+fn automatic_kernel() -> Bf16Kernel {
+    [Bf16Kernel::Amx, Bf16Kernel::Avx512Bf16]
+        .into_iter()
+        .find(|k| k.available())
+        .unwrap_or(if AVX2_OVER_PORTABLE && Bf16Kernel::Avx2.available() {
+            Bf16Kernel::Avx2
+        } else {
+            Bf16Kernel::Portable
+        })
+}
+
+/// The kernel `ANGLE_BF16_KERNEL` names (`None` when unset or empty), if this CPU has it.
+fn kernel_override(value: Option<&str>) -> Result<Option<Bf16Kernel>, String> {
+    let Some(name) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let names = Bf16Kernel::ALL.map(|k| k.name()).join(", ");
+    let k = Bf16Kernel::ALL
+        .into_iter()
+        .find(|k| k.name().eq_ignore_ascii_case(name))
+        .ok_or_else(|| format!("unknown kernel `{name}` (one of {names})"))?;
+    if k.available() {
+        Ok(Some(k))
+    } else {
+        Err(format!(
+            "the {} kernel needs {}, which this CPU lacks",
+            k.name(),
+            k.needs()
+        ))
+    }
 }
 
 /// Whether the AVX2 kernel is preferred to the portable one where both run (measured on the
@@ -1062,6 +1098,24 @@ mod tests {
         let want: Vec<f64> = f32_out.iter().map(|&v| f64::from(v)).collect();
         let e = rel_err(&out, &want);
         assert!(e < 1e-2, "bf16 vs f32 relative error {e}");
+    }
+
+    #[test]
+    fn kernel_override_names_a_kernel_this_cpu_has() {
+        assert_eq!(kernel_override(None), Ok(None));
+        assert_eq!(kernel_override(Some(" ")), Ok(None));
+        assert_eq!(kernel_override(Some("Portable")), Ok(Some(Bf16Kernel::Portable)));
+        let err = kernel_override(Some("avx3")).unwrap_err();
+        assert!(
+            err.contains("unknown kernel `avx3`") && err.contains("avx512-bf16"),
+            "{err}"
+        );
+        for k in Bf16Kernel::ALL {
+            match kernel_override(Some(k.name())) {
+                Ok(got) => assert_eq!(got, Some(k)),
+                Err(e) => assert!(!k.available() && e.contains(k.needs()), "{e}"),
+            }
+        }
     }
 
     #[test]
