@@ -190,9 +190,10 @@ fn saved_checkpoint_gives_the_trainers_embeddings() {
     let st = angle_encoder::Pooling::from_model_dir(&ckpt).unwrap();
     assert_eq!(st, angle_encoder::Pooling::Max);
 
-    // `angle eval` on the saved weights reproduces the score the trainer computed in memory at the last step.
+    // `angle eval` on the saved weights reproduces the score the trainer computed in memory at the last step
+    // (validation is f32 on every CPU; `auto` would pick bf16 where AMX or AVX512-BF16 is fast).
     let o = angle()
-        .args(["eval", "--json", "--model"])
+        .args(["eval", "--precision", "f32", "--json", "--model"])
         .arg(&ckpt)
         .arg("--data")
         .arg(&valid)
@@ -203,7 +204,7 @@ fn saved_checkpoint_gives_the_trainers_embeddings() {
     assert_eq!(v["spearman"].as_f64().unwrap(), last.spearman);
     assert_eq!(v["pearson"].as_f64().unwrap(), last.pearson);
 
-    // `angle encode` (JSONL and .npy) gives exactly the library's embeddings of the saved model.
+    // `angle encode --precision f32` (JSONL and .npy) gives exactly the library's embeddings of the saved model.
     let texts = [
         "A man is playing a guitar.",
         "Someone plays an instrument.",
@@ -215,7 +216,7 @@ fn saved_checkpoint_gives_the_trainers_embeddings() {
     let npy = tmp.path().join("emb.npy");
     for dest in [&jsonl, &npy] {
         let o = angle()
-            .args(["encode", "--model"])
+            .args(["encode", "--precision", "f32", "--model"])
             .arg(&ckpt)
             .arg("--input")
             .arg(&input)
