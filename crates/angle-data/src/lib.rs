@@ -27,6 +27,7 @@ mod prompt;
 mod read;
 mod rng;
 mod tokenize;
+mod wordpiece;
 
 pub use batch::{BatchConfig, DuplicatePolicy, EpochPlan, MEGA_BATCH, PackedBatch, PaddedBatch};
 pub use dataset::{Dataset, ENCODE_CHUNK};
