@@ -207,6 +207,33 @@ pub fn write_model_files(
     write_json(&dir.join(ANGLE_CONFIG), &angle)
 }
 
+/// The encode settings of a checkpoint, beside its weights: what `angle encode` (`angle_config.json`) and
+/// sentence-transformers (`modules.json`, `1_Pooling/config.json`, `sentence_bert_config.json`, ...) read.
+const SETTINGS_FILES: &[&str] = &[
+    ANGLE_CONFIG,
+    "modules.json",
+    "1_Pooling/config.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+];
+
+/// Copies the encode settings of the checkpoint `from` (a LoRA adapter folder) into `to` (its merged model),
+/// so the merged model pools, truncates and appends EOS as the adapter does. Files `from` lacks are skipped.
+pub fn copy_settings(from: &Path, to: &Path) -> Result<()> {
+    for name in SETTINGS_FILES {
+        let src = from.join(name);
+        if !src.is_file() {
+            continue;
+        }
+        let dst = to.join(name);
+        if let Some(parent) = dst.parent() {
+            std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+        }
+        std::fs::copy(&src, &dst).map_err(io_err(&src))?;
+    }
+    Ok(())
+}
+
 /// The hub record of the run's base model: resolved in this process, or carried from the checkpoint resumed from.
 fn base_model_record(config: &TrainConfig, files_from: &Path) -> Option<serde_json::Value> {
     if let Some(r) = angle_hub::resolve_model(&config.model)

@@ -396,6 +396,7 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
     if config.merge_lora && !interrupted {
         let dir = out.join(MERGED);
         model.write_merged(&dir)?;
+        checkpoint::copy_settings(&out.join(CHECKPOINT_LAST), &dir)?;
         say(
             &bar,
             opts.progress,
