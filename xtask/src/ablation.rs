@@ -100,6 +100,9 @@ fn eval(o: &Options, model: &Path) -> anyhow::Result<Vec<(String, f64)>> {
         .args([
             "eval",
             "--json",
+            // f32 on every CPU (auto would take bf16 where AMX is), so tables from different machines compare
+            "--precision",
+            "f32",
             "--max-length",
             "64",
             "--pooling",

@@ -201,6 +201,9 @@ fn eval(bin: &Path, model: &Path, data: &Path, max_length: &str, pooling: &str) 
         .args([
             "eval",
             "--json",
+            // the trainer validates in f32: the same here on every CPU
+            "--precision",
+            "f32",
             "--max-length",
             max_length,
             "--pooling",

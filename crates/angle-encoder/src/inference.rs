@@ -79,11 +79,23 @@ pub(crate) fn pack_layers(
     Ok(())
 }
 
-/// Whether bf16 products beat our f32 products on this CPU (AMX; AVX512-BF16 once its
-/// run-time self-check passed), else they run about as fast as f32, or slower.
+/// Whether bf16 products beat our f32 products on this CPU: AMX always; AVX512-BF16 once its
+/// run-time self-check passed and it measured at least 1.1× our f32 product here
+/// ([`avx512_bf16_speedup`]); else they run about as fast as f32, or slower.
 pub fn bf16_is_fast() -> bool {
     let k = bf16_kernel();
-    k.beats_f32() && (k != Bf16Kernel::Avx512Bf16 || avx512_bf16_checked())
+    k.beats_f32()
+        && (k != Bf16Kernel::Avx512Bf16 || (avx512_bf16_checked() && avx512_bf16_speedup() >= MIN_SPEEDUP))
+}
+
+/// What AVX512-BF16 must gain over f32 before `auto` takes it (the margin keeps a noisy timing from
+/// flipping the choice between runs).
+const MIN_SPEEDUP: f64 = 1.1;
+
+/// The AVX512-BF16 forward product's speed over f32 on this CPU, timed once per process (~30 ms).
+pub fn avx512_bf16_speedup() -> f64 {
+    static S: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *S.get_or_init(|| angle_tensor::cpu::bf16_speedup(Bf16Kernel::Avx512Bf16))
 }
 
 /// The AVX512-BF16 kernel was written without such a CPU to run on: before `auto` picks it,
@@ -105,10 +117,16 @@ pub fn fastest_precision() -> (Precision, String) {
     let k = bf16_kernel();
     if bf16_is_fast() {
         (Precision::Bf16, format!("precision: bf16 ({})", k.name()))
-    } else if k == Bf16Kernel::Avx512Bf16 {
+    } else if k == Bf16Kernel::Avx512Bf16 && !avx512_bf16_checked() {
         (
             Precision::F32,
             "precision: f32 (the avx512-bf16 kernel failed its self-check on this CPU)".into(),
+        )
+    } else if k == Bf16Kernel::Avx512Bf16 {
+        let s = avx512_bf16_speedup();
+        (
+            Precision::F32,
+            format!("precision: f32 (the avx512-bf16 kernel measured {s:.2}× f32 on this CPU)"),
         )
     } else {
         (Precision::F32, "precision: f32 (no fast bf16 kernel here)".into())

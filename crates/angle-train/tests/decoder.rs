@@ -192,7 +192,12 @@ fn lora_run_writes_a_peft_adapter_that_resumes_bit_for_bit_encodes_and_merges() 
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    for f in ["model.safetensors", "angle_config.json", "modules.json", "1_Pooling/config.json"] {
+    for f in [
+        "model.safetensors",
+        "angle_config.json",
+        "modules.json",
+        "1_Pooling/config.json",
+    ] {
         assert!(read(&again.join(f)) == read(&merged.join(f)), "{f} differs");
     }
     // ... and refuses to overwrite.

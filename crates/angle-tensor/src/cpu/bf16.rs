@@ -245,11 +245,11 @@ impl Bf16Kernel {
         }
     }
 
-    /// Whether its products beat our f32 products (faer) on the CPUs it runs on, as measured
-    /// (`crates/angle-tensor/README.md`): AMX 2.9–4.2× on a Xeon. AVX512-BF16 has twice the
-    /// multiplies per instruction of f32 FMA (not yet measured on such a CPU). AVX2 widening
-    /// does not: it loses to faer on the AMD EPYC here, as does the portable kernel (same speed
-    /// plus the rounding).
+    /// Whether its products can beat our f32 products (faer), as measured
+    /// (`crates/angle-tensor/README.md`): AMX always does (2.9–4.2× on a Xeon); AVX512-BF16 depends on
+    /// the core (0.7–0.8× on the AMX Xeon here, so [`bf16_speedup`] decides at run time). AVX2
+    /// widening does not: it loses to faer on the AMD EPYC here, as does the portable kernel (same
+    /// speed plus the rounding).
     pub fn beats_f32(self) -> bool {
         matches!(self, Bf16Kernel::Amx | Bf16Kernel::Avx512Bf16)
     }
@@ -344,6 +344,42 @@ pub fn bf16_self_check(kernel: Bf16Kernel) -> Result<(), String> {
             kernel.name()
         ))
     }
+}
+
+/// How many times faster `kernel`'s forward products are than our f32 products on this CPU, timed on
+/// the four products of a MiniLM-sized layer (256 rows; 384 → 1152, 384 → 384, 384 → 1536, 1536 → 384;
+/// weights packed beforehand, as in use): the best of 3 alternating rounds of each, about 40 ms in all.
+/// Whether AVX512-BF16 pays depends on the core, not the flag: on the AMX Xeon here the encoder ran
+/// at 0.76× its f32 speed with it (PyTorch's oneDNN held to AVX512-BF16: 0.63×), so `auto` asks this
+/// rather than assume it.
+pub fn bf16_speedup(kernel: Bf16Kernel) -> f64 {
+    let rows = 256;
+    let val = |i: usize, s: u64| (crate::rng::uniform(s, i as u64) * 2.0 - 1.0) as f32;
+    let shapes = [(384, 1152), (384, 384), (384, 1536), (1536, 384)];
+    let (mut f32_total, mut bf16_total) = (0.0, 0.0);
+    for (k, n) in shapes {
+        let inp: Vec<f32> = (0..rows * k).map(|i| val(i, 1)).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| val(i, 2)).collect();
+        let Ok(packed) = PackedBf16::pack(&w, n, k) else {
+            return 0.0;
+        };
+        let mut out = vec![0.0f32; rows * n];
+        let time = |f: &mut dyn FnMut() -> Result<(), TensorError>| {
+            let t = std::time::Instant::now();
+            f().map(|()| t.elapsed().as_secs_f64()).unwrap_or(f64::INFINITY)
+        };
+        let (mut f32_best, mut bf16_best) = (f64::INFINITY, f64::INFINITY);
+        for _ in 0..3 {
+            f32_best = f32_best.min(time(&mut || {
+                super::linear::linear_forward(&mut out, &inp, &w, None, rows, k, n)
+            }));
+            bf16_best = bf16_best.min(time(&mut || {
+                linear_forward_bf16_with(kernel, &mut out, &inp, &packed, None, rows)
+            }));
+        }
+        (f32_total, bf16_total) = (f32_total + f32_best, bf16_total + bf16_best);
+    }
+    f32_total / bf16_total
 }
 
 /// The kernels this CPU has, and those it lacks (tests run the first, name the second).
@@ -1098,6 +1134,15 @@ mod tests {
         let want: Vec<f64> = f32_out.iter().map(|&v| f64::from(v)).collect();
         let e = rel_err(&out, &want);
         assert!(e < 1e-2, "bf16 vs f32 relative error {e}");
+    }
+
+    #[test]
+    fn speedup_is_measured_for_every_kernel_present() {
+        for k in kernels() {
+            let s = bf16_speedup(k);
+            assert!(s.is_finite() && s > 0.0, "{}: {s}", k.name());
+            eprintln!("bf16 kernel {}: {s:.2}× our f32 forward product", k.name());
+        }
     }
 
     #[test]

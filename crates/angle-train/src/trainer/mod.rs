@@ -173,9 +173,12 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
         eprintln!(
             "cpu: training with bf16 products ({}); weight gradients, weights and AdamW in f32",
             if angle_encoder::bf16_is_fast() {
-                "AMX tiles"
+                format!("{} kernel", angle_encoder::bf16_kernel_name())
             } else {
-                "no AMX here: f32 speed"
+                format!(
+                    "{} kernel, not faster than f32 on this CPU",
+                    angle_encoder::bf16_kernel_name()
+                )
             }
         );
     }
