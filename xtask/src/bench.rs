@@ -654,7 +654,7 @@ fn run_torch_script(o: &Opts, python: &Path, script: &str, args: &[&str]) -> any
 }
 
 /// Peak resident set of this process in bytes (`VmHWM`).
-fn peak_rss() -> anyhow::Result<f64> {
+pub(crate) fn peak_rss() -> anyhow::Result<f64> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     let line = status
         .lines()
@@ -666,7 +666,7 @@ fn peak_rss() -> anyhow::Result<f64> {
 
 /// CPU seconds (user + system, all threads) this process has used: with other jobs on the machine, wall
 /// time stretches but CPU time much less, so `work / (cpu_seconds / threads)` estimates the uncontended rate.
-fn cpu_seconds() -> anyhow::Result<f64> {
+pub(crate) fn cpu_seconds() -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat")?;
     // fields after the command name (which may hold spaces) start at field 3; utime, stime are 14, 15
     let rest = stat.rsplit_once(')').context("/proc/self/stat")?.1;
@@ -697,14 +697,14 @@ fn read_stsb(path: &Path) -> anyhow::Result<Vec<(String, String, f32)>> {
     Ok(rows)
 }
 
-fn splitmix(seed: u64, i: u64) -> u64 {
+pub(crate) fn splitmix(seed: u64, i: u64) -> u64 {
     let mut z = seed.wrapping_add(i.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }

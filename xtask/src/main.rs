@@ -3,10 +3,12 @@
 //! - `train`     the default AnglE recipe end to end (`train.rs`)
 //! - `ablation`  every objective variant × seeds, evaluated on STS sets (`ablation.rs`)
 //! - `bench`     encoder throughput and memory beside PyTorch's numbers (`bench.rs`)
+//! - `bench-decoder` the decoder family's train step and encode beside PyTorch + peft (`bench_decoder.rs`)
 //! - `gpu-check` prepares and describes the one GPU run (`gpu_check.rs`)
 
 mod ablation;
 mod bench;
+mod bench_decoder;
 mod gpu_check;
 mod train;
 
@@ -18,7 +20,10 @@ fn main() -> anyhow::Result<()> {
         "train" => train::run(&rest),
         "ablation" => ablation::run(&rest),
         "bench" => bench::run(&rest),
+        "bench-decoder" => bench_decoder::run(&rest),
         "gpu-check" => gpu_check::run(&rest),
-        other => anyhow::bail!("unknown task {other:?}; tasks: train, ablation, bench, gpu-check"),
+        other => {
+            anyhow::bail!("unknown task {other:?}; tasks: train, ablation, bench, bench-decoder, gpu-check")
+        }
     }
 }

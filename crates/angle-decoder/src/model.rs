@@ -132,6 +132,10 @@ pub struct DecoderOptions {
     pub causal: bool,
     /// `None`: the checkpoint's sentence-transformers pooling if it has one, else `last`.
     pub pooling: Option<Pooling>,
+    /// Without LoRA: nothing trainable, every weight stays in the checkpoint's dtype and memory map (for
+    /// encoding: a bf16 model then takes its file's size, not twice it in f32). No effect with LoRA, whose
+    /// frozen base is kept that way anyway.
+    pub frozen: bool,
 }
 
 impl Default for DecoderOptions {
@@ -141,6 +145,7 @@ impl Default for DecoderOptions {
             adapter: None,
             causal: true,
             pooling: None,
+            frozen: false,
         }
     }
 }
@@ -396,7 +401,7 @@ impl Decoder {
             }
             None => Pooling::Last,
         };
-        let mut d = Self::build(config, checkpoint, lora, opts.causal, pooling)?;
+        let mut d = Self::build(config, checkpoint, lora, opts.causal, pooling, opts.frozen)?;
         if adapter_cfg && let Some(a) = &opts.adapter {
             d.read_adapter(a)?;
         }
@@ -409,6 +414,7 @@ impl Decoder {
         lora: Option<LoraConfig>,
         causal: bool,
         pooling: Pooling,
+        frozen: bool,
     ) -> Result<Self> {
         let c = &config;
         let (h, inter) = (c.hidden_size, c.intermediate_size);
@@ -420,7 +426,7 @@ impl Decoder {
             ck: &checkpoint,
             entries: Vec::new(),
             params: Vec::new(),
-            full: lora.is_none(),
+            full: lora.is_none() && !frozen,
         };
         let embed = b.tensor("model.embed_tokens.weight", &[c.vocab_size, h], false)?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);

@@ -37,6 +37,7 @@ fn open(fx: &Reference) -> Decoder {
         adapter,
         causal: fx.flag("causal"),
         pooling: Some(Pooling::parse(fx.meta("pooling")).expect("fixture pooling")),
+        frozen: false,
     };
     let dec = Decoder::load(&model, opts).unwrap();
     assert_eq!(dec.config.model_type.name(), fx.meta("model_type"));
@@ -200,6 +201,43 @@ fn forward_loss_and_gradients_match_reference() {
         }
     }
     assert!(failures.is_empty(), "mismatches:\n{}", failures.join("\n"));
+}
+
+/// `frozen` (what `angle encode` loads): nothing trainable, the weights left in the checkpoint's dtype, and
+/// the same hidden states, bit for bit, as the trainable model's eval-mode forward.
+#[test]
+fn frozen_model_encodes_identically_with_nothing_trainable() {
+    for dir in cases() {
+        let fx = Reference::load(&dir);
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let mut trainable = open(&fx);
+        let model = fx.dir.join("model");
+        let lora: Value = serde_json::from_str(fx.meta("lora")).unwrap();
+        if !lora.is_null() {
+            continue; // an adapter's A and B are its parameters either way
+        }
+        let mut frozen = Decoder::load(
+            &model,
+            DecoderOptions {
+                causal: fx.flag("causal"),
+                pooling: Some(Pooling::parse(fx.meta("pooling")).unwrap()),
+                frozen: true,
+                ..DecoderOptions::default()
+            },
+        )
+        .unwrap();
+        assert!(
+            frozen.buffers.params.is_empty(),
+            "{name}: frozen model has parameters"
+        );
+        assert!(!trainable.buffers.params.is_empty());
+        let want = trainable
+            .forward(&fx.ids, &fx.seq_offsets, None)
+            .unwrap()
+            .to_vec();
+        let got = frozen.forward(&fx.ids, &fx.seq_offsets, None).unwrap();
+        assert!(got == want.as_slice(), "{name}: frozen forward differs");
+    }
 }
 
 #[test]

@@ -93,6 +93,8 @@ pub struct DecoderSettings {
     pub bidirectional: bool,
     /// The base folder of an adapter folder, overriding its `base_model_name_or_path`.
     pub base_model: Option<PathBuf>,
+    /// Encoding only: a full checkpoint keeps every weight in its dtype, nothing trainable.
+    pub inference_only: bool,
 }
 
 /// The decoder settings a training configuration asks for (LoRA's A initialised from the run's seed).
@@ -112,6 +114,7 @@ pub fn settings_for(c: &crate::config::TrainConfig) -> DecoderSettings {
         }),
         bidirectional: c.bidirectional,
         base_model: None,
+        inference_only: false,
     }
 }
 
@@ -140,6 +143,7 @@ pub fn load_decoder(
         adapter: is_adapter.then(|| dir.to_path_buf()),
         causal: !s.bidirectional,
         pooling,
+        frozen: s.inference_only,
     };
     let dec = Decoder::load(&base, opts).map_err(dec_err)?;
     let tok_dir = if dir.join("tokenizer.json").is_file() {

@@ -606,6 +606,7 @@ fn load(m: &ModelArgs) -> anyhow::Result<Loaded> {
             lora: None,
             bidirectional: m.bidirectional.unwrap_or(defaults.bidirectional),
             base_model: m.base_model.clone(),
+            inference_only: true,
         },
         append_eos: m.append_eos.unwrap_or(defaults.append_eos),
         layers: m.layers.or(defaults.layers),

@@ -1,0 +1,435 @@
+//! `cargo xtask bench-decoder`: the decoder family's train step and encode throughput beside PyTorch + peft,
+//! on random-initialised models of real shapes (no download): a Qwen3-0.6B shape with LoRA r 32 on every linear
+//! layer, a Qwen2.5-0.5B shape fully fine-tuned, and eval-mode encoding of the 0.6B shape.
+//!
+//! The models are written once (bf16 safetensors + `config.json`) into a temporary folder that both sides load,
+//! so they compute on the same weights. Every text is `--len` random token ids (no padding on either side: the
+//! same work). Each measurement runs in its own child process, so its peak resident set is its own. A step is
+//! forward, last-token pooling, the format-A objective (cosine 1 + in-batch 1 + angle 0.02, taus 20), backward
+//! and AdamW; one warm-up step, then the median of `--steps`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use angle_decoder::{Decoder, DecoderOptions, LoraConfig};
+use angle_encoder::{AdamW, Pooling};
+use angle_loss::{AngleLoss, AngleLossConfig};
+use anyhow::{Context, bail};
+use ndarray::ArrayView2;
+use safetensors::tensor::{Dtype, TensorView};
+use serde_json::{Value, json};
+
+use crate::bench::{cpu_seconds, median, peak_rss, splitmix};
+
+struct Opts {
+    pairs: usize,
+    len: usize,
+    steps: usize,
+    threads: usize,
+    torch: Option<PathBuf>,
+    only: Option<String>,
+    /// child: the measurement and the model folder
+    child: Option<(String, PathBuf)>,
+}
+
+fn usage() -> &'static str {
+    "cargo xtask bench-decoder [--pairs 32] [--len 64] [--steps 2] [--threads N] [--only lora|full|encode] [--torch PYTHON]\n\n\
+     Train step of a Qwen3-0.6B shape with LoRA r 32 (all linear), of a Qwen2.5-0.5B shape fully fine-tuned, and\n\
+     encode throughput of the 0.6B shape, on random weights; with --torch, the same work in PyTorch + peft\n\
+     (scripts/bench/torch_cpu_decoder.py) on the same weights, threads and token ids."
+}
+
+fn parse(args: &[String]) -> anyhow::Result<Opts> {
+    let mut o = Opts {
+        pairs: 32,
+        len: 64,
+        steps: 2,
+        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        torch: None,
+        only: None,
+        child: None,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--pairs" => o.pairs = value()?.parse()?,
+            "--len" => o.len = value()?.parse()?,
+            "--steps" => o.steps = value()?.parse()?,
+            "--threads" => o.threads = value()?.parse()?,
+            "--torch" => o.torch = Some(PathBuf::from(value()?)),
+            "--only" => o.only = Some(value()?.clone()),
+            "--child" => {
+                let kind = value()?.clone();
+                o.child = Some((kind, PathBuf::from(value()?)));
+            }
+            "-h" | "--help" => {
+                println!("{}", usage());
+                std::process::exit(0);
+            }
+            other => bail!("unknown option {other:?}\n\n{}", usage()),
+        }
+    }
+    if o.pairs < 2 || o.len < 2 || o.steps == 0 {
+        bail!("--pairs and --len need at least 2, --steps at least 1");
+    }
+    Ok(o)
+}
+
+/// (measurement, model folder name, config): the three rows of the table.
+const ROWS: [(&str, &str); 3] = [
+    ("lora", "qwen3-0.6b"),
+    ("full", "qwen2.5-0.5b"),
+    ("encode", "qwen3-0.6b"),
+];
+
+fn config(name: &str) -> Value {
+    let common = json!({
+        "hidden_act": "silu", "rms_norm_eps": 1e-6, "vocab_size": 151936, "rope_theta": 1000000.0,
+        "tie_word_embeddings": true, "torch_dtype": "bfloat16", "bos_token_id": 151643, "attention_dropout": 0.0,
+        "initializer_range": 0.02, "use_cache": false,
+    });
+    let shape = match name {
+        "qwen3-0.6b" => json!({
+            "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 1024,
+            "intermediate_size": 3072, "num_hidden_layers": 28, "num_attention_heads": 16,
+            "num_key_value_heads": 8, "head_dim": 128, "max_position_embeddings": 40960, "eos_token_id": 151645,
+            "attention_bias": false,
+        }),
+        _ => json!({
+            "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 896,
+            "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
+            "num_key_value_heads": 2, "max_position_embeddings": 32768, "eos_token_id": 151643,
+            "use_sliding_window": false,
+        }),
+    };
+    let mut v = common;
+    v.as_object_mut()
+        .unwrap()
+        .extend(shape.as_object().unwrap().clone());
+    v
+}
+
+/// The tensors of a `*ForCausalLM` checkpoint of this config (tied embeddings: no `lm_head`).
+fn tensor_shapes(c: &Value) -> Vec<(String, Vec<usize>)> {
+    let g = |k: &str| c[k].as_u64().unwrap() as usize;
+    let (h, inter, layers, heads, kv) = (
+        g("hidden_size"),
+        g("intermediate_size"),
+        g("num_hidden_layers"),
+        g("num_attention_heads"),
+        g("num_key_value_heads"),
+    );
+    let hd = c["head_dim"].as_u64().map_or(h / heads, |d| d as usize);
+    let qwen3 = c["model_type"] == "qwen3";
+    let mut t = vec![("model.embed_tokens.weight".to_string(), vec![g("vocab_size"), h])];
+    for l in 0..layers {
+        let p = |s: &str| format!("model.layers.{l}.{s}");
+        t.push((p("input_layernorm.weight"), vec![h]));
+        t.push((p("post_attention_layernorm.weight"), vec![h]));
+        t.push((p("self_attn.q_proj.weight"), vec![heads * hd, h]));
+        t.push((p("self_attn.k_proj.weight"), vec![kv * hd, h]));
+        t.push((p("self_attn.v_proj.weight"), vec![kv * hd, h]));
+        t.push((p("self_attn.o_proj.weight"), vec![h, heads * hd]));
+        if qwen3 {
+            t.push((p("self_attn.q_norm.weight"), vec![hd]));
+            t.push((p("self_attn.k_norm.weight"), vec![hd]));
+        } else {
+            t.push((p("self_attn.q_proj.bias"), vec![heads * hd]));
+            t.push((p("self_attn.k_proj.bias"), vec![kv * hd]));
+            t.push((p("self_attn.v_proj.bias"), vec![kv * hd]));
+        }
+        t.push((p("mlp.gate_proj.weight"), vec![inter, h]));
+        t.push((p("mlp.up_proj.weight"), vec![inter, h]));
+        t.push((p("mlp.down_proj.weight"), vec![h, inter]));
+    }
+    t.push(("model.norm.weight".to_string(), vec![h]));
+    t
+}
+
+/// Writes `config.json` and a bf16 `model.safetensors` of random weights (norms 1, the rest uniform with the
+/// standard deviation 0.02 of transformers' initialisation) into `dir`.
+fn write_model(dir: &Path, name: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let c = config(name);
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&c)?)?;
+    let shapes = tensor_shapes(&c);
+    let half_width = 0.02 * 3f64.sqrt();
+    let data: Vec<Vec<u8>> = shapes
+        .iter()
+        .enumerate()
+        .map(|(ti, (tname, shape))| {
+            let n: usize = shape.iter().product();
+            let norm = tname.ends_with("norm.weight");
+            let mut bytes = Vec::with_capacity(2 * n);
+            for i in 0..n {
+                let x = if norm {
+                    1.0
+                } else {
+                    let u = (splitmix(ti as u64, i as u64) >> 11) as f64 / (1u64 << 53) as f64;
+                    ((2.0 * u - 1.0) * half_width) as f32
+                };
+                bytes.extend_from_slice(&angle_tensor_bf16(x).to_le_bytes());
+            }
+            bytes
+        })
+        .collect();
+    let views: Vec<(String, TensorView<'_>)> = shapes
+        .iter()
+        .zip(&data)
+        .map(|((n, s), d)| Ok((n.clone(), TensorView::new(Dtype::BF16, s.clone(), d)?)))
+        .collect::<anyhow::Result<_>>()?;
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors"))?;
+    Ok(())
+}
+
+/// Round to nearest even, as `torch.bfloat16`.
+fn angle_tensor_bf16(x: f32) -> u16 {
+    let b = x.to_bits();
+    ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) as u16
+}
+
+/// Random token ids (the same on both sides: the torch script draws them with the same splitmix), `texts × len`.
+fn token_ids(batch: usize, texts: usize, len: usize) -> Vec<u32> {
+    (0..texts * len)
+        .map(|i| 1 + (splitmix(1000 + batch as u64, i as u64) % 151_000) as u32)
+        .collect()
+}
+
+fn labels(batch: usize, pairs: usize) -> Vec<f64> {
+    (0..pairs)
+        .map(|i| (splitmix(2000 + batch as u64, i as u64) % 51) as f64 / 10.0)
+        .collect()
+}
+
+/// One child measurement: `lora` / `full` train steps or `encode` passes on the model in `dir`.
+fn child(o: &Opts, kind: &str, dir: &Path) -> anyhow::Result<Value> {
+    let lora = (kind == "lora").then(|| LoraConfig {
+        r: 32,
+        alpha: 32.0,
+        dropout: 0.1,
+        targets: vec!["all-linear".into()],
+        seed: 7,
+    });
+    let t_load = Instant::now();
+    let mut dec = Decoder::load(
+        dir,
+        DecoderOptions {
+            lora,
+            pooling: Some(Pooling::Last),
+            frozen: kind == "encode",
+            ..DecoderOptions::default()
+        },
+    )?;
+    let load_s = t_load.elapsed().as_secs_f64();
+    let h = dec.config.hidden_size;
+    let texts = 2 * o.pairs;
+    let offsets: Vec<usize> = (0..=texts).map(|i| i * o.len).collect();
+    let mut pooled = vec![0.0f32; texts * h];
+    let (mut times, mut cpu0) = (Vec::new(), 0.0);
+    if kind == "encode" {
+        for pass in 0..=o.steps {
+            if pass == 1 {
+                cpu0 = cpu_seconds()?;
+            }
+            let ids = token_ids(pass, texts, o.len);
+            let t = Instant::now();
+            dec.forward(&ids, &offsets, None)?;
+            dec.pool(&mut pooled)?;
+            if pass > 0 {
+                times.push(t.elapsed().as_secs_f64());
+            }
+        }
+    } else {
+        let loss = AngleLoss::new(AngleLossConfig {
+            cosine_w: 1.0,
+            ibn_w: 1.0,
+            angle_w: 0.02,
+            ..Default::default()
+        });
+        let adamw = AdamW {
+            lr: 1e-4,
+            weight_decay: 0.0,
+            ..Default::default()
+        };
+        let mut dpooled = vec![0.0f32; texts * h];
+        for step in 0..=o.steps {
+            if step == 1 {
+                cpu0 = cpu_seconds()?;
+            }
+            let ids = token_ids(step, texts, o.len);
+            let t = Instant::now();
+            dec.forward(&ids, &offsets, Some(step as u64))?;
+            dec.pool(&mut pooled)?;
+            let p64: Vec<f64> = pooled.iter().map(|&x| f64::from(x)).collect();
+            let out = loss.format_a(
+                ArrayView2::from_shape((texts, h), &p64)?,
+                &labels(step, o.pairs),
+                None,
+            )?;
+            if !out.loss.is_finite() {
+                bail!("{kind} step {step}: loss {}", out.loss);
+            }
+            dpooled
+                .iter_mut()
+                .zip(out.grad.iter())
+                .for_each(|(d, &g)| *d = g as f32);
+            dec.zero_grad();
+            dec.backward_pooled(&dpooled)?;
+            dec.adamw_step(&adamw, step as u64 + 1)?;
+            if step > 0 {
+                times.push(t.elapsed().as_secs_f64());
+            }
+        }
+    }
+    let cpu = (cpu_seconds()? - cpu0) / o.steps as f64;
+    let s = median(&mut times);
+    Ok(json!({
+        "kind": kind, "seconds": s, "texts_per_s": texts as f64 / s, "tokens_per_s": (texts * o.len) as f64 / s,
+        "cpu_seconds": cpu, "peak_rss_bytes": peak_rss()?, "load_seconds": load_s,
+        "trainable": dec.buffers.params.len(),
+    }))
+}
+
+fn run_child(exe: &Path, args: &[String]) -> anyhow::Result<Value> {
+    let out = Command::new(exe).args(args).output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "{} {} failed ({}):\n{stdout}\n{}",
+            exe.display(),
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .context("no JSON line")?;
+    Ok(serde_json::from_str(line)?)
+}
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let o = parse(args)?;
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(o.threads)
+        .build_global()
+        .ok();
+    if let Some((kind, dir)) = &o.child {
+        println!("{}", child(&o, kind, dir)?);
+        return Ok(());
+    }
+    let tmp = std::env::temp_dir().join(format!("angle-bench-decoder-{}", std::process::id()));
+    let result = measure(&o, &tmp);
+    std::fs::remove_dir_all(&tmp).ok();
+    result
+}
+
+fn measure(o: &Opts, tmp: &Path) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let root = crate::train::workspace_root()?;
+    let mut rows = Vec::new();
+    for (kind, model) in ROWS {
+        if o.only.as_deref().is_some_and(|k| k != kind) {
+            continue;
+        }
+        let dir = tmp.join(model);
+        if !dir.join("model.safetensors").is_file() {
+            let t = Instant::now();
+            write_model(&dir, model)?;
+            eprintln!(
+                "bench-decoder: wrote random {model} in {:.1} s",
+                t.elapsed().as_secs_f64()
+            );
+        }
+        let common = [
+            "--pairs".to_string(),
+            o.pairs.to_string(),
+            "--len".into(),
+            o.len.to_string(),
+            "--steps".into(),
+            o.steps.to_string(),
+            "--threads".into(),
+            o.threads.to_string(),
+        ];
+        eprintln!("bench-decoder: angle {kind} on {model} ...");
+        let mut args = vec!["bench-decoder".to_string()];
+        args.extend(common.iter().cloned());
+        args.extend(["--child".into(), kind.into(), dir.display().to_string()]);
+        // a failed measurement (e.g. out of memory) is a row that says so, not the end of the table
+        let ours = run_child(&exe, &args).unwrap_or_else(|e| json!({"error": e.to_string()}));
+        let theirs = match &o.torch {
+            Some(py) => {
+                eprintln!("bench-decoder: PyTorch + peft {kind} on {model} ...");
+                let mut a = vec![
+                    root.join("scripts/bench/torch_cpu_decoder.py")
+                        .display()
+                        .to_string(),
+                    kind.to_string(),
+                    dir.display().to_string(),
+                ];
+                a.extend(common.iter().cloned());
+                let mut cmd = Command::new(py);
+                if std::env::var_os("OMP_WAIT_POLICY").is_none() {
+                    cmd.env("OMP_WAIT_POLICY", "PASSIVE");
+                }
+                let out = cmd.args(&a).output()?;
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                let line = stdout.lines().rev().find(|l| l.starts_with('{'));
+                Some(match (out.status.success(), line) {
+                    (true, Some(l)) => serde_json::from_str::<Value>(l)?,
+                    _ => {
+                        let err = String::from_utf8_lossy(&out.stderr);
+                        let tail: String = err.lines().rev().take(3).collect::<Vec<_>>().join(" | ");
+                        json!({"error": format!("{} ({tail})", out.status)})
+                    }
+                })
+            }
+            None => None,
+        };
+        rows.push((kind, model, ours, theirs));
+    }
+    print_table(o, &rows);
+    Ok(())
+}
+
+fn print_table(o: &Opts, rows: &[(&str, &str, Value, Option<Value>)]) {
+    let what = |k: &str| match k {
+        "lora" => "train step, LoRA r 32 all linear (frozen bf16 base)",
+        "full" => "train step, full fine-tuning",
+        _ => "encode (eval mode, last-token pooling)",
+    };
+    println!(
+        "\n{} texts of {} tokens per step/pass ({} pairs), {} threads, random weights\n",
+        2 * o.pairs,
+        o.len,
+        o.pairs,
+        o.threads
+    );
+    println!(
+        "| work | model | PyTorch tokens/s | angle tokens/s | ratio | PyTorch peak RSS | angle peak RSS |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for (kind, model, ours, theirs) in rows {
+        let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+        let (tt, tm) = theirs.as_ref().map_or((f64::NAN, f64::NAN), |t| {
+            (f(t, "tokens_per_s"), f(t, "peak_rss_bytes") / 1e9)
+        });
+        println!(
+            "| {} | {model} | {tt:.0} | {:.0} | {:.2}× | {tm:.2} GB | {:.2} GB |",
+            what(kind),
+            f(ours, "tokens_per_s"),
+            f(ours, "tokens_per_s") / tt,
+            f(ours, "peak_rss_bytes") / 1e9
+        );
+    }
+    for (kind, _, ours, theirs) in rows {
+        println!("{kind}: angle {ours}");
+        if let Some(t) = theirs {
+            println!("{kind}: torch {t}");
+        }
+    }
+}
