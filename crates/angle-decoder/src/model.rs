@@ -172,6 +172,8 @@ pub struct Decoder {
     rope_len: usize,
     acts: Acts,
     scratch: Scratch,
+    /// Loaded `frozen` with nothing trainable: no backward, so forward keeps two layers' activations, not all.
+    frozen: bool,
 }
 
 struct Builder<'a> {
@@ -422,6 +424,7 @@ impl Decoder {
             Some(l) => Some(l.target_mask()?),
             None => None,
         };
+        let frozen = frozen && lora.is_none();
         let mut b = Builder {
             ck: &checkpoint,
             entries: Vec::new(),
@@ -527,6 +530,7 @@ impl Decoder {
             rope_len: 0,
             acts: Acts::default(),
             scratch: Scratch::default(),
+            frozen,
         })
     }
 
@@ -665,6 +669,7 @@ impl Decoder {
             rope_sin,
             acts,
             scratch,
+            frozen,
             ..
         } = self;
         let params = &buffers.params;
@@ -687,7 +692,8 @@ impl Decoder {
         acts.dropout_seed = dropout_seed.filter(|_| p_drop > 0.0);
         let drop_of = |l: usize, m: usize| acts_drop(dropout_seed, p_drop, l, m);
         let nl = layers.len();
-        acts.layers.resize_with(nl.max(1), LayerActs::default);
+        let slots = if *frozen { nl.clamp(1, 2) } else { nl.max(1) };
+        acts.layers.resize_with(slots, LayerActs::default);
         // embedding
         {
             let x0 = sized(&mut acts.layers[0].x_in, n * h);
@@ -702,8 +708,7 @@ impl Decoder {
         }
         let plen = attention_probs_len(seq_offsets, nh);
         for (l, lay) in layers.iter().enumerate() {
-            let (cur, rest) = acts.layers.split_at_mut(l + 1);
-            let a = &mut cur[l];
+            let (a, next_slot) = layer_slots(&mut acts.layers, l, nl, *frozen);
             let s = &mut *scratch;
             rmsnorm_forward(
                 sized(&mut a.h1, n * h),
@@ -826,10 +831,9 @@ impl Decoder {
                 drop_of(l, 5),
             )?;
             swiglu_forward(sized(&mut a.act, n * inter), &a.gate, &a.up, n * inter)?;
-            let next = if l + 1 < nl {
-                &mut rest[0].x_in
-            } else {
-                &mut acts.x_out
+            let next = match next_slot {
+                Some(slot) => &mut slot.x_in,
+                None => &mut acts.x_out,
             };
             let next = sized(next, n * h);
             lin_forward(
@@ -892,6 +896,11 @@ impl Decoder {
     pub fn backward(&mut self, dhidden: &[f32]) -> Result<()> {
         if !self.acts.ready {
             return Err(DecoderError::State("backward without a forward".into()));
+        }
+        if self.frozen {
+            return Err(DecoderError::State(
+                "backward of a model loaded frozen (for encoding: nothing to train)".into(),
+            ));
         }
         self.buffers.alloc_training();
         let Decoder {
@@ -1157,6 +1166,29 @@ impl Decoder {
     pub fn grad_norm(&self) -> f64 {
         angle_tensor::cpu::grad_norm(&self.buffers.grads)
     }
+}
+
+/// Layer `l`'s activations and the next layer's slot, whose `x_in` layer `l` writes (`None` after the last
+/// layer). One slot per layer when a backward will read them; two taken in turn when none will (`reuse`).
+fn layer_slots(
+    layers: &mut [LayerActs],
+    l: usize,
+    nl: usize,
+    reuse: bool,
+) -> (&mut LayerActs, Option<&mut LayerActs>) {
+    let last = l + 1 == nl;
+    let (a, next) = if reuse {
+        let (s0, s1) = layers.split_at_mut(1);
+        if l % 2 == 0 {
+            (&mut s0[0], s1.first_mut())
+        } else {
+            (&mut s1[0], Some(&mut s0[0]))
+        }
+    } else {
+        let (cur, rest) = layers.split_at_mut(l + 1);
+        (&mut cur[l], rest.first_mut())
+    };
+    (a, next.filter(|_| !last))
 }
 
 fn acts_drop(seed: Option<u64>, p: f64, layer: usize, module: usize) -> Drop {

@@ -203,8 +203,9 @@ fn forward_loss_and_gradients_match_reference() {
     assert!(failures.is_empty(), "mismatches:\n{}", failures.join("\n"));
 }
 
-/// `frozen` (what `angle encode` loads): nothing trainable, the weights left in the checkpoint's dtype, and
-/// the same hidden states, bit for bit, as the trainable model's eval-mode forward.
+/// `frozen` (what `angle encode` loads): nothing trainable, the weights left in the checkpoint's dtype, two
+/// layers' activations reused in turn, and the same hidden states, bit for bit, as the trainable model's
+/// eval-mode forward; no backward.
 #[test]
 fn frozen_model_encodes_identically_with_nothing_trainable() {
     for dir in cases() {
@@ -237,7 +238,66 @@ fn frozen_model_encodes_identically_with_nothing_trainable() {
             .to_vec();
         let got = frozen.forward(&fx.ids, &fx.seq_offsets, None).unwrap();
         assert!(got == want.as_slice(), "{name}: frozen forward differs");
+        let h = frozen.config.hidden_size;
+        let e = frozen
+            .backward(&vec![1.0; fx.ids.len() * h])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("frozen"), "{e}");
     }
+}
+
+/// The same on a 6-layer model (the fixture's two layers repeated), so that the two activation slots are
+/// reused several times over.
+#[test]
+fn frozen_model_reuses_two_slots_over_six_layers() {
+    let src = common::cases()
+        .into_iter()
+        .map(|d| d.join("model"))
+        .find(|m| !m.join("adapter").exists())
+        .expect("a fixture without an adapter");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    for f in std::fs::read_dir(&src).unwrap().flatten() {
+        if f.path().is_file() {
+            std::fs::copy(f.path(), dir.join(f.file_name())).unwrap();
+        }
+    }
+    let mut config: Value = serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
+    let layers = config["num_hidden_layers"].as_u64().unwrap() as usize;
+    config["num_hidden_layers"] = (3 * layers).into();
+    std::fs::write(dir.join("config.json"), serde_json::to_vec(&config).unwrap()).unwrap();
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = Vec::new();
+    for (name, view) in st.tensors() {
+        if let Some(rest) = name.strip_prefix("model.layers.") {
+            let (l, tail) = rest.split_once('.').unwrap();
+            let l: usize = l.parse().unwrap();
+            for k in 0..3 {
+                tensors.push((format!("model.layers.{}.{tail}", l + k * layers), view.clone()));
+            }
+        } else {
+            tensors.push((name, view));
+        }
+    }
+    safetensors::serialize_to_file(tensors, None, &dir.join("model.safetensors")).unwrap();
+    let load = |frozen| {
+        Decoder::load(
+            dir,
+            DecoderOptions {
+                pooling: Some(Pooling::Last),
+                frozen,
+                ..DecoderOptions::default()
+            },
+        )
+        .unwrap()
+    };
+    let (mut trainable, mut frozen) = (load(false), load(true));
+    let ids: Vec<u32> = (3..40).collect();
+    let offsets = [0, 9, 22, 37];
+    let want = trainable.forward(&ids, &offsets, None).unwrap().to_vec();
+    assert!(frozen.forward(&ids, &offsets, None).unwrap() == want.as_slice());
 }
 
 #[test]
