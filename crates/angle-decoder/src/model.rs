@@ -1179,7 +1179,7 @@ fn layer_slots(
     let last = l + 1 == nl;
     let (a, next) = if reuse {
         let (s0, s1) = layers.split_at_mut(1);
-        if l % 2 == 0 {
+        if l.is_multiple_of(2) {
             (&mut s0[0], s1.first_mut())
         } else {
             (&mut s1[0], Some(&mut s0[0]))
