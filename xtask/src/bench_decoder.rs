@@ -12,15 +12,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use angle_decoder::{Decoder, DecoderOptions, LoraConfig};
+use angle_decoder::{Decoder, DecoderOptions, LoraConfig, WeightDtype};
 use angle_encoder::{AdamW, Pooling};
-use angle_loss::{AngleLoss, AngleLossConfig};
 use anyhow::{Context, bail};
 use ndarray::ArrayView2;
 use safetensors::tensor::{Dtype, TensorView};
 use serde_json::{Value, json};
 
-use crate::bench::{cpu_seconds, median, peak_rss, splitmix};
+use crate::bench::{bench_objective, cpu_seconds, median, peak_rss, splitmix};
 
 struct Opts {
     pairs: usize,
@@ -77,7 +76,7 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
     Ok(o)
 }
 
-/// (measurement, model folder name, config): the three rows of the table.
+/// (measurement, model shape): the three rows of the table.
 const ROWS: [(&str, &str); 3] = [
     ("lora", "qwen3-0.6b"),
     ("full", "qwen2.5-0.5b"),
@@ -162,16 +161,18 @@ fn write_model(dir: &Path, name: &str) -> anyhow::Result<()> {
         .map(|(ti, (tname, shape))| {
             let n: usize = shape.iter().product();
             let norm = tname.ends_with("norm.weight");
+            let values: Vec<f32> = (0..n)
+                .map(|i| {
+                    if norm {
+                        1.0
+                    } else {
+                        let u = (splitmix(ti as u64, i as u64) >> 11) as f64 / (1u64 << 53) as f64;
+                        ((2.0 * u - 1.0) * half_width) as f32
+                    }
+                })
+                .collect();
             let mut bytes = Vec::with_capacity(2 * n);
-            for i in 0..n {
-                let x = if norm {
-                    1.0
-                } else {
-                    let u = (splitmix(ti as u64, i as u64) >> 11) as f64 / (1u64 << 53) as f64;
-                    ((2.0 * u - 1.0) * half_width) as f32
-                };
-                bytes.extend_from_slice(&angle_tensor_bf16(x).to_le_bytes());
-            }
+            WeightDtype::Bf16.encode(&values, &mut bytes);
             bytes
         })
         .collect();
@@ -182,12 +183,6 @@ fn write_model(dir: &Path, name: &str) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     safetensors::serialize_to_file(views, None, &dir.join("model.safetensors"))?;
     Ok(())
-}
-
-/// Round to nearest even, as `torch.bfloat16`.
-fn angle_tensor_bf16(x: f32) -> u16 {
-    let b = x.to_bits();
-    ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) as u16
 }
 
 /// Random token ids (the same on both sides: the torch script draws them with the same splitmix), `texts × len`.
@@ -242,18 +237,14 @@ fn child(o: &Opts, kind: &str, dir: &Path) -> anyhow::Result<Value> {
             }
         }
     } else {
-        let loss = AngleLoss::new(AngleLossConfig {
-            cosine_w: 1.0,
-            ibn_w: 1.0,
-            angle_w: 0.02,
-            ..Default::default()
-        });
+        let loss = bench_objective();
         let adamw = AdamW {
             lr: 1e-4,
             weight_decay: 0.0,
             ..Default::default()
         };
         let mut dpooled = vec![0.0f32; texts * h];
+        let mut p64 = vec![0.0f64; texts * h];
         for step in 0..=o.steps {
             if step == 1 {
                 cpu0 = cpu_seconds()?;
@@ -262,7 +253,7 @@ fn child(o: &Opts, kind: &str, dir: &Path) -> anyhow::Result<Value> {
             let t = Instant::now();
             dec.forward(&ids, &offsets, Some(step as u64))?;
             dec.pool(&mut pooled)?;
-            let p64: Vec<f64> = pooled.iter().map(|&x| f64::from(x)).collect();
+            p64.iter_mut().zip(&pooled).for_each(|(d, &x)| *d = f64::from(x));
             let out = loss.format_a(
                 ArrayView2::from_shape((texts, h), &p64)?,
                 &labels(step, o.pairs),
@@ -414,16 +405,24 @@ fn print_table(o: &Opts, rows: &[(&str, &str, Value, Option<Value>)]) {
     );
     println!("| --- | --- | --- | --- | --- | --- | --- |");
     for (kind, model, ours, theirs) in rows {
-        let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
-        let (tt, tm) = theirs.as_ref().map_or((f64::NAN, f64::NAN), |t| {
-            (f(t, "tokens_per_s"), f(t, "peak_rss_bytes") / 1e9)
-        });
-        println!(
-            "| {} | {model} | {tt:.0} | {:.0} | {:.2}× | {tm:.2} GB | {:.2} GB |",
-            what(kind),
+        let f = |v: &Value, k: &str| v[k].as_f64().filter(|x| x.is_finite());
+        let fmt = |x: Option<f64>, unit: &str| x.map_or("—".to_string(), |x| format!("{x:.2}{unit}"));
+        let (ot, om) = (
             f(ours, "tokens_per_s"),
-            f(ours, "tokens_per_s") / tt,
-            f(ours, "peak_rss_bytes") / 1e9
+            f(ours, "peak_rss_bytes").map(|b| b / 1e9),
+        );
+        let (tt, tm) = theirs.as_ref().map_or((None, None), |t| {
+            (f(t, "tokens_per_s"), f(t, "peak_rss_bytes").map(|b| b / 1e9))
+        });
+        let ratio = ot.zip(tt).map(|(o, t)| o / t);
+        println!(
+            "| {} | {model} | {} | {} | {} | {} | {} |",
+            what(kind),
+            fmt(tt, ""),
+            fmt(ot, ""),
+            fmt(ratio, "×"),
+            fmt(tm, " GB"),
+            fmt(om, " GB")
         );
     }
     for (kind, _, ours, theirs) in rows {

@@ -135,8 +135,9 @@ pub trait Backbone {
     /// Writes the model's own files into the checkpoint folder `dir` (`config.json` and weights, or an
     /// adapter); `files_from` is the folder the model was loaded from (for files to carry along).
     fn write_weights(&mut self, dir: &Path, files_from: &Path) -> Result<()>;
-    /// A LoRA model's adapter folded into its base: a full checkpoint in the new folder `dir`.
-    fn write_merged(&mut self, _dir: &Path) -> Result<()> {
+    /// A LoRA model's adapter folded into its base: a full checkpoint in the new folder `dir`, with the
+    /// encode settings of the adapter checkpoint `settings_from`.
+    fn write_merged(&mut self, _dir: &Path, _settings_from: &Path) -> Result<()> {
         Err(TrainError::Config(
             "only a LoRA model has an adapter to merge".into(),
         ))

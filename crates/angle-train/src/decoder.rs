@@ -251,19 +251,20 @@ impl Backbone for DecoderCpu {
         }
     }
 
-    fn write_merged(&mut self, dir: &Path) -> Result<()> {
+    fn write_merged(&mut self, dir: &Path, settings_from: &Path) -> Result<()> {
         if self.dec.lora.is_none() {
             return Err(TrainError::Config(
                 "--merge-lora needs a LoRA run (--lora-r ...)".into(),
             ));
         }
-        write_merged(self, dir)
+        write_merged(self, dir, settings_from)
     }
 }
 
 /// `angle merge` and `--merge-lora`: the adapter folded into the base weights, a full checkpoint in `out`
-/// (with the tokenizer files), refused when `out` exists.
-pub fn write_merged(model: &DecoderCpu, out: &Path) -> Result<()> {
+/// (with the tokenizer files and the encode settings of the adapter folder `settings_from`, so it encodes as
+/// trained), refused when `out` exists.
+pub fn write_merged(model: &DecoderCpu, out: &Path, settings_from: &Path) -> Result<()> {
     if out.exists() {
         return Err(TrainError::Config(format!(
             "{} exists: give a new folder for the merged model",
@@ -271,5 +272,6 @@ pub fn write_merged(model: &DecoderCpu, out: &Path) -> Result<()> {
         )));
     }
     std::fs::create_dir_all(out).map_err(io_err(out))?;
-    model.dec.save_merged(out).map_err(dec_err)
+    model.dec.save_merged(out).map_err(dec_err)?;
+    crate::checkpoint::copy_settings(settings_from, out)
 }

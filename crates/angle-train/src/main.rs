@@ -745,8 +745,7 @@ fn run_merge(a: &MergeArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let (model, _) = angle_train::decoder::load_decoder(&a.adapter, None, &settings)?;
-    angle_train::decoder::write_merged(&model, &a.output)?;
-    angle_train::checkpoint::copy_settings(&a.adapter, &a.output)?;
+    angle_train::decoder::write_merged(&model, &a.output, &a.adapter)?;
     println!(
         "{}: {} merged into {}",
         a.output.display(),

@@ -398,8 +398,7 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
     drop(metrics);
     if config.merge_lora && !interrupted {
         let dir = out.join(MERGED);
-        model.write_merged(&dir)?;
-        checkpoint::copy_settings(&out.join(CHECKPOINT_LAST), &dir)?;
+        model.write_merged(&dir, &out.join(CHECKPOINT_LAST))?;
         say(
             &bar,
             opts.progress,
