@@ -128,36 +128,9 @@ impl PackedBf16 {
             .for_each(|(nt, col_tiles)| {
                 let c0 = nt * TN;
                 let cols = TN.min(n.saturating_sub(c0));
-                if cols == 0 {
-                    return; // the padding tile of an odd tile count stays zero
-                }
-                for (kt, tile) in col_tiles.chunks_exact_mut(TILE).enumerate() {
-                    let pairs = (k - kt * TK).min(TK).div_ceil(2);
-                    for (r, row) in tile.chunks_exact_mut(2 * TN).take(pairs).enumerate() {
-                        let k0 = kt * TK + 2 * r;
-                        let has_k1 = k0 + 1 < k;
-                        if transposed {
-                            // rows k0 and k0 + 1 of the source, 16 columns each
-                            let a = &src[k0 * n + c0..][..cols];
-                            for (j, &v) in a.iter().enumerate() {
-                                row[2 * j] = f32_to_bf16(v);
-                            }
-                            if has_k1 {
-                                let b = &src[(k0 + 1) * n + c0..][..cols];
-                                for (j, &v) in b.iter().enumerate() {
-                                    row[2 * j + 1] = f32_to_bf16(v);
-                                }
-                            }
-                        } else {
-                            for j in 0..cols {
-                                let rowj = &src[(c0 + j) * k + k0..];
-                                row[2 * j] = f32_to_bf16(rowj[0]);
-                                if has_k1 {
-                                    row[2 * j + 1] = f32_to_bf16(rowj[1]);
-                                }
-                            }
-                        }
-                    }
+                // the padding tile of an odd tile count stays zero
+                if cols > 0 {
+                    bf16_simd::pack_tile_column(src, n, k, c0, cols, transposed, col_tiles);
                 }
             });
         self.rounded.clear();
@@ -415,8 +388,9 @@ pub fn linear_accumulate_bf16(
 }
 
 thread_local! {
-    /// `doutᵀ` for the weight gradient, `[out_dim, rows]`, and the activations packed for it.
-    static DOUT_T: RefCell<(Vec<f32>, PackedBf16)> = RefCell::new(Default::default());
+    /// The weight gradient's `doutᵀ`: `[out_dim, rows]` f32 (AMX, AVX2, portable) or bf16 pair
+    /// rows of `dout` (AVX512-BF16); and the activations packed for it.
+    static DOUT_T: RefCell<(Vec<f32>, Vec<u16>, PackedBf16)> = RefCell::new(Default::default());
 }
 
 /// A linear layer's backward with bf16 products and f32 sums, adding into every gradient:
@@ -488,19 +462,30 @@ pub fn linear_backward_bf16_with(
     // dweight [out, in] += doutᵀ [out, rows] · inp [rows, in]: inp is the "weight" of a
     // product whose inputs are the rows of doutᵀ.
     // Taken out while rayon runs (see `portable`), put back after.
-    let (mut t, mut inp_packed) = DOUT_T.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    let (mut t, mut pairs, mut inp_packed) = DOUT_T.with(|b| std::mem::take(&mut *b.borrow_mut()));
     inp_packed.pack_transposed_into(inp, rows, in_dim)?;
-    if t.len() < out_dim * rows {
-        t.resize(out_dim * rows, 0.0);
-    }
-    let dt = &mut t[..out_dim * rows];
-    dt.par_chunks_mut(rows).enumerate().for_each(|(o, row)| {
-        for (r, d) in row.iter_mut().enumerate() {
-            *d = dout[r * out_dim + o];
+    let result = if kernel == Bf16Kernel::Avx512Bf16 {
+        // doutᵀ's pairs (dout[2p, o], dout[2p + 1, o]) straight from row pairs of dout: no transpose.
+        let len = bf16_simd::pair_rows_len(rows, out_dim);
+        if pairs.len() < len {
+            pairs.resize(len, 0);
         }
-    });
-    let result = bf16_product(kernel, dweight, dt, &inp_packed, None, out_dim, true);
-    DOUT_T.with(|b| *b.borrow_mut() = (t, inp_packed));
+        bf16_simd::pair_rows(dout, rows, out_dim, &mut pairs[..len]);
+        bf16_simd::accumulate_pair_rows(dweight, &pairs[..len], out_dim, &inp_packed);
+        Ok(())
+    } else {
+        if t.len() < out_dim * rows {
+            t.resize(out_dim * rows, 0.0);
+        }
+        let dt = &mut t[..out_dim * rows];
+        dt.par_chunks_mut(rows).enumerate().for_each(|(o, row)| {
+            for (r, d) in row.iter_mut().enumerate() {
+                *d = dout[r * out_dim + o];
+            }
+        });
+        bf16_product(kernel, dweight, dt, &inp_packed, None, out_dim, true)
+    };
+    DOUT_T.with(|b| *b.borrow_mut() = (t, pairs, inp_packed));
     result
 }
 
