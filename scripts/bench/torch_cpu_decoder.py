@@ -1,6 +1,6 @@
 """PyTorch + peft baseline for `cargo xtask bench-decoder`, on the model folder angle wrote (same weights).
 
-    torch_cpu_decoder.py lora|full|encode MODEL_DIR [--pairs 32] [--len 64] [--steps 2] [--threads 2]
+    torch_cpu_decoder.py lora|full|encode MODEL_DIR [--pairs 32] [--len 64] [--steps 2] [--threads 2] [--bf16]
 
 The same work as xtask/src/bench_decoder.rs: 2 x pairs texts of `len` random token ids each (the same ids: the
 same splitmix), no padding; float32 arithmetic; last-token pooling of the final-norm hidden states, computed by
@@ -8,7 +8,8 @@ the decoder stack itself (the LM head's logits, which `AutoModelForCausalLM`'s f
 computed: neither side needs them). lora: peft LoRA r 32, alpha 32, dropout 0.1 on all linear layers, train
 mode; full: every parameter trainable; both with the format-A objective (cosine 1 + in-batch 1 + angle 0.02, taus
 20) and AdamW (lr 1e-4, no weight decay). encode: eval mode, no grad. One warm-up step, then the median of
---steps. Prints one JSON line (tokens_per_s, peak_rss_bytes, ...).
+--steps. --bf16: the model's forward under bf16 autocast (f32 master weights, oneDNN's bf16 products; AMX or
+AVX512-BF16 where the CPU has them), as `angle --precision bf16`. Prints one JSON line (tokens_per_s, ...).
 """
 
 import argparse
@@ -37,6 +38,7 @@ def main():
     ap.add_argument("--len", type=int, default=64)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast for the model's forward")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     from transformers import AutoModelForCausalLM
@@ -65,7 +67,7 @@ def main():
     times, cpu0 = [], 0.0
     if a.kind == "encode":
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
             for p in range(a.steps + 1):
                 if p == 1:
                     cpu0 = cpu_seconds()
@@ -84,8 +86,9 @@ def main():
                 cpu0 = cpu_seconds()
             x, y = ids(s), labels(s)
             t = time.perf_counter()
-            pooled = stack(input_ids=x).last_hidden_state[:, -1]
-            loss = objective(pooled, y)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
+                pooled = stack(input_ids=x).last_hidden_state[:, -1]
+            loss = objective(pooled.float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -104,6 +107,7 @@ def main():
                 "peak_rss_bytes": rss_bytes(),
                 "load_seconds": load_s,
                 "torch": torch.__version__,
+                "bf16": a.bf16,
                 "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
             }
         )

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use angle_decoder::{Decoder, DecoderOptions, LoraConfig, WeightDtype};
-use angle_encoder::{AdamW, Pooling};
+use angle_encoder::{AdamW, Pooling, Precision};
 use anyhow::{Context, bail};
 use ndarray::ArrayView2;
 use safetensors::tensor::{Dtype, TensorView};
@@ -28,15 +28,18 @@ struct Opts {
     threads: usize,
     torch: Option<PathBuf>,
     only: Option<String>,
+    /// Also (the parent) or only (a child) bf16 products: ours with `Precision::Bf16`, PyTorch's autocast.
+    bf16: bool,
     /// child: the measurement and the model folder
     child: Option<(String, PathBuf)>,
 }
 
 fn usage() -> &'static str {
-    "cargo xtask bench-decoder [--pairs 32] [--len 64] [--steps 2] [--threads N] [--only lora|full|encode] [--torch PYTHON]\n\n\
+    "cargo xtask bench-decoder [--pairs 32] [--len 64] [--steps 2] [--threads N] [--only lora|full|encode] [--bf16] [--torch PYTHON]\n\n\
      Train step of a Qwen3-0.6B shape with LoRA r 32 (all linear), of a Qwen2.5-0.5B shape fully fine-tuned, and\n\
      encode throughput of the 0.6B shape, on random weights; with --torch, the same work in PyTorch + peft\n\
-     (scripts/bench/torch_cpu_decoder.py) on the same weights, threads and token ids."
+     (scripts/bench/torch_cpu_decoder.py) on the same weights, threads and token ids. --bf16: every row again\n\
+     with bf16 products (ours: --precision bf16 on the CPU's bf16 kernel; PyTorch: bf16 autocast)."
 }
 
 fn parse(args: &[String]) -> anyhow::Result<Opts> {
@@ -47,6 +50,7 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
         threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
         torch: None,
         only: None,
+        bf16: false,
         child: None,
     };
     let mut it = args.iter();
@@ -59,6 +63,7 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
             "--threads" => o.threads = value()?.parse()?,
             "--torch" => o.torch = Some(PathBuf::from(value()?)),
             "--only" => o.only = Some(value()?.clone()),
+            "--bf16" => o.bf16 = true,
             "--child" => {
                 let kind = value()?.clone();
                 o.child = Some((kind, PathBuf::from(value()?)));
@@ -217,6 +222,9 @@ fn child(o: &Opts, kind: &str, dir: &Path) -> anyhow::Result<Value> {
             ..DecoderOptions::default()
         },
     )?;
+    if o.bf16 {
+        dec.set_precision(Precision::Bf16)?;
+    }
     let load_s = t_load.elapsed().as_secs_f64();
     let h = dec.config.hidden_size;
     let texts = 2 * o.pairs;
@@ -279,7 +287,9 @@ fn child(o: &Opts, kind: &str, dir: &Path) -> anyhow::Result<Value> {
     Ok(json!({
         "kind": kind, "seconds": s, "texts_per_s": texts as f64 / s, "tokens_per_s": (texts * o.len) as f64 / s,
         "cpu_seconds": cpu, "peak_rss_bytes": peak_rss()?, "load_seconds": load_s,
-        "trainable": dec.buffers.params.len(),
+        "trainable": dec.buffers.params.len(), "bf16": o.bf16,
+        "bf16_kernel": o.bf16.then(|| angle_encoder::bf16_kernel_name()),
+        "bf16_copy_bytes": dec.bf16_bytes(),
     }))
 }
 
@@ -320,8 +330,6 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 }
 
 fn measure(o: &Opts, tmp: &Path) -> anyhow::Result<()> {
-    let exe = std::env::current_exe()?;
-    let root = crate::train::workspace_root()?;
     let mut rows = Vec::new();
     for (kind, model) in ROWS {
         if o.only.as_deref().is_some_and(|k| k != kind) {
@@ -336,58 +344,80 @@ fn measure(o: &Opts, tmp: &Path) -> anyhow::Result<()> {
                 t.elapsed().as_secs_f64()
             );
         }
-        let common = [
-            "--pairs".to_string(),
-            o.pairs.to_string(),
-            "--len".into(),
-            o.len.to_string(),
-            "--steps".into(),
-            o.steps.to_string(),
-            "--threads".into(),
-            o.threads.to_string(),
-        ];
-        eprintln!("bench-decoder: angle {kind} on {model} ...");
-        let mut args = vec!["bench-decoder".to_string()];
-        args.extend(common.iter().cloned());
-        args.extend(["--child".into(), kind.into(), dir.display().to_string()]);
-        // a failed measurement (e.g. out of memory) is a row that says so, not the end of the table
-        let ours = run_child(&exe, &args).unwrap_or_else(|e| json!({"error": e.to_string()}));
-        let theirs = match &o.torch {
-            Some(py) => {
-                eprintln!("bench-decoder: PyTorch + peft {kind} on {model} ...");
-                let mut a = vec![
-                    root.join("scripts/bench/torch_cpu_decoder.py")
-                        .display()
-                        .to_string(),
-                    kind.to_string(),
-                    dir.display().to_string(),
-                ];
-                a.extend(common.iter().cloned());
-                let mut cmd = Command::new(py);
-                if std::env::var_os("OMP_WAIT_POLICY").is_none() {
-                    cmd.env("OMP_WAIT_POLICY", "PASSIVE");
-                }
-                let out = cmd.args(&a).output()?;
-                let stdout = String::from_utf8_lossy(&out.stdout);
-                let line = stdout.lines().rev().find(|l| l.starts_with('{'));
-                Some(match (out.status.success(), line) {
-                    (true, Some(l)) => serde_json::from_str::<Value>(l)?,
-                    _ => {
-                        let err = String::from_utf8_lossy(&out.stderr);
-                        let tail: String = err.lines().rev().take(3).collect::<Vec<_>>().join(" | ");
-                        json!({"error": format!("{} ({tail})", out.status)})
-                    }
-                })
-            }
-            None => None,
-        };
-        rows.push((kind, model, ours, theirs));
+        for bf16 in [false, true].into_iter().filter(|&b| !b || o.bf16) {
+            let row = measure_row(o, kind, model, &dir, bf16)?;
+            rows.push(row);
+        }
     }
     print_table(o, &rows);
     Ok(())
 }
 
-fn print_table(o: &Opts, rows: &[(&str, &str, Value, Option<Value>)]) {
+type Row<'a> = (&'a str, &'a str, bool, Value, Option<Value>);
+
+/// One row of the table: ours and (with --torch) PyTorch's, each in its own process.
+fn measure_row<'a>(
+    o: &Opts,
+    kind: &'a str,
+    model: &'a str,
+    dir: &Path,
+    bf16: bool,
+) -> anyhow::Result<Row<'a>> {
+    let exe = std::env::current_exe()?;
+    let root = crate::train::workspace_root()?;
+    let mut common = vec![
+        "--pairs".to_string(),
+        o.pairs.to_string(),
+        "--len".into(),
+        o.len.to_string(),
+        "--steps".into(),
+        o.steps.to_string(),
+        "--threads".into(),
+        o.threads.to_string(),
+    ];
+    if bf16 {
+        common.push("--bf16".into());
+    }
+    let precision = if bf16 { "bf16" } else { "f32" };
+    eprintln!("bench-decoder: angle {kind} on {model}, {precision} ...");
+    let mut args = vec!["bench-decoder".to_string()];
+    args.extend(common.iter().cloned());
+    args.extend(["--child".into(), kind.into(), dir.display().to_string()]);
+    // a failed measurement (e.g. out of memory) is a row that says so, not the end of the table
+    let ours = run_child(&exe, &args).unwrap_or_else(|e| json!({"error": e.to_string()}));
+    let theirs = match &o.torch {
+        Some(py) => {
+            eprintln!("bench-decoder: PyTorch + peft {kind} on {model}, {precision} ...");
+            let mut a = vec![
+                root.join("scripts/bench/torch_cpu_decoder.py")
+                    .display()
+                    .to_string(),
+                kind.to_string(),
+                dir.display().to_string(),
+            ];
+            a.extend(common.iter().cloned());
+            let mut cmd = Command::new(py);
+            if std::env::var_os("OMP_WAIT_POLICY").is_none() {
+                cmd.env("OMP_WAIT_POLICY", "PASSIVE");
+            }
+            let out = cmd.args(&a).output()?;
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let line = stdout.lines().rev().find(|l| l.starts_with('{'));
+            Some(match (out.status.success(), line) {
+                (true, Some(l)) => serde_json::from_str::<Value>(l)?,
+                _ => {
+                    let err = String::from_utf8_lossy(&out.stderr);
+                    let tail: String = err.lines().rev().take(3).collect::<Vec<_>>().join(" | ");
+                    json!({"error": format!("{} ({tail})", out.status)})
+                }
+            })
+        }
+        None => None,
+    };
+    Ok((kind, model, bf16, ours, theirs))
+}
+
+fn print_table(o: &Opts, rows: &[Row<'_>]) {
     let what = |k: &str| match k {
         "lora" => "train step, LoRA r 32 all linear (frozen bf16 base)",
         "full" => "train step, full fine-tuning",
@@ -401,10 +431,18 @@ fn print_table(o: &Opts, rows: &[(&str, &str, Value, Option<Value>)]) {
         o.threads
     );
     println!(
-        "| work | model | PyTorch tokens/s | angle tokens/s | ratio | PyTorch peak RSS | angle peak RSS |"
+        "| work | model | products | PyTorch tokens/s | angle tokens/s | ratio | PyTorch peak RSS | angle peak RSS |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
-    for (kind, model, ours, theirs) in rows {
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (kind, model, bf16, ours, theirs) in rows {
+        let products = if *bf16 {
+            format!(
+                "bf16 (ours: {}; PyTorch: autocast)",
+                angle_encoder::bf16_kernel_name()
+            )
+        } else {
+            "f32".to_string()
+        };
         let f = |v: &Value, k: &str| v[k].as_f64().filter(|x| x.is_finite());
         let fmt = |x: Option<f64>, unit: &str| x.map_or("—".to_string(), |x| format!("{x:.2}{unit}"));
         let (ot, om) = (
@@ -416,7 +454,7 @@ fn print_table(o: &Opts, rows: &[(&str, &str, Value, Option<Value>)]) {
         });
         let ratio = ot.zip(tt).map(|(o, t)| o / t);
         println!(
-            "| {} | {model} | {} | {} | {} | {} | {} |",
+            "| {} | {model} | {products} | {} | {} | {} | {} | {} |",
             what(kind),
             fmt(tt, ""),
             fmt(ot, ""),
@@ -425,7 +463,7 @@ fn print_table(o: &Opts, rows: &[(&str, &str, Value, Option<Value>)]) {
             fmt(om, " GB")
         );
     }
-    for (kind, _, ours, theirs) in rows {
+    for (kind, _, _, ours, theirs) in rows {
         println!("{kind}: angle {ours}");
         if let Some(t) = theirs {
             println!("{kind}: torch {t}");

@@ -10,12 +10,13 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use angle_encoder::{AdamW, ParamBuffers, ParamEntry, Pooler, Pooling};
+use angle_encoder::{AdamW, ParamBuffers, ParamEntry, Pooler, Pooling, Precision};
 use angle_tensor::cpu::{
-    GqaShape, LoraShape, MatMut, MatRef, attention_probs_len, dropout_backward, dropout_forward, gemm,
-    gqa_attention_backward, gqa_attention_forward, linear_backward, linear_forward, lora_backward,
-    lora_forward, rmsnorm_backward, rmsnorm_forward, rope_backward, rope_forward, rope_inv_freq,
-    rope_tables_from, swiglu_backward, swiglu_forward,
+    GqaShape, LoraShape, MatMut, MatRef, PackedBf16, attention_probs_len, dropout_backward, dropout_forward,
+    gemm, gqa_attention_backward, gqa_attention_forward, linear_accumulate_bf16, linear_backward,
+    linear_backward_bf16, linear_forward, linear_forward_bf16, lora_backward, lora_forward, rmsnorm_backward,
+    rmsnorm_forward, rope_backward, rope_forward, rope_inv_freq, rope_tables_from, swiglu_backward,
+    swiglu_forward,
 };
 use angle_tensor::rng::derive_seed;
 
@@ -61,6 +62,14 @@ struct Layer {
     k_norm: Option<Param>,
     /// q, k, v, o, gate, up, down ([`MODULES`] order)
     lin: Vec<Linear>,
+}
+
+/// A linear weight rounded to bf16 and packed for the bf16 kernels (`Precision::Bf16`): `fwd` for
+/// `x · Wᵀ`, `bwd` (when a backward will run) for the input gradient `dy · W`.
+#[derive(Debug, Clone, Default)]
+struct Bf16Weight {
+    fwd: PackedBf16,
+    bwd: Option<PackedBf16>,
 }
 
 /// What a layer's backward needs, saved by forward (reused across steps: `Vec`s only grow).
@@ -174,6 +183,10 @@ pub struct Decoder {
     scratch: Scratch,
     /// Loaded `frozen` with nothing trainable: no backward, so forward keeps two layers' activations, not all.
     frozen: bool,
+    /// The linear layers' products: f32 on the widened weights, or bf16 with f32 sums.
+    precision: Precision,
+    /// With bf16 products, every layer's seven packed weights ([`MODULES`] order); empty in f32.
+    bf16: Vec<Vec<Bf16Weight>>,
 }
 
 struct Builder<'a> {
@@ -263,6 +276,7 @@ type Drop = Option<(f32, u64)>;
 
 fn lin_forward(
     lin: &Linear,
+    bf16: Option<&Bf16Weight>,
     params: &[f32],
     wbuf: &mut Vec<f32>,
     tmp: &mut Vec<f32>,
@@ -272,9 +286,14 @@ fn lin_forward(
     rows: usize,
     drop: Drop,
 ) -> Result<()> {
-    let w = values(&lin.weight, params, wbuf);
     let b = lin.bias.as_ref().map(|b| small(b, params));
-    linear_forward(out, inp, w, b, rows, lin.in_dim, lin.out_dim)?;
+    match bf16 {
+        Some(p) => linear_forward_bf16(out, inp, &p.fwd, b, rows)?,
+        None => {
+            let w = values(&lin.weight, params, wbuf);
+            linear_forward(out, inp, w, b, rows, lin.in_dim, lin.out_dim)?;
+        }
+    }
     if let Some(l) = &lin.lora {
         let n = rows * lin.in_dim;
         let x: &[f32] = match drop {
@@ -306,10 +325,11 @@ fn lin_forward(
 
 fn lin_backward(
     lin: &Linear,
+    bf16: Option<&Bf16Weight>,
     params: &[f32],
     grads: &mut [f32],
     s: &mut Scratch,
-    mut dinp: Option<&mut [f32]>,
+    dinp: &mut [f32],
     dout: &[f32],
     inp: &[f32],
     xa: &[f32],
@@ -325,25 +345,20 @@ fn lin_backward(
             }
             _ => (&mut grads[wr.clone()], None),
         };
-        linear_backward(
-            dinp.as_deref_mut(),
-            dw,
-            db,
-            dout,
-            inp,
-            &params[wr.clone()],
-            rows,
-            i,
-            o,
-        )?;
-    } else if let Some(d) = dinp.as_deref_mut() {
+        match bf16.and_then(|p| p.bwd.as_ref()) {
+            Some(wt) => linear_backward_bf16(dinp, dw, db, dout, inp, wt, rows, i, o)?,
+            None => linear_backward(Some(dinp), dw, db, dout, inp, &params[wr.clone()], rows, i, o)?,
+        }
+    } else if let Some(wt) = bf16.and_then(|p| p.bwd.as_ref()) {
+        linear_accumulate_bf16(dinp, dout, wt, rows)?;
+    } else {
         let w = values(&lin.weight, params, &mut s.w);
         gemm(
             1.0,
             MatRef::new(dout, rows, o),
             MatRef::new(w, o, i),
             1.0,
-            MatMut::new(d, rows, i),
+            MatMut::new(dinp, rows, i),
         )?;
     }
     if let Some(l) = &lin.lora {
@@ -364,11 +379,9 @@ fn lin_backward(
                 dropout_forward(x, inp, n, p, seed)?;
                 let dx = zeroed(&mut s.tmp2, n);
                 lora_backward(Some(&mut *dx), da, db, dxa, dout, x, xa, a, b, shape)?;
-                if let Some(d) = dinp {
-                    dropout_backward(d, dx, n, p, seed)?;
-                }
+                dropout_backward(dinp, dx, n, p, seed)?;
             }
-            None => lora_backward(dinp, da, db, dxa, dout, inp, xa, a, b, shape)?,
+            None => lora_backward(Some(dinp), da, db, dxa, dout, inp, xa, a, b, shape)?,
         }
     }
     Ok(())
@@ -531,6 +544,8 @@ impl Decoder {
             acts: Acts::default(),
             scratch: Scratch::default(),
             frozen,
+            precision: Precision::F32,
+            bf16: Vec::new(),
         })
     }
 
@@ -670,6 +685,7 @@ impl Decoder {
             acts,
             scratch,
             frozen,
+            bf16: packs,
             ..
         } = self;
         let params = &buffers.params;
@@ -722,6 +738,7 @@ impl Decoder {
             let [xq, xk, xv, xo, xg, xu, xd] = &mut a.xa;
             lin_forward(
                 &lay.lin[0],
+                packs.get(l).map(|p| &p[0]),
                 params,
                 &mut s.w,
                 &mut s.tmp,
@@ -733,6 +750,7 @@ impl Decoder {
             )?;
             lin_forward(
                 &lay.lin[1],
+                packs.get(l).map(|p| &p[1]),
                 params,
                 &mut s.w,
                 &mut s.tmp,
@@ -744,6 +762,7 @@ impl Decoder {
             )?;
             lin_forward(
                 &lay.lin[2],
+                packs.get(l).map(|p| &p[2]),
                 params,
                 &mut s.w,
                 &mut s.tmp,
@@ -789,6 +808,7 @@ impl Decoder {
             let x_mid = sized(&mut a.x_mid, n * h);
             lin_forward(
                 &lay.lin[3],
+                packs.get(l).map(|p| &p[3]),
                 params,
                 &mut s.w,
                 &mut s.tmp,
@@ -810,6 +830,7 @@ impl Decoder {
             )?;
             lin_forward(
                 &lay.lin[4],
+                packs.get(l).map(|p| &p[4]),
                 params,
                 &mut s.w,
                 &mut s.tmp,
@@ -821,6 +842,7 @@ impl Decoder {
             )?;
             lin_forward(
                 &lay.lin[5],
+                packs.get(l).map(|p| &p[5]),
                 params,
                 &mut s.w,
                 &mut s.tmp,
@@ -838,6 +860,7 @@ impl Decoder {
             let next = sized(next, n * h);
             lin_forward(
                 &lay.lin[6],
+                packs.get(l).map(|p| &p[6]),
                 params,
                 &mut s.w,
                 &mut s.tmp,
@@ -915,6 +938,7 @@ impl Decoder {
             rope_sin,
             acts,
             scratch: s,
+            bf16: packs,
             ..
         } = self;
         let ParamBuffers { params, grads, .. } = buffers;
@@ -958,10 +982,11 @@ impl Decoder {
             zeroed(&mut dact, n * inter);
             lin_backward(
                 &lay.lin[6],
+                packs.get(l).map(|p| &p[6]),
                 params,
                 grads,
                 s,
-                Some(&mut dact),
+                &mut dact,
                 &dx,
                 &a.act,
                 &a.xa[6],
@@ -976,10 +1001,11 @@ impl Decoder {
             zeroed(&mut dh, n * h);
             lin_backward(
                 &lay.lin[4],
+                packs.get(l).map(|p| &p[4]),
                 params,
                 grads,
                 s,
-                Some(&mut dh),
+                &mut dh,
                 &dgate,
                 &a.h2,
                 &a.xa[4],
@@ -988,10 +1014,11 @@ impl Decoder {
             )?;
             lin_backward(
                 &lay.lin[5],
+                packs.get(l).map(|p| &p[5]),
                 params,
                 grads,
                 s,
-                Some(&mut dh),
+                &mut dh,
                 &dup,
                 &a.h2,
                 &a.xa[5],
@@ -1014,10 +1041,11 @@ impl Decoder {
             zeroed(&mut datt, n * qd);
             lin_backward(
                 &lay.lin[3],
+                packs.get(l).map(|p| &p[3]),
                 params,
                 grads,
                 s,
-                Some(&mut datt),
+                &mut datt,
                 &dx,
                 &a.att,
                 &a.xa[3],
@@ -1078,10 +1106,11 @@ impl Decoder {
             zeroed(&mut dh, n * h);
             lin_backward(
                 &lay.lin[0],
+                packs.get(l).map(|p| &p[0]),
                 params,
                 grads,
                 s,
-                Some(&mut dh),
+                &mut dh,
                 &dq,
                 &a.h1,
                 &a.xa[0],
@@ -1090,10 +1119,11 @@ impl Decoder {
             )?;
             lin_backward(
                 &lay.lin[1],
+                packs.get(l).map(|p| &p[1]),
                 params,
                 grads,
                 s,
-                Some(&mut dh),
+                &mut dh,
                 &dk,
                 &a.h1,
                 &a.xa[1],
@@ -1102,10 +1132,11 @@ impl Decoder {
             )?;
             lin_backward(
                 &lay.lin[2],
+                packs.get(l).map(|p| &p[2]),
                 params,
                 grads,
                 s,
-                Some(&mut dh),
+                &mut dh,
                 &dv,
                 &a.h1,
                 &a.xa[2],
@@ -1137,6 +1168,64 @@ impl Decoder {
         Ok(())
     }
 
+    /// The linear layers' products: [`Precision::F32`] (the default: f32 on the widened weights, exact
+    /// to the fixtures) or [`Precision::Bf16`]: every linear weight rounded to bf16 and packed once for
+    /// the bf16 kernels (AVX512-BF16 / AMX where the CPU has them), the inputs rounded per product, f32
+    /// sums; a model that trains also gets a transposed copy for the input gradient, and trainable weights
+    /// (full fine-tuning) are repacked after every AdamW step. Norms, attention, SwiGLU, LoRA's A and B,
+    /// master weights and AdamW stay f32. Costs the bf16 bytes of the linear weights, twice when training.
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        self.precision = precision;
+        self.bf16.clear();
+        self.repack(false)
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Bytes of the bf16 copies ([`Decoder::set_precision`]).
+    pub fn bf16_bytes(&self) -> usize {
+        let packs = self.bf16.iter().flatten();
+        packs
+            .map(|p| p.fwd.bytes() + p.bwd.as_ref().map_or(0, PackedBf16::bytes))
+            .sum()
+    }
+
+    /// (Re)packs the bf16 copies: all of them, or with `trainable_only` those of trainable weights.
+    fn repack(&mut self, trainable_only: bool) -> Result<()> {
+        if self.precision == Precision::F32 {
+            return Ok(());
+        }
+        let backward = !self.frozen;
+        let mut wbuf = std::mem::take(&mut self.scratch.w);
+        self.bf16.resize_with(self.layers.len(), Vec::new);
+        for (lay, packs) in self.layers.iter().zip(&mut self.bf16) {
+            packs.resize_with(lay.lin.len(), Bf16Weight::default);
+            for (lin, pk) in lay.lin.iter().zip(packs.iter_mut()) {
+                if trainable_only && !matches!(lin.weight, Param::Train(_)) {
+                    continue;
+                }
+                let w = values(&lin.weight, &self.buffers.params, &mut wbuf);
+                pk.fwd.pack_into(w, lin.out_dim, lin.in_dim)?;
+                pk.bwd = match (backward, pk.bwd.take()) {
+                    (true, p) => {
+                        let mut p = p.unwrap_or_default();
+                        p.pack_transposed_into(w, lin.out_dim, lin.in_dim)?;
+                        Some(p)
+                    }
+                    (false, _) => None,
+                };
+                if let Param::Frozen(f) = &lin.weight {
+                    // products read the copies from now on
+                    f.release_pages();
+                }
+            }
+        }
+        self.scratch.w = wbuf;
+        Ok(())
+    }
+
     /// Clears the gradients (allocating gradients and moments on first use).
     pub fn zero_grad(&mut self) {
         self.buffers.alloc_training();
@@ -1159,7 +1248,8 @@ impl Decoder {
             hp.weight_decay,
             t,
         )?;
-        Ok(())
+        // keep the bf16 copies of trainable weights in step with them
+        self.repack(true)
     }
 
     /// The global L2 norm of the gradients.

@@ -109,6 +109,22 @@ impl Frozen {
         &out[..]
     }
 
+    /// Drops this tensor's pages from the process's resident set (`MADV_DONTNEED`), once a bf16 copy was
+    /// packed from them: the mapping is read-only and file-backed, so a later read faults them in from the
+    /// file again and nothing is lost. A hint: an error is ignored.
+    pub fn release_pages(&self) {
+        #[cfg(unix)]
+        // SAFETY: a read-only mapping of an unmodified file: dropped pages read back the same bytes, and no
+        // reference into this range is held while it runs (callers hold none; `bytes()` borrows end there).
+        let _ = unsafe {
+            self.map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                self.start,
+                self.len() * self.dtype.bytes(),
+            )
+        };
+    }
+
     pub fn to_f32(&self) -> Vec<f32> {
         let mut v = Vec::new();
         self.widen_into(&mut v);

@@ -8,7 +8,7 @@ use angle_tensor::cpu::{
     AttentionDropout, GeluKind, PackedBf16, attention_backward, attention_forward, attention_probs_len,
     dropout_backward, embedding_backward, embedding_forward, gelu_backward, gelu_forward, layernorm_backward,
     layernorm_forward, linear_backward, linear_backward_bf16, linear_forward, linear_forward_bf16,
-    residual_forward,
+    linear_forward_bf16_gelu, residual_forward,
 };
 use angle_tensor::rng::derive_seed;
 
@@ -512,20 +512,31 @@ impl Encoder {
             })?;
 
             let fc1 = &mut a.fc1[ti..ti + n * inter];
-            timed(Op::LinearFfnIn, || match wb {
-                Some(wb) => linear_forward_bf16(fc1, ln1, &wb.ffn_in, Some(&p[w.ffn_in_bias.clone()]), n),
-                None => linear_forward(
-                    fc1,
-                    ln1,
-                    &p[w.ffn_in_weight.clone()],
-                    Some(&p[w.ffn_in_bias.clone()]),
-                    n,
-                    h,
-                    inter,
-                ),
-            })?;
             let act = &mut a.gelu[ti..ti + n * inter];
-            timed(Op::Gelu, || gelu_forward(act, fc1, n * inter, self.gelu_kind()))?;
+            match wb {
+                // eval mode keeps no pre-activation for a backward: GELU in the product's epilogue
+                Some(wb) if !train => timed(Op::LinearFfnIn, || {
+                    let b = Some(&p[w.ffn_in_bias.clone()]);
+                    linear_forward_bf16_gelu(act, ln1, &wb.ffn_in, b, n, self.gelu_kind())
+                })?,
+                _ => {
+                    timed(Op::LinearFfnIn, || match wb {
+                        Some(wb) => {
+                            linear_forward_bf16(fc1, ln1, &wb.ffn_in, Some(&p[w.ffn_in_bias.clone()]), n)
+                        }
+                        None => linear_forward(
+                            fc1,
+                            ln1,
+                            &p[w.ffn_in_weight.clone()],
+                            Some(&p[w.ffn_in_bias.clone()]),
+                            n,
+                            h,
+                            inter,
+                        ),
+                    })?;
+                    timed(Op::Gelu, || gelu_forward(act, fc1, n * inter, self.gelu_kind()))?;
+                }
+            }
             timed(Op::LinearFfnOut, || match wb {
                 Some(wb) => linear_forward_bf16(proj, act, &wb.ffn_out, Some(&p[w.ffn_out_bias.clone()]), n),
                 None => linear_forward(

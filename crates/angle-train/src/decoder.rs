@@ -162,8 +162,16 @@ impl Backbone for DecoderCpu {
             Some(l) => format!("LoRA r {} alpha {} on {}", l.r, l.alpha, l.targets.join(",")),
             None => "full fine-tuning".into(),
         };
+        let products = match self.dec.precision() {
+            angle_encoder::Precision::Bf16 => format!(
+                "bf16 products ({}, {:.0} MB of bf16 copies)",
+                angle_tensor::cpu::bf16_kernel().name(),
+                self.dec.bf16_bytes() as f64 / 1e6
+            ),
+            angle_encoder::Precision::F32 => "f32".into(),
+        };
         format!(
-            "{} ({} layers, hidden {}) on the cpu, {}, {} attention, {} trainable",
+            "{} ({} layers, hidden {}) on the cpu, {}, {products}, {} attention, {} trainable",
             c.model_type.name(),
             c.num_hidden_layers,
             c.hidden_size,

@@ -321,12 +321,6 @@ fn load_decoder_backbone(
             "--layers is offered for the BERT family so far (ESE training)".into(),
         ));
     }
-    if opts.cpu_bf16_inference || opts.cpu_bf16_train {
-        return Err(TrainError::Config(
-            "--precision bf16 is not offered for the decoder family yet: it computes in f32 on the widened weights"
-                .into(),
-        ));
-    }
     // A pooling the folder's angle_config.json records (a checkpoint of ours) wins over the decoder's default.
     let pooling = match opts.pooling {
         Some(p) => Some(p),
@@ -335,7 +329,14 @@ fn load_decoder_backbone(
         }
         None => None,
     };
-    let (model, tok_dir) = load_decoder(dir, pooling, &opts.decoder)?;
+    let (mut model, tok_dir) = load_decoder(dir, pooling, &opts.decoder)?;
+    if opts.cpu_bf16_inference || opts.cpu_bf16_train {
+        // One set of products serves both modes here: bf16 copies of every linear weight.
+        model
+            .dec
+            .set_precision(angle_encoder::Precision::Bf16)
+            .map_err(|e| TrainError::Encoder(e.to_string()))?;
+    }
     let max_len = max_len.min(model.dec.config.max_position_embeddings.max(1));
     let tok = TextTokenizer::from_file(tok_dir.join("tokenizer.json"), max_len)
         .map_err(|e| TrainError::Data(e.to_string()))?;

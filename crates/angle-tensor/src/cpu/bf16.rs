@@ -18,6 +18,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::bf16_simd;
+use super::gelu::{GeluKind, gelu_in_place};
 use crate::error::{TensorError, arg_err, check_len};
 
 /// Input features per tile (64 bytes of bf16).
@@ -512,6 +513,29 @@ fn bf16_product(
     rows: usize,
     accumulate: bool,
 ) -> Result<(), TensorError> {
+    let then = if accumulate { Then::Add } else { Then::Store };
+    bf16_product_then(kernel, out, inp, weight, bias, rows, then)
+}
+
+/// What a product does with its sums: store them (with the bias), add them to `out`, or store
+/// their GELU (applied to each block of C while it is in L1 where the kernel can).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Then {
+    Store,
+    Add,
+    Gelu(GeluKind),
+}
+
+/// [`bf16_product`] with the output step `then`; checks lengths and the kernel.
+fn bf16_product_then(
+    kernel: Bf16Kernel,
+    out: &mut [f32],
+    inp: &[f32],
+    weight: &PackedBf16,
+    bias: Option<&[f32]>,
+    rows: usize,
+    then: Then,
+) -> Result<(), TensorError> {
     const OP: &str = "linear_forward_bf16";
     let (n, k) = (weight.out_dim, weight.in_dim);
     check_len(OP, "out", out.len(), rows * n)?;
@@ -533,37 +557,52 @@ fn bf16_product(
             ),
         ));
     }
+    let accumulate = then == Then::Add;
     match kernel {
-        Bf16Kernel::Portable => portable(out, inp, weight, bias, rows, accumulate),
-        Bf16Kernel::Avx2 => {
-            bf16_simd::linear(bf16_simd::Family::Avx2, out, inp, weight, bias, rows, accumulate);
-            Ok(())
-        }
+        Bf16Kernel::Portable => portable(out, inp, weight, bias, rows, accumulate)?,
+        Bf16Kernel::Avx2 => bf16_simd::linear(bf16_simd::Family::Avx2, out, inp, weight, bias, rows, then),
+        // the one kernel whose blocks end in an epilogue (GELU while C is in L1)
         Bf16Kernel::Avx512Bf16 => {
-            bf16_simd::linear(
-                bf16_simd::Family::Avx512Bf16,
-                out,
-                inp,
-                weight,
-                bias,
-                rows,
-                accumulate,
-            );
-            Ok(())
+            bf16_simd::linear(bf16_simd::Family::Avx512Bf16, out, inp, weight, bias, rows, then);
+            return Ok(());
         }
         Bf16Kernel::Amx => {
             #[cfg(target_arch = "x86_64")]
-            if amx::available() {
+            let done = amx::available() && {
                 amx::linear(out, inp, weight, bias, rows, accumulate);
-                return Ok(());
+                true
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let done = false;
+            if !done {
+                return Err(arg_err(
+                    OP,
+                    "kernel",
+                    "this CPU has no AMX-BF16 (or the kernel refused tile state)",
+                ));
             }
-            Err(arg_err(
-                OP,
-                "kernel",
-                "this CPU has no AMX-BF16 (or the kernel refused tile state)",
-            ))
         }
     }
+    if let Then::Gelu(kind) = then {
+        out[..rows * n]
+            .par_chunks_mut(1 << 13)
+            .for_each(|c| gelu_in_place(c, kind));
+    }
+    Ok(())
+}
+
+/// `out = gelu(bf16(inp) · bf16(W)ᵀ + bias)`: an eval-mode FFN's first product and its activation in one
+/// pass (AVX512-BF16 applies GELU to each block of `out` while it is in L1; the other kernels after the
+/// product). Same values as [`linear_forward_bf16`] then [`gelu_forward`](crate::cpu::gelu_forward).
+pub fn linear_forward_bf16_gelu(
+    out: &mut [f32],
+    inp: &[f32],
+    weight: &PackedBf16,
+    bias: Option<&[f32]>,
+    rows: usize,
+    kind: GeluKind,
+) -> Result<(), TensorError> {
+    bf16_product_then(bf16_kernel(), out, inp, weight, bias, rows, Then::Gelu(kind))
 }
 
 thread_local! {
@@ -1102,6 +1141,26 @@ mod tests {
                     linear_backward_bf16(&mut dx, &mut dw, None, &dy, &x, &wrong, rows, in_dim, out_dim)
                         .is_err()
                 );
+            }
+        }
+    }
+
+    /// The fused product + GELU gives the bits of the product followed by `gelu_forward` (ragged shapes:
+    /// edge blocks, more rows than a cache block; both GELU forms).
+    #[test]
+    fn gelu_epilogue_equals_product_then_gelu() {
+        let mut rng = TestRng::new(14);
+        eprintln!("fused GELU checked on the {} kernel", bf16_kernel().name());
+        for (rows, k, n) in [(1, 3, 5), (61, 97, 45), (100, 40, 70), (13, 384, 1536)] {
+            let (inp, w, bias) = (f32s(&mut rng, rows * k), f32s(&mut rng, n * k), f32s(&mut rng, n));
+            let packed = PackedBf16::pack(&w, n, k).unwrap();
+            for kind in [GeluKind::Erf, GeluKind::Tanh] {
+                let (mut fused, mut pre, mut want) =
+                    (vec![f32::NAN; rows * n], vec![0.0; rows * n], vec![0.0; rows * n]);
+                linear_forward_bf16_gelu(&mut fused, &inp, &packed, Some(&bias), rows, kind).unwrap();
+                linear_forward_bf16(&mut pre, &inp, &packed, Some(&bias), rows).unwrap();
+                crate::cpu::gelu_forward(&mut want, &pre, rows * n, kind).unwrap();
+                assert_eq!(fused, want, "{rows}x{k}x{n} {kind:?}");
             }
         }
     }

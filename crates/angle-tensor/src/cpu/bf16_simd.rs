@@ -30,7 +30,8 @@ use rayon::prelude::*;
 
 #[cfg(test)]
 use super::bf16::f32_to_bf16;
-use super::bf16::{PackedBf16, TILE, TK, TN};
+use super::bf16::{PackedBf16, TILE, TK, TN, Then};
+use super::gelu::{GeluKind, gelu_in_place};
 
 /// Rows per cache block (a multiple of both kernels' row blocks).
 const MC: usize = 48;
@@ -69,8 +70,9 @@ pub(super) enum Family {
     Avx512Bf16,
 }
 
-/// `out = (accumulate ? out : 0) + bf16(inp) · W + bias` on `rows` rows. The caller checked the
-/// lengths and that the CPU has the family's features.
+/// `out = bf16(inp) · W + bias` on `rows` rows, stored, added (`Then::Add`: no bias) or through
+/// GELU (`Then::Gelu`: AVX512-BF16 only; the AVX2 family's caller applies it after). The caller
+/// checked the lengths and that the CPU has the family's features.
 pub(super) fn linear(
     family: Family,
     out: &mut [f32],
@@ -78,8 +80,13 @@ pub(super) fn linear(
     w: &PackedBf16,
     bias: Option<&[f32]>,
     rows: usize,
-    accumulate: bool,
+    then: Then,
 ) {
+    let accumulate = then == Then::Add;
+    let gelu = match then {
+        Then::Gelu(kind) => Some(kind),
+        _ => None,
+    };
     let (n, k) = (w.out_dim, w.in_dim);
     let threads = rayon::current_num_threads().max(1);
     let per = rows.div_ceil(MC).div_ceil(threads) * MC;
@@ -93,10 +100,10 @@ pub(super) fn linear(
                 // SAFETY: the caller checked the CPU features; shapes come from the checked views.
                 Family::Avx2 => unsafe { x86::avx2_task(o, x, w, bias, r, accumulate) },
                 // SAFETY: as above.
-                Family::Avx512Bf16 => unsafe { x86::avx512_task(o, x, w, bias, r, accumulate) },
+                Family::Avx512Bf16 => unsafe { x86::avx512_task(o, x, w, bias, r, accumulate, gelu) },
             }
             #[cfg(not(target_arch = "x86_64"))]
-            let _ = (family, o, x, r, bias, accumulate);
+            let _ = (family, o, x, r, bias, accumulate, gelu);
         });
 }
 
@@ -127,7 +134,7 @@ pub(super) fn accumulate_pair_rows(out: &mut [f32], pairs: &[u16], m_total: usiz
             // SAFETY: the CPU has AVX512-BF16 (caller); `a` addresses this task's MC blocks of
             // every pair, inside `pairs` (asserted above).
             unsafe {
-                x86::avx512_blocks(o, a, w, None, rows, true)
+                x86::avx512_blocks(o, a, w, None, rows, true, None)
             };
             #[cfg(not(target_arch = "x86_64"))]
             let _ = (a, o, rows);
@@ -563,6 +570,7 @@ mod x86 {
         bias: Option<&[f32]>,
         r: usize,
         accumulate: bool,
+        gelu: Option<GeluKind>,
     ) {
         let k = w.in_dim;
         let kp = w.k_tiles * TK;
@@ -583,12 +591,12 @@ mod x86 {
             pair: 2,
         };
         // SAFETY: `a` holds r rows of kp ≥ 2·pairs values.
-        unsafe { avx512_blocks(o, layout, w, bias, r, accumulate) };
+        unsafe { avx512_blocks(o, layout, w, bias, r, accumulate, gelu) };
         SCRATCH_BF16.with(|b| *b.borrow_mut() = s);
     }
 
     /// `r` rows of C (`o`, row stride out_dim) from bf16 A at `a`: cache blocks × 32-column panel
-    /// pairs × row blocks of 12.
+    /// pairs × row blocks of 12; with `gelu`, each finished block of C goes through it at once.
     ///
     /// # Safety
     /// AVX512F and AVX512-BF16; `a` addresses `r` rows of `in_dim.div_ceil(2)` pairs.
@@ -599,6 +607,7 @@ mod x86 {
         bias: Option<&[f32]>,
         r: usize,
         accumulate: bool,
+        gelu: Option<GeluKind>,
     ) {
         let n = w.out_dim;
         let pairs = w.in_dim.div_ceil(2);
@@ -632,6 +641,11 @@ mod x86 {
                             };
                         }
                         go!(1 2 3 4 5 6 7 8 9 10 11 12)
+                    }
+                    if let Some(kind) = gelu {
+                        for row in o[i * n..].chunks_mut(n).take(mr) {
+                            gelu_in_place(&mut row[j0..j0 + cols], kind);
+                        }
                     }
                     i += mr;
                 }

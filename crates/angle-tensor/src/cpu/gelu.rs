@@ -53,6 +53,17 @@ multiversion! {
     }
 }
 
+/// `x = gelu(x)` in place on this thread: a product's epilogue runs it on a block of its output while the
+/// block is still in L1 (`linear_forward_bf16_gelu`). Same arithmetic as [`gelu_forward`].
+pub(crate) fn gelu_in_place(x: &mut [f32], kind: GeluKind) {
+    let mut copy = [0.0f32; 64];
+    for seg in x.chunks_mut(64) {
+        let c = &mut copy[..seg.len()];
+        c.copy_from_slice(seg);
+        forward_chunk(seg, c, kind);
+    }
+}
+
 /// `dinp += gelu'(inp) * dout`.
 pub fn gelu_backward<T: Float>(
     dinp: &mut [T],

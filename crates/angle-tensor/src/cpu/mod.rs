@@ -29,7 +29,7 @@ pub use attention::{AttentionDropout, attention_backward, attention_forward, att
 pub use bf16::{
     Bf16Kernel, PackedBf16, bf16_kernel, bf16_kernels_present, bf16_self_check, bf16_speedup, bf16_to_f32,
     f32_to_bf16, linear_accumulate_bf16, linear_backward_bf16, linear_backward_bf16_with,
-    linear_forward_bf16, linear_forward_bf16_with,
+    linear_forward_bf16, linear_forward_bf16_gelu, linear_forward_bf16_with,
 };
 pub use dropout::{dropout_backward, dropout_forward, dropout_forward_inplace};
 pub use embedding::{embedding_backward, embedding_forward};
