@@ -1,12 +1,13 @@
-//! bf16 linear layers for inference: `out = bf16(inp) · bf16(W)ᵀ + b`, products accumulated in
-//! f32, on Intel AMX tiles where the CPU has them (Sapphire Rapids and later: about 1 TFLOP/s per
-//! core against about 150 GFLOP/s for f32 FMA), with a portable implementation of the same math
-//! everywhere else.
+//! bf16 linear layers: `out = bf16(inp) · bf16(W)ᵀ + b`, products accumulated in f32, on Intel
+//! AMX tiles where the CPU has them (Sapphire Rapids and later: about 1 TFLOP/s per core against
+//! about 150 GFLOP/s for f32 FMA), on AVX512-BF16 (`bf16_simd.rs`; twice the f32 rate on AMD Zen 4)
+//! or AVX2, and with a portable implementation of the same math everywhere else; the backward's
+//! two products too (`linear_backward_bf16`).
 //!
-//! Precision is the caller's choice (`angle encode --precision bf16`): inputs and weights are
-//! rounded to bf16 (8 bits of mantissa, round to nearest even, as `torch.bfloat16`), the sums
-//! are f32. Embeddings then differ from the f32 path by about 1e-3 relative. Training never goes
-//! through here.
+//! Precision is the caller's choice (`--precision bf16`, or `auto` where a kernel beats f32): inputs
+//! and weights are rounded to bf16 (8 bits of mantissa, round to nearest even, as
+//! `torch.bfloat16`), the sums are f32. Embeddings then differ from the f32 path by about 1e-3
+//! relative.
 //!
 //! Layout: the weight `[out, in]` is packed once into AMX's "VNNI" tile layout: for each block of
 //! 16 output columns and 32 input features a 16 × 64-byte tile whose row `r` holds, for each of
@@ -221,7 +222,8 @@ impl Bf16Kernel {
 
     /// Whether its products can beat our f32 products (faer), as measured
     /// (`crates/angle-tensor/README.md`): AMX always does (2.9–4.2× on a Xeon); AVX512-BF16 depends on
-    /// the core (0.7–0.8× on the AMX Xeon here, so [`bf16_speedup`] decides at run time). AVX2
+    /// the core (0.7–0.8× on an AMX Xeon, about 2× on AMD Zen 4, so [`bf16_speedup`] decides at
+    /// run time). AVX2
     /// widening does not: it loses to faer on the AMD EPYC here, as does the portable kernel (same
     /// speed plus the rounding).
     pub fn beats_f32(self) -> bool {
@@ -323,9 +325,10 @@ pub fn bf16_self_check(kernel: Bf16Kernel) -> Result<(), String> {
 /// How many times faster `kernel`'s forward products are than our f32 products on this CPU, timed on
 /// the four products of a MiniLM-sized layer (256 rows; 384 → 1152, 384 → 384, 384 → 1536, 1536 → 384;
 /// weights packed beforehand, as in use): the best of 3 alternating rounds of each, about 40 ms in all.
-/// Whether AVX512-BF16 pays depends on the core, not the flag: on the AMX Xeon here the encoder ran
-/// at 0.76× its f32 speed with it (PyTorch's oneDNN held to AVX512-BF16: 0.63×), so `auto` asks this
-/// rather than assume it.
+/// Whether AVX512-BF16 pays depends on the core, not the flag: on an AMX Xeon the encoder ran at 0.76×
+/// its f32 speed with it (PyTorch's oneDNN held to AVX512-BF16: 0.63×), on AMD Zen 4 at 1.6× (one
+/// `vdpbf16ps` a cycle does twice the multiply-adds of its f32 FMA), so `auto` asks this rather than
+/// assume it.
 pub fn bf16_speedup(kernel: Bf16Kernel) -> f64 {
     let rows = 256;
     let val = |i: usize, s: u64| (crate::rng::uniform(s, i as u64) * 2.0 - 1.0) as f32;
