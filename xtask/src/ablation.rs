@@ -202,7 +202,10 @@ pub fn run_ablation(o: &Options) -> anyhow::Result<Outcome> {
                 .arg(&run_dir)
                 .args(["--progress", "false", "--seed", &seed.to_string()])
                 .args(["--cosine-w", &cw.to_string(), "--ibn-w", &iw.to_string()])
-                .args(["--angle-w", &aw.to_string()]);
+                .args(["--angle-w", &aw.to_string()])
+                // f32 on every CPU (the default takes bf16 products where they are faster), so runs on
+                // different machines give the same numbers
+                .args(["--precision", "f32"]);
             for (flag, value) in RECIPE {
                 cmd.arg(flag).arg(value);
             }

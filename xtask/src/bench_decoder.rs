@@ -288,7 +288,7 @@ fn child(o: &Opts, kind: &str, dir: &Path) -> anyhow::Result<Value> {
         "kind": kind, "seconds": s, "texts_per_s": texts as f64 / s, "tokens_per_s": (texts * o.len) as f64 / s,
         "cpu_seconds": cpu, "peak_rss_bytes": peak_rss()?, "load_seconds": load_s,
         "trainable": dec.buffers.params.len(), "bf16": o.bf16,
-        "bf16_kernel": o.bf16.then(|| angle_encoder::bf16_kernel_name()),
+        "bf16_kernel": o.bf16.then(angle_encoder::bf16_kernel_name),
         "bf16_copy_bytes": dec.bf16_bytes(),
     }))
 }
