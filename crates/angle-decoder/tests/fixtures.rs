@@ -72,6 +72,21 @@ fn loss_of(dec: &mut Decoder, fx: &Reference, lf: &AngleLoss, labels: &[f64]) ->
     (out.loss, pooled, out.grad.iter().copied().collect())
 }
 
+/// Our gradient of tensor `e` as the reference stores it: whole, or (the token embedding) only the rows listed
+/// under `grad.<name>.rows`.
+fn as_reference(fx: &Reference, e: &angle_encoder::ParamEntry, g: &[f32]) -> Vec<f64> {
+    match fx.tensors.get(&format!("grad.{}.rows", e.name)) {
+        Some(rows) => {
+            let w = e.shape[1];
+            rows.i
+                .iter()
+                .flat_map(|&r| g[r as usize * w..(r as usize + 1) * w].iter().map(|&x| x as f64))
+                .collect()
+        }
+        None => g.iter().map(|&x| x as f64).collect(),
+    }
+}
+
 #[test]
 fn token_ids_are_ours() {
     for dir in cases() {
@@ -181,19 +196,7 @@ fn forward_loss_and_gradients_match_reference() {
             if let Some(i) = g.iter().position(|x| !x.is_finite()) {
                 failures.push(format!("{name}: {} has a non-finite gradient at {i}", e.name));
             }
-            let want = fx.floats(&format!("grad.{}", e.name));
-            let rows_key = format!("grad.{}.rows", e.name);
-            let got: Vec<f64> = match fx.tensors.get(&rows_key) {
-                Some(rows) => {
-                    let w = e.shape[1];
-                    rows.i
-                        .iter()
-                        .flat_map(|&r| g[r as usize * w..(r as usize + 1) * w].iter().map(|&x| x as f64))
-                        .collect()
-                }
-                None => g.iter().map(|&x| x as f64).collect(),
-            };
-            let err = rel_l2(&got, want);
+            let err = rel_l2(&as_reference(&fx, e, g), fx.floats(&format!("grad.{}", e.name)));
             println!("{name}: {}: rel err {err:.3e}", e.name);
             if err > 1e-3 || !err.is_finite() {
                 failures.push(format!("{name}: {}: rel err {err:.3e} > 1e-3", e.name));
@@ -401,17 +404,7 @@ fn bf16_products_stay_close_to_reference() {
         let grads = dec.buffers.grads.clone();
         assert_eq!(grads.len(), dec.entries.iter().map(|e| e.len()).sum::<usize>());
         for e in &dec.entries {
-            let g = &grads[e.range()];
-            let got: Vec<f64> = match fx.tensors.get(&format!("grad.{}.rows", e.name)) {
-                Some(rows) => {
-                    let w = e.shape[1];
-                    rows.i
-                        .iter()
-                        .flat_map(|&r| g[r as usize * w..(r as usize + 1) * w].iter().map(|&x| x as f64))
-                        .collect()
-                }
-                None => g.iter().map(|&x| x as f64).collect(),
-            };
+            let got = as_reference(&fx, e, &grads[e.range()]);
             let err = rel_l2(&got, fx.floats(&format!("grad.{}", e.name)));
             check(format!("{name}: grad {}", e.name), err, 5e-2);
         }

@@ -300,8 +300,9 @@ pub fn bf16_self_check(kernel: Bf16Kernel) -> Result<(), String> {
     let packed = PackedBf16::pack(&w, n, k).map_err(|e| e.to_string())?;
     let run = |kern| -> Result<Vec<f32>, String> {
         let mut out = vec![0.0f32; rows * n];
-        bf16_product(kern, &mut out, &inp, &packed, Some(&bias), rows, false).map_err(|e| e.to_string())?;
-        bf16_product(kern, &mut out, &inp, &packed, None, rows, true).map_err(|e| e.to_string())?;
+        bf16_product(kern, &mut out, &inp, &packed, Some(&bias), rows, Then::Store)
+            .map_err(|e| e.to_string())?;
+        bf16_product(kern, &mut out, &inp, &packed, None, rows, Then::Add).map_err(|e| e.to_string())?;
         Ok(out)
     };
     let (got, want) = (run(kernel)?, run(Bf16Kernel::Portable)?);
@@ -388,7 +389,7 @@ pub fn linear_accumulate_bf16(
     weight: &PackedBf16,
     rows: usize,
 ) -> Result<(), TensorError> {
-    bf16_product(bf16_kernel(), out, inp, weight, None, rows, true)
+    bf16_product(bf16_kernel(), out, inp, weight, None, rows, Then::Add)
 }
 
 thread_local! {
@@ -459,7 +460,7 @@ pub fn linear_backward_bf16_with(
         check_len(OP, "dbias", db.len(), out_dim)?;
         crate::cpu::linear::column_sums_add(db, dout, rows, out_dim);
     }
-    bf16_product(kernel, dinp, dout, weight_t, None, rows, true)?;
+    bf16_product(kernel, dinp, dout, weight_t, None, rows, Then::Add)?;
     if rows == 0 {
         return Ok(());
     }
@@ -487,7 +488,7 @@ pub fn linear_backward_bf16_with(
                 *d = dout[r * out_dim + o];
             }
         });
-        bf16_product(kernel, dweight, dt, &inp_packed, None, out_dim, true)
+        bf16_product(kernel, dweight, dt, &inp_packed, None, out_dim, Then::Add)
     };
     DOUT_T.with(|b| *b.borrow_mut() = (t, pairs, inp_packed));
     result
@@ -503,21 +504,7 @@ pub fn linear_forward_bf16_with(
     bias: Option<&[f32]>,
     rows: usize,
 ) -> Result<(), TensorError> {
-    bf16_product(kernel, out, inp, weight, bias, rows, false)
-}
-
-/// `out = (accumulate ? out : 0) + bf16(inp) · bf16(W)ᵀ + bias`.
-fn bf16_product(
-    kernel: Bf16Kernel,
-    out: &mut [f32],
-    inp: &[f32],
-    weight: &PackedBf16,
-    bias: Option<&[f32]>,
-    rows: usize,
-    accumulate: bool,
-) -> Result<(), TensorError> {
-    let then = if accumulate { Then::Add } else { Then::Store };
-    bf16_product_then(kernel, out, inp, weight, bias, rows, then)
+    bf16_product(kernel, out, inp, weight, bias, rows, Then::Store)
 }
 
 /// What a product does with its sums: store them (with the bias), add them to `out`, or store
@@ -529,8 +516,8 @@ pub(super) enum Then {
     Gelu(GeluKind),
 }
 
-/// [`bf16_product`] with the output step `then`; checks lengths and the kernel.
-fn bf16_product_then(
+/// `bf16(inp) · bf16(W)ᵀ + bias` into `out` as `then` says; checks lengths and the kernel.
+fn bf16_product(
     kernel: Bf16Kernel,
     out: &mut [f32],
     inp: &[f32],
@@ -605,7 +592,7 @@ pub fn linear_forward_bf16_gelu(
     rows: usize,
     kind: GeluKind,
 ) -> Result<(), TensorError> {
-    bf16_product_then(bf16_kernel(), out, inp, weight, bias, rows, Then::Gelu(kind))
+    bf16_product(bf16_kernel(), out, inp, weight, bias, rows, Then::Gelu(kind))
 }
 
 thread_local! {
@@ -1064,7 +1051,7 @@ mod tests {
                 .collect();
             for kern in kernels() {
                 let mut out = old.clone();
-                bf16_product(kern, &mut out, &dy, &packed, None, rows, true).unwrap();
+                bf16_product(kern, &mut out, &dy, &packed, None, rows, Then::Add).unwrap();
                 let e = rel_err(&out, &want);
                 assert!(e < 1e-5, "{kern:?} {rows}x{out_dim}x{in_dim}: relative error {e}");
             }
