@@ -87,6 +87,10 @@ pub struct TrainConfig {
     pub append_eos: bool,
     /// LoRA: also write `merged/`, the adapter folded into the base weights (a full checkpoint).
     pub merge_lora: bool,
+    /// On the CPU: the products the run trains with, `f32` or `bf16` (chosen once, at the start: a resumed run
+    /// keeps it unless `--precision` says otherwise). `None` in checkpoints written before it was recorded
+    /// (those runs resume in f32, as they trained unless asked).
+    pub cpu_precision: Option<String>,
 }
 
 /// LoRA hyper-parameters as angle-emb's defaults: r 32, alpha 32, dropout 0.1, every linear layer.
@@ -155,6 +159,7 @@ impl Default for TrainConfig {
             merge_lora: false,
             ese: None,
             matryoshka: None,
+            cpu_precision: None,
         }
     }
 }

@@ -496,10 +496,17 @@ fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
             given
         }
     };
-    // No --precision on the CPU: bf16 products where they are faster here; the default recipe scores the same
-    // with them (85.90 / 87.12 on AMX and on AVX512-BF16, as in f32: README).
-    let cpu_bf16 =
-        cpu_bf16 || (a.precision.is_none() && matches!(a.device, Device::Cpu) && auto_train_bf16(&config)?);
+    // No --precision on the CPU: a resumed run keeps its products; a new one takes bf16 where it is faster here
+    // (the default recipe scores the same with them: 85.90 / 87.12 on AMX and on AVX512-BF16, as in f32; README).
+    let mut config = config;
+    let cpu_bf16 = match (a.precision, a.resume.is_some()) {
+        (Some(_), _) => cpu_bf16,
+        (None, true) => config.cpu_precision.as_deref() == Some("bf16"),
+        (None, false) => matches!(a.device, Device::Cpu) && auto_train_bf16(&config)?,
+    };
+    if matches!(a.device, Device::Cpu) {
+        config.cpu_precision = Some(if cpu_bf16 { "bf16" } else { "f32" }.into());
+    }
     set_threads(config.threads)?;
     let stop = Arc::new(AtomicBool::new(false));
     {

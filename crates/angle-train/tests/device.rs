@@ -145,6 +145,21 @@ fn tf32_on_the_cpu_is_refused_before_anything_is_written_and_bf16_runs() {
     assert!(out.status.success(), "bf16 training on the CPU failed:\n{err}");
     assert!(err.contains("training with bf16 products"), "{err}");
     assert!(output.join("checkpoint-last").exists() || output.exists());
+    // the run records its products, and a resume without --precision keeps them (whatever this CPU's default)
+    let saved = output.join("checkpoint-last").join("angle_config.json");
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&saved).unwrap()).unwrap();
+    assert_eq!(cfg["train"]["cpu_precision"], "bf16", "{}", saved.display());
+    let out = angle()
+        .args(["train", "--progress", "false", "--resume"])
+        .arg(output.join("checkpoint-last"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "resume failed:\n{err}");
+    assert!(
+        err.contains("training with bf16 products"),
+        "resume changed the products:\n{err}"
+    );
 
     let out = angle()
         .args([
