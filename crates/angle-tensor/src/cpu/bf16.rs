@@ -114,8 +114,11 @@ impl PackedBf16 {
         let k_tiles = k.div_ceil(TK);
         let n_tiles = n.div_ceil(2 * TN) * 2;
         let tiles = &mut self.tiles;
-        // zeroed: the padding of ragged shapes must be zero
-        tiles.clear();
+        // The padding of ragged shapes must be zero; whole tiles are all written below, so a repack of a
+        // weight of whole tiles (every MiniLM / Qwen shape) skips the memset.
+        if !n.is_multiple_of(2 * TN) || !k.is_multiple_of(TK) {
+            tiles.clear();
+        }
         tiles.resize(n_tiles * k_tiles * TILE, 0);
         let w = |col: usize, kk: usize| {
             if transposed {
@@ -1152,6 +1155,28 @@ mod tests {
                 crate::cpu::gelu_forward(&mut want, &pre, rows * n, kind).unwrap();
                 assert_eq!(fused, want, "{rows}x{k}x{n} {kind:?}");
             }
+        }
+    }
+
+    /// A repack into used buffers gives the bits of a fresh pack, for whole-tile and ragged shapes, both forms
+    /// (stale values must not survive where the memset is skipped, nor padding be lost where it is not).
+    #[test]
+    fn repacking_into_used_buffers_equals_a_fresh_pack() {
+        let mut rng = TestRng::new(15);
+        for (n, k) in [(64, 96), (45, 97), (32, 32)] {
+            let (old, w) = (f32s(&mut rng, n * k), f32s(&mut rng, n * k));
+            let (mut a, mut b) = (
+                PackedBf16::pack(&old, n, k).unwrap(),
+                PackedBf16::pack_transposed(&old, k, n).unwrap(),
+            );
+            a.pack_into(&w, n, k).unwrap();
+            b.pack_transposed_into(&w, k, n).unwrap();
+            assert_eq!(a.tiles, PackedBf16::pack(&w, n, k).unwrap().tiles, "{n}x{k}");
+            assert_eq!(
+                b.tiles,
+                PackedBf16::pack_transposed(&w, k, n).unwrap().tiles,
+                "{n}x{k} transposed"
+            );
         }
     }
 
