@@ -46,16 +46,9 @@ def compare(name, theirs, ours, rel_bound, cos_bound):
 
 
 def load_f32(path):
-    """The checkpoint in f32, with the RoPE inverse frequencies rounded to the checkpoint's dtype, as angle and the
-    reference fixtures (a model cast with `.to(bfloat16)`) have them; transformers 5.24's `from_pretrained` keeps
-    them f32 whatever the dtype, which moves these embeddings by about 1e-4 relative."""
-    config = json.load(open(f"{path}/config.json"))
-    half = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(config.get("dtype") or config.get("torch_dtype"))
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    for module in model.modules():
-        if half is not None and isinstance(getattr(module, "inv_freq", None), torch.Tensor):
-            module.inv_freq = module.inv_freq.to(half).float()
-    return model
+    """The checkpoint as a user loads it: `from_pretrained` in f32, unpatched (the RoPE inverse frequencies stay
+    f32, as transformers computes them, and as angle does)."""
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
 
 
 m = load_f32(base)

@@ -266,16 +266,6 @@ impl DecoderConfig {
         })
     }
 
-    /// `x` rounded to the checkpoint's `dtype` (bf16, f16; else unchanged). transformers loads a bf16
-    /// checkpoint with its rotary `inv_freq` buffer in bf16 too, and the reference follows it.
-    pub fn round_to_dtype(&self, x: f64) -> f64 {
-        match self.dtype.as_deref() {
-            Some("bfloat16") => half::bf16::from_f64(x).to_f64(),
-            Some("float16") => half::f16::from_f64(x).to_f64(),
-            _ => x,
-        }
-    }
-
     /// `num_attention_heads · head_dim`
     pub fn q_dim(&self) -> usize {
         self.num_attention_heads * self.head_dim

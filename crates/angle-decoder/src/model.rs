@@ -609,10 +609,9 @@ impl Decoder {
             let n = len
                 .next_power_of_two()
                 .min(self.config.max_position_embeddings.max(len));
-            let inv: Vec<f64> = rope_inv_freq(self.config.rope_theta, self.config.head_dim)
-                .into_iter()
-                .map(|f| self.config.round_to_dtype(f))
-                .collect();
+            // f32 inverse frequencies whatever the checkpoint's dtype: transformers' `from_pretrained`
+            // keeps the rotary buffer in f32 for bf16 and f16 loads too.
+            let inv = rope_inv_freq(self.config.rope_theta, self.config.head_dim);
             let (c, s) = rope_tables_from::<f32>(&inv, n);
             self.rope_cos = c;
             self.rope_sin = s;

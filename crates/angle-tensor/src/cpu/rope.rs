@@ -18,8 +18,8 @@ pub fn rope_inv_freq(theta: f64, head_dim: usize) -> Vec<f64> {
 }
 
 /// `(cos, sin)` tables `[max_pos, inv_freq.len()]`: the angle `p · f` and its cosine and sine in f32,
-/// as transformers' rotary module does whatever the model's dtype. A model loaded in bf16 holds its
-/// `inv_freq` buffer in bf16: round `inv_freq` first to reproduce it.
+/// as transformers' rotary module does whatever the model's dtype (`from_pretrained` keeps `inv_freq`
+/// in f32 for bf16 and f16 loads too).
 pub fn rope_tables_from<T: Float>(inv_freq: &[f64], max_pos: usize) -> (Vec<T>, Vec<T>) {
     let mut cos = Vec::with_capacity(max_pos * inv_freq.len());
     let mut sin = Vec::with_capacity(max_pos * inv_freq.len());
