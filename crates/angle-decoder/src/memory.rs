@@ -74,17 +74,46 @@ mod tests {
         assert_eq!(m.params, 494_032_768);
     }
 
-    /// Prints the table of the README (`cargo test -p angle-decoder --lib memory -- --nocapture`).
+    /// Prints the table of the README (`cargo test -p angle-decoder --lib memory -- --nocapture`), and
+    /// checks its counts against the published ones: the parameters without the LM head, and the trainable
+    /// counts peft prints for LoRA r 16 on all linear layers (8,798,208 for Qwen2.5-0.5B, 10,092,544 for
+    /// Qwen3-0.6B, 41,943,040 for Mistral-7B), doubled for r 32. The activations are checked against what
+    /// the decoder allocates in `tests/memory.rs`.
     #[test]
-    fn print_memory_table() {
+    fn memory_table() {
         let lora = LoraConfig::default();
-        for (name, c) in [
-            ("Qwen2.5-0.5B", DecoderConfig::qwen2_5_0_5b()),
-            ("Qwen3-0.6B", DecoderConfig::qwen3_0_6b()),
-            ("Mistral-7B", DecoderConfig::mistral_7b()),
+        for (name, c, params, lora_r32) in [
+            (
+                "Qwen2.5-0.5B",
+                DecoderConfig::qwen2_5_0_5b(),
+                494_032_768,
+                2 * 8_798_208,
+            ),
+            (
+                "Qwen3-0.6B",
+                DecoderConfig::qwen3_0_6b(),
+                596_049_920,
+                2 * 10_092_544,
+            ),
+            (
+                "Mistral-7B",
+                DecoderConfig::mistral_7b(),
+                7_110_660_096,
+                2 * 41_943_040,
+            ),
         ] {
             for (mode, l) in [("full", None), ("LoRA r32 all-linear", Some(&lora))] {
                 let m = MemoryEstimate::new(&c, l, 2, 64);
+                assert_eq!(m.params, params, "{name}");
+                let trainable = if l.is_some() { lora_r32 } else { params };
+                assert_eq!(m.trainable, trainable, "{name} {mode}");
+                assert_eq!(m.trainable_state, 12 * trainable, "{name} {mode}");
+                let weights = if l.is_some() {
+                    2 * params + 4 * trainable
+                } else {
+                    4 * params
+                };
+                assert_eq!(m.weights, weights, "{name} {mode}");
                 println!(
                     "{name} {mode}: params {:.1} M, trainable {:.1} M, weights {:.2} GB, trainable state {:.2} GB, activations/seq(64 tok) {:.2} MB",
                     m.params as f64 / 1e6,

@@ -171,6 +171,8 @@ pub struct Decoder {
     /// The trainable tensors, in buffer order: Hugging Face names (full fine-tuning) or peft names (LoRA).
     pub entries: Vec<ParamEntry>,
     index: HashMap<String, usize>,
+    /// The trainable ranges AdamW does not decay (norm weights, biases: [`angle_encoder::decays`]).
+    no_decay: Vec<Range<usize>>,
     pub buffers: ParamBuffers,
     embed: Param,
     layers: Vec<Layer>,
@@ -531,6 +533,7 @@ impl Decoder {
             lora,
             causal,
             pooling,
+            no_decay: angle_encoder::no_decay_ranges(&entries),
             entries,
             index,
             buffers: ParamBuffers::new(params),
@@ -547,6 +550,11 @@ impl Decoder {
             precision: Precision::F32,
             bf16: Vec::new(),
         })
+    }
+
+    /// The trainable ranges AdamW leaves undecayed.
+    pub fn no_decay(&self) -> &[Range<usize>] {
+        &self.no_decay
     }
 
     /// The trainable tensor `name` (an entry of [`Decoder::entries`]).
@@ -1231,11 +1239,12 @@ impl Decoder {
         self.buffers.zero_grad();
     }
 
-    /// One AdamW step `t` (1-based) over the trainable buffer.
+    /// One AdamW step `t` (1-based) over the trainable buffer; norm weights and biases are not decayed,
+    /// as in the Hugging Face Trainer (LoRA's A and B are).
     pub fn adamw_step(&mut self, hp: &AdamW, t: u64) -> Result<()> {
         self.buffers.alloc_training();
         let b = &mut self.buffers;
-        angle_tensor::cpu::adamw_update(
+        angle_tensor::cpu::adamw_update_masked(
             &mut b.params,
             &b.grads,
             &mut b.adam_m,
@@ -1245,10 +1254,27 @@ impl Decoder {
             hp.beta2,
             hp.eps,
             hp.weight_decay,
+            &self.no_decay,
             t,
         )?;
         // keep the bf16 copies of trainable weights in step with them
         self.repack(true)
+    }
+
+    /// Bytes of the activations the last forward saved for backward (every layer's slot, the final norm's
+    /// input, statistics and output): what [`crate::MemoryEstimate`] predicts per batch.
+    pub fn activation_bytes(&self) -> usize {
+        let layer = |a: &LayerActs| {
+            let saved = [
+                &a.x_in, &a.rstd1, &a.h1, &a.q_raw, &a.k_raw, &a.rstd_q, &a.rstd_k, &a.q, &a.k, &a.v,
+                &a.probs, &a.att, &a.x_mid, &a.rstd2, &a.h2, &a.gate, &a.up, &a.act,
+            ];
+            saved.iter().map(|v| v.len()).sum::<usize>() + a.xa.iter().map(Vec::len).sum::<usize>()
+        };
+        let a = &self.acts;
+        let floats =
+            a.layers.iter().map(layer).sum::<usize>() + a.x_out.len() + a.rstd_f.len() + a.hidden.len();
+        4 * floats
     }
 
     /// The global L2 norm of the gradients.

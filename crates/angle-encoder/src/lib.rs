@@ -33,5 +33,5 @@ pub use config::{Activation, BertConfig};
 pub use error::{EncoderError, Result};
 pub use inference::{Precision, bf16_is_fast, bf16_kernel_name, fastest_precision};
 pub use model::{AdamW, Batch, Encoder, LayerGrad};
-pub use params::{ParamBuffers, ParamEntry, ParamLayout};
+pub use params::{ParamBuffers, ParamEntry, ParamLayout, decays, no_decay_ranges};
 pub use pooling::{Pooler, Pooling};

@@ -48,7 +48,8 @@ pub fn dropout_seed(step_seed: u64, tag: u64) -> u64 {
     derive_seed(step_seed, tag)
 }
 
-/// AdamW hyper-parameters, as `torch.optim.AdamW` (decoupled weight decay on every parameter).
+/// AdamW hyper-parameters, as `torch.optim.AdamW` (decoupled weight decay), with the Hugging Face
+/// Trainer's parameter groups: biases and norm weights are not decayed ([`crate::params::decays`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamW {
     pub lr: f64,
@@ -184,11 +185,12 @@ impl Encoder {
         self.buffers.zero_grad();
     }
 
-    /// One AdamW step `t` (1-based) over the whole flat buffer, with learning rate `hp.lr`.
+    /// One AdamW step `t` (1-based) over the whole flat buffer, with learning rate `hp.lr` (no weight decay
+    /// on the layout's `no_decay` ranges).
     pub fn adamw_step(&mut self, hp: &AdamW, t: u64) -> Result<()> {
         self.buffers.alloc_training();
         let b = &mut self.buffers;
-        angle_tensor::cpu::adamw_update(
+        angle_tensor::cpu::adamw_update_masked(
             &mut b.params,
             &b.grads,
             &mut b.adam_m,
@@ -198,6 +200,7 @@ impl Encoder {
             hp.beta2,
             hp.eps,
             hp.weight_decay,
+            &self.layout.no_decay,
             t,
         )?;
         if self.bf16.is_some() {

@@ -79,6 +79,8 @@ pub struct ParamLayout {
     pub layers: Vec<LayerRanges>,
     /// Total number of floats.
     pub total: usize,
+    /// The ranges AdamW does not decay ([`no_decay_ranges`]).
+    pub no_decay: Vec<Range<usize>>,
     index: HashMap<String, usize>,
 }
 
@@ -132,6 +134,7 @@ impl ParamLayout {
             .collect();
         ParamLayout {
             total: b.offset,
+            no_decay: no_decay_ranges(&b.entries),
             entries: b.entries,
             embeddings,
             layers,
@@ -153,6 +156,30 @@ impl ParamLayout {
         let r = self.get(name)?.range();
         buf.get_mut(r)
     }
+}
+
+/// Whether AdamW decays the tensor `name`, as the Hugging Face Trainer (which angle-emb and
+/// sentence-transformers train with) groups parameters in `get_decay_parameter_names`: no decay for a
+/// name that, lower-cased, contains `bias`, `layernorm` or `rmsnorm`, or has a path component `norm` or
+/// one ending in `_norm` (BERT's `LayerNorm`, LLaMA's `input_layernorm` and `model.norm`, Qwen3's
+/// `q_norm`). Everything else decays, LoRA's A and B included (they are `Linear` weights).
+pub fn decays(name: &str) -> bool {
+    let name = name.to_lowercase();
+    let norm_part = name.split('.').any(|p| p == "norm" || p.ends_with("_norm"));
+    !(name.contains("bias") || name.contains("layernorm") || name.contains("rmsnorm") || norm_part)
+}
+
+/// The buffer ranges of the tensors [`decays`] spares, adjacent ones merged, in buffer order (as
+/// `entries` are laid out): what [`angle_tensor::cpu::adamw_update_masked`] takes.
+pub fn no_decay_ranges(entries: &[ParamEntry]) -> Vec<Range<usize>> {
+    let mut out: Vec<Range<usize>> = Vec::new();
+    for e in entries.iter().filter(|e| !e.is_empty() && !decays(&e.name)) {
+        match out.last_mut() {
+            Some(last) if last.end == e.offset => last.end = e.range().end,
+            _ => out.push(e.range()),
+        }
+    }
+    out
 }
 
 #[derive(Default)]
@@ -240,5 +267,86 @@ mod tests {
             end += e.len();
         }
         assert_eq!(end, l.total);
+    }
+
+    /// The Hugging Face Trainer's two groups: matrices and embeddings decay, biases and norm weights do not.
+    #[test]
+    fn decay_groups_follow_the_hf_trainer() {
+        for name in [
+            "embeddings.word_embeddings.weight",
+            "encoder.layer.0.attention.self.query.weight",
+            "model.layers.0.self_attn.q_proj.weight",
+            "model.embed_tokens.weight",
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
+            "base_model.model.model.layers.0.mlp.down_proj.lora_B.weight",
+            "model.normalizer.weight",
+        ] {
+            assert!(decays(name), "{name}");
+        }
+        for name in [
+            "encoder.layer.0.attention.self.query.bias",
+            "embeddings.LayerNorm.weight",
+            "encoder.layer.0.output.LayerNorm.bias",
+            "model.layers.0.input_layernorm.weight",
+            "model.layers.0.post_attention_layernorm.weight",
+            "model.layers.0.self_attn.q_norm.weight",
+            "model.layers.0.self_attn.k_norm.weight",
+            "model.norm.weight",
+            "model.layers.0.self_attn.q_proj.bias",
+        ] {
+            assert!(!decays(name), "{name}");
+        }
+        let cfg = BertConfig::bert(8, 2, 2, 16, 30, 10);
+        let l = ParamLayout::new(&cfg);
+        let spared = |name: &str| {
+            let r = l.get(name).unwrap().range();
+            l.no_decay.iter().any(|nd| nd.start <= r.start && r.end <= nd.end)
+        };
+        for e in &l.entries {
+            assert_eq!(spared(&e.name), !decays(&e.name), "{}", e.name);
+        }
+        // the embedding LayerNorm's weight and bias are one merged range; q/k/v biases are one more
+        let ln = l.embeddings.ln_weight.start..l.embeddings.ln_bias.end;
+        assert_eq!(l.no_decay[0], ln);
+        assert_eq!(l.no_decay[1], l.layers[0].qkv_bias);
+        assert!(l.no_decay.windows(2).all(|w| w[0].end < w[1].start));
+    }
+
+    /// An encoder's AdamW step with zero gradients only decays: matrices and embeddings scale by
+    /// `1 - lr·wd`, biases and LayerNorm weights stay.
+    #[test]
+    fn adamw_step_spares_biases_and_layernorms() {
+        let cfg = BertConfig::bert(8, 2, 2, 16, 30, 10);
+        let n = ParamLayout::new(&cfg).total;
+        let params: Vec<f32> = (0..n).map(|k| 0.5 + (k % 5) as f32 / 4.0).collect();
+        let mut enc = crate::Encoder::from_params(cfg, params.clone()).unwrap();
+        enc.zero_grad();
+        let hp = crate::AdamW {
+            lr: 0.1,
+            weight_decay: 0.5,
+            ..crate::AdamW::default()
+        };
+        enc.adamw_step(&hp, 1).unwrap();
+        let factor = (1.0 - hp.lr * hp.weight_decay) as f32;
+        for e in &enc.layout.entries {
+            let (now, was) = (&enc.buffers.params[e.range()], &params[e.range()]);
+            let want: Vec<f32> = was
+                .iter()
+                .map(|w| if decays(&e.name) { w * factor } else { *w })
+                .collect();
+            assert_eq!(now, &want[..], "{}", e.name);
+        }
+        let w = enc
+            .layout
+            .get("encoder.layer.1.intermediate.dense.weight")
+            .unwrap()
+            .range();
+        assert_ne!(enc.buffers.params[w.clone()], params[w]);
+        let b = enc
+            .layout
+            .get("encoder.layer.1.output.LayerNorm.weight")
+            .unwrap()
+            .range();
+        assert_eq!(enc.buffers.params[b.clone()], params[b]);
     }
 }

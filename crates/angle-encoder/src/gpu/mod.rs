@@ -134,6 +134,8 @@ pub struct GpuEncoder<T: Elem> {
     adam_v: DeviceBuffer<f32>,
     /// bf16 weights for the products (mixed precision only).
     wcopy: Option<DeviceBuffer<half::bf16>>,
+    /// The layout's undecayed ranges as `[start, end)` pairs (`None` when there are none).
+    no_decay: Option<DeviceBuffer<i64>>,
     emb: DeviceBuffer<T>,
     emb_mean: DeviceBuffer<f32>,
     emb_rstd: DeviceBuffer<f32>,
@@ -215,6 +217,14 @@ impl<T: Elem> GpuEncoder<T> {
         } else {
             None
         };
+        let bounds = k::no_decay_bounds(&layout.no_decay);
+        let no_decay = if bounds.is_empty() {
+            None
+        } else {
+            let b = gpu.alloc::<i64>(bounds.len())?;
+            gpu.upload(b.view(), &bounds)?;
+            Some(b)
+        };
         let after_params = gpu.allocated_bytes();
         let a = |len: usize| gpu.alloc::<T>(len);
         let f = |len: usize| gpu.alloc::<f32>(len);
@@ -294,6 +304,7 @@ impl<T: Elem> GpuEncoder<T> {
             adam_m,
             adam_v,
             wcopy,
+            no_decay,
             gpu,
             config,
             layout,
@@ -1047,6 +1058,7 @@ impl<T: Elem> GpuEncoder<T> {
             hp.beta2,
             hp.eps,
             hp.weight_decay,
+            self.no_decay.as_ref().map_or(DSlice::null(), |b| b.view()),
             t,
             clip,
         )?;

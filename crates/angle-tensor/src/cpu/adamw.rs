@@ -1,6 +1,8 @@
 //! AdamW on flat buffers, as `torch.optim.AdamW` (decoupled weight decay, bias-corrected
 //! moments, `amsgrad=False`), and global gradient-norm clipping.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use super::Float;
@@ -24,11 +26,31 @@ pub fn adamw_update<T: Float>(
     weight_decay: f64,
     t: u64,
 ) -> Result<(), TensorError> {
+    adamw_update_masked(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, &[], t)
+}
+
+/// [`adamw_update`] with no weight decay on the index ranges `no_decay` (sorted, disjoint): the two
+/// parameter groups of the Hugging Face Trainer, whose second group (biases, norm weights) has
+/// `weight_decay = 0`. With `weight_decay = 0` the result is bit-identical to [`adamw_update`].
+pub fn adamw_update_masked<T: Float>(
+    params: &mut [T],
+    grads: &[T],
+    m: &mut [T],
+    v: &mut [T],
+    lr: f64,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    weight_decay: f64,
+    no_decay: &[Range<usize>],
+    t: u64,
+) -> Result<(), TensorError> {
     const OP: &str = "adamw_update";
     let n = params.len();
     check_len(OP, "grads", grads.len(), n)?;
     check_len(OP, "m", m.len(), n)?;
     check_len(OP, "v", v.len(), n)?;
+    check_ranges(OP, no_decay, n)?;
     if t == 0 {
         return Err(arg_err(OP, "t", "steps count from 1"));
     }
@@ -63,7 +85,49 @@ pub fn adamw_update<T: Float>(
         .par_chunks_mut(CHUNK)
         .zip(grads.par_chunks(CHUNK))
         .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
-        .for_each(|((p, g), (m, v))| adamw_chunk(p, g, m, v, &k));
+        .enumerate()
+        .for_each(|(c, ((p, g), (m, v)))| {
+            // the chunk in runs of one decay each (ranges are found by search: nothing allocated)
+            let base = c * CHUNK;
+            let mut r = no_decay.partition_point(|r| r.end <= base);
+            let mut at = 0;
+            while at < p.len() {
+                let (end, decay) = match no_decay.get(r) {
+                    Some(nd) if nd.start <= base + at => {
+                        r += 1;
+                        (nd.end - base, T::one())
+                    }
+                    Some(nd) => (nd.start - base, k.decay),
+                    None => (p.len(), k.decay),
+                };
+                let end = end.min(p.len());
+                let s = at..end;
+                adamw_chunk(
+                    &mut p[s.clone()],
+                    &g[s.clone()],
+                    &mut m[s.clone()],
+                    &mut v[s],
+                    decay,
+                    &k,
+                );
+                at = end;
+            }
+        });
+    Ok(())
+}
+
+fn check_ranges(op: &'static str, ranges: &[Range<usize>], n: usize) -> Result<(), TensorError> {
+    let mut prev = 0;
+    for r in ranges {
+        if r.start < prev || r.end < r.start || r.end > n {
+            return Err(arg_err(
+                op,
+                "no_decay",
+                format!("ranges must be sorted, disjoint and within the {n} parameters; got {r:?}"),
+            ));
+        }
+        prev = r.end;
+    }
     Ok(())
 }
 
@@ -84,20 +148,20 @@ struct AdamConsts<T> {
 multiversion! {
     /// One chunk of the update, compiled for AVX-512/AVX2/baseline (the sqrt and division
     /// vectorise; the results are bit-identical across versions).
-    fn adamw_chunk<T: Float>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], k: &AdamConsts<T>) {
+    fn adamw_chunk<T: Float>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], decay: T, k: &AdamConsts<T>) {
         // PyTorch's rounding: m.lerp_(g, 1-β1), v.mul_(β2).addcmul_(g, g, 1-β2),
         // p.addcdiv_(m, √v/√bc2 + eps, -step). Two loops so that neither carries a branch.
         let it = p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut());
         if k.lerp_low {
             for (((p, &g), m), v) in it {
-                *p *= k.decay;
+                *p *= decay;
                 *m = *m + k.c1 * (g - *m);
                 *v = *v * k.b2 + k.c2 * (g * g);
                 *p += -k.step * (*m / (v.sqrt() / k.sqrt_bc2 + k.eps));
             }
         } else {
             for (((p, &g), m), v) in it {
-                *p *= k.decay;
+                *p *= decay;
                 *m = g - (g - *m) * k.b1;
                 *v = *v * k.b2 + k.c2 * (g * g);
                 *p += -k.step * (*m / (v.sqrt() / k.sqrt_bc2 + k.eps));
@@ -191,6 +255,52 @@ mod tests {
             assert!((m[i] - m2).abs() < 1e-16 && (v[i] - v2).abs() < 1e-16);
         }
         assert!(adamw_update(&mut p, &g, &mut m, &mut v, lr, b1, b2, eps, wd, 0).is_err());
+    }
+
+    /// Ranges skip the decay element by element, across chunk boundaries; weight decay 0 gives the
+    /// same bits with or without them.
+    #[test]
+    fn masked_ranges_skip_the_decay() {
+        let n = 2 * CHUNK + 37;
+        let no_decay = [
+            3..10,
+            CHUNK - 4..CHUNK + 6,
+            CHUNK + 6..CHUNK + 6,
+            2 * CHUNK + 30..n,
+        ];
+        let (lr, b1, b2, eps) = (0.05, 0.9, 0.999, 1e-8);
+        let init: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+        let g: Vec<f32> = (0..n)
+            .map(|i| ((i * 104729) % 777) as f32 / 388.0 - 1.0)
+            .collect();
+        let run = |wd: f64, ranges: &[Range<usize>]| {
+            let (mut p, mut m, mut v) = (init.clone(), vec![0.0; n], vec![0.0; n]);
+            for t in 1..=2 {
+                adamw_update_masked(&mut p, &g, &mut m, &mut v, lr, b1, b2, eps, wd, ranges, t).unwrap();
+            }
+            p
+        };
+        let (all, none, masked) = (run(0.1, &[]), run(0.0, &[]), run(0.1, &no_decay));
+        for i in 0..n {
+            let skip = no_decay.iter().any(|r| r.contains(&i));
+            let want = if skip { none[i] } else { all[i] };
+            assert_eq!(
+                masked[i].to_bits(),
+                want.to_bits(),
+                "element {i} (no decay: {skip})"
+            );
+        }
+        assert_ne!(all, none);
+        let zero = run(0.0, &no_decay);
+        assert!(zero.iter().zip(&none).all(|(a, b)| a.to_bits() == b.to_bits()));
+        let (mut p, mut m, mut v) = (init.clone(), vec![0.0; n], vec![0.0; n]);
+        let reversed = Range { start: 5, end: 3 };
+        for bad in [reversed, 0..n + 1] {
+            let bad = std::slice::from_ref(&bad);
+            assert!(adamw_update_masked(&mut p, &g, &mut m, &mut v, lr, b1, b2, eps, 0.1, bad, 1).is_err());
+        }
+        let unsorted = [10..20, 0..5];
+        assert!(adamw_update_masked(&mut p, &g, &mut m, &mut v, lr, b1, b2, eps, 0.1, &unsorted, 1).is_err());
     }
 
     #[test]

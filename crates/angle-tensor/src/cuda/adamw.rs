@@ -45,9 +45,10 @@ pub fn scale_by_norm(
     )
 }
 
-/// One AdamW step `t` (from 1), as [`crate::cpu::adamw_update`], over the whole flat buffer;
+/// One AdamW step `t` (from 1), as [`crate::cpu::adamw_update_masked`], over the whole flat buffer;
 /// clips first when `clip` = (device `norm_sq`, max norm) is given, and refreshes the bf16
-/// weight copy `pcopy` when given.
+/// weight copy `pcopy` when given. `no_decay` holds the undecayed ranges as `[start, end)` pairs
+/// (sorted, disjoint; from [`no_decay_bounds`]), on the device.
 pub fn adamw_update(
     gpu: &Gpu,
     params: DSlice<f32>,
@@ -60,6 +61,7 @@ pub fn adamw_update(
     beta2: f64,
     eps: f64,
     weight_decay: f64,
+    no_decay: DSlice<i64>,
     t: u64,
     clip: Option<(DSlice<f32>, f32)>,
 ) -> Result<(), GpuError> {
@@ -74,6 +76,10 @@ pub fn adamw_update(
     if t == 0 {
         return Err(arg_err(OP, "t", "steps count from 1"));
     }
+    if !no_decay.len().is_multiple_of(2) {
+        return Err(arg_err(OP, "no_decay", "holds [start, end) pairs"));
+    }
+    let n_nd = i32::try_from(no_decay.len() / 2).map_err(|_| arg_err(OP, "no_decay", "too many ranges"))?;
     let ti = i32::try_from(t).unwrap_or(i32::MAX);
     let bc1 = 1.0 - beta1.powi(ti);
     let bc2 = 1.0 - beta2.powi(ti);
@@ -103,7 +109,17 @@ pub fn adamw_update(
             (1.0 - beta2) as f32,
             eps as f32,
             norm,
-            max_norm
+            max_norm,
+            no_decay,
+            n_nd
         ],
     )
+}
+
+/// The device form of undecayed ranges for [`adamw_update`]: `[start, end)` pairs, flattened.
+pub fn no_decay_bounds(ranges: &[std::ops::Range<usize>]) -> Vec<i64> {
+    ranges
+        .iter()
+        .flat_map(|r| [r.start as i64, r.end as i64])
+        .collect()
 }

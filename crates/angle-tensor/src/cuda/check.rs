@@ -778,7 +778,15 @@ fn checks_optimizer(gpu: &Gpu) -> Result<Vec<CheckResult>, GpuError> {
     let mut g = g0.clone();
     cpu::clip_grad_norm(&mut g, f64::from(max_norm));
     let (mut p, mut m, mut v) = (p0.clone(), m0.clone(), v0.clone());
-    cpu::adamw_update(&mut p, &g, &mut m, &mut v, 1e-3, 0.9, 0.999, 1e-8, 0.01, 3).map_err(cpu_err)?;
+    // undecayed ranges inside the grid-stride pattern and at both ends (decay 0.1: a missed range is off by 1e-4)
+    let no_decay = [0..5, 1000..1256, 200_000..200_001, n - 3..n];
+    cpu::adamw_update_masked(
+        &mut p, &g, &mut m, &mut v, 1e-3, 0.9, 0.999, 1e-8, 0.1, &no_decay, 3,
+    )
+    .map_err(cpu_err)?;
+    let bounds = super::no_decay_bounds(&no_decay);
+    let nd = c.gpu.alloc::<i64>(bounds.len())?;
+    c.gpu.upload(nd.view(), &bounds)?;
     let (gp, gg, gm, gv) = (
         c.up::<f32>(&p0)?,
         c.up::<f32>(&g0)?,
@@ -805,7 +813,8 @@ fn checks_optimizer(gpu: &Gpu) -> Result<Vec<CheckResult>, GpuError> {
         0.9,
         0.999,
         1e-8,
-        0.01,
+        0.1,
+        nd.view(),
         3,
         Some((ns.view(), max_norm)),
     )?;

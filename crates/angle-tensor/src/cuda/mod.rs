@@ -31,7 +31,7 @@ mod memory;
 mod misc;
 mod pooling;
 
-pub use adamw::{adamw_update, grad_norm_sq, scale_by_norm};
+pub use adamw::{adamw_update, grad_norm_sq, no_decay_bounds, scale_by_norm};
 pub use attention::{AttentionSaved, attention_pbase, attention_pbase_into};
 pub use attention::{AttentionShape, attention_backward, attention_forward, attention_scratch_len};
 pub use blas::{Gemm, MatOp, gemm_strided_batched, linear_backward, linear_forward};
