@@ -4,7 +4,8 @@
 #
 #   scripts/peft/roundtrip.sh [ANGLE_BIN] [PYTHON] [BASE_MODEL_DIR]
 #
-# ANGLE_BIN: the `angle` binary (default target/release/angle); PYTHON: with torch, transformers and peft
+# ANGLE_BIN: the `angle` binary (default target/release/angle); PYTHON: with torch, transformers, peft and
+# sentence-transformers
 # (default python3); BASE_MODEL_DIR: a LLaMA/Mistral/Qwen2/Qwen3 folder (default: the tiny Qwen2 fixture of
 # ../shared/fixtures/decoder). Prints one line per comparison and exits non-zero when one misses its bound.
 set -euo pipefail

@@ -10,14 +10,15 @@ use crate::lora::{MODULES, module_parent, peft_name};
 use crate::model::Decoder;
 use crate::weights::write_safetensors;
 
-/// Files copied from the base folder next to a full checkpoint (those that exist).
-const COPIED: [&str; 6] = [
+/// Files copied from the base folder next to a full checkpoint (those that exist). Not the base's
+/// sentence-transformers files: they describe the base's pooling, and whoever saves knows the pooling
+/// it trained with (angle's trainer writes them for it).
+const COPIED: [&str; 5] = [
     "config.json",
     "generation_config.json",
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
-    "modules.json",
 ];
 
 impl Decoder {

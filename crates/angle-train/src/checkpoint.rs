@@ -70,6 +70,10 @@ pub struct AngleConfigFile {
     pub layers: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dim: Option<usize>,
+    /// Why the folder has no sentence-transformers pooling files (a pooling they cannot express); absent
+    /// when `modules.json` and `1_Pooling/config.json` describe `pooling`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentence_transformers: Option<String>,
     pub train: TrainConfig,
 }
 
@@ -168,26 +172,7 @@ pub fn write_model_files(
             std::fs::copy(&src, dir.join(name)).map_err(io_err(&src))?;
         }
     }
-    let h = model.hidden_size();
-    match st_pooling(pooling, h) {
-        Some(pool) => {
-            let modules = json!([
-                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-            ]);
-            write_json(&dir.join("modules.json"), &modules)?;
-            let pdir = dir.join("1_Pooling");
-            std::fs::create_dir_all(&pdir).map_err(io_err(&pdir))?;
-            write_json(&pdir.join("config.json"), &pool)?;
-        }
-        None => {
-            // A stale modules.json copied along would claim another pooling: none is written instead.
-            tracing::warn!(
-                "pooling {} has no sentence-transformers equivalent; only {ANGLE_CONFIG} records it",
-                pooling.name()
-            );
-        }
-    }
+    let st_note = write_st_pooling(dir, pooling, model.hidden_size())?;
     write_json(
         &dir.join("sentence_bert_config.json"),
         &json!({"max_seq_length": config.max_length, "do_lower_case": false}),
@@ -202,24 +187,65 @@ pub fn write_model_files(
         base_model: base_model_record(config, files_from),
         layers: None,
         dim: None,
+        sentence_transformers: st_note,
         train: config.clone(),
     };
     write_json(&dir.join(ANGLE_CONFIG), &angle)
 }
 
-/// The encode settings of a checkpoint, beside its weights: what `angle encode` (`angle_config.json`) and
-/// sentence-transformers (`modules.json`, `1_Pooling/config.json`, `sentence_bert_config.json`, ...) read.
+/// Writes sentence-transformers' pooling files for `pooling` into `dir` (`modules.json`: Transformer then
+/// Pooling; `1_Pooling/config.json`). For a pooling sentence-transformers lacks, removes any that are there
+/// (a base model's, copied along, would claim another pooling) and returns the note for `angle_config.json`.
+pub fn write_st_pooling(dir: &Path, pooling: Pooling, dim: usize) -> Result<Option<String>> {
+    let pdir = dir.join("1_Pooling");
+    match st_pooling(pooling, dim) {
+        Some(pool) => {
+            let modules = json!([
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            ]);
+            write_json(&dir.join("modules.json"), &modules)?;
+            std::fs::create_dir_all(&pdir).map_err(io_err(&pdir))?;
+            write_json(&pdir.join("config.json"), &pool)?;
+            Ok(None)
+        }
+        None => {
+            for f in [dir.join("modules.json"), pdir.join("config.json")] {
+                if f.is_file() {
+                    std::fs::remove_file(&f).map_err(io_err(&f))?;
+                }
+            }
+            if pdir.is_dir() {
+                // only when empty: anything else in it is not ours to delete
+                let _ = std::fs::remove_dir(&pdir);
+            }
+            tracing::warn!(
+                "pooling {} has no sentence-transformers equivalent; only {ANGLE_CONFIG} records it",
+                pooling.name()
+            );
+            Ok(Some(format!(
+                "no modules.json or 1_Pooling: pooling `{}` has no sentence-transformers equivalent \
+                 (angle encode reads it from here)",
+                pooling.name()
+            )))
+        }
+    }
+}
+
+/// The encode settings of a checkpoint, beside its weights, that a merged model takes from its adapter:
+/// what `angle encode` (`angle_config.json`) and sentence-transformers (`sentence_bert_config.json`, ...)
+/// read. The pooling files are written for the pooling instead ([`write_st_pooling`]).
 const SETTINGS_FILES: &[&str] = &[
     ANGLE_CONFIG,
-    "modules.json",
-    "1_Pooling/config.json",
     "sentence_bert_config.json",
     "config_sentence_transformers.json",
 ];
 
 /// Copies the encode settings of the checkpoint `from` (a LoRA adapter folder) into `to` (its merged model),
-/// so the merged model pools, truncates and appends EOS as the adapter does. Files `from` lacks are skipped.
-pub fn copy_settings(from: &Path, to: &Path) -> Result<()> {
+/// so the merged model truncates and appends EOS as the adapter does, and writes the sentence-transformers
+/// pooling files of `pooling` (the one it was trained with), or none with the note in `angle_config.json`.
+/// Files `from` lacks are skipped.
+pub fn copy_settings(from: &Path, to: &Path, pooling: Pooling, dim: usize) -> Result<()> {
     for name in SETTINGS_FILES {
         let src = from.join(name);
         if !src.is_file() {
@@ -230,6 +256,18 @@ pub fn copy_settings(from: &Path, to: &Path) -> Result<()> {
             std::fs::create_dir_all(parent).map_err(io_err(parent))?;
         }
         std::fs::copy(&src, &dst).map_err(io_err(&src))?;
+    }
+    let note = write_st_pooling(to, pooling, dim)?;
+    let path = to.join(ANGLE_CONFIG);
+    if path.is_file() {
+        let mut v: serde_json::Value = read_json(&path)?;
+        if let Some(o) = v.as_object_mut() {
+            match note {
+                Some(n) => o.insert("sentence_transformers".into(), json!(n)),
+                None => o.remove("sentence_transformers"),
+            };
+        }
+        write_json(&path, &v)?;
     }
     Ok(())
 }

@@ -281,5 +281,12 @@ pub fn write_merged(model: &DecoderCpu, out: &Path, settings_from: &Path) -> Res
     }
     std::fs::create_dir_all(out).map_err(io_err(out))?;
     model.dec.save_merged(out).map_err(dec_err)?;
-    crate::checkpoint::copy_settings(settings_from, out)
+    // the pooling trained with: the adapter folder's record when it has one (`angle merge` loads the
+    // model with the base's default), else the model's
+    let pooling = if settings_from.join(crate::checkpoint::ANGLE_CONFIG).is_file() {
+        crate::embed::ModelDefaults::from_dir(settings_from)?.pooling
+    } else {
+        model.dec.pooling
+    };
+    crate::checkpoint::copy_settings(settings_from, out, pooling, model.dec.config.hidden_size)
 }

@@ -300,3 +300,73 @@ fn decoder_options_fail_clearly() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// The merged folder's sentence-transformers files describe the pooling it was trained with, whatever the
+/// base's say: rewritten for a pooling they can express, absent (with a note in `angle_config.json`) for one
+/// they cannot. `--merge-lora` and `angle merge` agree.
+#[test]
+fn merged_sentence_transformers_files_follow_the_trained_pooling() {
+    let tmp = tempfile::tempdir().unwrap();
+    // a base whose sentence-transformers files claim mean pooling
+    let base = tmp.path().join("base");
+    std::fs::create_dir_all(base.join("1_Pooling")).unwrap();
+    for e in std::fs::read_dir(decoder_model("qwen2-lora-last")).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            std::fs::copy(&p, base.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let modules = r#"[{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]"#;
+    std::fs::write(base.join("modules.json"), modules).unwrap();
+    let mean = r#"{"word_embedding_dimension": 64, "pooling_mode_mean_tokens": true}"#;
+    std::fs::write(base.join("1_Pooling/config.json"), mean).unwrap();
+    let train_file = stsb_head(tmp.path(), "train", 8, "train.csv");
+    let json = |p: &Path| -> serde_json::Value { serde_json::from_slice(&read(p)).unwrap() };
+    for (pooling, st_mode) in [("last", Some("pooling_mode_lasttoken")), ("3", None)] {
+        let out = tmp.path().join(format!("run-{pooling}"));
+        let cfg = TrainConfig {
+            lora: Some(LoraSettings {
+                r: 2,
+                alpha: 4.0,
+                dropout: 0.0,
+                targets: "q_proj".into(),
+            }),
+            merge_lora: true,
+            epochs: 1,
+            pooling: pooling.into(),
+            ..config(&base, &train_file, None, &out)
+        };
+        train(cfg, None, &TrainOptions::default()).unwrap();
+        let again = tmp.path().join(format!("merged-again-{pooling}"));
+        let o = angle()
+            .args(["merge", "--adapter"])
+            .arg(out.join(CHECKPOINT_LAST))
+            .arg("--output")
+            .arg(&again)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        for merged in [out.join(MERGED), again] {
+            let angle_cfg = json(&merged.join("angle_config.json"));
+            assert_eq!(angle_cfg["pooling"], pooling, "{}", merged.display());
+            match st_mode {
+                Some(mode) => {
+                    let pool = json(&merged.join("1_Pooling/config.json"));
+                    assert_eq!(pool[mode], true, "{}: {pool}", merged.display());
+                    assert_eq!(pool["pooling_mode_mean_tokens"], false, "{}", merged.display());
+                    assert_eq!(pool["word_embedding_dimension"], 64);
+                    let m = json(&merged.join("modules.json"));
+                    assert_eq!(m[1]["path"], "1_Pooling", "{}", merged.display());
+                    assert!(angle_cfg.get("sentence_transformers").is_none());
+                }
+                None => {
+                    assert!(!merged.join("modules.json").exists(), "{}", merged.display());
+                    assert!(!merged.join("1_Pooling").exists(), "{}", merged.display());
+                    let note = angle_cfg["sentence_transformers"].as_str().unwrap_or_default();
+                    assert!(note.contains("no sentence-transformers equivalent"), "{note:?}");
+                }
+            }
+        }
+    }
+}
