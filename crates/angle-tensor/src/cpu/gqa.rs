@@ -7,7 +7,7 @@
 //! within them; with `causal` token `i` sees tokens `0..=i` of its sequence. `probs` saves the softmax
 //! with the same layout as [`super::attention_probs_len`] (masked entries are exactly 0).
 
-use rayon::prelude::*;
+use std::ops::Range;
 
 use super::Float;
 use super::gemm::{MatMut, MatRef, gemm};
@@ -46,15 +46,101 @@ fn validate(op: &'static str, s: GqaShape, seq_offsets: &[usize]) -> Result<usiz
     Ok(*seq_offsets.last().unwrap_or(&0))
 }
 
-fn bases(seq_offsets: &[usize], n_heads: usize) -> Vec<usize> {
-    seq_offsets
-        .windows(2)
-        .scan(0, |acc, w| {
-            let b = *acc;
-            *acc += n_heads * (w[1] - w[0]).pow(2);
-            Some(b)
-        })
-        .collect()
+/// Buffers that split at a sequence boundary: after `rows` token rows and `probs` softmax elements.
+trait SeqSplit: Sized + Send {
+    fn split(self, rows: usize, probs: usize) -> (Self, Self);
+}
+
+/// What forward writes: the output rows (`qw` wide) and the saved softmax.
+struct FwdParts<'a, T> {
+    out: &'a mut [T],
+    probs: &'a mut [T],
+    qw: usize,
+}
+
+impl<T: Send> SeqSplit for FwdParts<'_, T> {
+    fn split(self, rows: usize, probs: usize) -> (Self, Self) {
+        let (o0, o1) = self.out.split_at_mut(rows * self.qw);
+        let (p0, p1) = self.probs.split_at_mut(probs);
+        let qw = self.qw;
+        (
+            FwdParts {
+                out: o0,
+                probs: p0,
+                qw,
+            },
+            FwdParts {
+                out: o1,
+                probs: p1,
+                qw,
+            },
+        )
+    }
+}
+
+/// What backward writes (the three gradients and the scratch) and the softmax it reads.
+struct BwdParts<'a, T> {
+    dq: &'a mut [T],
+    dk: &'a mut [T],
+    dv: &'a mut [T],
+    scratch: &'a mut [T],
+    probs: &'a [T],
+    qw: usize,
+    kw: usize,
+}
+
+impl<T: Send + Sync> SeqSplit for BwdParts<'_, T> {
+    fn split(self, rows: usize, probs: usize) -> (Self, Self) {
+        let (qw, kw) = (self.qw, self.kw);
+        let (dq0, dq1) = self.dq.split_at_mut(rows * qw);
+        let (dk0, dk1) = self.dk.split_at_mut(rows * kw);
+        let (dv0, dv1) = self.dv.split_at_mut(rows * kw);
+        let (s0, s1) = self.scratch.split_at_mut(probs);
+        let (p0, p1) = self.probs.split_at(probs);
+        let part = |dq, dk, dv, scratch, probs| BwdParts {
+            dq,
+            dk,
+            dv,
+            scratch,
+            probs,
+            qw,
+            kw,
+        };
+        (part(dq0, dk0, dv0, s0, p0), part(dq1, dk1, dv1, s1, p1))
+    }
+}
+
+/// Runs `f(b, parts_b)` for every sequence `b` in `seqs`, in parallel, where `parts_b` is sequence `b`'s
+/// piece of the buffers. Halving with `rayon::join` keeps the pieces on the stack, so a call allocates
+/// nothing (a list of per-sequence slices would be an allocation per call, every layer and step).
+fn par_seqs<P, F>(
+    seq_offsets: &[usize],
+    n_heads: usize,
+    seqs: Range<usize>,
+    parts: P,
+    f: &F,
+) -> Result<(), TensorError>
+where
+    P: SeqSplit,
+    F: Fn(usize, P) -> Result<(), TensorError> + Sync,
+{
+    match seqs.len() {
+        0 => Ok(()),
+        1 => f(seqs.start, parts),
+        len => {
+            let mid = seqs.start + len / 2;
+            let rows = seq_offsets[mid] - seq_offsets[seqs.start];
+            let probs = (seqs.start..mid)
+                .map(|b| n_heads * (seq_offsets[b + 1] - seq_offsets[b]).pow(2))
+                .sum();
+            let (lo, hi) = parts.split(rows, probs);
+            let (a, b) = rayon::join(
+                || par_seqs(seq_offsets, n_heads, seqs.start..mid, lo, f),
+                || par_seqs(seq_offsets, n_heads, mid..seqs.end, hi, f),
+            );
+            a.and(b)
+        }
+    }
 }
 
 /// Row-wise softmax of a `len x len` block, row `i` over columns `0..=i` when causal (the rest 0).
@@ -108,22 +194,14 @@ pub fn gqa_attention_forward<T: Float>(
     }
     let group = n_heads / n_kv_heads;
     let scale = T::of(1.0 / (d as f64).sqrt());
-    let mut outs: Vec<&mut [T]> = Vec::new();
-    let mut ps: Vec<&mut [T]> = Vec::new();
-    let (mut o_rest, mut p_rest) = (out, probs);
-    for w in seq_offsets.windows(2) {
-        let len = w[1] - w[0];
-        let (a, b) = std::mem::take(&mut o_rest).split_at_mut(len * qw);
-        outs.push(a);
-        o_rest = b;
-        let (a, b) = std::mem::take(&mut p_rest).split_at_mut(n_heads * len * len);
-        ps.push(a);
-        p_rest = b;
-    }
-    outs.into_par_iter()
-        .zip(ps)
-        .enumerate()
-        .try_for_each(|(b, (out, probs))| {
+    let seqs = 0..seq_offsets.len() - 1;
+    let parts = FwdParts { out, probs, qw };
+    par_seqs(
+        seq_offsets,
+        n_heads,
+        seqs,
+        parts,
+        &|b, FwdParts { out, probs, .. }| {
             let (r0, r1) = (seq_offsets[b], seq_offsets[b + 1]);
             let len = r1 - r0;
             let (q, k, v) = (&q[r0 * qw..r1 * qw], &k[r0 * kw..r1 * kw], &v[r0 * kw..r1 * kw]);
@@ -139,7 +217,8 @@ pub fn gqa_attention_forward<T: Float>(
                 gemm(T::one(), MatRef::new(p, len, len), vh, T::zero(), o)?;
             }
             Ok(())
-        })
+        },
+    )
 }
 
 /// Adds the gradients with respect to `q`, `k`, `v` from `dout[N, n_heads·d]` and the forward's `probs`.
@@ -185,73 +264,71 @@ pub fn gqa_attention_backward<T: Float>(
     }
     let group = n_heads / n_kv_heads;
     let scale = T::of(1.0 / (d as f64).sqrt());
-    let pb = bases(seq_offsets, n_heads);
-    // per-sequence pieces of every written buffer
-    let mut parts = Vec::new();
-    let (mut dq_r, mut dk_r, mut dv_r, mut s_r) = (dq, dk, dv, scratch);
-    for w in seq_offsets.windows(2) {
-        let len = w[1] - w[0];
-        let (a, b) = std::mem::take(&mut dq_r).split_at_mut(len * qw);
-        dq_r = b;
-        let (c, e) = std::mem::take(&mut dk_r).split_at_mut(len * kw);
-        dk_r = e;
-        let (f, g) = std::mem::take(&mut dv_r).split_at_mut(len * kw);
-        dv_r = g;
-        let (s, t) = std::mem::take(&mut s_r).split_at_mut(n_heads * len * len);
-        s_r = t;
-        parts.push((a, c, f, s));
-    }
-    parts
-        .into_par_iter()
-        .enumerate()
-        .try_for_each(|(b, (dq, dk, dv, scratch))| {
-            let (r0, r1) = (seq_offsets[b], seq_offsets[b + 1]);
-            let len = r1 - r0;
-            let (q, k, v) = (&q[r0 * qw..r1 * qw], &k[r0 * kw..r1 * kw], &v[r0 * kw..r1 * kw]);
-            let dout = &dout[r0 * qw..r1 * qw];
-            let probs = &probs[pb[b]..pb[b] + n_heads * len * len];
-            for h in 0..n_heads {
-                let g = h / group;
-                let qh = MatRef::strided(&q[h * d..], len, d, qw, 1);
-                let kh = MatRef::strided(&k[g * d..], len, d, kw, 1);
-                let vh = MatRef::strided(&v[g * d..], len, d, kw, 1);
-                let dy = MatRef::strided(&dout[h * d..], len, d, qw, 1);
-                let p = &probs[h * len * len..(h + 1) * len * len];
-                let w = &mut scratch[h * len * len..(h + 1) * len * len];
-                // dV += Pᵀ dY
-                gemm(
-                    T::one(),
-                    MatRef::new(p, len, len).t(),
-                    dy,
-                    T::one(),
-                    MatMut::strided(&mut dv[g * d..], len, d, kw, 1),
-                )?;
-                // dP = dY Vᵀ; dS = P ⊙ (dP − rowsum(dP ⊙ P)) / √d (masked entries have P = 0)
-                gemm(T::one(), dy, vh.t(), T::zero(), MatMut::new(w, len, len))?;
-                for (wr, pr) in w.chunks_exact_mut(len).zip(p.chunks_exact(len)) {
-                    let c: T = wr.iter().zip(pr).map(|(&w, &p)| w * p).sum();
-                    for (wv, &p) in wr.iter_mut().zip(pr) {
-                        *wv = p * (*wv - c) * scale;
-                    }
+    let seqs = 0..seq_offsets.len() - 1;
+    let parts = BwdParts {
+        dq,
+        dk,
+        dv,
+        scratch,
+        probs,
+        qw,
+        kw,
+    };
+    par_seqs(seq_offsets, n_heads, seqs, parts, &|b, p: BwdParts<'_, T>| {
+        let BwdParts {
+            dq,
+            dk,
+            dv,
+            scratch,
+            probs,
+            ..
+        } = p;
+        let (r0, r1) = (seq_offsets[b], seq_offsets[b + 1]);
+        let len = r1 - r0;
+        let (q, k, v) = (&q[r0 * qw..r1 * qw], &k[r0 * kw..r1 * kw], &v[r0 * kw..r1 * kw]);
+        let dout = &dout[r0 * qw..r1 * qw];
+        for h in 0..n_heads {
+            let g = h / group;
+            let qh = MatRef::strided(&q[h * d..], len, d, qw, 1);
+            let kh = MatRef::strided(&k[g * d..], len, d, kw, 1);
+            let vh = MatRef::strided(&v[g * d..], len, d, kw, 1);
+            let dy = MatRef::strided(&dout[h * d..], len, d, qw, 1);
+            let p = &probs[h * len * len..(h + 1) * len * len];
+            let w = &mut scratch[h * len * len..(h + 1) * len * len];
+            // dV += Pᵀ dY
+            gemm(
+                T::one(),
+                MatRef::new(p, len, len).t(),
+                dy,
+                T::one(),
+                MatMut::strided(&mut dv[g * d..], len, d, kw, 1),
+            )?;
+            // dP = dY Vᵀ; dS = P ⊙ (dP − rowsum(dP ⊙ P)) / √d (masked entries have P = 0)
+            gemm(T::one(), dy, vh.t(), T::zero(), MatMut::new(w, len, len))?;
+            for (wr, pr) in w.chunks_exact_mut(len).zip(p.chunks_exact(len)) {
+                let c: T = wr.iter().zip(pr).map(|(&w, &p)| w * p).sum();
+                for (wv, &p) in wr.iter_mut().zip(pr) {
+                    *wv = p * (*wv - c) * scale;
                 }
-                let ds = MatRef::new(&*w, len, len);
-                gemm(
-                    T::one(),
-                    ds,
-                    kh,
-                    T::one(),
-                    MatMut::strided(&mut dq[h * d..], len, d, qw, 1),
-                )?;
-                gemm(
-                    T::one(),
-                    ds.t(),
-                    qh,
-                    T::one(),
-                    MatMut::strided(&mut dk[g * d..], len, d, kw, 1),
-                )?;
             }
-            Ok(())
-        })
+            let ds = MatRef::new(&*w, len, len);
+            gemm(
+                T::one(),
+                ds,
+                kh,
+                T::one(),
+                MatMut::strided(&mut dq[h * d..], len, d, qw, 1),
+            )?;
+            gemm(
+                T::one(),
+                ds.t(),
+                qh,
+                T::one(),
+                MatMut::strided(&mut dk[g * d..], len, d, kw, 1),
+            )?;
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -92,15 +92,12 @@ fn rotate<T: Float>(
     if width == 0 {
         return;
     }
-    // position of every row: its index inside its own sequence
-    let mut pos = Vec::with_capacity(*seq_offsets.last().unwrap_or(&0));
-    for w in seq_offsets.windows(2) {
-        pos.extend(0..w[1] - w[0]);
-    }
     x.par_chunks_mut(width)
-        .zip(pos.par_iter())
+        .enumerate()
         .with_min_len(8)
-        .for_each(|(row, &p)| {
+        .for_each(|(r, row)| {
+            // the row's index inside its own sequence, found by search rather than a per-call table
+            let p = r - seq_offsets[seq_offsets.partition_point(|&o| o <= r) - 1];
             let c = &cos[p * half..(p + 1) * half];
             let s = &sin[p * half..(p + 1) * half];
             for head in row.chunks_exact_mut(head_dim) {
