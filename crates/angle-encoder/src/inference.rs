@@ -79,30 +79,9 @@ pub(crate) fn pack_layers(
     Ok(())
 }
 
-/// Whether bf16 products beat our f32 products on this CPU: AMX always; AVX512-BF16 once its
-/// run-time self-check passed and it measured at least 1.1× our f32 product here
-/// ([`avx512_bf16_speedup`]); else they run about as fast as f32, or slower.
+/// Whether `--precision auto` takes bf16 products on this CPU ([`fastest_precision`]).
 pub fn bf16_is_fast() -> bool {
-    let k = bf16_kernel();
-    k.beats_f32()
-        && (k != Bf16Kernel::Avx512Bf16 || (avx512_bf16_checked() && avx512_bf16_speedup() >= MIN_SPEEDUP))
-}
-
-/// What AVX512-BF16 must gain over f32 before `auto` takes it (the margin keeps a noisy timing from
-/// flipping the choice between runs).
-const MIN_SPEEDUP: f64 = 1.1;
-
-/// The AVX512-BF16 forward product's speed over f32 on this CPU, timed once per process (~30 ms).
-pub fn avx512_bf16_speedup() -> f64 {
-    static S: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *S.get_or_init(|| angle_tensor::cpu::bf16_speedup(Bf16Kernel::Avx512Bf16))
-}
-
-/// The AVX512-BF16 kernel was written without such a CPU to run on: before `auto` picks it,
-/// it must reproduce the portable kernel on a ragged product (once per process).
-fn avx512_bf16_checked() -> bool {
-    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *OK.get_or_init(|| angle_tensor::cpu::bf16_self_check(Bf16Kernel::Avx512Bf16).is_ok())
+    fastest_precision().0 == Precision::Bf16
 }
 
 /// The bf16 kernel this CPU runs: `amx`, `avx512-bf16`, `avx2` or `portable`.
@@ -110,25 +89,260 @@ pub fn bf16_kernel_name() -> &'static str {
     bf16_kernel().name()
 }
 
-/// What `--precision auto` means here: the fastest precision whose accuracy is established,
-/// bf16 only where its kernel beats f32 on this CPU; with the line to print
-/// (`precision: bf16 (amx)`, `precision: f32 (no fast bf16 kernel here)`).
-pub fn fastest_precision() -> (Precision, String) {
-    let k = bf16_kernel();
-    if bf16_is_fast() {
-        (Precision::Bf16, format!("precision: bf16 ({})", k.name()))
-    } else if k == Bf16Kernel::Avx512Bf16 && !avx512_bf16_checked() {
-        (
-            Precision::F32,
-            "precision: f32 (the avx512-bf16 kernel failed its self-check on this CPU)".into(),
-        )
-    } else if k == Bf16Kernel::Avx512Bf16 {
-        let s = avx512_bf16_speedup();
-        (
-            Precision::F32,
-            format!("precision: f32 (the avx512-bf16 kernel measured {s:.2}× f32 on this CPU)"),
-        )
+/// What `auto` knows of the CPU: what it is, never how fast it ran a moment ago (a start-up timing
+/// moved with the machine's load and flipped the choice between runs of one command).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuFacts<'a> {
+    /// CPUID's vendor string (`AuthenticAMD`, `GenuineIntel`).
+    pub vendor: &'a str,
+    /// CPUID's display family (AMD: 0x19 Zen 3/4, 0x1a Zen 5).
+    pub family: u32,
+    /// The kernel bf16 products run on here ([`bf16_kernel`]: the best this CPU has, or
+    /// `ANGLE_BF16_KERNEL`'s).
+    pub kernel: Bf16Kernel,
+    /// Whether `ANGLE_BF16_KERNEL` chose that kernel.
+    pub forced: bool,
+}
+
+/// `--precision auto` on the CPU, from what the CPU is; with the line to print, which says why.
+/// bf16 products where their kernel is known to beat our f32 products on this kind of core:
+///
+/// | kernel      | CPU                  | precision | why                                                     |
+/// |-------------|----------------------|-----------|---------------------------------------------------------|
+/// | amx         | Intel with AMX       | bf16      | 2.9–4.2× our f32 products (README)                     |
+/// | avx512-bf16 | AMD (Zen 4, Zen 5)   | bf16      | a `vdpbf16ps` does two f32 FMAs' multiply-adds at their rate (1.6× end to end on Zen 4), once `self_check` passes |
+/// | avx512-bf16 | Intel, other vendors | f32       | 0.5–1.1× our f32 on Intel Xeons: no gain                |
+/// | avx2        | any                  | f32       | widening bf16 loses to faer's f32                       |
+/// | portable    | any                  | f32       | the f32 product plus the rounding                       |
+///
+/// `self_check` ([`angle_tensor::cpu::bf16_self_check`] of the AVX512-BF16 kernel, deterministic: no
+/// timing) is called only on the row that would take that kernel.
+pub fn auto_precision_for(
+    cpu: &CpuFacts<'_>,
+    self_check: impl FnOnce() -> std::result::Result<f64, String>,
+) -> (Precision, String) {
+    let forced = if cpu.forced {
+        format!("ANGLE_BF16_KERNEL={}", cpu.kernel.name())
     } else {
-        (Precision::F32, "precision: f32 (no fast bf16 kernel here)".into())
+        String::new()
+    };
+    let f32_because = |why: &str| (Precision::F32, format!("precision: f32 ({why})"));
+    match cpu.kernel {
+        Bf16Kernel::Amx => (Precision::Bf16, "precision: bf16 (AMX)".into()),
+        Bf16Kernel::Avx512Bf16 if cpu.vendor == "AuthenticAMD" => {
+            let core = match cpu.family {
+                0x19 => "Zen 4".to_string(),
+                0x1a => "Zen 5".to_string(),
+                f => format!("family {f:#x}"),
+            };
+            match self_check() {
+                Ok(_) => (
+                    Precision::Bf16,
+                    format!("precision: bf16 (avx512-bf16 on AMD {core}: 2 bf16 dot products per f32 FMA)"),
+                ),
+                Err(e) => f32_because(&format!(
+                    "the avx512-bf16 kernel failed its self-check on this CPU: {e}"
+                )),
+            }
+        }
+        Bf16Kernel::Avx512Bf16 => {
+            let who = match cpu.vendor {
+                "GenuineIntel" => "Intel".to_string(),
+                v => format!("a {v:?} CPU"),
+            };
+            f32_because(&format!(
+                "avx512-bf16 on {who}: its bf16 dot products do not outrun our f32 FMAs there{}",
+                if forced.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {forced}")
+                }
+            ))
+        }
+        Bf16Kernel::Avx2 if cpu.forced => f32_because(&format!("{forced}: bf16 products would be slower")),
+        Bf16Kernel::Avx2 => f32_because("AVX2 only: bf16 products would be slower"),
+        Bf16Kernel::Portable if cpu.forced => {
+            f32_because(&format!("{forced}: bf16 products would be slower"))
+        }
+        Bf16Kernel::Portable => f32_because("no AVX2 or bf16 instructions: bf16 products would be slower"),
+    }
+}
+
+/// What `--precision auto` means on this CPU ([`auto_precision_for`] of its vendor, family and
+/// kernel): the same on every run of one binary on one machine, whatever else runs. Decided once per
+/// process; with the line to print (`precision: bf16 (AMX)`).
+pub fn fastest_precision() -> (Precision, String) {
+    static P: std::sync::OnceLock<(Precision, String)> = std::sync::OnceLock::new();
+    P.get_or_init(|| {
+        let model = angle_tensor::cpu::cpu_model();
+        let kernel = bf16_kernel();
+        let forced = matches!(angle_tensor::cpu::requested_bf16_kernel(), Ok(Some(k)) if k == kernel);
+        let cpu = CpuFacts {
+            vendor: &model.vendor,
+            family: model.family,
+            kernel,
+            forced,
+        };
+        auto_precision_for(&cpu, || {
+            angle_tensor::cpu::bf16_self_check(Bf16Kernel::Avx512Bf16)
+        })
+    })
+    .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(vendor: &str, family: u32, kernel: Bf16Kernel, forced: bool) -> CpuFacts<'_> {
+        CpuFacts {
+            vendor,
+            family,
+            kernel,
+            forced,
+        }
+    }
+
+    /// Every row of the table, with the reason printed and whether the self-check was asked.
+    #[test]
+    fn decision_table() {
+        use Bf16Kernel::*;
+        use Precision::*;
+        let passes = || Ok(3e-7);
+        let fails = || Err("relative error 1e-2".to_string());
+        // the CPU, its self-check's result, the precision, the line printed, whether the check was asked
+        type Row<'a> = (
+            CpuFacts<'a>,
+            std::result::Result<f64, String>,
+            Precision,
+            &'a str,
+            bool,
+        );
+        let rows: [Row<'_>; 12] = [
+            (
+                facts("GenuineIntel", 6, Amx, false),
+                passes(),
+                Bf16,
+                "precision: bf16 (AMX)",
+                false,
+            ),
+            (
+                facts("GenuineIntel", 6, Amx, true),
+                passes(),
+                Bf16,
+                "precision: bf16 (AMX)",
+                false,
+            ),
+            (
+                facts("AuthenticAMD", 0x19, Avx512Bf16, false),
+                passes(),
+                Bf16,
+                "precision: bf16 (avx512-bf16 on AMD Zen 4: 2 bf16 dot products per f32 FMA)",
+                true,
+            ),
+            (
+                facts("AuthenticAMD", 0x1a, Avx512Bf16, false),
+                passes(),
+                Bf16,
+                "precision: bf16 (avx512-bf16 on AMD Zen 5: 2 bf16 dot products per f32 FMA)",
+                true,
+            ),
+            (
+                facts("AuthenticAMD", 0x1b, Avx512Bf16, false),
+                passes(),
+                Bf16,
+                "precision: bf16 (avx512-bf16 on AMD family 0x1b: 2 bf16 dot products per f32 FMA)",
+                true,
+            ),
+            (
+                facts("AuthenticAMD", 0x19, Avx512Bf16, false),
+                fails(),
+                F32,
+                "precision: f32 (the avx512-bf16 kernel failed its self-check on this CPU: relative error 1e-2)",
+                true,
+            ),
+            (
+                facts("GenuineIntel", 6, Avx512Bf16, false),
+                passes(),
+                F32,
+                "precision: f32 (avx512-bf16 on Intel: its bf16 dot products do not outrun our f32 FMAs there)",
+                false,
+            ),
+            (
+                facts("GenuineIntel", 6, Avx512Bf16, true),
+                passes(),
+                F32,
+                "precision: f32 (avx512-bf16 on Intel: its bf16 dot products do not outrun our f32 FMAs there; ANGLE_BF16_KERNEL=avx512-bf16)",
+                false,
+            ),
+            (
+                facts("HygonGenuine", 0x18, Avx512Bf16, false),
+                passes(),
+                F32,
+                "precision: f32 (avx512-bf16 on a \"HygonGenuine\" CPU: its bf16 dot products do not outrun our f32 FMAs there)",
+                false,
+            ),
+            (
+                facts("AuthenticAMD", 0x19, Avx2, false),
+                passes(),
+                F32,
+                "precision: f32 (AVX2 only: bf16 products would be slower)",
+                false,
+            ),
+            (
+                facts("AuthenticAMD", 0x19, Avx2, true),
+                passes(),
+                F32,
+                "precision: f32 (ANGLE_BF16_KERNEL=avx2: bf16 products would be slower)",
+                false,
+            ),
+            (
+                facts("GenuineIntel", 6, Portable, false),
+                passes(),
+                F32,
+                "precision: f32 (no AVX2 or bf16 instructions: bf16 products would be slower)",
+                false,
+            ),
+        ];
+        for (cpu, check, want, line, asks) in rows {
+            let asked = std::cell::Cell::new(false);
+            let got = auto_precision_for(&cpu, || {
+                asked.set(true);
+                check
+            });
+            assert_eq!(got, (want, line.to_string()), "{cpu:?}");
+            assert_eq!(asked.get(), asks, "self-check asked: {cpu:?}");
+        }
+        let forced_portable = auto_precision_for(&facts("AuthenticAMD", 0x19, Portable, true), passes);
+        assert_eq!(
+            forced_portable,
+            (
+                F32,
+                "precision: f32 (ANGLE_BF16_KERNEL=portable: bf16 products would be slower)".into()
+            )
+        );
+    }
+
+    /// This machine: the decision is its row of the table, the same on every call.
+    #[test]
+    fn this_cpu_follows_its_row() {
+        let (p, line) = fastest_precision();
+        let kernel = bf16_kernel();
+        let amd = angle_tensor::cpu::cpu_model().vendor == "AuthenticAMD";
+        let want_bf16 = kernel == Bf16Kernel::Amx
+            || (kernel == Bf16Kernel::Avx512Bf16
+                && amd
+                && angle_tensor::cpu::bf16_self_check(kernel).is_ok());
+        assert_eq!(p == Precision::Bf16, want_bf16, "{line}");
+        assert!(
+            line.starts_with(if want_bf16 {
+                "precision: bf16 ("
+            } else {
+                "precision: f32 ("
+            }),
+            "{line}"
+        );
+        assert_eq!(fastest_precision(), (p, line));
+        assert_eq!(bf16_is_fast(), want_bf16);
     }
 }

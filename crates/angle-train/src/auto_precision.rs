@@ -1,12 +1,13 @@
 //! `--precision auto`, the default of `encode`, `eval` and `similarity`: on the CPU the fastest
-//! precision whose accuracy is established (bf16 only where its kernel beats our f32 products
-//! here, [`angle_encoder::fastest_precision`]), printed once; on a GPU the device's default.
+//! precision whose accuracy is established, decided from what the CPU is (bf16 on AMX and on AMD's
+//! AVX512-BF16 cores, else f32: [`angle_encoder::auto_precision_for`]), printed once with the
+//! reason; on a GPU the device's default.
 
 use std::fmt;
 use std::str::FromStr;
 
 use crate::device::{Device, Precision};
-use crate::error::Result;
+use crate::error::{Result, TrainError};
 
 /// A `--precision` value of the inference commands: `auto` or a fixed precision.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -68,6 +69,18 @@ pub fn resolve(
     }
 }
 
+/// Refuses an `ANGLE_BF16_KERNEL` that names no kernel or one this CPU lacks (the library only
+/// warns and keeps its own choice: a run would not be what was asked for).
+pub fn check_bf16_kernel_env() -> Result<()> {
+    angle_tensor::cpu::requested_bf16_kernel()
+        .map(|_| ())
+        .map_err(|why| {
+            let (present, _) = angle_tensor::cpu::bf16_kernels_present();
+            let names: Vec<_> = present.iter().map(|k| k.name()).collect();
+            TrainError::Config(format!("{why} (this CPU has: {}; or unset it)", names.join(", ")))
+        })
+}
+
 /// Whether the trainer's validation on the CPU runs in bf16 (`auto`'s choice here; printed).
 pub fn validation_bf16() -> bool {
     let (choice, line) = angle_encoder::fastest_precision();
@@ -89,14 +102,35 @@ mod tests {
         assert!("f16".parse::<CliPrecision>().unwrap_err().contains("or auto"));
     }
 
+    /// `auto` on this CPU is bf16 exactly on AMX and on AMD's AVX512-BF16 (the table restated from
+    /// the CPU's identity, not from the function `resolve` calls); fixed precisions are kept as
+    /// asked, bf16 even where it is slow; tf32 is no CPU precision.
     #[test]
     fn cpu_choices() {
+        use angle_tensor::cpu::{Bf16Kernel, bf16_kernel, bf16_self_check, cpu_model};
         let (d, p) = resolve(Device::Cpu, None).unwrap();
         assert_eq!(d, Device::Cpu);
-        let want = angle_encoder::fastest_precision().0;
-        assert_eq!(p, Some(want));
+        let bf16_here = match bf16_kernel() {
+            Bf16Kernel::Amx => true,
+            Bf16Kernel::Avx512Bf16 => {
+                cpu_model().vendor == "AuthenticAMD" && bf16_self_check(Bf16Kernel::Avx512Bf16).is_ok()
+            }
+            Bf16Kernel::Avx2 | Bf16Kernel::Portable => false,
+        };
+        let want = if bf16_here {
+            angle_encoder::Precision::Bf16
+        } else {
+            angle_encoder::Precision::F32
+        };
+        assert_eq!(p, Some(want), "kernel {}", bf16_kernel().name());
+        assert_eq!(
+            resolve(Device::Cpu, Some(CliPrecision::Auto)).unwrap(),
+            (Device::Cpu, Some(want))
+        );
         let (_, p) = resolve(Device::Cpu, Some(CliPrecision::Fixed(Precision::F32))).unwrap();
         assert_eq!(p, Some(angle_encoder::Precision::F32));
+        let (_, p) = resolve(Device::Cpu, Some(CliPrecision::Fixed(Precision::Bf16))).unwrap();
+        assert_eq!(p, Some(angle_encoder::Precision::Bf16));
         assert!(resolve(Device::Cpu, Some(CliPrecision::Fixed(Precision::Tf32))).is_err());
     }
 }

@@ -4,6 +4,7 @@ mod adamw;
 mod attention;
 mod bf16;
 mod bf16_simd;
+mod cpuid;
 mod dropout;
 mod embedding;
 mod float;
@@ -24,13 +25,14 @@ mod swiglu;
 #[cfg(test)]
 pub(crate) mod testutil;
 
-pub use adamw::{adamw_update, clip_grad_norm, grad_norm, scale};
+pub use adamw::{adamw_update, adamw_update_masked, clip_grad_norm, grad_norm, scale};
 pub use attention::{AttentionDropout, attention_backward, attention_forward, attention_probs_len};
 pub use bf16::{
-    Bf16Kernel, PackedBf16, bf16_kernel, bf16_kernels_present, bf16_self_check, bf16_speedup, bf16_to_f32,
-    f32_to_bf16, linear_accumulate_bf16, linear_backward_bf16, linear_backward_bf16_with,
-    linear_forward_bf16, linear_forward_bf16_gelu, linear_forward_bf16_with,
+    Bf16Kernel, PackedBf16, bf16_kernel, bf16_kernels_present, bf16_self_check, bf16_to_f32, f32_to_bf16,
+    linear_accumulate_bf16, linear_backward_bf16, linear_backward_bf16_with, linear_forward_bf16,
+    linear_forward_bf16_gelu, linear_forward_bf16_gelu_with, linear_forward_bf16_with, requested_bf16_kernel,
 };
+pub use cpuid::{CpuModel, cpu_flags, cpu_model};
 pub use dropout::{dropout_backward, dropout_forward, dropout_forward_inplace};
 pub use embedding::{embedding_backward, embedding_forward};
 pub use float::Float;
