@@ -21,6 +21,7 @@ pub mod hub;
 pub mod metrics;
 pub mod npy;
 pub mod plot;
+pub mod preflight;
 pub mod saturation;
 pub mod schedule;
 pub mod similarity;

@@ -441,6 +441,7 @@ fn run() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    angle_train::auto_precision::check_bf16_kernel_env()?;
     match cli.command {
         Command::Train(a) => run_train(&a),
         Command::Encode(a) => run_encode(&a),
@@ -483,11 +484,16 @@ fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
         a.device.with_precision(a.precision)?
     };
     let config = match &a.resume {
-        Some(dir) => TrainConfig::merge_for_resume(&read_saved_config(dir)?, &given, &explicit)?,
+        Some(dir) => {
+            angle_train::preflight::resume_dir(dir)?;
+            TrainConfig::merge_for_resume(&read_saved_config(dir)?, &given, &explicit)?
+        }
         None => {
             if a.model.is_none() || a.train.is_empty() || a.output.is_none() {
                 bail!("angle train needs --model, --train and --output (or --resume DIR)");
             }
+            // Before the model's name is even resolved: the options that are wrong whatever the model.
+            angle_train::preflight::check_train_options(&given, device)?;
             let dir = angle_train::hub::model_dir(&given.model)?;
             if !explicit.iter().any(|k| k == "pooling") && angle_train::decoder::is_decoder_folder(&dir)? {
                 // LLM embedders pool the last token unless the checkpoint's sentence-transformers config says otherwise.
@@ -499,6 +505,8 @@ fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
     // No --precision on the CPU: a resumed run keeps its products; a new one takes bf16 where it is faster here
     // (the default recipe scores the same with them: 85.90 / 87.12 on AMX and on AVX512-BF16, as in f32; README).
     let mut config = config;
+    // The model's config.json and the output folder, before the precision is chosen and anything loads.
+    angle_train::preflight::check_train(&config, a.resume.as_deref(), device, a.overwrite)?;
     let cpu_bf16 = match (a.precision, a.resume.is_some()) {
         (Some(_), _) => cpu_bf16,
         (None, true) => config.cpu_precision.as_deref() == Some("bf16"),
@@ -602,13 +610,41 @@ struct Loaded {
     prompt: Option<angle_data::Prompt>,
 }
 
-fn load(m: &ModelArgs) -> anyhow::Result<Loaded> {
-    // bf16 on the CPU is an inference mode of the encoder, not a device setting.
-    let (device, cpu_precision) = angle_train::auto_precision::resolve(m.device, m.precision)?;
-    set_threads(m.threads)?;
+/// `even_width`: the command scores the angle measure (`eval`), which needs an even embedding width.
+fn load(m: &ModelArgs, even_width: bool) -> anyhow::Result<Loaded> {
+    use angle_train::preflight::{EmbedOptions, ModelShape, check_embed_model, check_embed_options};
+    let mut check = EmbedOptions {
+        device: m.device,
+        pooling: m.pooling.as_deref(),
+        layers: m.layers,
+        dim: m.dim,
+        max_length: m.max_length,
+        bidirectional: m.bidirectional == Some(true),
+        append_eos: false,
+        even_width,
+    };
+    check_embed_options(&check)?;
     // A hub id becomes its cache snapshot here; everything below reads a folder.
     let dir = angle_train::hub::model_dir(&m.model)?;
     let defaults = ModelDefaults::from_dir(&dir)?;
+    // Against config.json (and the folder's own --layers / --dim / pooling defaults) before any weight is read.
+    let pooling_name = m.pooling.clone().unwrap_or_else(|| defaults.pooling.name());
+    check.pooling = Some(&pooling_name);
+    check.layers = m.layers.or(defaults.layers);
+    check.dim = m.dim.or(defaults.dim);
+    check.bidirectional = m.bidirectional.unwrap_or(defaults.bidirectional);
+    check.append_eos = m.append_eos.unwrap_or(defaults.append_eos);
+    check_embed_model(&check, &ModelShape::read(&dir, m.base_model.as_deref())?)?;
+    let prompt = match m.prompt.clone().or(defaults.text_prompt.clone()) {
+        Some(p) => Some(angle_data::Prompt::new(p).with_context(|| match m.prompt {
+            Some(_) => "--prompt",
+            None => "the model's text prompt",
+        })?),
+        None => None,
+    };
+    // bf16 on the CPU is an inference mode of the encoder, not a device setting.
+    let (device, cpu_precision) = angle_train::auto_precision::resolve(m.device, m.precision)?;
+    set_threads(m.threads)?;
     let pooling = match &m.pooling {
         Some(p) => Some(Pooling::parse(p).with_context(|| format!("unknown pooling {p:?}"))?),
         None => None,
@@ -639,10 +675,6 @@ fn load(m: &ModelArgs) -> anyhow::Result<Loaded> {
     let (mut model, tok) = load_backbone(&dir, max_len, opts)?;
     let emb = Embedder::new(m.batch_size, tok.max_len()).with_dim(m.dim.or(defaults.dim));
     model.reserve(emb.sizes())?;
-    let prompt = match m.prompt.clone().or(defaults.text_prompt) {
-        Some(p) => Some(angle_data::Prompt::new(p)?),
-        None => None,
-    };
     Ok(Loaded {
         model,
         tok,
@@ -662,13 +694,27 @@ fn embed_lines(l: &mut Loaded, texts: &[String]) -> anyhow::Result<Vec<f32>> {
 }
 
 fn run_encode(a: &EncodeArgs) -> anyhow::Result<()> {
-    let mut l = load(&a.model)?;
-    let lines: Vec<String> = match &a.input {
-        Some(p) => std::fs::read_to_string(p)
-            .with_context(|| format!("reading {}", p.display()))?
-            .lines()
-            .map(str::to_owned)
-            .collect(),
+    // The output's folder and the input before the model loads: neither is worth a load to find missing.
+    if let Some(dir) = a.output.as_deref().and_then(Path::parent)
+        && !dir.as_os_str().is_empty()
+        && !dir.is_dir()
+    {
+        bail!("--output: {} is not a folder", dir.display());
+    }
+    let from_file: Option<Vec<String>> = match &a.input {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("--input: reading {}", p.display()))?
+                .lines()
+                .map(str::to_owned)
+                .collect(),
+        ),
+        None => None,
+    };
+    let mut l = load(&a.model, false)?;
+    // stdin after the load, so that a model that fails to load says so before anyone types.
+    let lines: Vec<String> = match from_file {
+        Some(lines) => lines,
         None => std::io::stdin()
             .lock()
             .lines()
@@ -720,7 +766,7 @@ fn write_jsonl(w: &mut impl Write, texts: &[String], emb: &[f32], h: usize) -> a
 }
 
 fn run_similarity(a: &SimilarityArgs) -> anyhow::Result<()> {
-    let mut l = load(&a.model)?;
+    let mut l = load(&a.model, false)?;
     let emb = embed_lines(&mut l, &a.texts)?;
     let h = l.emb.out_dim(&*l.model);
     let first = &emb[..h];
@@ -731,7 +777,8 @@ fn run_similarity(a: &SimilarityArgs) -> anyhow::Result<()> {
 }
 
 fn run_export(a: &ExportArgs) -> anyhow::Result<()> {
-    let mut l = load(&a.model)?;
+    angle_train::preflight::check_new_folder("--output", &a.output)?;
+    let mut l = load(&a.model, false)?;
     let dir = angle_train::hub::model_dir(&a.model.model)?;
     // The source's training record carries over (prompts, pooling, how it was trained); else a fresh one.
     let saved = dir.join(angle_train::checkpoint::ANGLE_CONFIG);
@@ -765,6 +812,7 @@ fn run_merge(a: &MergeArgs) -> anyhow::Result<()> {
             angle_train::decoder::ADAPTER_CONFIG
         );
     }
+    angle_train::preflight::check_new_folder("--output", &a.output)?;
     let settings = angle_train::decoder::DecoderSettings {
         base_model: a.base_model.clone(),
         ..Default::default()
@@ -791,7 +839,7 @@ fn run_eval(a: &EvalArgs) -> anyhow::Result<()> {
         }
     }
     let files = suite::collect_files(&inputs)?;
-    let mut l = load(&a.model)?;
+    let mut l = load(&a.model, true)?;
     let prompts = angle_data::Prompts {
         text: l.prompt.clone(),
         ..Default::default()

@@ -84,7 +84,8 @@ fn encode_on_cuda_is_refused_clearly() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"a cat sits\n").unwrap();
+    // The refusal may come before the text is read (the process gone, the pipe closed): only the answer counts.
+    let _ = child.stdin.take().unwrap().write_all(b"a cat sits\n");
     let out = child.wait_with_output().unwrap();
     check_refusal(&out, "angle encode");
 }
@@ -144,7 +145,15 @@ fn tf32_on_the_cpu_is_refused_before_anything_is_written_and_bf16_runs() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "bf16 training on the CPU failed:\n{err}");
     assert!(err.contains("training with bf16 products"), "{err}");
-    assert!(output.join("checkpoint-last").exists() || output.exists());
+    // The run finished: every planned step taken, its weights saved.
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(output.join("summary.json")).unwrap()).unwrap();
+    let steps = summary["steps"].as_u64().unwrap();
+    assert!(
+        steps >= 1 && Some(steps) == summary["total_steps"].as_u64(),
+        "{summary}"
+    );
+    assert!(output.join("checkpoint-last/model.safetensors").is_file());
     // the run records its products, and a resume without --precision keeps them (whatever this CPU's default)
     let saved = output.join("checkpoint-last").join("angle_config.json");
     let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&saved).unwrap()).unwrap();

@@ -141,7 +141,8 @@ pub fn steps_per_epoch(batches: usize, grad_accum: usize) -> u64 {
 /// different training file or step count is refused).
 pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) -> Result<RunSummary> {
     let wall = Instant::now();
-    config.validate()?;
+    // Every option combination that cannot run fails here, before data files, weights or the output folder.
+    crate::preflight::check_train(&config, resume, opts.device, opts.overwrite)?;
     let pooling = Pooling::parse(&config.pooling)
         .ok_or_else(|| TrainError::Config(format!("unknown pooling {:?}", config.pooling)))?;
     if config.train.is_empty() {
@@ -152,6 +153,7 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
     // Files first: a missing file or an uncached hub dataset fails before the model loads.
     let train_files = crate::hub::data_files(&config.train, &config.train_split)?;
     let valid_files = crate::hub::data_files(&config.valid, &config.valid_split)?;
+    crate::preflight::check_data_files(train_files.iter().chain(&valid_files))?;
 
     // Weights (and tokenizer files) come from the checkpoint when resuming, else from the model directory.
     let files_from = match resume {
@@ -439,7 +441,7 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
 }
 
 /// A new run never replaces an earlier one's files without being asked (`--overwrite`) or resuming it.
-fn refuse_earlier_run(out: &Path) -> Result<()> {
+pub(crate) fn refuse_earlier_run(out: &Path) -> Result<()> {
     let found: Vec<&str> = [CHECKPOINT_LAST, BEST, METRICS, SUMMARY]
         .into_iter()
         .filter(|f| out.join(f).exists())
