@@ -40,8 +40,8 @@ const RECIPE: &[(&str, &str)] = &[
     ("--weight-decay", "0"),
 ];
 
-/// The default recipe's training time on the 2-core build machine (crates/angle-train/README.md: 266 s of
-/// training, 540 steps, 3 epochs), for the up-front estimate.
+/// The default recipe's training time in f32 on 2 cores of an Intel Xeon (crates/angle-train/README.md: 266 s of
+/// training, 540 steps, 3 epochs): only for the up-front estimate of how long the ablation takes.
 const RECIPE_SECONDS: f64 = 266.0;
 const RECIPE_STEPS: f64 = 540.0;
 
@@ -504,36 +504,86 @@ fn usage() -> &'static str {
      finished runs. Environment: ANGLE_MODEL_DIR, ANGLE_STSB_DIR as for cargo xtask train; ANGLE_BIN: use this angle binary."
 }
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let (args, extra) = match args.iter().position(|a| a == "--") {
-        Some(i) => (&args[..i], args[i + 1..].to_vec()),
-        None => (args, Vec::new()),
+/// What the command line asks for, before any model or data is looked up.
+#[derive(Debug, Default, PartialEq)]
+struct Cli {
+    help: bool,
+    output: Option<PathBuf>,
+    model: Option<PathBuf>,
+    train: Option<PathBuf>,
+    evals: Vec<PathBuf>,
+    seeds: Option<u64>,
+    epochs: Option<u32>,
+    max_steps: Option<u64>,
+    /// After `--`: passed to every `angle train` run.
+    extra: Vec<String>,
+}
+
+/// Options that must not follow `--`: the ablation's own (`angle train` would get them, the ablation would not),
+/// and what it sets per run (the variant's weights, the seed): passed on, they would make every variant the same
+/// run, or put it where the ablation does not look.
+const OWNED: &[&str] = &[
+    "--output",
+    "--model",
+    "--train",
+    "--eval",
+    "--seeds",
+    "--epochs",
+    "--max-steps",
+    "--seed",
+    "--cosine-w",
+    "--ibn-w",
+    "--angle-w",
+];
+
+fn parse(args: &[String]) -> anyhow::Result<Cli> {
+    let (own, extra) = crate::args::split_passthrough(args);
+    let mut c = Cli {
+        extra: extra.to_vec(),
+        ..Cli::default()
     };
-    let root = crate::train::workspace_root()?;
-    let cache = root.join(".angle-cache");
-    let (mut model, mut train, mut output) = (None, None, root.join("runs").join("ablation"));
-    let (mut seeds_n, mut epochs, mut max_steps, mut evals) = (2u64, None, None, Vec::new());
-    let mut it = args.iter();
+    let mut unknown = Vec::new();
+    let mut it = own.iter();
     while let Some(a) = it.next() {
         let mut val = || it.next().with_context(|| format!("{a} needs a value"));
         match a.as_str() {
-            "-h" | "--help" => {
-                println!("{}", usage());
-                return Ok(());
-            }
-            "--output" => output = PathBuf::from(val()?),
-            "--model" => model = Some(PathBuf::from(val()?)),
-            "--train" => train = Some(PathBuf::from(val()?)),
-            "--eval" => evals.push(PathBuf::from(val()?)),
-            "--seeds" => seeds_n = val()?.parse().context("--seeds: a number")?,
-            "--epochs" => epochs = Some(val()?.parse().context("--epochs: a number")?),
-            "--max-steps" => max_steps = Some(val()?.parse().context("--max-steps: a number")?),
-            other => bail!("unknown option {other:?}\n\n{}", usage()),
+            "-h" | "--help" => c.help = true,
+            "--output" => c.output = Some(PathBuf::from(val()?)),
+            "--model" => c.model = Some(PathBuf::from(val()?)),
+            "--train" => c.train = Some(PathBuf::from(val()?)),
+            "--eval" => c.evals.push(PathBuf::from(val()?)),
+            "--seeds" => c.seeds = Some(val()?.parse().context("--seeds: a number")?),
+            "--epochs" => c.epochs = Some(val()?.parse().context("--epochs: a number")?),
+            "--max-steps" => c.max_steps = Some(val()?.parse().context("--max-steps: a number")?),
+            _ => unknown.push(a.clone()),
         }
     }
-    if seeds_n == 0 {
+    crate::args::reject_unknown("ablation", &unknown, usage())?;
+    crate::args::reject_owned(
+        "ablation",
+        &c.extra,
+        OWNED,
+        "the ablation's own options (--output, --model, --train, --eval, --seeds, --epochs, --max-steps) go \
+             before `--`, e.g. `cargo xtask ablation --max-steps 3 --seeds 1 --output DIR`; --seed, --cosine-w, \
+             --ibn-w and --angle-w are what each run varies",
+    )?;
+    if c.seeds == Some(0) {
         bail!("--seeds must be at least 1");
     }
+    Ok(c)
+}
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let cli = parse(args)?;
+    if cli.help {
+        println!("{}", usage());
+        return Ok(());
+    }
+    let root = crate::train::workspace_root()?;
+    let cache = root.join(".angle-cache");
+    let output = cli.output.unwrap_or_else(|| root.join("runs").join("ablation"));
+    let (model, train, evals, extra) = (cli.model, cli.train, cli.evals, cli.extra);
+    let (seeds_n, epochs, max_steps) = (cli.seeds.unwrap_or(2), cli.epochs, cli.max_steps);
     let model = match model {
         Some(m) => m,
         None => crate::train::find_model(&root, &cache)?,
@@ -564,8 +614,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let each = RECIPE_SECONDS * steps / RECIPE_STEPS;
     println!(
         "{} variants × {seeds_n} seeds = {runs} runs of about {steps:.0} steps; at the default recipe's {RECIPE_SECONDS:.0} s \
-         per {RECIPE_STEPS:.0} steps (2 cores, crates/angle-train/README.md) that is about {:.0} min of training plus \
-         two evaluations per run (the full default: 6 × 2 × 266 s ≈ 53 min); finished runs in {} are reused",
+         per {RECIPE_STEPS:.0} steps (f32, 2 cores of an Intel Xeon; another CPU takes more or less) that is about \
+         {:.0} min of training plus two evaluations per run; finished runs in {} are reused",
         VARIANTS.len(),
         runs as f64 * each / 60.0,
         o.output.display()
@@ -588,6 +638,62 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn v(s: &[&str]) -> Vec<String> {
+        s.iter().map(|x| x.to_string()).collect()
+    }
+
+    /// The issue's case: options after `--` used to start the full 12-run default into runs/ablation.
+    #[test]
+    fn the_ablations_own_options_after_the_double_dash_are_refused_by_name() {
+        let err = parse(&v(&["--", "--max-steps", "3", "--seeds", "1", "--output", "DIR"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"--max-steps\", \"--seeds\", \"--output\""),
+            "{err}"
+        );
+        assert!(
+            err.contains("cargo xtask ablation --max-steps 3 --seeds 1 --output DIR"),
+            "{err}"
+        );
+        let err = parse(&v(&["--", "--angle-w=0.5"])).unwrap_err().to_string();
+        assert!(err.contains("\"--angle-w=0.5\""), "{err}");
+    }
+
+    #[test]
+    fn options_parse_and_the_rest_after_the_double_dash_goes_to_angle_train() {
+        let c = parse(&v(&[
+            "--max-steps",
+            "3",
+            "--seeds",
+            "1",
+            "--output",
+            "DIR",
+            "--eval",
+            "a.csv",
+            "--",
+            "--dropout",
+            "false",
+        ]))
+        .unwrap();
+        assert_eq!(
+            c,
+            Cli {
+                output: Some(PathBuf::from("DIR")),
+                evals: vec![PathBuf::from("a.csv")],
+                seeds: Some(1),
+                max_steps: Some(3),
+                extra: v(&["--dropout", "false"]),
+                ..Cli::default()
+            }
+        );
+        let err = parse(&v(&["--max-steps", "3", "--lr", "1e-5"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"--lr\", \"1e-5\""), "{err}");
+        assert!(parse(&v(&["--seeds", "0"])).is_err());
+    }
 
     /// The debug `angle` binary: the one `cargo test --workspace` built beside this test when it is newer than
     /// every source file (a build here would differ in features and compile the workspace again), else built

@@ -1,5 +1,5 @@
-//! `cargo xtask bench`: all-MiniLM-L6-v2 encode and train-step throughput and peak memory, beside PyTorch's
-//! numbers on this machine (`../shared/reference/torch-cpu.md`).
+//! `cargo xtask bench`: encode and train-step throughput and peak memory of a BERT-family model (default
+//! all-MiniLM-L6-v2; `--model`), beside PyTorch measured in the same run (`--torch`).
 //!
 //! Each measurement runs in a fresh child process (this binary, `bench --child encode|train`) so that the
 //! peak resident set (`VmHWM` of `/proc/self/status`) belongs to that measurement alone. The child prints one
@@ -16,11 +16,12 @@
 //!   model's tokenizer (max length 64): wall time and the load's peak resident set.
 //!
 //! `--torch PYTHON` (or `ANGLE_TORCH_PYTHON`) then measures PyTorch on the same machine in the same run, with
-//! the same threads and data: `scripts/bench/torch_cpu_encode.py` (batches in file order as the reference file
-//! measured them, and again sorted by length as ours are) and `scripts/bench/torch_cpu_train_step.py` (the same
-//! shuffled batches), each in its own child process, and adds their column to the table. The reference file was
-//! measured on another CPU (AMD EPYC, AVX2), so only the same-run column is a like-for-like ratio. PyTorch's
-//! OpenMP runs with `OMP_WAIT_POLICY=PASSIVE` unless the caller sets it (see [`omp_wait_policy`]).
+//! the same threads and data: `scripts/bench/torch_cpu_encode.py` (sorted by length as ours are, and in file
+//! order for reference) and `scripts/bench/torch_cpu_train_step.py` (the same shuffled batches), each in its own
+//! child process, and adds their column and the ratios to the table. Every ratio is like for like: f32 against
+//! f32, our bf16 products against PyTorch's bf16 autocast, a bench process's peak memory against the same bench's.
+//! Figures measured elsewhere (`../shared/reference/torch-cpu.md`) are never divided into ours: the CPU differs.
+//! PyTorch's OpenMP runs with `OMP_WAIT_POLICY=PASSIVE` unless the caller sets it (see [`omp_wait_policy`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,17 +36,11 @@ use anyhow::{Context, bail};
 use ndarray::ArrayView2;
 use serde_json::{Value, json};
 
-/// PyTorch 2.15 CPU, 2 threads, on this machine (`../shared/reference/torch-cpu.md`).
-const TORCH_ENCODE: (f64, f64) = (145.0, 171.0);
-const TORCH_TRAIN_PAIRS_PER_S: f64 = 14.9;
-const TORCH_PEAK_BYTES: f64 = 2.7e9;
-const CANDLE_ENCODE: (f64, f64) = (64.0, 68.0);
-const CANDLE_PEAK_BYTES: f64 = 181e6;
-
 const MAX_LEN: usize = 64;
 const ENCODE_BATCH: usize = 64;
 const TRAIN_PAIRS: usize = 32;
 
+#[derive(Debug)]
 struct Opts {
     model: PathBuf,
     data: PathBuf,
@@ -68,14 +63,15 @@ struct Opts {
 
 fn usage() -> &'static str {
     "cargo xtask bench [--threads N] [--steps N] [--repeat N] [--streams N] [--profile] [--bf16] [--torch PYTHON] [--model DIR] [--data DIR]\n\n\
-     Encode and train-step throughput of all-MiniLM-L6-v2 on STS-B with peak memory, beside PyTorch's numbers.\n\
+     Encode and train-step throughput of the model (default all-MiniLM-L6-v2) on STS-B with peak memory; with\n\
+     --torch, beside PyTorch measured in the same run (the only PyTorch figures a ratio is taken to).\n\
      --threads  rayon threads (default: all cores, as PyTorch's 2 threads on the 2-core build machine)\n\
      --steps    timed train steps (default 10), --repeat timed encode passes (default 3)\n\
      --streams  encode batches on N independent workers, threads/N each (default 1)\n\
      --only     encode | train | data: run one measurement (no table); data: load and tokenise a generated\n\
                 format-A CSV of --rows rows (default 1000000)\n\
      --profile  print the time per encoder op\n\
-     --bf16     also encode and train with bf16 products (AMX tiles where the CPU has them)\n\
+     --bf16     also encode and train with bf16 products (AMX tiles where the CPU has them; PyTorch: bf16 autocast)\n\
      --torch PYTHON  then run PyTorch's encode and train step (scripts/bench/torch_cpu_*.py) with this Python\n\
                 (torch + transformers) on the same data and threads, and add a same-run PyTorch column\n\
                 (OMP_WAIT_POLICY=PASSIVE unless set: spinning OpenMP threads collapse on a shared machine)\n\
@@ -111,6 +107,7 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
         rows: 1_000_000,
         data_file: None,
     };
+    let mut unknown = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = || it.next().with_context(|| format!("{a} needs a value"));
@@ -132,13 +129,60 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
                 println!("{}", usage());
                 std::process::exit(0);
             }
-            other => bail!("unknown argument {other:?}\n{}", usage()),
+            _ => unknown.push(a.clone()),
         }
+    }
+    crate::args::reject_unknown("bench", &unknown, usage())?;
+    if o.only
+        .as_deref()
+        .is_some_and(|k| !["encode", "train", "data"].contains(&k))
+    {
+        bail!("--only takes encode, train or data");
     }
     if o.steps == 0 || o.repeat == 0 || o.threads == 0 || o.streams == 0 {
         bail!("--steps, --repeat, --streams and --threads must be positive");
     }
+    // the children get the parent's arguments (checked there) plus their own
+    if o.child.is_none() {
+        let unused = unused_options(o.only.as_deref(), args);
+        if !unused.is_empty() {
+            bail!(
+                "cargo xtask bench{} does not use {}\n\n{}",
+                o.only
+                    .as_deref()
+                    .map_or(String::new(), |k| format!(" --only {k}")),
+                unused
+                    .iter()
+                    .map(|a| format!("{a:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                usage()
+            );
+        }
+    }
     Ok(o)
+}
+
+/// The options given that the chosen measurement (`--only`, or the whole table) would not read.
+fn unused_options<'a>(only: Option<&str>, args: &'a [String]) -> Vec<&'a str> {
+    let unused: &[&str] = match only {
+        Some("data") => &[
+            "--steps",
+            "--repeat",
+            "--streams",
+            "--profile",
+            "--bf16",
+            "--torch",
+            "--data-file",
+        ],
+        Some("encode") => &["--steps", "--rows", "--data-file"],
+        Some("train") => &["--repeat", "--streams", "--rows", "--data-file"],
+        _ => &["--rows", "--data-file"],
+    };
+    args.iter()
+        .map(String::as_str)
+        .filter(|a| unused.contains(a))
+        .collect()
 }
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
@@ -241,7 +285,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         (None, None)
     };
     let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
-    // PyTorch's same-run values (NaN without --torch; those cells are not printed then)
+    // PyTorch's same-run values (Null without --torch: those cells and ratios are not printed then)
     let nan = Value::Null;
     let (te, ts, tb, tt, ttb) = match &torch {
         Some(r) => (
@@ -254,87 +298,75 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         None => (&nan, &nan, &nan, &nan, &nan),
     };
     let mb = |b: f64| format!("{:.0} MB", b / 1e6);
+    let ratio = |ours: f64, theirs: f64| format!("{:.2}×", ours / theirs);
     let enc_rate = f(e, "sentences_per_s");
     let train_rate = f(t, "pairs_per_s");
-    let torch_mid = (TORCH_ENCODE.0 + TORCH_ENCODE.1) / 2.0;
-    let enc_est = f(e, "sentences_per_s_uncontended_estimate");
-    let train_est = f(t, "pairs_per_s_uncontended_estimate");
+    // Every ratio below divides like by like: the same work, batching and precision, both measured in this run.
     let mut rows = vec![
         Row {
-            measure: "encode STS-B test (2,758 sentences, batch 64, max length 64, tokenisation included)"
-                .into(),
-            reference: format!(
-                "{}–{} sentences/s (candle: {}–{})",
-                TORCH_ENCODE.0, TORCH_ENCODE.1, CANDLE_ENCODE.0, CANDLE_ENCODE.1
-            ),
-            torch: format!(
-                "{:.0} sentences/s (batches in file order)",
-                f(te, "sentences_per_s")
-            ),
+            measure:
+                "encode STS-B test (2,758 sentences, batch 64, max length 64, tokenisation included), f32, \
+                      batches sorted by length on both sides"
+                    .into(),
+            torch: format!("{:.0} sentences/s", f(ts, "sentences_per_s")),
             ours: format!("{enc_rate:.0} sentences/s"),
-            ratio_torch: format!("{:.2}×", enc_rate / f(te, "sentences_per_s")),
-            ratio_ref: format!(
-                "{:.2}× ({:.2}×–{:.2}×)",
-                enc_rate / torch_mid,
-                enc_rate / TORCH_ENCODE.1,
-                enc_rate / TORCH_ENCODE.0
-            ),
+            ratio: ratio(enc_rate, f(ts, "sentences_per_s")),
             torch_only: false,
         },
         Row {
-            measure: "same, PyTorch's batches also sorted by length, as ours are".into(),
-            reference: String::new(),
-            torch: format!("{:.0} sentences/s", f(ts, "sentences_per_s")),
-            ours: format!("{enc_rate:.0} sentences/s"),
-            ratio_torch: format!("{:.2}×", enc_rate / f(ts, "sentences_per_s")),
-            ratio_ref: String::new(),
+            measure: "same, PyTorch's batches in file order (more padding; no ratio: not the same batches)"
+                .into(),
+            torch: format!("{:.0} sentences/s", f(te, "sentences_per_s")),
+            ours: String::new(),
+            ratio: String::new(),
             torch_only: true,
         },
         Row {
-            measure: "train step (32 STS-B train pairs, max length 64, fwd + format-A loss + bwd + AdamW)"
-                .into(),
-            reference: format!("{TORCH_TRAIN_PAIRS_PER_S} pairs/s"),
+            measure:
+                "train step (32 STS-B train pairs, max length 64, fwd + format-A loss + bwd + AdamW), f32"
+                    .into(),
             torch: format!(
                 "{:.1} pairs/s ({:.0} tokens/s)",
                 f(tt, "pairs_per_s"),
                 f(tt, "tokens_per_s")
             ),
             ours: format!("{train_rate:.1} pairs/s ({:.0} tokens/s)", f(t, "tokens_per_s")),
-            ratio_torch: format!("{:.2}×", train_rate / f(tt, "pairs_per_s")),
-            ratio_ref: format!("{:.2}×", train_rate / TORCH_TRAIN_PAIRS_PER_S),
+            ratio: ratio(train_rate, f(tt, "pairs_per_s")),
             torch_only: false,
         },
         Row {
             measure: format!(
-                "same, estimated from CPU time (work / (CPU seconds / threads): what {} uncontended cores would give)",
+                "f32 encode (sorted) and train step estimated from CPU time (work / (CPU seconds / threads): what {} \
+                 uncontended cores would give)",
                 o.threads
             ),
-            reference: String::new(),
             torch: format!(
-                "{:.0} sentences/s (file order), {:.1} pairs/s",
-                f(te, "sentences_per_s_uncontended_estimate"),
+                "{:.0} sentences/s, {:.1} pairs/s",
+                f(ts, "sentences_per_s_uncontended_estimate"),
                 f(tt, "pairs_per_s_uncontended_estimate")
             ),
-            ours: format!("{enc_est:.0} sentences/s, {train_est:.1} pairs/s"),
-            ratio_torch: format!(
-                "{:.2}×, {:.2}×",
-                enc_est / f(te, "sentences_per_s_uncontended_estimate"),
-                train_est / f(tt, "pairs_per_s_uncontended_estimate")
+            ours: format!(
+                "{:.0} sentences/s, {:.1} pairs/s",
+                f(e, "sentences_per_s_uncontended_estimate"),
+                f(t, "pairs_per_s_uncontended_estimate")
             ),
-            ratio_ref: format!(
-                "{:.2}×, {:.2}×",
-                enc_est / torch_mid,
-                train_est / TORCH_TRAIN_PAIRS_PER_S
+            ratio: format!(
+                "{}, {}",
+                ratio(
+                    f(e, "sentences_per_s_uncontended_estimate"),
+                    f(ts, "sentences_per_s_uncontended_estimate")
+                ),
+                ratio(
+                    f(t, "pairs_per_s_uncontended_estimate"),
+                    f(tt, "pairs_per_s_uncontended_estimate")
+                )
             ),
             torch_only: false,
         },
         Row {
-            measure: "fastest timed pass / step (the least disturbed by other processes on the machine)"
-                .into(),
-            reference: String::new(),
+            measure: "f32, fastest timed pass (sorted) / step: the least disturbed by other processes".into(),
             torch: format!(
-                "{:.0} sentences/s (file order), {:.0} (sorted), {:.1} pairs/s",
-                f(te, "sentences") / f(te, "seconds_min"),
+                "{:.0} sentences/s, {:.1} pairs/s",
                 f(ts, "sentences") / f(ts, "seconds_min"),
                 TRAIN_PAIRS as f64 / (f(tt, "step_ms_min") / 1e3)
             ),
@@ -343,70 +375,65 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 f(e, "sentences") / f(e, "seconds_min"),
                 TRAIN_PAIRS as f64 / f(t, "step_seconds_min")
             ),
-            ratio_torch: format!(
-                "{:.2}× ({:.2}× sorted), {:.2}×",
-                f(te, "seconds_min") / f(e, "seconds_min"),
-                f(ts, "seconds_min") / f(e, "seconds_min"),
-                f(tt, "step_ms_min") / 1e3 / f(t, "step_seconds_min")
+            ratio: format!(
+                "{}, {}",
+                ratio(f(ts, "seconds_min"), f(e, "seconds_min")),
+                ratio(f(tt, "step_ms_min") / 1e3, f(t, "step_seconds_min"))
             ),
-            ratio_ref: String::new(),
-            torch_only: true,
-        },
-        Row {
-            measure: "peak RSS, encode process".into(),
-            reference: format!("(candle: {})", mb(CANDLE_PEAK_BYTES)),
-            torch: format!(
-                "{} (file order; {} before the first pass)",
-                mb(f(te, "peak_rss_bytes")),
-                mb(f(te, "rss_before_passes_bytes"))
-            ),
-            ours: mb(f(e, "peak_rss_bytes")),
-            ratio_torch: format!("{:.2}×", f(e, "peak_rss_bytes") / f(te, "peak_rss_bytes")),
-            ratio_ref: String::new(),
             torch_only: false,
         },
         Row {
-            measure: "peak RSS, training process".into(),
-            reference: format!("{} (whole training run)", mb(TORCH_PEAK_BYTES)),
+            measure: "peak RSS of the f32 encode process (sorted passes on both sides)".into(),
             torch: format!(
-                "{} (bench steps; {} before the first step)",
+                "{} ({} before the first pass)",
+                mb(f(ts, "peak_rss_bytes")),
+                mb(f(ts, "rss_before_passes_bytes"))
+            ),
+            ours: mb(f(e, "peak_rss_bytes")),
+            ratio: ratio(f(e, "peak_rss_bytes"), f(ts, "peak_rss_bytes")),
+            torch_only: false,
+        },
+        Row {
+            measure: "peak RSS of the f32 train-step process (the same bench steps on both sides)".into(),
+            torch: format!(
+                "{} ({} before the first step)",
                 mb(f(tt, "peak_rss_bytes")),
                 mb(f(tt, "rss_before_steps_bytes"))
             ),
-            ours: format!("{} (bench steps)", mb(f(t, "peak_rss_bytes"))),
-            ratio_torch: format!("{:.2}×", f(t, "peak_rss_bytes") / f(tt, "peak_rss_bytes")),
-            ratio_ref: format!("{:.2}×", f(t, "peak_rss_bytes") / TORCH_PEAK_BYTES),
+            ours: mb(f(t, "peak_rss_bytes")),
+            ratio: ratio(f(t, "peak_rss_bytes"), f(tt, "peak_rss_bytes")),
             torch_only: false,
         },
         Row {
             measure: "activations per sequence of 64 tokens (train / eval mode)".into(),
-            reference: String::new(),
             torch: String::new(),
             ours: format!(
                 "{:.2} MB / {:.2} MB",
                 f(t, "activation_bytes_per_seq64") / 1e6,
                 f(e, "activation_bytes_per_seq64") / 1e6
             ),
-            ratio_torch: String::new(),
-            ratio_ref: String::new(),
+            ratio: String::new(),
             torch_only: false,
         },
     ];
     if let Some(eb) = eb {
         let rate = f(eb, "sentences_per_s");
         rows.insert(
-            2,
+            1,
             Row {
                 measure: format!(
-                    "same, bf16 products (kernel {}{}; f32 sums, layer norm, softmax, GELU): PyTorch with bf16 autocast, sorted",
+                    "same, bf16 products (ours: kernel {}{}, f32 sums, layer norm, softmax, GELU; PyTorch: bf16 \
+                     autocast), sorted",
                     eb["bf16_kernel"].as_str().unwrap_or("?"),
-                    if eb["bf16_faster_than_f32"].as_bool() == Some(true) { "" } else { ", not faster than f32 here" }
+                    if eb["bf16_faster_than_f32"].as_bool() == Some(true) {
+                        ""
+                    } else {
+                        ", not faster than f32 here"
+                    }
                 ),
-                reference: "(f32 only)".into(),
                 torch: format!("{:.0} sentences/s", f(tb, "sentences_per_s")),
                 ours: format!("{rate:.0} sentences/s"),
-                ratio_torch: format!("{:.2}×", rate / f(tb, "sentences_per_s")),
-                ratio_ref: format!("{:.2}× (bf16 vs their f32)", rate / torch_mid),
+                ratio: ratio(rate, f(tb, "sentences_per_s")),
                 torch_only: false,
             },
         );
@@ -421,49 +448,60 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             at,
             Row {
                 measure: format!(
-                    "same, bf16 products (`--precision bf16`, kernel {}: all three products; bias sums and AdamW f32): PyTorch with bf16 autocast",
+                    "same, bf16 products (ours: `--precision bf16`, kernel {}, all three products, bias sums and \
+                     AdamW f32; PyTorch: bf16 autocast)",
                     angle_encoder::bf16_kernel_name()
                 ),
-                reference: "(f32 only)".into(),
                 torch: format!("{:.1} pairs/s", f(ttb, "pairs_per_s")),
                 ours: format!("{rate:.1} pairs/s"),
-                ratio_torch: format!("{:.2}×", rate / f(ttb, "pairs_per_s")),
-                ratio_ref: format!("{:.2}× (bf16 vs their f32)", rate / TORCH_TRAIN_PAIRS_PER_S),
+                ratio: ratio(rate, f(ttb, "pairs_per_s")),
                 torch_only: false,
             },
         );
+        rows.push(Row {
+            measure: "peak RSS of the bf16 encode / train-step process".into(),
+            torch: format!(
+                "{} / {}",
+                mb(f(tb, "peak_rss_bytes")),
+                mb(f(ttb, "peak_rss_bytes"))
+            ),
+            ours: format!(
+                "{} / {}",
+                mb(f(eb.unwrap_or(&nan), "peak_rss_bytes")),
+                mb(f(t16, "peak_rss_bytes"))
+            ),
+            ratio: format!(
+                "{}, {}",
+                ratio(f(eb.unwrap_or(&nan), "peak_rss_bytes"), f(tb, "peak_rss_bytes")),
+                ratio(f(t16, "peak_rss_bytes"), f(ttb, "peak_rss_bytes"))
+            ),
+            torch_only: false,
+        });
     }
+    let model = model_name(&o.model);
     println!();
     if torch.is_some() {
         println!(
-            "all-MiniLM-L6-v2 on this machine, {} threads; PyTorch measured in this run with the same threads and data, \
-             and from ../shared/reference/torch-cpu.md (another CPU, 2 threads)",
+            "{model} on this machine, {} threads; PyTorch measured in this run with the same threads, data and precision",
             o.threads
         );
         println!();
-        println!(
-            "| measure | PyTorch, this machine, same run | PyTorch, reference file (AMD EPYC, AVX2) | angle (ours) | ours / PyTorch same run | ours / reference file |"
-        );
-        println!("| --- | --- | --- | --- | --- | --- |");
+        println!("| measure | PyTorch (this run) | angle (ours) | ours / PyTorch |");
+        println!("| --- | --- | --- | --- |");
         for r in &rows {
-            println!(
-                "| {} | {} | {} | {} | {} | {} |",
-                r.measure, r.torch, r.reference, r.ours, r.ratio_torch, r.ratio_ref
-            );
+            println!("| {} | {} | {} | {} |", r.measure, r.torch, r.ours, r.ratio);
         }
     } else {
         println!(
-            "all-MiniLM-L6-v2 on this machine, {} threads (PyTorch: ../shared/reference/torch-cpu.md, 2 threads)",
+            "{model} on this machine, {} threads (no PyTorch in this run: --torch PYTHON measures it beside ours; \
+             figures from other machines are no ratio to these)",
             o.threads
         );
         println!();
-        println!("| measure | PyTorch | angle (ours) | ours / PyTorch |");
-        println!("| --- | --- | --- | --- |");
+        println!("| measure | angle (ours) |");
+        println!("| --- | --- |");
         for r in rows.iter().filter(|r| !r.torch_only) {
-            println!(
-                "| {} | {} | {} | {} |",
-                r.measure, r.reference, r.ours, r.ratio_ref
-            );
+            println!("| {} | {} |", r.measure, r.ours);
         }
     }
     println!();
@@ -507,16 +545,22 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One line of the table; `torch*` cells are printed only with `--torch`.
+/// One line of the table; the `torch` and `ratio` cells are printed only with `--torch`.
 struct Row {
     measure: String,
-    reference: String,
     torch: String,
     ours: String,
-    ratio_torch: String,
-    ratio_ref: String,
+    ratio: String,
     /// A row that only makes sense beside the same-run PyTorch numbers.
     torch_only: bool,
+}
+
+/// The model's folder name (a Hugging Face layout folder is named after the model), for the table's title.
+fn model_name(dir: &Path) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| dir.display().to_string())
 }
 
 /// PyTorch's same-run measurements, each `None` where `--only` left it out.
@@ -531,7 +575,7 @@ struct TorchRuns {
 }
 
 /// Checks that `python` runs and imports torch and transformers; returns their versions.
-fn check_torch(python: &Path) -> anyhow::Result<String> {
+pub(crate) fn check_torch(python: &Path) -> anyhow::Result<String> {
     let out = Command::new(python)
         .args([
             "-c",
@@ -620,7 +664,7 @@ fn torch_runs(o: &Opts, python: &Path) -> anyhow::Result<TorchRuns> {
 /// each parallel region then waits out a scheduler slice, and a train step took 2–3× longer (5.9–8.0 s against
 /// 2.7 s with `PASSIVE`, load 4–5). rayon's workers sleep soon, so the fair baseline on a shared machine is
 /// `PASSIVE`; an `OMP_WAIT_POLICY` set by the caller wins.
-fn omp_wait_policy() -> String {
+pub(crate) fn omp_wait_policy() -> String {
     std::env::var("OMP_WAIT_POLICY").unwrap_or_else(|_| "PASSIVE".into())
 }
 
@@ -1135,4 +1179,51 @@ fn data_child(o: &Opts) -> anyhow::Result<Value> {
         "threads": o.threads,
         "peak_rss_bytes": peak_rss()?,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &[&str]) -> Vec<String> {
+        s.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn options_parse() {
+        let o = parse(&v(&[
+            "--threads",
+            "3",
+            "--steps",
+            "4",
+            "--bf16",
+            "--model",
+            "/m/bge-small",
+        ]))
+        .unwrap();
+        assert_eq!((o.threads, o.steps, o.bf16), (3, 4, true));
+        assert_eq!(model_name(&o.model), "bge-small");
+    }
+
+    #[test]
+    fn unknown_and_unused_arguments_are_named() {
+        let err = parse(&v(&["--threads", "2", "--fast", "--max-steps", "3"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"--fast\", \"--max-steps\", \"3\""), "{err}");
+        let err = parse(&v(&["--only", "encode", "--steps", "3"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--only encode does not use \"--steps\""), "{err}");
+        let err = parse(&v(&["--rows", "10"])).unwrap_err().to_string();
+        assert!(err.contains("\"--rows\""), "{err}");
+        let err = parse(&v(&["--only", "data", "--torch", "py"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"--torch\""), "{err}");
+        assert!(parse(&v(&["--only", "everything"])).is_err());
+        parse(&v(&["--only", "data", "--rows", "10"])).unwrap();
+        // the children get the parent's arguments and their own
+        parse(&v(&["--only", "encode", "--steps", "3", "--child", "encode"])).unwrap();
+    }
 }

