@@ -8,8 +8,16 @@ the decoder stack itself (the LM head's logits, which `AutoModelForCausalLM`'s f
 computed: neither side needs them). lora: peft LoRA r 32, alpha 32, dropout 0.1 on all linear layers, train
 mode; full: every parameter trainable; both with the format-A objective (cosine 1 + in-batch 1 + angle 0.02, taus
 20) and AdamW (lr 1e-4, no weight decay). encode: eval mode, no grad. One warm-up step, then the median of
---steps. --bf16: the model's forward under bf16 autocast (f32 master weights, oneDNN's bf16 products; AMX or
-AVX512-BF16 where the CPU has them), as `angle --precision bf16`. Prints one JSON line (tokens_per_s, ...).
+--steps.
+
+--bf16, the counterpart of `angle --precision bf16` (oneDNN's bf16 products; AMX or AVX512-BF16 where the CPU has
+them), each row holding what ours holds:
+- lora and encode: the model loaded with `dtype=torch.bfloat16`, as angle-emb loads an LLM for LoRA (its
+  `torch_dtype`), so the frozen base is bf16 once instead of recast from f32 every step; LoRA's A and B in f32
+  (peft's adapter upcast, made explicit below); the forward under bf16 autocast. Ours: the base packed in bf16
+  once, the adapter and its AdamW moments f32.
+- full: f32 master weights and AdamW, the forward under bf16 autocast, as ours (f32 masters, bf16 copies).
+Prints one JSON line (tokens_per_s, ...).
 """
 
 import argparse
@@ -44,13 +52,17 @@ def main():
     from transformers import AutoModelForCausalLM
 
     t0 = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32)
+    base_bf16 = a.bf16 and a.kind in ("lora", "encode")
+    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.bfloat16 if base_bf16 else torch.float32)
     if a.kind == "lora":
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(
             model, LoraConfig(r=32, lora_alpha=32, lora_dropout=0.1, target_modules="all-linear")
         )
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
         stack = model.get_base_model().model
     else:
         stack = model.model
@@ -108,6 +120,7 @@ def main():
                 "load_seconds": load_s,
                 "torch": torch.__version__,
                 "bf16": a.bf16,
+                "base_dtype": str(next(stack.parameters()).dtype).removeprefix("torch."),
                 "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
             }
         )
