@@ -14,6 +14,7 @@ pub mod cputime;
 pub mod decoder;
 pub mod device;
 pub mod embed;
+pub mod embed_cache;
 pub mod error;
 pub mod ese;
 pub mod evaluate;
