@@ -47,7 +47,12 @@ pub fn model_identity(dir: &Path) -> String {
             .filter(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
             .filter_map(|e| {
                 let m = e.metadata().ok()?;
-                let t = m.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos();
+                let t = m
+                    .modified()
+                    .ok()?
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()?
+                    .as_nanos();
                 Some((e.file_name().to_string_lossy().into_owned(), m.len(), t))
             })
             .collect();
@@ -62,7 +67,10 @@ pub fn model_identity(dir: &Path) -> String {
 /// The cache file for `texts` embedded by the model `key` describes.
 pub fn cache_path(dir: &Path, key: &str, texts: &[String]) -> PathBuf {
     let k = Fnv::default().bytes(key.as_bytes()).finish();
-    let t = texts.iter().fold(Fnv::default(), |h, s| h.bytes(s.as_bytes())).finish();
+    let t = texts
+        .iter()
+        .fold(Fnv::default(), |h, s| h.bytes(s.as_bytes()))
+        .finish();
     dir.join(format!("{k:016x}-{t:016x}-{}.emb", texts.len()))
 }
 
@@ -115,7 +123,10 @@ fn write(path: &Path, data: &[f32], rows: usize, cols: usize) -> Result<()> {
     for x in data {
         f.write_all(&x.to_le_bytes()).map_err(io)?;
     }
-    f.into_inner().map_err(|e| io(e.into_error()))?.sync_all().map_err(io)?;
+    f.into_inner()
+        .map_err(|e| io(e.into_error()))?
+        .sync_all()
+        .map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
 }
 
@@ -148,14 +159,22 @@ mod tests {
         assert!(hit);
         assert_eq!(e, e2);
         let other = vec!["a b".to_string(), "c".to_string()];
-        assert_ne!(cache_path(dir.path(), "m", &texts), cache_path(dir.path(), "m", &other));
-        assert_ne!(cache_path(dir.path(), "m", &texts), cache_path(dir.path(), "n", &texts));
+        assert_ne!(
+            cache_path(dir.path(), "m", &texts),
+            cache_path(dir.path(), "m", &other)
+        );
+        assert_ne!(
+            cache_path(dir.path(), "m", &texts),
+            cache_path(dir.path(), "n", &texts)
+        );
         // A damaged file is named, not silently re-used.
         let p = cache_path(dir.path(), "m", &texts);
         let mut bytes = std::fs::read(&p).unwrap();
         bytes.truncate(bytes.len() - 2);
         std::fs::write(&p, bytes).unwrap();
-        let err = cached(dir.path(), "m", &texts, || panic!()).unwrap_err().to_string();
+        let err = cached(dir.path(), "m", &texts, || panic!())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("truncated"), "{err}");
     }
 }

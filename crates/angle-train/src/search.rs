@@ -22,9 +22,7 @@ pub struct Hit {
 /// Best first: higher score, then the earlier corpus row (ties are ranked by corpus order, so results do not
 /// depend on the block size or the thread count).
 fn better(a: &Hit, b: &Hit) -> Ordering {
-    a.score
-        .total_cmp(&b.score)
-        .then_with(|| b.doc.cmp(&a.doc))
+    a.score.total_cmp(&b.score).then_with(|| b.doc.cmp(&a.doc))
 }
 
 /// Heap entry ordered so that `BinaryHeap` (a max-heap) keeps the *worst* kept hit on top.
@@ -88,7 +86,7 @@ pub fn top_k<F>(
 where
     F: Fn(usize, u32) -> bool + Sync,
 {
-    if dim == 0 || queries.len() % dim != 0 || corpus.len() % dim != 0 {
+    if dim == 0 || !queries.len().is_multiple_of(dim) || !corpus.len().is_multiple_of(dim) {
         return Err(TrainError::Config(format!(
             "search: {} query and {} corpus values are not rows of {dim}",
             queries.len(),
@@ -97,7 +95,9 @@ where
     }
     let (nq, nc) = (queries.len() / dim, corpus.len() / dim);
     if nc > u32::MAX as usize {
-        return Err(TrainError::Config(format!("search: {nc} corpus rows (at most 2^32)")));
+        return Err(TrainError::Config(format!(
+            "search: {nc} corpus rows (at most 2^32)"
+        )));
     }
     let (bq, bc) = (blocks.queries.max(1), blocks.corpus.max(1));
     let mut heaps: Vec<BinaryHeap<Worst>> = (0..nq).map(|_| BinaryHeap::with_capacity(k + 1)).collect();
@@ -108,8 +108,16 @@ where
         for c0 in (0..nc).step_by(bc) {
             let cols = bc.min(nc - c0);
             let s = &mut scores[..rows * cols];
-            angle_tensor::cpu::linear_forward(s, qblock, &corpus[c0 * dim..(c0 + cols) * dim], None, rows, dim, cols)
-                .map_err(|e| TrainError::Config(format!("search: {e}")))?;
+            angle_tensor::cpu::linear_forward(
+                s,
+                qblock,
+                &corpus[c0 * dim..(c0 + cols) * dim],
+                None,
+                rows,
+                dim,
+                cols,
+            )
+            .map_err(|e| TrainError::Config(format!("search: {e}")))?;
             heaps[q0..q0 + rows]
                 .par_iter_mut()
                 .zip(s.par_chunks(cols))
@@ -169,7 +177,9 @@ mod tests {
         let mut s = seed;
         (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
             })
             .collect()
@@ -184,7 +194,18 @@ mod tests {
         normalize_rows(&mut c, dim);
         let want = brute(&q, &c, dim, 10);
         for (bq, bc) in [(1, 1), (5, 17), (23, 101), (64, 1000)] {
-            let got = top_k(&q, &c, dim, 10, SearchBlocks { queries: bq, corpus: bc }, |_, _| true).unwrap();
+            let got = top_k(
+                &q,
+                &c,
+                dim,
+                10,
+                SearchBlocks {
+                    queries: bq,
+                    corpus: bc,
+                },
+                |_, _| true,
+            )
+            .unwrap();
             for (g, w) in got.iter().zip(&want) {
                 let gd: Vec<u32> = g.iter().map(|h| h.doc).collect();
                 let wd: Vec<u32> = w.iter().map(|h| h.doc).collect();
@@ -201,7 +222,18 @@ mod tests {
         // Four identical documents: every score ties, so the order is the corpus order.
         let c = vec![1.0f32, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0];
         let q = vec![1.0f32, 0.0];
-        let got = top_k(&q, &c, 2, 3, SearchBlocks { queries: 1, corpus: 2 }, |_, _| true).unwrap();
+        let got = top_k(
+            &q,
+            &c,
+            2,
+            3,
+            SearchBlocks {
+                queries: 1,
+                corpus: 2,
+            },
+            |_, _| true,
+        )
+        .unwrap();
         assert_eq!(got[0].iter().map(|h| h.doc).collect::<Vec<_>>(), vec![0, 1, 3]);
         let got = top_k(&q, &c, 2, 3, SearchBlocks::default(), |_, d| d != 1).unwrap();
         assert_eq!(got[0].iter().map(|h| h.doc).collect::<Vec<_>>(), vec![0, 3, 4]);
@@ -210,8 +242,21 @@ mod tests {
 
     #[test]
     fn fewer_documents_than_k_and_bad_shapes() {
-        let got = top_k(&[1.0, 0.0], &[0.0, 1.0], 2, 5, SearchBlocks::default(), |_, _| true).unwrap();
+        let got = top_k(&[1.0, 0.0], &[0.0, 1.0], 2, 5, SearchBlocks::default(), |_, _| {
+            true
+        })
+        .unwrap();
         assert_eq!(got[0].len(), 1);
-        assert!(top_k(&[1.0, 0.0, 1.0], &[0.0, 1.0], 2, 5, SearchBlocks::default(), |_, _| true).is_err());
+        assert!(
+            top_k(
+                &[1.0, 0.0, 1.0],
+                &[0.0, 1.0],
+                2,
+                5,
+                SearchBlocks::default(),
+                |_, _| true
+            )
+            .is_err()
+        );
     }
 }
