@@ -33,8 +33,11 @@ enum Command {
     Encode(EncodeArgs),
     /// Cosine similarity of texts under a model.
     Similarity(SimilarityArgs),
-    /// Spearman and Pearson (× 100) of five similarity measures on STS files (STS-B CSV, STS TSV, format A).
+    /// Spearman and Pearson (× 100) of five similarity measures on STS files (STS-B CSV, STS TSV, format A), or
+    /// retrieval metrics on a BEIR folder (--retrieval).
     Eval(EvalArgs),
+    /// Mine hard negatives for (query, positive) pairs: format-C JSONL for `angle train`.
+    Mine(Box<MineArgs>),
     /// Fold a LoRA adapter into its base model: a full checkpoint that transformers loads.
     Merge(MergeArgs),
     /// Save a model as it encodes under --layers/--dim: a smaller Hugging Face checkpoint (the first N layers)
@@ -402,9 +405,24 @@ struct EvalArgs {
     /// STS data, one or more files or folders: STS-B CSV (sentence1,sentence2,score), STS TSV (score, s1, s2)
     /// or format-A files, parquet in the Hugging Face STS layout, or hf://datasets/ORG/NAME (its --split). One
     /// model load; a table per file and the mean.
-    #[arg(long, required = true, num_args = 1..)]
+    #[arg(long, required_unless_present = "retrieval", conflicts_with = "retrieval", num_args = 1..)]
     data: Vec<PathBuf>,
-    /// The split of hub datasets given to --data.
+    /// A BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv): NDCG@10, MRR@10, MAP@100, Recall@1/10/100
+    /// and Accuracy@1/10 of the exact cosine ranking of the whole corpus (sentence-transformers'
+    /// InformationRetrievalEvaluator's metrics).
+    #[arg(long)]
+    retrieval: Option<PathBuf>,
+    /// Prompt for --retrieval queries, with {text} [default: --prompt, or the model's text prompt].
+    #[arg(long, requires = "retrieval")]
+    query_prompt: Option<String>,
+    /// Prompt for --retrieval documents, with {text} [default: --prompt, or the model's text prompt].
+    #[arg(long, requires = "retrieval")]
+    doc_prompt: Option<String>,
+    /// --retrieval: also write the normalised embeddings it scored into this new folder (queries.npy,
+    /// corpus.npy, ids.json), e.g. for `scripts/retrieval/ir_check.py`.
+    #[arg(long, requires = "retrieval")]
+    save_embeddings: Option<PathBuf>,
+    /// The split of hub datasets given to --data, or the qrels file of --retrieval.
     #[arg(long, default_value = "test")]
     split: String,
     /// Print a markdown table instead of text.
@@ -416,6 +434,78 @@ struct EvalArgs {
     /// Print one JSON object instead of text.
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     json: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SamplingArg {
+    Top,
+    Random,
+}
+
+#[derive(Args)]
+struct MineArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// (query, positive) pairs: CSV, TSV, JSONL or parquet in format B or C (C's negatives are not read), files or
+    /// folders read as one dataset, or hf://datasets/ORG/NAME (its --split).
+    #[arg(long, required = true, num_args = 1..)]
+    data: Vec<PathBuf>,
+    /// The split of a hub dataset given to --data.
+    #[arg(long, default_value = "train")]
+    split: String,
+    /// Column renames, e.g. anchor:query,answer:positive.
+    #[arg(long)]
+    columns: Option<String>,
+    /// More candidate texts besides the positives: .jsonl (`text`, with `title` joined before it) or a text
+    /// file, one text per line.
+    #[arg(long, num_args = 1..)]
+    corpus: Vec<PathBuf>,
+    /// The format-C JSONL to write (query, positive, negative; several negatives as a list of alternatives).
+    #[arg(long)]
+    output: PathBuf,
+    /// Replace an existing --output (refused without it).
+    #[arg(long)]
+    overwrite: bool,
+    /// Skip this many of the most similar candidates that pass the margins (often unlabelled positives).
+    #[arg(long, default_value_t = 0)]
+    range_min: usize,
+    /// Consider candidates up to this rank (positives left out first).
+    #[arg(long, default_value_t = 10)]
+    range_max: usize,
+    /// A negative must score at most the cosine of the query's hardest positive minus this.
+    #[arg(long, alias = "absolute-margin")]
+    margin: Option<f32>,
+    /// A negative must score at most the hardest positive's cosine − |that cosine| × this.
+    #[arg(long)]
+    relative_margin: Option<f32>,
+    /// A negative must score at most this cosine.
+    #[arg(long)]
+    max_score: Option<f32>,
+    /// Negatives per pair.
+    #[arg(long, default_value_t = 3)]
+    num_negatives: usize,
+    /// Which of the candidates that pass: the most similar, or a seeded random choice.
+    #[arg(long, value_enum, default_value = "top")]
+    sampling: SamplingArg,
+    /// Seed of --sampling random.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Prompt for queries, with {text} [default: --prompt, or the model's text prompt].
+    #[arg(long)]
+    query_prompt: Option<String>,
+    /// Prompt for positives and corpus texts, with {text} [default: --prompt, or the model's text prompt].
+    #[arg(long)]
+    doc_prompt: Option<String>,
+    /// Where embeddings are cached, by model and text hash, so that a rerun does not encode again [default:
+    /// $XDG_CACHE_HOME/angle/embeddings, else ~/.cache/angle/embeddings].
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Neither read nor write the embedding cache.
+    #[arg(long)]
+    no_cache: bool,
+    /// Skip malformed rows of --data (counted) instead of stopping.
+    #[arg(long)]
+    skip_invalid: bool,
 }
 
 /// User errors (a bad flag value, a bad row, a missing file) print their message and causes, never a backtrace,
@@ -447,6 +537,7 @@ fn run() -> anyhow::Result<()> {
         Command::Encode(a) => run_encode(&a),
         Command::Similarity(a) => run_similarity(&a),
         Command::Eval(a) => run_eval(&a),
+        Command::Mine(a) => run_mine(&a),
         Command::Merge(a) => run_merge(&a),
         Command::Export(a) => run_export(&a),
     }
@@ -608,6 +699,8 @@ struct Loaded {
     tok: angle_data::TextTokenizer,
     emb: Embedder,
     prompt: Option<angle_data::Prompt>,
+    /// Everything that decides the embeddings but the texts and prompts: the embedding cache's key.
+    identity: String,
 }
 
 /// `even_width`: the command scores the angle measure (`eval`), which needs an even embedding width.
@@ -672,14 +765,32 @@ fn load(m: &ModelArgs, even_width: bool) -> anyhow::Result<Loaded> {
         append_eos: m.append_eos.unwrap_or(defaults.append_eos),
         layers: m.layers.or(defaults.layers),
     };
+    let identity = format!(
+        "{}|base={:?}|layers={:?}|bidirectional={}|append_eos={}|bf16={cpu_bf16}|device={:?}",
+        angle_train::embed_cache::model_identity(&dir),
+        m.base_model
+            .as_deref()
+            .map(angle_train::embed_cache::model_identity),
+        opts.layers,
+        opts.decoder.bidirectional,
+        opts.append_eos,
+        opts.device,
+    );
     let (mut model, tok) = load_backbone(&dir, max_len, opts)?;
     let emb = Embedder::new(m.batch_size, tok.max_len()).with_dim(m.dim.or(defaults.dim));
     model.reserve(emb.sizes())?;
+    let identity = format!(
+        "{identity}|pooling={}|max_len={}|width={}",
+        model.pooling().name(),
+        tok.max_len(),
+        emb.out_dim(&*model)
+    );
     Ok(Loaded {
         model,
         tok,
         emb,
         prompt,
+        identity,
     })
 }
 
@@ -830,6 +941,9 @@ fn run_merge(a: &MergeArgs) -> anyhow::Result<()> {
 
 fn run_eval(a: &EvalArgs) -> anyhow::Result<()> {
     use angle_train::suite;
+    if let Some(dir) = &a.retrieval {
+        return run_eval_retrieval(a, dir);
+    }
     // Hub datasets become their split's files in the cache; each file is its own table.
     let mut inputs = Vec::new();
     for d in &a.data {
@@ -853,6 +967,251 @@ fn run_eval(a: &EvalArgs) -> anyhow::Result<()> {
     } else {
         print!("{}", suite::render_text(&r));
         println!("pooling {}", l.model.pooling().name());
+    }
+    Ok(())
+}
+
+/// A prompt option, else the model's prompt (`--prompt` or its text prompt).
+fn side_prompt(
+    flag: &str,
+    given: &Option<String>,
+    model: &Option<angle_data::Prompt>,
+) -> anyhow::Result<Option<angle_data::Prompt>> {
+    match given {
+        Some(p) => Ok(Some(
+            angle_data::Prompt::new(p.clone()).with_context(|| flag.to_string())?,
+        )),
+        None => Ok(model.clone()),
+    }
+}
+
+fn run_eval_retrieval(a: &EvalArgs, dir: &Path) -> anyhow::Result<()> {
+    use angle_train::retrieval;
+    // The folder's three parts and the prompts before the model loads; the files are read before it too, so that
+    // a bad qrels line is not found after minutes of loading.
+    retrieval::check_beir_dir(dir, &a.split)?;
+    if let Some(out) = &a.save_embeddings {
+        angle_train::preflight::check_new_folder("--save-embeddings", out)?;
+    }
+    for (flag, p) in [
+        ("--query-prompt", &a.query_prompt),
+        ("--doc-prompt", &a.doc_prompt),
+    ] {
+        if let Some(p) = p {
+            angle_data::Prompt::new(p.clone()).with_context(|| flag.to_string())?;
+        }
+    }
+    let set = retrieval::load_beir(dir, &a.split, a.skip_invalid)?;
+    let mut l = load(&a.model, false)?;
+    let prompts = retrieval::RetrievalPrompts {
+        query: side_prompt("--query-prompt", &a.query_prompt, &l.prompt)?,
+        doc: side_prompt("--doc-prompt", &a.doc_prompt, &l.prompt)?,
+    };
+    let started = std::time::Instant::now();
+    let e = retrieval::embed_set(&mut *l.model, &mut l.emb, &l.tok, &set, &prompts)?;
+    let mut s = retrieval::score_set(&set, &e)?;
+    s.seconds = started.elapsed().as_secs_f64();
+    if let Some(out) = &a.save_embeddings {
+        save_set_embeddings(out, &set, &e)?;
+    }
+    if a.json {
+        let mut v = serde_json::to_value(s)?;
+        v["skipped_qrels"] = set.skipped.into();
+        v["pooling"] = l.model.pooling().name().into();
+        println!("{v}");
+    } else if a.markdown {
+        println!(
+            "| set | queries | documents | NDCG@10 | MRR@10 | MAP@100 | R@1 | R@10 | R@100 | Acc@1 | Acc@10 |"
+        );
+        println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+        println!(
+            "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            dir.display(),
+            s.queries,
+            s.documents,
+            100.0 * s.ndcg_at_10,
+            100.0 * s.mrr_at_10,
+            100.0 * s.map_at_100,
+            100.0 * s.recall_at_1,
+            100.0 * s.recall_at_10,
+            100.0 * s.recall_at_100,
+            100.0 * s.accuracy_at_1,
+            100.0 * s.accuracy_at_10
+        );
+    } else {
+        println!("{}", retrieval::summary(dir, &s));
+        if set.skipped > 0 {
+            println!("qrels lines skipped (--skip-invalid): {}", set.skipped);
+        }
+        println!("pooling {}", l.model.pooling().name());
+    }
+    Ok(())
+}
+
+fn save_set_embeddings(
+    out: &Path,
+    set: &angle_train::retrieval::BeirSet,
+    e: &angle_train::retrieval::SetEmbeddings,
+) -> anyhow::Result<()> {
+    angle_train::atomic::write_dir_atomic(out, |tmp| {
+        for (name, rows, data) in [
+            ("queries.npy", set.query_ids.len(), &e.queries),
+            ("corpus.npy", set.corpus_ids.len(), &e.corpus),
+        ] {
+            let path = tmp.join(name);
+            let f = std::fs::File::create(&path).map_err(|source| angle_train::TrainError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let mut w = BufWriter::new(f);
+            angle_train::npy::write_npy_f32(&mut w, data, rows, e.dim)
+                .and_then(|()| w.flush())
+                .map_err(|source| angle_train::TrainError::Io { path, source })?;
+        }
+        let ids = serde_json::json!({"query_ids": set.query_ids, "corpus_ids": set.corpus_ids, "relevant": set.relevant});
+        let path = tmp.join("ids.json");
+        std::fs::write(&path, ids.to_string()).map_err(|source| angle_train::TrainError::Io { path, source })
+    })?;
+    Ok(())
+}
+
+/// The embedding cache's folder for `angle mine`.
+fn default_cache_dir() -> anyhow::Result<PathBuf> {
+    let base = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        Some(x) => PathBuf::from(x),
+        None => match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+            Some(h) => PathBuf::from(h).join(".cache"),
+            None => {
+                bail!("no HOME or XDG_CACHE_HOME for the embedding cache: give --cache-dir or --no-cache")
+            }
+        },
+    };
+    Ok(base.join("angle").join("embeddings"))
+}
+
+fn run_mine(a: &MineArgs) -> anyhow::Result<()> {
+    use angle_train::mine::{self, MineOptions, MineTable, Sampling};
+    use angle_train::retrieval::embed_normalized;
+    let options = MineOptions {
+        range_min: a.range_min,
+        range_max: a.range_max,
+        margin: a.margin,
+        relative_margin: a.relative_margin,
+        max_score: a.max_score,
+        num_negatives: a.num_negatives,
+        sampling: match a.sampling {
+            SamplingArg::Top => Sampling::Top,
+            SamplingArg::Random => Sampling::Random,
+        },
+        seed: a.seed,
+    };
+    // Everything that can be wrong without the model, before it loads: options, output, prompts, data, corpus.
+    options.validate()?;
+    if a.output.exists() && !a.overwrite {
+        bail!("--output {} exists (--overwrite replaces it)", a.output.display());
+    }
+    if let Some(dir) = a
+        .output
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
+    {
+        bail!("--output: the folder {} does not exist", dir.display());
+    }
+    for (flag, p) in [
+        ("--query-prompt", &a.query_prompt),
+        ("--doc-prompt", &a.doc_prompt),
+    ] {
+        if let Some(p) = p {
+            angle_data::Prompt::new(p.clone()).with_context(|| flag.to_string())?;
+        }
+    }
+    let mut files = Vec::new();
+    for d in &a.data {
+        match angle_hub::resolve_dataset(d, &a.split) {
+            Some(r) => files.extend(r?.1),
+            None => files.extend(angle_data::data_files(d)?),
+        }
+    }
+    let read = angle_data::ReadOptions {
+        columns: match &a.columns {
+            Some(c) => c.parse().with_context(|| format!("--columns {c:?}"))?,
+            None => angle_data::ColumnMap::new(),
+        },
+        skip_invalid: a.skip_invalid,
+        ..Default::default()
+    };
+    let raw = angle_data::read_files(&files, &read)?;
+    let pairs = mine::pairs_of(&raw)?;
+    let mut corpus = Vec::new();
+    for c in &a.corpus {
+        corpus.extend(mine::read_corpus(c)?);
+    }
+    let table = MineTable::new(&pairs, &corpus);
+    let cache = if a.no_cache {
+        None
+    } else {
+        Some(a.cache_dir.clone().map_or_else(default_cache_dir, Ok)?)
+    };
+    let mut l = load(&a.model, false)?;
+    let query_prompt = side_prompt("--query-prompt", &a.query_prompt, &l.prompt)?;
+    let doc_prompt = side_prompt("--doc-prompt", &a.doc_prompt, &l.prompt)?;
+    let dim = l.emb.out_dim(&*l.model);
+    let started = std::time::Instant::now();
+    let mut embed_side =
+        |rows: Vec<u32>, prompt: Option<angle_data::Prompt>, what: &str| -> anyhow::Result<Vec<f32>> {
+            let texts: Vec<String> = rows.iter().map(|&r| table.texts[r as usize].clone()).collect();
+            let key = format!(
+                "{}|prompt={:?}",
+                l.identity,
+                prompt.as_ref().map(|p| p.template())
+            );
+            let mut compute = || -> angle_train::Result<(Vec<f32>, usize)> {
+                let e = embed_normalized(&mut *l.model, &mut l.emb, &l.tok, &texts, prompt.as_ref(), what)?;
+                Ok((e, dim))
+            };
+            let Some(dir) = &cache else {
+                return Ok(compute()?.0);
+            };
+            let (e, width, hit) = angle_train::embed_cache::cached(dir, &key, &texts, compute)?;
+            if width != dim {
+                bail!(
+                    "{}: cached embeddings of width {width}, the model gives {dim} (delete the file)",
+                    dir.display()
+                );
+            }
+            eprintln!(
+                "{} {what}: {}",
+                texts.len(),
+                if hit {
+                    format!("embeddings read from {}", dir.display())
+                } else {
+                    format!("embedded, cached in {}", dir.display())
+                }
+            );
+            Ok(e)
+        };
+    let queries = embed_side(table.query_rows(), query_prompt, "queries")?;
+    let docs = embed_side(table.candidate_rows(), doc_prompt, "candidates")?;
+    let embedded = started.elapsed().as_secs_f64();
+    let negatives = mine::mine(&table, &queries, &docs, dim, &options)?;
+    let r = mine::write_triples(&a.output, &table, &negatives, options.num_negatives)?;
+    println!(
+        "{}: {} rows from {} pairs ({} negatives; {} pairs with fewer than {}; {} pairs left out, no candidate \
+         passed the range and margins); {} queries against {} candidates; embedding {:.1} s, search {:.1} s",
+        a.output.display(),
+        r.rows,
+        r.pairs,
+        r.negatives,
+        r.short,
+        options.num_negatives,
+        r.without_negative,
+        table.query_rows().len(),
+        table.candidate_rows().len(),
+        embedded,
+        started.elapsed().as_secs_f64() - embedded
+    );
+    if !raw.skipped.is_empty() {
+        println!("rows of --data skipped (--skip-invalid): {}", raw.skipped.len());
     }
     Ok(())
 }

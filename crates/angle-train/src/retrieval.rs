@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use angle_data::{Prompt, TextTokenizer};
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -21,6 +22,7 @@ use crate::search::{Hit, SearchBlocks, normalize_rows, top_k};
 /// relevant documents (corpus rows).
 #[derive(Debug, Clone)]
 pub struct BeirSet {
+    /// In ascending order (not the file's): ties in score are ranked by id.
     pub corpus_ids: Vec<String>,
     /// `title + " " + text` (the text alone when there is no title), as sentence-transformers' BEIR examples join them.
     pub corpus_texts: Vec<String>,
@@ -53,7 +55,8 @@ fn read_jsonl(path: &Path) -> Result<(Vec<String>, Vec<String>)> {
         if line.trim().is_empty() {
             continue;
         }
-        let v: Value = serde_json::from_str(&line).map_err(|e| line_err(path, i + 1, format!("invalid JSON: {e}")))?;
+        let v: Value =
+            serde_json::from_str(&line).map_err(|e| line_err(path, i + 1, format!("invalid JSON: {e}")))?;
         let id = match v.get("_id") {
             Some(Value::String(s)) => s.clone(),
             Some(Value::Number(n)) => n.to_string(),
@@ -80,13 +83,30 @@ fn read_jsonl(path: &Path) -> Result<(Vec<String>, Vec<String>)> {
 /// Reads `dir` (a BEIR folder) for `split` (`qrels/<split>.tsv`). A qrels line that names a missing query or
 /// document is an error naming file and line, or, with `skip_invalid`, left out and counted.
 pub fn load_beir(dir: &Path, split: &str, skip_invalid: bool) -> Result<BeirSet> {
-    let (corpus_ids, corpus_texts) = read_jsonl(&dir.join("corpus.jsonl"))?;
+    let (ids, texts) = read_jsonl(&dir.join("corpus.jsonl"))?;
+    // Rows in ascending `_id` order: the search ranks equal scores by row, so a tie goes to the smaller id, as in
+    // sentence-transformers' evaluator (string order, which UTF-8 bytes and Python's code points agree on).
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by(|&a, &b| ids[a].cmp(&ids[b]));
+    let corpus_ids: Vec<String> = order.iter().map(|&i| ids[i].clone()).collect();
+    let corpus_texts: Vec<String> = order.iter().map(|&i| texts[i].clone()).collect();
     let (all_qids, all_qtexts) = read_jsonl(&dir.join("queries.jsonl"))?;
     if corpus_ids.is_empty() {
-        return Err(TrainError::Data(format!("{}: empty corpus", dir.join("corpus.jsonl").display())));
+        return Err(TrainError::Data(format!(
+            "{}: empty corpus",
+            dir.join("corpus.jsonl").display()
+        )));
     }
-    let doc_row: HashMap<&str, u32> = corpus_ids.iter().enumerate().map(|(i, d)| (d.as_str(), i as u32)).collect();
-    let query_row: HashMap<&str, usize> = all_qids.iter().enumerate().map(|(i, q)| (q.as_str(), i)).collect();
+    let doc_row: HashMap<&str, u32> = corpus_ids
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.as_str(), i as u32))
+        .collect();
+    let query_row: HashMap<&str, usize> = all_qids
+        .iter()
+        .enumerate()
+        .map(|(i, q)| (q.as_str(), i))
+        .collect();
     let qrels = dir.join("qrels").join(format!("{split}.tsv"));
     let file = std::fs::File::open(&qrels).map_err(io_err(&qrels))?;
     let mut relevant: Vec<HashSet<u32>> = vec![HashSet::new(); all_qids.len()];
@@ -98,7 +118,11 @@ pub fn load_beir(dir: &Path, split: &str, skip_invalid: bool) -> Result<BeirSet>
             continue;
         }
         if cols.len() < 3 {
-            return Err(line_err(&qrels, i + 1, "expected query-id, corpus-id and score, tab-separated"));
+            return Err(line_err(
+                &qrels,
+                i + 1,
+                "expected query-id, corpus-id and score, tab-separated",
+            ));
         }
         let score: f64 = cols[2]
             .parse()
@@ -114,7 +138,11 @@ pub fn load_beir(dir: &Path, split: &str, skip_invalid: bool) -> Result<BeirSet>
             (_, None) => format!("document {:?} is not in corpus.jsonl", cols[1]),
         };
         if !skip_invalid {
-            return Err(line_err(&qrels, i + 1, format!("{missing} (--skip-invalid leaves such lines out)")));
+            return Err(line_err(
+                &qrels,
+                i + 1,
+                format!("{missing} (--skip-invalid leaves such lines out)"),
+            ));
         }
         skipped += 1;
     }
@@ -136,7 +164,10 @@ pub fn load_beir(dir: &Path, split: &str, skip_invalid: bool) -> Result<BeirSet>
         }
     }
     if set.query_ids.is_empty() {
-        return Err(TrainError::Data(format!("{}: no query has a relevant document", qrels.display())));
+        return Err(TrainError::Data(format!(
+            "{}: no query has a relevant document",
+            qrels.display()
+        )));
     }
     Ok(set)
 }
@@ -223,24 +254,102 @@ pub struct RetrievalPrompts {
     pub doc: Option<Prompt>,
 }
 
-/// Embeds `texts` with an optional prompt into normalised rows of `emb.out_dim(model)`.
+/// Texts per call of the embedder when a progress bar runs: each call sorts its texts by length, so a chunk this
+/// large batches as well as the whole set would.
+const PROGRESS_CHUNK: usize = 8192;
+
+/// Embeds `texts` with an optional prompt into normalised rows of `emb.out_dim(model)`, with a progress bar named
+/// `what` on a terminal (none otherwise). Each text's embedding is independent of its batch, so chunking does
+/// not change them.
 pub fn embed_normalized(
     model: &mut dyn Backbone,
     emb: &mut Embedder,
     tok: &TextTokenizer,
     texts: &[String],
     prompt: Option<&Prompt>,
+    what: &str,
 ) -> Result<Vec<f32>> {
-    let mut out = Vec::new();
-    match prompt {
-        Some(p) => {
-            let prompted: Vec<String> = texts.iter().map(|t| p.apply(t)).collect();
-            emb.embed_texts(model, tok, &prompted, &mut out)?;
-        }
-        None => emb.embed_texts(model, tok, texts, &mut out)?,
+    let dim = emb.out_dim(model);
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        ProgressBar::new(texts.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("{what} embedded"));
+    let mut out = Vec::with_capacity(texts.len() * dim);
+    let mut part = Vec::new();
+    for chunk in texts.chunks(PROGRESS_CHUNK) {
+        let prompted: Vec<String>;
+        let chunk = match prompt {
+            Some(p) => {
+                prompted = chunk.iter().map(|t| p.apply(t)).collect();
+                &prompted[..]
+            }
+            None => chunk,
+        };
+        emb.embed_texts(model, tok, chunk, &mut part)?;
+        out.extend_from_slice(&part);
+        bar.inc(chunk.len() as u64);
     }
-    normalize_rows(&mut out, emb.out_dim(model));
+    bar.finish_and_clear();
+    normalize_rows(&mut out, dim);
     Ok(out)
+}
+
+/// A BEIR set's normalised embeddings: one row per `set.query_ids` and per `set.corpus_ids`.
+#[derive(Debug, Clone)]
+pub struct SetEmbeddings {
+    pub queries: Vec<f32>,
+    pub corpus: Vec<f32>,
+    pub dim: usize,
+}
+
+/// Embeds a BEIR set's queries and corpus.
+pub fn embed_set(
+    model: &mut dyn Backbone,
+    emb: &mut Embedder,
+    tok: &TextTokenizer,
+    set: &BeirSet,
+    prompts: &RetrievalPrompts,
+) -> Result<SetEmbeddings> {
+    Ok(SetEmbeddings {
+        corpus: embed_normalized(
+            model,
+            emb,
+            tok,
+            &set.corpus_texts,
+            prompts.doc.as_ref(),
+            "documents",
+        )?,
+        queries: embed_normalized(
+            model,
+            emb,
+            tok,
+            &set.query_texts,
+            prompts.query.as_ref(),
+            "queries",
+        )?,
+        dim: emb.out_dim(model),
+    })
+}
+
+/// Scores the exact cosine ranking of the whole corpus for every query.
+pub fn score_set(set: &BeirSet, e: &SetEmbeddings) -> Result<RetrievalScores> {
+    let ranked = top_k(
+        &e.queries,
+        &e.corpus,
+        e.dim,
+        MAX_K,
+        SearchBlocks::default(),
+        |_, _| true,
+    )?;
+    let mut scores = score_rankings(&ranked, &set.relevant);
+    scores.documents = set.corpus_ids.len();
+    Ok(scores)
 }
 
 /// Embeds a BEIR set's queries and corpus and scores the exact cosine ranking of the whole corpus.
@@ -252,12 +361,8 @@ pub fn evaluate_retrieval(
     prompts: &RetrievalPrompts,
 ) -> Result<RetrievalScores> {
     let started = Instant::now();
-    let dim = emb.out_dim(model);
-    let docs = embed_normalized(model, emb, tok, &set.corpus_texts, prompts.doc.as_ref())?;
-    let queries = embed_normalized(model, emb, tok, &set.query_texts, prompts.query.as_ref())?;
-    let ranked = top_k(&queries, &docs, dim, MAX_K, SearchBlocks::default(), |_, _| true)?;
-    let mut scores = score_rankings(&ranked, &set.relevant);
-    scores.documents = set.corpus_ids.len();
+    let e = embed_set(model, emb, tok, set, prompts)?;
+    let mut scores = score_set(set, &e)?;
     scores.seconds = started.elapsed().as_secs_f64();
     Ok(scores)
 }
@@ -358,14 +463,28 @@ mod tests {
     fn beir_folder_reads_and_bad_lines_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        write(d, "corpus.jsonl", "{\"_id\": \"d1\", \"title\": \"T\", \"text\": \"one\"}\n{\"_id\": 2, \"text\": \"two\"}\n");
-        write(d, "queries.jsonl", "{\"_id\": \"q1\", \"text\": \"find one\"}\n{\"_id\": \"q2\", \"text\": \"none\"}\n");
-        write(d, "qrels/test.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\t2\t0\n");
+        write(
+            d,
+            "corpus.jsonl",
+            "{\"_id\": \"d1\", \"title\": \"T\", \"text\": \"one\"}\n{\"_id\": 2, \"text\": \"two\"}\n",
+        );
+        write(
+            d,
+            "queries.jsonl",
+            "{\"_id\": \"q1\", \"text\": \"find one\"}\n{\"_id\": \"q2\", \"text\": \"none\"}\n",
+        );
+        write(
+            d,
+            "qrels/test.tsv",
+            "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\t2\t0\n",
+        );
         let set = load_beir(d, "test", false).unwrap();
-        assert_eq!(set.corpus_texts, vec!["T one", "two"]);
+        // Rows in id order ("2" < "d1"), so that ties rank by id as sentence-transformers ranks them.
+        assert_eq!(set.corpus_ids, vec!["2", "d1"]);
+        assert_eq!(set.corpus_texts, vec!["two", "T one"]);
         // q2's only judgement has score 0: not relevant, so q2 is not evaluated.
         assert_eq!(set.query_ids, vec!["q1"]);
-        assert_eq!(set.relevant, vec![vec![0]]);
+        assert_eq!(set.relevant, vec![vec![1]]);
 
         write(d, "qrels/dev.tsv", "q1\td1\t1\nq1\tmissing\t1\n");
         let err = load_beir(d, "dev", false).unwrap_err().to_string();
@@ -376,6 +495,11 @@ mod tests {
         write(d, "corpus.jsonl", "");
         let err = load_beir(d, "test", false).unwrap_err().to_string();
         assert!(err.contains("empty corpus"), "{err}");
-        assert!(check_beir_dir(d, "train").unwrap_err().to_string().contains("train.tsv"));
+        assert!(
+            check_beir_dir(d, "train")
+                .unwrap_err()
+                .to_string()
+                .contains("train.tsv")
+        );
     }
 }
