@@ -54,6 +54,23 @@ pub enum LossError {
     /// One text identity per row of `y_pred`.
     #[error("text_ids: {got} identities for {rows} rows; expected one per row")]
     TextIdCount { got: usize, rows: usize },
+    /// Two tensors that must have one shape do not (distillation: the teacher's rows and the student's, or a gradient
+    /// buffer and the student).
+    #[error("{tensor}: shape {got:?} differs from {of}'s {expected:?}")]
+    ShapeMismatch {
+        tensor: &'static str,
+        got: (usize, usize),
+        of: &'static str,
+        expected: (usize, usize),
+    },
+    /// Two tensors whose rows correspond one to one (the same texts) have different row counts.
+    #[error("{tensor}: {got} rows for {of}'s {expected}; the rows must correspond one to one")]
+    RowCount {
+        tensor: &'static str,
+        got: usize,
+        of: &'static str,
+        expected: usize,
+    },
     /// The gradient buffer must have the shape of `y_pred`.
     #[error("grad: shape {got:?} differs from y_pred's {expected:?}")]
     GradShape {

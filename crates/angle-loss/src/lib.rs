@@ -14,8 +14,10 @@
 //! | angle-emb's `AngleLoss` | [`AngleLoss`] | formats A, B, C |
 //! | Espresso (ESE) over every layer | [`ese_loss`] | any base objective ([`BaseObjective`]) |
 //! | Matryoshka truncations | [`Matryoshka`] | any base objective |
+//! | distillation from a teacher: KL (angle-emb's), MSE, margin MSE | [`distill::kl_into`], [`distill::mse_into`], [`distill::margin_mse_into`] | student and teacher rows |
 //!
-//! Each `*_loss` has an `*_into` twin that adds `weight · dL/dy_pred` into a caller's buffer instead of allocating.
+//! Each `*_loss` has an `*_into` twin that adds `weight · dL/dy_pred` into a caller's buffer instead of allocating;
+//! the distillation terms come only as `*_into` (adding `weight · dL/dstudent`; the teacher gets no gradient).
 //!
 //! # A foreign trainer
 //!
@@ -65,6 +67,7 @@
 mod ce;
 mod check;
 mod combined;
+pub mod distill;
 mod dot;
 mod eig;
 mod error;
