@@ -111,6 +111,8 @@ pub struct PackedBatch {
     pub labels: Vec<f32>,
     /// Per row: equal exactly when two rows have the same token ids (for masking duplicates in the loss).
     pub text_ids: Vec<u64>,
+    /// Per row: the dataset's text number ([`Dataset::text`]); empty for batches not drawn from a dataset.
+    pub texts: Vec<u32>,
     /// Dataset example number of each example in the batch.
     pub examples: Vec<u32>,
     /// Examples dropped as duplicates ([`DuplicatePolicy::Drop`]).
@@ -127,6 +129,7 @@ impl Default for PackedBatch {
             seq_offsets: vec![0],
             labels: Vec::new(),
             text_ids: Vec::new(),
+            texts: Vec::new(),
             examples: Vec::new(),
             dropped: 0,
             rows_per_example: 1,
@@ -143,6 +146,7 @@ impl PackedBatch {
         self.seq_offsets.push(0);
         self.labels.clear();
         self.text_ids.clear();
+        self.texts.clear();
         self.examples.clear();
         self.dropped = 0;
     }
@@ -309,6 +313,7 @@ impl Dataset {
             for &t in &texts[..s] {
                 let (ids, types) = self.tokens(t);
                 out.push_row(ids, types, self.identity(t));
+                out.texts.push(t as u32);
             }
             if self.format() == Format::A {
                 out.labels.push(self.labels()[e as usize]);

@@ -21,6 +21,7 @@ mod batch;
 mod dataset;
 mod error;
 mod format;
+mod mix;
 #[cfg(feature = "parquet")]
 mod parquet;
 mod prompt;
@@ -33,6 +34,7 @@ pub use batch::{BatchConfig, DuplicatePolicy, EpochPlan, MEGA_BATCH, PackedBatch
 pub use dataset::{Dataset, ENCODE_CHUNK};
 pub use error::{DataError, SkipCounts, SkipReason, SkippedRow};
 pub use format::{ColumnMap, Format, Role};
+pub use mix::{MixedPlan, Sampler, dataset_seed, mixed_batches_per_epoch, plan_mixed_epoch};
 pub use prompt::{Prompt, Prompts};
 pub use read::{
     FileKind, Header, RawDataset, RawExample, ReadOptions, data_files, read_file, read_files, read_from,

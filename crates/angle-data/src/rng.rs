@@ -8,6 +8,7 @@
 pub(crate) const STREAM_SHUFFLE: u64 = 1;
 pub(crate) const STREAM_BATCH_ORDER: u64 = 2;
 pub(crate) const STREAM_ALTERNATIVE: u64 = 3;
+pub(crate) const STREAM_MIX: u64 = 4;
 
 #[derive(Clone, Debug)]
 pub(crate) struct SplitMix64(u64);

@@ -41,6 +41,9 @@ pub struct TrainerState {
     /// Seeds the data order, the alternatives drawn from list-valued fields, and dropout.
     pub seed: u64,
     pub best_spearman: Option<f64>,
+    /// `--valid-retrieval`: the best NDCG@10 × 100 so far (it, not Spearman, decides `best/` then).
+    #[serde(default)]
+    pub best_ndcg: Option<f64>,
     pub best_step: Option<u64>,
     /// Seconds of training (evaluation and checkpoint writing excluded) and examples/tokens seen, over all runs.
     pub train_seconds: f64,

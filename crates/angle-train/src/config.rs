@@ -27,8 +27,18 @@ pub struct TrainConfig {
     pub valid_split: String,
     pub output: PathBuf,
 
-    /// Force the data format (`A`, `B`, `C`) instead of detecting it from the columns.
+    /// Force the data format (`A`, `B`, `C`) instead of detecting it from the columns; with several named datasets
+    /// also per dataset, `NAME=B,OTHER=C` (crate::datasets).
     pub format: Option<String>,
+    /// Several named datasets (`--train NAME=PATH ...`): how their batches interleave, `proportional` (every
+    /// batch of every dataset once per epoch, shuffled) or `round-robin` (one of each in turn).
+    pub sampler: String,
+    /// Per-dataset objective weights, `NAME=cosine:1,ibn:1,angle:0.02` (each overrides `loss` for that dataset).
+    pub objectives: Vec<String>,
+    /// `--teacher`: an alignment term to a frozen teacher's embeddings (angle-emb's distillation).
+    pub teacher: Option<TeacherSettings>,
+    /// `--valid-retrieval`: a BEIR folder scored during training (NDCG@10 decides `best/`).
+    pub valid_retrieval: Option<PathBuf>,
     /// Column renames, `from:to,...` (e.g. `sentence1:text1,sentence2:text2,score:label`).
     pub columns: Option<String>,
     pub text_prompt: Option<String>,
@@ -93,6 +103,35 @@ pub struct TrainConfig {
     pub cpu_precision: Option<String>,
 }
 
+/// Distillation from a frozen teacher (`crate::distill`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TeacherSettings {
+    /// A model folder or hub id, any family.
+    pub model: PathBuf,
+    /// The teacher's pooling (angle-emb's `teacher_pooling_strategy`; default `cls` as there).
+    pub pooling: String,
+    /// `kl` (angle-emb's alignment term), `mse` or `margin-mse` (format C).
+    pub kind: String,
+    pub weight: f64,
+    pub temperature: f64,
+    /// Embed every training text with the teacher once, before the first step, instead of every batch.
+    pub cache: bool,
+}
+
+impl Default for TeacherSettings {
+    fn default() -> Self {
+        TeacherSettings {
+            model: PathBuf::new(),
+            pooling: "cls".into(),
+            kind: "kl".into(),
+            weight: 1.0,
+            temperature: 1.0,
+            cache: false,
+        }
+    }
+}
+
 /// LoRA hyper-parameters as angle-emb's defaults: r 32, alpha 32, dropout 0.1, every linear layer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -125,6 +164,10 @@ impl Default for TrainConfig {
             valid_split: "validation".into(),
             output: PathBuf::new(),
             format: None,
+            sampler: "proportional".into(),
+            objectives: Vec::new(),
+            teacher: None,
+            valid_retrieval: None,
             columns: None,
             text_prompt: None,
             query_prompt: None,
@@ -179,6 +222,7 @@ pub const RESUME_MUTABLE: &[&str] = &[
     "output",
     "valid",
     "valid_split",
+    "valid_retrieval",
     "eval_steps",
     "save_steps",
     "log_steps",

@@ -77,7 +77,8 @@ struct TrainArgs {
     model: Option<PathBuf>,
     /// Training data: CSV, TSV, JSONL or parquet in angle-emb format A (text1,text2,label), B (query,positive)
     /// or C (query,positive,negative). Several files, a folder of shards, or hf://datasets/ORG/NAME[/FOLDER]
-    /// (its --split), read as one dataset.
+    /// (its --split), read as one dataset; or several datasets as NAME=PATH each (every batch from one of them,
+    /// see --sampler, --objective).
     #[arg(long, num_args = 1.., action = ArgAction::Append)]
     train: Vec<PathBuf>,
     /// The split of a hub dataset given to --train.
@@ -109,7 +110,7 @@ struct TrainArgs {
     #[arg(long)]
     precision: Option<Precision>,
 
-    /// Force the data format: A, B or C [default: from the columns].
+    /// Force the data format: A, B or C, or per named dataset NAME=B,OTHER=C [default: from the columns].
     #[arg(long)]
     format: Option<String>,
     /// Column renames, e.g. sentence1:text1,sentence2:text2,score:label.
@@ -239,6 +240,10 @@ struct TrainArgs {
     append_eos: Option<bool>,
     #[command(flatten)]
     ese: angle_train::ese::EseArgs,
+    #[command(flatten)]
+    datasets: angle_train::datasets::DatasetArgs,
+    #[command(flatten)]
+    distill: angle_train::distill::DistillArgs,
 }
 
 impl TrainArgs {
@@ -325,6 +330,8 @@ impl TrainArgs {
             set.push("lora".into());
         }
         self.ese.apply(&mut c, &mut set);
+        self.datasets.apply(&mut c, &mut set);
+        self.distill.apply(&mut c, &mut set);
         (c, set)
     }
 }

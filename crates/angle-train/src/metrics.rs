@@ -15,6 +15,8 @@ use crate::error::{Result, TrainError, io_err};
 pub enum Record {
     Train(TrainRecord),
     Eval(EvalRecord),
+    /// `--valid-retrieval`: the BEIR set's metrics (× 100) after an evaluation.
+    Retrieval(RetrievalRecord),
     /// Per-objective gradients and saturation shares at a logged step (`crate::saturation`).
     Saturation(crate::saturation::SaturationRecord),
 }
@@ -24,6 +26,7 @@ impl Record {
         match self {
             Record::Train(r) => r.step,
             Record::Eval(r) => r.step,
+            Record::Retrieval(r) => r.step,
             Record::Saturation(r) => r.step,
         }
     }
@@ -42,6 +45,13 @@ pub struct TrainRecord {
     pub pairs_per_s: f64,
     pub tokens_per_s: f64,
     pub elapsed_s: f64,
+    /// Several datasets (`--train NAME=PATH ...`): each one's mean loss over its micro-batches since the previous
+    /// record (absent with one dataset, and for a dataset that had no batch in the window).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub datasets: BTreeMap<String, f64>,
+    /// `--teacher`: the distillation term's mean (weighted), also part of `loss`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distill: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,6 +62,20 @@ pub struct EvalRecord {
     pub spearman: f64,
     pub pearson: f64,
     pub pairs: usize,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetrievalRecord {
+    pub step: u64,
+    pub epoch: f64,
+    pub ndcg_at_10: f64,
+    pub mrr_at_10: f64,
+    pub map_at_100: f64,
+    pub recall_at_10: f64,
+    pub recall_at_100: f64,
+    pub queries: usize,
+    pub documents: usize,
     pub seconds: f64,
 }
 
@@ -141,6 +165,8 @@ mod tests {
             pairs_per_s: 30.0,
             tokens_per_s: 900.0,
             elapsed_s: 1.0,
+            datasets: BTreeMap::new(),
+            distill: None,
         })
     }
 

@@ -274,6 +274,8 @@ mod tests {
                 pairs_per_s: 0.0,
                 tokens_per_s: 0.0,
                 elapsed_s: 0.0,
+                datasets: Default::default(),
+                distill: None,
             }));
         }
         recs.push(Record::Eval(EvalRecord {

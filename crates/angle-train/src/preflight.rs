@@ -121,9 +121,14 @@ pub fn check_train(
 pub fn check_train_options(c: &TrainConfig, device: Device) -> Result<()> {
     c.validate()?;
     check_device(device)?;
-    if let Some(f) = &c.format {
-        f.parse::<angle_data::Format>()
-            .map_err(|e| TrainError::Config(format!("--format {f:?}: {e}")))?;
+    // Dataset names, per-dataset formats and objectives, the sampler.
+    crate::datasets::check(c)?;
+    if let Some(t) = &c.teacher {
+        crate::distill::check_settings(t, c)?;
+    }
+    if let Some(dir) = &c.valid_retrieval {
+        crate::retrieval::check_beir_dir(dir, "dev")
+            .map_err(|e| TrainError::Config(format!("--valid-retrieval: {e}")))?;
     }
     if let Some(cols) = &c.columns {
         cols.parse::<angle_data::ColumnMap>()

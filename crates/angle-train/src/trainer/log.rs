@@ -33,6 +33,8 @@ pub(super) struct Window {
     steps: u64,
     loss: f64,
     parts: [Option<f64>; 5],
+    by_dataset: Vec<(f64, u64)>,
+    distill: Option<f64>,
     grad_norm: f64,
     examples: u64,
     tokens: u64,
@@ -46,6 +48,12 @@ impl Window {
         for (acc, v) in self.parts.iter_mut().zip(s.parts) {
             accumulate(acc, v);
         }
+        accumulate(&mut self.distill, s.distill);
+        self.by_dataset.resize(s.by_dataset.len(), (0.0, 0));
+        for (acc, &(sum, n)) in self.by_dataset.iter_mut().zip(&s.by_dataset) {
+            acc.0 += sum;
+            acc.1 += n;
+        }
         self.grad_norm += s.grad_norm;
         self.examples += s.examples;
         self.tokens += s.tokens;
@@ -57,7 +65,15 @@ impl Window {
     }
 
     /// The window's means as a record, and a fresh window.
-    pub(super) fn take_record(&mut self, step: u64, epoch: f64, lr: f32, elapsed_s: f64) -> TrainRecord {
+    /// With several datasets the record also holds each one's mean micro-batch loss (`sets` names them).
+    pub(super) fn take_record(
+        &mut self,
+        step: u64,
+        epoch: f64,
+        lr: f32,
+        elapsed_s: f64,
+        sets: &[super::TrainSet],
+    ) -> TrainRecord {
         let n = self.steps as f64;
         let rec = TrainRecord {
             step,
@@ -73,6 +89,16 @@ impl Window {
             pairs_per_s: self.pairs_per_s(),
             tokens_per_s: self.tokens as f64 / self.seconds.max(1e-9),
             elapsed_s,
+            datasets: if sets.len() > 1 {
+                sets.iter()
+                    .zip(&self.by_dataset)
+                    .filter(|(_, (_, n))| *n > 0)
+                    .map(|(set, (sum, n))| (set.name.clone(), sum / *n as f64))
+                    .collect()
+            } else {
+                Default::default()
+            },
+            distill: self.distill.map(|v| v / n),
         };
         *self = Window::default();
         rec

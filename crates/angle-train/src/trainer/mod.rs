@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use angle_data::{BatchConfig, Dataset, DuplicatePolicy, EpochPlan, Format, Prompts, ReadOptions};
+use angle_data::{BatchConfig, Dataset, DuplicatePolicy, Format, MixedPlan, Prompts, ReadOptions, Sampler};
 use angle_encoder::Pooling;
-use angle_loss::DataFormat;
+use angle_loss::{AngleLoss, DataFormat};
 use serde::{Deserialize, Serialize};
 
 use crate::backbone::Sizes;
@@ -83,7 +83,10 @@ pub struct RunSummary {
     pub tokens_per_s: f64,
     pub best_spearman: Option<f64>,
     pub best_step: Option<u64>,
+    /// `--valid-retrieval`: the best NDCG@10 (× 100), which decides `best/` then.
+    pub best_ndcg_at_10: Option<f64>,
     pub last_eval: Option<StsScores>,
+    pub last_retrieval: Option<crate::retrieval::RetrievalScores>,
     pub skipped_train_rows: usize,
     pub skipped_valid_rows: usize,
     pub truncated_texts: usize,
@@ -92,19 +95,12 @@ pub struct RunSummary {
     pub output: PathBuf,
 }
 
-fn read_options(c: &TrainConfig) -> Result<ReadOptions> {
+fn read_options(c: &TrainConfig, format: Option<Format>) -> Result<ReadOptions> {
     let columns = match &c.columns {
         Some(s) => s
             .parse()
             .map_err(|e: angle_data::DataError| TrainError::Config(e.to_string()))?,
         None => Default::default(),
-    };
-    let format = match &c.format {
-        Some(s) => Some(
-            s.parse::<Format>()
-                .map_err(|e| TrainError::Config(e.to_string()))?,
-        ),
-        None => None,
     };
     Ok(ReadOptions {
         columns,
@@ -131,6 +127,45 @@ fn data_format(f: Format) -> DataFormat {
     }
 }
 
+/// One training dataset and the objective its batches are scored with.
+pub(super) struct TrainSet {
+    /// As `--train NAME=PATH` names it (`train` for the single unnamed dataset).
+    pub name: String,
+    pub data: Dataset,
+    pub format: DataFormat,
+    pub loss_fn: AngleLoss,
+}
+
+/// Reads every dataset of `--train` with its format and objective (`crate::datasets`).
+fn load_sets(
+    config: &TrainConfig,
+    files: &[(crate::datasets::Source, Vec<PathBuf>)],
+    tok: &angle_data::TextTokenizer,
+) -> Result<Vec<TrainSet>> {
+    let sources: Vec<_> = files.iter().map(|(s, _)| s.clone()).collect();
+    let formats = crate::datasets::formats(config.format.as_deref(), &sources)?;
+    let losses = crate::datasets::objectives(config, &sources)?;
+    let prompts = prompts(config)?;
+    let mut sets = Vec::with_capacity(files.len());
+    for (((source, paths), format), loss) in files.iter().zip(formats).zip(losses) {
+        let data = Dataset::load_all(paths, &read_options(config, format)?, &prompts, tok)
+            .map_err(|e| TrainError::Data(e.to_string()))?;
+        if data.is_empty() {
+            return Err(TrainError::Data(format!(
+                "{}: no examples to train on",
+                crate::hub::describe(paths)
+            )));
+        }
+        sets.push(TrainSet {
+            name: source.label().to_string(),
+            format: data_format(data.format()),
+            loss_fn: AngleLoss::new(loss),
+            data,
+        });
+    }
+    Ok(sets)
+}
+
 /// Optimizer steps per epoch: every `grad_accum` micro-batches make a step; a remainder makes a shorter last step.
 pub fn steps_per_epoch(batches: usize, grad_accum: usize) -> u64 {
     batches.div_ceil(grad_accum.max(1)) as u64
@@ -151,9 +186,21 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
         ));
     }
     // Files first: a missing file or an uncached hub dataset fails before the model loads.
-    let train_files = crate::hub::data_files(&config.train, &config.train_split)?;
+    let mut train_files = Vec::new();
+    for source in crate::datasets::sources(&config.train)? {
+        let files = crate::hub::data_files(&source.paths, &config.train_split)?;
+        train_files.push((source, files));
+    }
+    let sampler: Sampler = config
+        .sampler
+        .parse()
+        .map_err(|e| TrainError::Config(format!("--sampler: {e}")))?;
     let valid_files = crate::hub::data_files(&config.valid, &config.valid_split)?;
-    crate::preflight::check_data_files(train_files.iter().chain(&valid_files))?;
+    crate::preflight::check_data_files(train_files.iter().flat_map(|(_, f)| f).chain(&valid_files))?;
+    let retrieval_set = match &config.valid_retrieval {
+        Some(dir) => Some(crate::retrieval::load_beir(dir, "dev", config.skip_invalid)?),
+        None => None,
+    };
 
     // Weights (and tokenizer files) come from the checkpoint when resuming, else from the model directory.
     let files_from = match resume {
@@ -186,14 +233,8 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
     }
     let max_len = tok.max_len();
 
-    let data = Dataset::load_all(&train_files, &read_options(&config)?, &prompts(&config)?, &tok)
-        .map_err(|e| TrainError::Data(e.to_string()))?;
-    if data.is_empty() {
-        return Err(TrainError::Data(format!(
-            "{}: no examples to train on",
-            crate::hub::describe(&train_files)
-        )));
-    }
+    let sets = load_sets(&config, &train_files, &tok)?;
+    let examples: usize = sets.iter().map(|s| s.data.len()).sum();
     let valid = match valid_files.is_empty() {
         false => Some(load_sts_files(
             &valid_files,
@@ -213,22 +254,23 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
         },
         ..BatchConfig::train(config.batch_size, config.seed)
     };
-    let per_epoch = steps_per_epoch(data.batches_per_epoch(&batch_cfg), config.grad_accum);
+    let datasets: Vec<&Dataset> = sets.iter().map(|s| &s.data).collect();
+    let per_epoch = steps_per_epoch(
+        angle_data::mixed_batches_per_epoch(&datasets, &batch_cfg, sampler),
+        config.grad_accum,
+    );
     let total_steps = config.max_steps.unwrap_or(per_epoch * config.epochs as u64);
 
     model.zero_grad()?;
     let (mut state, resumed_from_step) = match resume {
         Some(dir) => {
             let r = checkpoint::load_training_checkpoint(dir, model.trainable_len())?;
-            if r.state.train_examples != data.len() || r.state.total_steps != total_steps {
+            if r.state.train_examples != examples || r.state.total_steps != total_steps {
                 return Err(TrainError::Checkpoint {
                     path: r.dir.clone(),
                     msg: format!(
                         "saved run had {} examples and {} steps; this one has {} and {}",
-                        r.state.train_examples,
-                        r.state.total_steps,
-                        data.len(),
-                        total_steps
+                        r.state.train_examples, r.state.total_steps, examples, total_steps
                     ),
                 });
             }
@@ -236,15 +278,20 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
             let step = r.state.step;
             (r.state, Some(step))
         }
-        None => (new_state(&config, total_steps, data.len()), None),
+        None => (new_state(&config, total_steps, examples), None),
     };
 
-    let rows_max = config.batch_size * data.format().rows_per_example();
+    let rows_max = config.batch_size
+        * sets
+            .iter()
+            .map(|s| s.data.format().rows_per_example())
+            .max()
+            .unwrap_or(2);
     // Before anything is written: a missing driver or an unsupported model fails here.
     let embedder = Embedder::new(config.eval_batch_size, max_len);
     model.reserve(Sizes {
         train_seqs: rows_max,
-        embed_seqs: if valid.is_some() {
+        embed_seqs: if valid.is_some() || retrieval_set.is_some() {
             embedder.batch_texts()
         } else {
             0
@@ -263,24 +310,74 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
         None => MetricsWriter::create(&metrics_path)?,
     };
 
-    let format = data_format(data.format());
     let schedule = LinearSchedule::new(config.lr, config.warmup_steps, total_steps);
-    let mut stepper = Stepper::new(&config, &data, format, schedule, rows_max, model.hidden_size());
+    let mut stepper = Stepper::new(&config, &sets, schedule, rows_max, model.hidden_size());
     // ESE / Matryoshka: every layer's pooled output in the objective, one backward (ese.rs).
     stepper.layered = crate::ese::LayeredObjective::new(&config, &*model)?;
-    stepper.fused = stepper.layered.is_none() && model.use_fused_objective(&config.loss, format).is_some();
+    if let Some(t) = &config.teacher {
+        let probes: Vec<crate::distill::Probe<'_>> = sets
+            .iter()
+            .map(|s| crate::distill::Probe {
+                name: &s.name,
+                data: &s.data,
+            })
+            .collect();
+        stepper.teacher = Some(crate::distill::Teacher::load(
+            t,
+            max_len,
+            model.hidden_size(),
+            &probes,
+            opts.device,
+            cpu_bf16,
+            config.append_eos,
+            rows_max,
+        )?);
+    }
+    // The device's fused objective covers one dataset's objective and nothing added to it.
+    stepper.fused = stepper.layered.is_none()
+        && stepper.teacher.is_none()
+        && sets.len() == 1
+        && model
+            .use_fused_objective(sets[0].loss_fn.config(), sets[0].format)
+            .is_some();
+    if sets.len() > 1 {
+        let sizes: Vec<String> = sets
+            .iter()
+            .map(|s| format!("{} {} ({:?})", s.name, s.data.len(), s.data.format()))
+            .collect();
+        eprintln!(
+            "datasets: {}; {} sampler, {} batches an epoch",
+            sizes.join(", "),
+            sampler.name(),
+            angle_data::mixed_batches_per_epoch(&datasets, &batch_cfg, sampler)
+        );
+    }
+    let plan_epoch = |epoch: u64| -> Result<MixedPlan> {
+        angle_data::plan_mixed_epoch(&datasets, &batch_cfg, sampler, epoch)
+            .map_err(|e| TrainError::Data(e.to_string()))
+    };
 
     let bar = progress_bar(opts.progress, total_steps, state.step);
-    let mut plan: EpochPlan = data
-        .plan_epoch(&batch_cfg, state.epoch)
-        .map_err(|e| TrainError::Data(e.to_string()))?;
+    let mut plan = plan_epoch(state.epoch)?;
     let mut window = Window::default();
     let best = BestCheckpoint {
         dir: out.join(BEST),
         files_from: &files_from,
         config: &config,
     };
-    let mut validation = valid.map(|data| Validation::new(data, embedder));
+    let mut validation = (valid.is_some() || retrieval_set.is_some()).then(|| {
+        // The training prompts: the query / document ones, else the text prompt (checked by preflight).
+        let side = |p: &Option<String>| {
+            p.as_ref()
+                .or(config.text_prompt.as_ref())
+                .and_then(|p| angle_data::Prompt::new(p.clone()).ok())
+        };
+        let prompts = crate::retrieval::RetrievalPrompts {
+            query: side(&config.query_prompt),
+            doc: side(&config.doc_prompt),
+        };
+        Validation::new(valid, retrieval_set.map(|s| (s, prompts, tok.clone())), embedder)
+    });
     // The untrained model's score starts the curve (and is the best so far), unless the run is resumed.
     if let (Some(v), None) = (validation.as_mut(), resumed_from_step) {
         v.run(
@@ -300,9 +397,7 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
         if state.batch_in_epoch >= plan.len() {
             state.epoch += 1;
             state.batch_in_epoch = 0;
-            plan = data
-                .plan_epoch(&batch_cfg, state.epoch)
-                .map_err(|e| TrainError::Data(e.to_string()))?;
+            plan = plan_epoch(state.epoch)?;
         }
         let micro = config.grad_accum.min(plan.len() - state.batch_in_epoch);
         // Saturation metrics only at logged steps (crate::saturation), on the last micro-batch.
@@ -335,10 +430,11 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
         let last = state.step == total_steps;
         let stop = opts.stop.load(Ordering::SeqCst);
         if state.step % log_steps == 0 || last || stop {
-            let rec = window.take_record(state.step, epoch_f, r.lr, state.train_seconds);
+            let rec = window.take_record(state.step, epoch_f, r.lr, state.train_seconds, &sets);
             if bar.is_hidden() && opts.progress {
+                let per: String = rec.datasets.iter().map(|(n, l)| format!(" {n} {l:.4}")).collect();
                 eprintln!(
-                    "step {}/{} epoch {:.2} loss {:.4} lr {:.2e} grad_norm {:.3} {:.1} pairs/s",
+                    "step {}/{} epoch {:.2} loss {:.4}{per} lr {:.2e} grad_norm {:.3} {:.1} pairs/s",
                     rec.step, total_steps, rec.epoch, rec.loss, rec.lr, rec.grad_norm, rec.pairs_per_s
                 );
             }
@@ -424,9 +520,14 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
         best_spearman: state.best_spearman,
         best_step: state.best_step,
         last_eval: validation.as_ref().and_then(|v| v.last),
-        skipped_train_rows: data.skip_counts().total,
-        skipped_valid_rows: validation.as_ref().map_or(0, |v| v.data.skip_counts().total),
-        truncated_texts: data.truncated_texts(),
+        last_retrieval: validation.as_ref().and_then(|v| v.last_retrieval),
+        best_ndcg_at_10: state.best_ndcg,
+        skipped_train_rows: sets.iter().map(|s| s.data.skip_counts().total).sum(),
+        skipped_valid_rows: validation
+            .as_ref()
+            .and_then(|v| v.data.as_ref())
+            .map_or(0, |d| d.skip_counts().total),
+        truncated_texts: sets.iter().map(|s| s.data.truncated_texts()).sum(),
         interrupted,
         resumed_from_step,
         output: out.clone(),
@@ -466,6 +567,7 @@ fn new_state(config: &TrainConfig, total_steps: u64, train_examples: usize) -> T
         batch_in_epoch: 0,
         seed: config.seed,
         best_spearman: None,
+        best_ndcg: None,
         best_step: None,
         train_seconds: 0.0,
         train_cpu_seconds: 0.0,

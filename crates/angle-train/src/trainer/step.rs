@@ -3,12 +3,13 @@
 
 use std::time::Instant;
 
-use angle_data::{Dataset, EpochPlan, PackedBatch};
+use angle_data::{MixedPlan, PackedBatch};
 use angle_encoder::AdamW;
-use angle_loss::{AngleLoss, DataFormat, LossParts};
+use angle_loss::LossParts;
 use angle_tensor::rng::derive_seed;
 use ndarray::{ArrayView2, ArrayViewMut2};
 
+use super::TrainSet;
 use super::log::{accumulate, part_values};
 use crate::backbone::{Backbone, Packed};
 use crate::config::TrainConfig;
@@ -25,6 +26,10 @@ pub(super) struct StepResult {
     /// The mean loss over the step's micro-batches, as one larger batch's would be.
     pub loss: f64,
     pub parts: [Option<f64>; 5],
+    /// Per dataset: the sum of its micro-batches' losses in this step, and their number.
+    pub by_dataset: Vec<(f64, u64)>,
+    /// `--teacher`: the step's mean distillation term (weighted; part of `loss`).
+    pub distill: Option<f64>,
     pub grad_norm: f64,
     pub lr: f32,
     pub examples: u64,
@@ -37,19 +42,22 @@ pub(super) struct StepResult {
 struct MicroLoss {
     loss: f32,
     parts: LossParts<f32>,
+    /// The distillation term (weighted), included in `loss`.
+    distill: Option<f32>,
 }
 
 /// The buffers and settings every step reuses.
 pub(super) struct Stepper<'a> {
     pub config: &'a TrainConfig,
-    pub data: &'a Dataset,
-    pub loss_fn: AngleLoss,
-    pub format: DataFormat,
+    /// The training datasets; each micro-batch comes from one ([`MixedPlan::at`]).
+    pub sets: &'a [TrainSet],
     pub schedule: LinearSchedule,
     /// The backbone computes the objective itself ([`Backbone::use_fused_objective`]).
     pub fused: bool,
     /// ESE / Matryoshka: the objective over several layers or truncations (`crate::ese`).
     pub layered: Option<crate::ese::LayeredObjective>,
+    /// `--teacher`: the frozen teacher whose term joins the objective (`crate::distill`).
+    pub teacher: Option<crate::distill::Teacher>,
     batch: PackedBatch,
     pooled: Vec<f32>,
     dpooled: Vec<f32>,
@@ -62,20 +70,18 @@ fn numeric(step: u64, msg: String) -> TrainError {
 impl<'a> Stepper<'a> {
     pub(super) fn new(
         config: &'a TrainConfig,
-        data: &'a Dataset,
-        format: DataFormat,
+        sets: &'a [TrainSet],
         schedule: LinearSchedule,
         rows_max: usize,
         hidden: usize,
     ) -> Self {
         Stepper {
             config,
-            data,
-            loss_fn: AngleLoss::new(config.loss.clone()),
-            format,
+            sets,
             schedule,
             fused: false,
             layered: None,
+            teacher: None,
             batch: PackedBatch::default(),
             pooled: Vec::with_capacity(rows_max * hidden),
             dpooled: Vec::with_capacity(rows_max * hidden),
@@ -86,7 +92,7 @@ impl<'a> Stepper<'a> {
     pub(super) fn step(
         &mut self,
         model: &mut dyn Backbone,
-        plan: &EpochPlan,
+        plan: &MixedPlan,
         first: usize,
         micro: usize,
         step: u64,
@@ -99,6 +105,8 @@ impl<'a> Stepper<'a> {
             saturation: None,
             loss: 0.0,
             parts: [None; 5],
+            by_dataset: vec![(0.0, 0); self.sets.len()],
+            distill: None,
             grad_norm: 0.0,
             lr: 0.0,
             examples: 0,
@@ -107,8 +115,10 @@ impl<'a> Stepper<'a> {
             cpu_seconds: None,
         };
         for k in 0..micro {
-            self.data
-                .fill_batch(plan, first + k, &mut self.batch)
+            let (d, b) = plan.at(first + k);
+            self.sets[d]
+                .data
+                .fill_batch(&plan.plans[d], b, &mut self.batch)
                 .map_err(|e| TrainError::Data(e.to_string()))?;
             if self.batch.rows() == 0 {
                 // Every example of the batch was dropped as a duplicate: nothing to learn from.
@@ -119,11 +129,14 @@ impl<'a> Stepper<'a> {
                 .dropout
                 .then(|| derive_seed(derive_seed(self.config.seed, step), k as u64));
             let sat = measure_saturation && k + 1 == micro;
-            let m = self.micro_batch(model, dropout, micro, step, sat.then_some(&mut r.saturation))?;
+            let m = self.micro_batch(model, d, dropout, micro, step, sat.then_some(&mut r.saturation))?;
             if !m.loss.is_finite() {
                 return Err(numeric(step, format!("loss is {}", m.loss)));
             }
             r.loss += m.loss as f64 / micro as f64;
+            r.by_dataset[d].0 += m.loss as f64;
+            r.by_dataset[d].1 += 1;
+            accumulate(&mut r.distill, m.distill.map(|v| v as f64 / micro as f64));
             for (acc, v) in r.parts.iter_mut().zip(part_values(&m.parts)) {
                 accumulate(acc, v.map(|v| v as f64 / micro as f64));
             }
@@ -145,6 +158,7 @@ impl<'a> Stepper<'a> {
     fn micro_batch(
         &mut self,
         model: &mut dyn Backbone,
+        set: usize,
         dropout: Option<u64>,
         micro: usize,
         step: u64,
@@ -157,24 +171,25 @@ impl<'a> Stepper<'a> {
             seq_offsets: &b.seq_offsets,
         };
         let inv = 1.0 / micro as f32;
+        let (loss_fn, format) = (&self.sets[set].loss_fn, self.sets[set].format);
         if self.fused {
             let (loss, parts) = model.fused_step(&packed, &b.labels, dropout, inv)?;
-            return Ok(MicroLoss { loss, parts });
+            return Ok(MicroLoss {
+                loss,
+                parts,
+                distill: None,
+            });
         }
         let ids = (!self.config.drop_duplicates).then_some(&b.text_ids[..]);
         if let Some(lo) = self.layered.as_mut() {
             let (loss, parts) = lo.step(
-                model,
-                &packed,
-                dropout,
-                &self.loss_fn,
-                self.format,
-                &b.labels,
-                ids,
-                inv,
-                step,
+                model, &packed, dropout, loss_fn, format, &b.labels, ids, inv, step,
             )?;
-            return Ok(MicroLoss { loss, parts });
+            return Ok(MicroLoss {
+                loss,
+                parts,
+                distill: None,
+            });
         }
         model.forward_train(&packed, dropout, &mut self.pooled)?;
         let (rows, h) = (b.rows(), model.hidden_size());
@@ -184,18 +199,22 @@ impl<'a> Stepper<'a> {
         let mut g = ArrayViewMut2::from_shape((rows, h), &mut self.dpooled)
             .map_err(|e| numeric(step, e.to_string()))?;
         // Every format masks duplicates with them (A: in-batch negatives, B and C: contrastive softmaxes).
-        let (loss, parts) = self
-            .loss_fn
-            .compute_into(self.format, y, &b.labels, ids, &mut g)
+        let (mut loss, parts) = loss_fn
+            .compute_into(format, y, &b.labels, ids, &mut g)
             .map_err(|e| TrainError::Loss {
                 step,
                 msg: e.to_string(),
             })?;
-        if let Some(out) = saturation.filter(|_| self.format == DataFormat::A) {
+        let distill = match self.teacher.as_mut() {
+            Some(t) => Some(t.add_term(b, set, &self.pooled, h, &mut self.dpooled)?),
+            None => None,
+        };
+        loss += distill.unwrap_or(0.0);
+        if let Some(out) = saturation.filter(|_| format == angle_loss::DataFormat::A) {
             let y =
                 ArrayView2::from_shape((rows, h), &self.pooled).map_err(|e| numeric(step, e.to_string()))?;
             *out = Some(
-                crate::saturation::measure(&self.config.loss, y, &b.labels, ids).map_err(|e| {
+                crate::saturation::measure(loss_fn.config(), y, &b.labels, ids).map_err(|e| {
                     TrainError::Loss {
                         step,
                         msg: e.to_string(),
@@ -207,7 +226,7 @@ impl<'a> Stepper<'a> {
             self.dpooled.iter_mut().for_each(|x| *x *= inv);
         }
         model.backward(&packed, &self.dpooled)?;
-        Ok(MicroLoss { loss, parts })
+        Ok(MicroLoss { loss, parts, distill })
     }
 
     /// The gradient norm (clipped to `max_grad_norm` when set), then AdamW step `step + 1`.
