@@ -299,6 +299,28 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
         max_len,
     })?;
 
+    // The teacher before anything is written: a width or tokenizer it does not share is refused here.
+    let teacher = if let Some(t) = &config.teacher {
+        let probes: Vec<crate::distill::Probe<'_>> = sets
+            .iter()
+            .map(|s| crate::distill::Probe {
+                name: &s.name,
+                data: &s.data,
+            })
+            .collect();
+        Some(crate::distill::Teacher::load(
+            t,
+            max_len,
+            model.hidden_size(),
+            &probes,
+            opts.device,
+            cpu_bf16,
+            config.append_eos,
+            rows_max,
+        )?)
+    } else {
+        None
+    };
     let out = config.output.clone();
     if resume.is_none() && !opts.overwrite {
         refuse_earlier_run(&out)?;
@@ -314,25 +336,7 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
     let mut stepper = Stepper::new(&config, &sets, schedule, rows_max, model.hidden_size());
     // ESE / Matryoshka: every layer's pooled output in the objective, one backward (ese.rs).
     stepper.layered = crate::ese::LayeredObjective::new(&config, &*model)?;
-    if let Some(t) = &config.teacher {
-        let probes: Vec<crate::distill::Probe<'_>> = sets
-            .iter()
-            .map(|s| crate::distill::Probe {
-                name: &s.name,
-                data: &s.data,
-            })
-            .collect();
-        stepper.teacher = Some(crate::distill::Teacher::load(
-            t,
-            max_len,
-            model.hidden_size(),
-            &probes,
-            opts.device,
-            cpu_bf16,
-            config.append_eos,
-            rows_max,
-        )?);
-    }
+    stepper.teacher = teacher;
     // The device's fused objective covers one dataset's objective and nothing added to it.
     stepper.fused = stepper.layered.is_none()
         && stepper.teacher.is_none()
