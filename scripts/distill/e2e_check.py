@@ -1,0 +1,83 @@
+"""End-to-end check of `angle train --teacher` against angle-emb's own code: the first step's objective (the AnglE
+loss plus the distillation term) of a student on one batch, as angle-emb's `AngleTrainer.compute_loss` computes it.
+
+angle trains one step (dropout off, f32, one batch of every pair in the file, so the batch order cannot matter) and
+logs the step's loss and its distillation term in metrics.jsonl; this script computes the same in float64 with
+transformers and angle-emb 0.6.1's `AngleLoss`, `get_pooling` and `AngleTrainer.compute_distillation_loss`
+(mse_weight 0, kl_temperature 1, as compute_loss calls it). Needs torch, transformers and angle-emb.
+
+Usage: python3 scripts/distill/e2e_check.py --angle target/release/angle --student DIR --teacher DIR
+       --data PAIRS.csv [--student-pooling mean] [--teacher-pooling cls] [--max-length 64] [--tolerance 1e-5]
+"""
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import torch
+from angle_emb.angle import AngleLoss, AngleTrainer
+from angle_emb.utils import get_pooling
+from transformers import AutoModel, AutoTokenizer
+
+
+def pooled(model_dir, texts, pooling, max_length):
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModel.from_pretrained(model_dir, dtype=torch.float64).eval()
+    inputs = tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**inputs).last_hidden_state
+    return get_pooling(hidden, inputs, pooling, tok.padding_side)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--angle", required=True)
+    ap.add_argument("--student", required=True)
+    ap.add_argument("--teacher", required=True)
+    ap.add_argument("--data", required=True, help="STS-B CSV rows: sentence1,sentence2,score (no header)")
+    ap.add_argument("--student-pooling", default="mean")
+    ap.add_argument("--teacher-pooling", default="cls")
+    ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--tolerance", type=float, default=1e-5)
+    a = ap.parse_args()
+    rows = [(r[0], r[1], float(r[2])) for r in csv.reader(open(a.data))]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "run")
+        subprocess.run(
+            [a.angle, "train", "--model", a.student, "--train", a.data, "--output", out, "--max-steps", "1",
+             "--batch-size", str(len(rows)), "--dropout", "false", "--precision", "f32", "--log-steps", "1",
+             "--pooling", a.student_pooling, "--max-length", str(a.max_length), "--teacher", a.teacher,
+             "--teacher-pooling", a.teacher_pooling],
+            check=True, capture_output=True, text=True,
+        )
+        recs = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
+    ours = next(r for r in recs if r["kind"] == "train")
+
+    texts = [t for r in rows for t in (r[0], r[1])]  # zigzag, as angle-emb's collator
+    labels = torch.tensor([[r[2]] for r in rows for _ in (0, 1)], dtype=torch.float64)
+    student = pooled(a.student, texts, a.student_pooling, a.max_length)
+    teacher = pooled(a.teacher, texts, a.teacher_pooling, a.max_length)
+    # The default recipe's objective (angle's defaults): cosine 1, in-batch negatives 0, angle 1, all taus 20.
+    angle = AngleLoss(cosine_w=1.0, ibn_w=0.0, angle_w=1.0, dataset_format="A")(labels, student)
+    distill = AngleTrainer.compute_distillation_loss(None, student, teacher, mse_weight=0.0, kl_temperature=1.0)
+    theirs = {"loss": float(angle + distill), "distill": float(distill)}
+
+    worst = 0.0
+    print(f"{len(rows)} pairs; student {a.student} ({a.student_pooling}), teacher {a.teacher} ({a.teacher_pooling})")
+    print("| term | angle | angle-emb (float64) | relative difference |")
+    print("| --- | --- | --- | --- |")
+    for k in ("loss", "distill"):
+        d = abs(ours[k] - theirs[k]) / max(abs(theirs[k]), 1e-12)
+        worst = max(worst, d)
+        print(f"| {k} | {ours[k]:.9g} | {theirs[k]:.9g} | {d:.1e} |")
+    ok = worst <= a.tolerance
+    print(f"largest relative difference {worst:.1e} ({'within' if ok else 'ABOVE'} {a.tolerance:g})")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
