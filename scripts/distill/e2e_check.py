@@ -43,6 +43,10 @@ def main():
     ap.add_argument("--teacher-pooling", default="cls")
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--tolerance", type=float, default=1e-5)
+    ap.add_argument("--student-layers", type=int, default=None,
+                    help="the student is the first N layers of --teacher (recorded in the fixture)")
+    ap.add_argument("--write-fixture", default=None,
+                    help="also write the inputs and angle-emb's values as JSON (for crates/angle-train/tests)")
     a = ap.parse_args()
     rows = [(r[0], r[1], float(r[2])) for r in csv.reader(open(a.data))]
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,6 +78,22 @@ def main():
         d = abs(ours[k] - theirs[k]) / max(abs(theirs[k]), 1e-12)
         worst = max(worst, d)
         print(f"| {k} | {ours[k]:.9g} | {theirs[k]:.9g} | {d:.1e} |")
+    if a.write_fixture:
+        fixture = {
+            "what": "angle-emb 0.6.1 AngleLoss(cosine_w=1, ibn_w=0, angle_w=1, taus 20, format A) + "
+                    "AngleTrainer.compute_distillation_loss(mse_weight=0, kl_temperature=1) on transformers' "
+                    "float64 forward of one batch (all rows, zigzag), dropout off",
+            "teacher": os.path.basename(os.path.normpath(a.teacher)),
+            "student_layers": a.student_layers,
+            "student_pooling": a.student_pooling,
+            "teacher_pooling": a.teacher_pooling,
+            "max_length": a.max_length,
+            "rows": [list(r) for r in rows],
+            "loss": theirs["loss"],
+            "distill": theirs["distill"],
+        }
+        with open(a.write_fixture, "w") as f:
+            json.dump(fixture, f, indent=1)
     ok = worst <= a.tolerance
     print(f"largest relative difference {worst:.1e} ({'within' if ok else 'ABOVE'} {a.tolerance:g})")
     sys.exit(0 if ok else 1)

@@ -360,15 +360,7 @@ fn bad_inputs_are_named() {
     let sts = stsb_head(tmp.path(), "train", 8, "sts.csv");
     let run_dir = tmp.path().join("run");
     let train = |extra: &[&str]| {
-        let mut a = vec![
-            "train",
-            "--model",
-            m,
-            "--output",
-            s(&run_dir),
-            "--max-steps",
-            "1",
-        ];
+        let mut a = vec!["train", "--model", m, "--output", s(&run_dir), "--max-steps", "1"];
         a.extend_from_slice(extra);
         run(&a)
     };
@@ -402,4 +394,112 @@ fn bad_inputs_are_named() {
         "all pooling",
         &["--teacher-pooling all"],
     );
+}
+
+/// Every `distill-e2e-*.json` under `ANGLE_DISTILL_E2E_FIXTURES` (a file or a folder; default `tests/fixtures`),
+/// made by `scripts/distill/e2e_check.py --write-fixture` with angle-emb's own code: angle's first training step
+/// (one batch of every row, dropout off, f32) gives angle-emb's objective and distillation term.
+#[test]
+fn first_step_with_a_teacher_equals_angle_emb() {
+    let root = std::env::var_os("ANGLE_DISTILL_E2E_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"));
+    let files: Vec<PathBuf> = if root.is_file() {
+        vec![root.clone()]
+    } else {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&root)
+            .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                let n = p.file_name().unwrap().to_string_lossy();
+                n.starts_with("distill-e2e-") && n.ends_with(".json")
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(!files.is_empty(), "no distill-e2e-*.json in {}", root.display());
+    for f in files {
+        let fx: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let teacher = common::shared(&format!("models/{}", fx["teacher"].as_str().unwrap()));
+        let student = match fx["student_layers"].as_u64() {
+            Some(n) => {
+                let dir = tmp.path().join("student");
+                let n = n.to_string();
+                ok(
+                    &run(&[
+                        "export",
+                        "--model",
+                        s(&teacher),
+                        "--layers",
+                        &n,
+                        "--output",
+                        s(&dir),
+                    ]),
+                    "angle export",
+                );
+                dir
+            }
+            None => teacher.clone(),
+        };
+        let rows = fx["rows"].as_array().unwrap();
+        let mut w = csv::Writer::from_path(tmp.path().join("pairs.csv")).unwrap();
+        for r in rows {
+            let r = r.as_array().unwrap();
+            let label = r[2].as_f64().unwrap().to_string();
+            w.write_record([r[0].as_str().unwrap(), r[1].as_str().unwrap(), &label])
+                .unwrap();
+        }
+        w.flush().unwrap();
+        let out = tmp.path().join("run");
+        let (batch, max_len) = (rows.len().to_string(), fx["max_length"].to_string());
+        let o = run(&[
+            "train",
+            "--model",
+            s(&student),
+            "--train",
+            s(&tmp.path().join("pairs.csv")),
+            "--output",
+            s(&out),
+            "--max-steps",
+            "1",
+            "--batch-size",
+            &batch,
+            "--dropout",
+            "false",
+            "--precision",
+            "f32",
+            "--log-steps",
+            "1",
+            "--max-length",
+            &max_len,
+            "--pooling",
+            fx["student_pooling"].as_str().unwrap(),
+            "--teacher",
+            s(&teacher),
+            "--teacher-pooling",
+            fx["teacher_pooling"].as_str().unwrap(),
+            "--cosine-w",
+            "1",
+            "--ibn-w",
+            "0",
+            "--angle-w",
+            "1",
+        ]);
+        ok(&o, "angle train --teacher");
+        let recs = read_records(&out.join(METRICS)).unwrap();
+        let Some(Record::Train(t)) = recs.iter().find(|r| matches!(r, Record::Train(_))) else {
+            panic!("no train record")
+        };
+        for (name, ours) in [("loss", t.loss), ("distill", t.distill.unwrap())] {
+            let want = fx[name].as_f64().unwrap();
+            let rel = (ours - want).abs() / want.abs().max(1e-12);
+            println!(
+                "{}: {name} {ours} against angle-emb's {want} ({rel:.1e} relative)",
+                f.display()
+            );
+            assert!(rel < 1e-5, "{}: {name} {ours} against {want}", f.display());
+        }
+    }
 }
