@@ -4,6 +4,8 @@
 //! - `ablation`  every objective variant × seeds, evaluated on STS sets (`ablation.rs`)
 //! - `bench`     encoder throughput and memory beside PyTorch's numbers (`bench.rs`)
 //! - `bench-decoder` the decoder family's train step and encode beside PyTorch + peft (`bench_decoder.rs`)
+//! - `bench-mine` hard-negative mining's search at 100k × 1M, and `angle mine` beside sentence-transformers
+//!   (`bench_mine.rs`)
 //! - `gpu-check` prepares and describes the one GPU run (`gpu_check.rs`)
 //! - `kernels`   the CPU's bf16 kernels: present ones checked, `--require NAME` fails on a missing one (`kernels.rs`)
 
@@ -11,6 +13,7 @@ mod ablation;
 mod args;
 mod bench;
 mod bench_decoder;
+mod bench_mine;
 mod gpu_check;
 mod kernels;
 mod train;
@@ -21,6 +24,7 @@ const TASKS: &[&str] = &[
     "ablation",
     "bench",
     "bench-decoder",
+    "bench-mine",
     "gpu-check",
     "kernels",
 ];
@@ -37,6 +41,7 @@ fn main() -> anyhow::Result<()> {
         "ablation" => ablation::run(&rest),
         "bench" => bench::run(&rest),
         "bench-decoder" => bench_decoder::run(&rest),
+        "bench-mine" => bench_mine::run(&rest),
         "gpu-check" => gpu_check::run(&rest),
         "kernels" => kernels::run(&rest),
         other => {

@@ -476,7 +476,8 @@ struct MineArgs {
     /// Skip this many of the most similar candidates that pass the margins (often unlabelled positives).
     #[arg(long, default_value_t = 0)]
     range_min: usize,
-    /// Consider candidates up to this rank (positives left out first).
+    /// Keep at most this many of the candidates that pass the margins. As sentence-transformers, the margins see
+    /// the range_max + (most positives of one query) + 1 nearest candidates, the query's own positives among them.
     #[arg(long, default_value_t = 10)]
     range_max: usize,
     /// A negative must score at most the cosine of the query's hardest positive minus this.

@@ -1,7 +1,10 @@
 //! Hard-negative mining, with the options of sentence-transformers' `mine_hard_negatives`: for each (query,
 //! positive) pair, the corpus texts ranked `range_min..range_max` by cosine similarity to the query, minus the
 //! query's own positives (every positive of the same query text, and the query itself), minus those within a
-//! margin of the query's hardest positive, sampled `top` or `random`; filters first, then `range_min`, as there. Exact search in blocks ([`crate::search`]).
+//! margin of the query's hardest positive, sampled `top` or `random`; filters first, then `range_min`, as there.
+//! As there too, the filters see the `range_max + max_positives + 1` most similar candidates, left-out ones
+//! included, so a filter can let in candidates ranked a little past `range_max`. Exact search in blocks
+//! ([`crate::search`]).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -179,16 +182,25 @@ pub fn mine(
         ex.sort_unstable();
         ex.dedup();
     }
+    // As sentence-transformers: the window is the `range_max + max_positives + 1` most similar candidates with
+    // the left-out ones still in it (`max_positives`: the most pairs any query has), so at least `range_max`
+    // remain, and more where fewer are left out; the filters act on all of them. The search leaves them out
+    // (a cheaper heap), so it keeps that many and each query's window is cut below.
+    let mut pairs_per_query = vec![0usize; queries.len()];
+    for &(q, _) in &table.pairs {
+        pairs_per_query[qindex[&q]] += 1;
+    }
+    let window = o.range_max + pairs_per_query.iter().max().copied().unwrap_or(0) + 1;
     let hits = top_k(
         query_emb,
         doc_emb,
         dim,
-        o.range_max,
+        window,
         SearchBlocks::default(),
         |q, d| excluded[q].binary_search(&d).is_err(),
     )?;
-    let dot = |q: u32, p: u32| -> f32 {
-        let (a, b) = (qindex[&q] * dim, cand_of_row[p as usize] as usize * dim);
+    let dot = |qi: usize, c: u32| -> f32 {
+        let (a, b) = (qi * dim, c as usize * dim);
         query_emb[a..a + dim]
             .iter()
             .zip(&doc_emb[b..b + dim])
@@ -196,25 +208,42 @@ pub fn mine(
             .sum()
     };
     // As sentence-transformers: the margins compare with the query's hardest (lowest-scoring) positive, every
-    // filter keeps scores at the limit, and `range_min` skips among the candidates that pass the filters.
+    // filter keeps scores at the limit, at most `range_max` of those that pass are ranked, and `range_min` skips
+    // among them.
     let mut hardest = vec![f32::INFINITY; queries.len()];
     for &(q, p) in &table.pairs {
-        let h = &mut hardest[qindex[&q]];
-        *h = h.min(dot(q, p));
+        let qi = qindex[&q];
+        hardest[qi] = hardest[qi].min(dot(qi, cand_of_row[p as usize]));
     }
     let per_query: Vec<Vec<u32>> = hits
         .iter()
         .enumerate()
         .map(|(qi, hits)| {
+            // Left-out candidates that rank inside the window take a place of it (ties by corpus order, as the
+            // search ranks them).
+            let mut left_out: Vec<(f32, u32)> = excluded[qi].iter().map(|&c| (dot(qi, c), c)).collect();
+            left_out.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            let inside = left_out
+                .iter()
+                .enumerate()
+                .filter(|&(i, &(s, c))| {
+                    i + hits
+                        .iter()
+                        .take_while(|h| h.score > s || (h.score == s && h.doc < c))
+                        .count()
+                        < window
+                })
+                .count();
             let pos = hardest[qi];
             let keep = |s: f32| {
                 o.margin.is_none_or(|m| s + m <= pos)
                     && o.relative_margin.is_none_or(|r| s <= pos - pos.abs() * r)
                     && o.max_score.is_none_or(|m| s <= m)
             };
-            let mut pool: Vec<u32> = hits
+            let mut pool: Vec<u32> = hits[..hits.len().min(window - inside)]
                 .iter()
                 .filter(|h| keep(h.score))
+                .take(o.range_max)
                 .skip(o.range_min)
                 .map(|h| candidates[h.doc as usize])
                 .collect();
@@ -424,6 +453,27 @@ mod tests {
             ..MineOptions::default()
         };
         assert_eq!(run(&t, &emb, &o).unwrap()[0], vec![5]);
+    }
+
+    #[test]
+    fn filters_see_the_window_with_left_out_candidates_in_it() {
+        // As sentence-transformers: window = range_max + max_positives (2, q's) + 1 = 5 ranks, left-out ones
+        // included. For r, its positive pr takes one, so a, b, c, d are in it; the margin drops a, and b and c
+        // (ranks 3 and 4, past range_max) are mined.
+        let s = |x: &str| x.to_string();
+        let t = MineTable::new(
+            &[(s("q"), s("p1")), (s("q"), s("p2")), (s("r"), s("pr"))],
+            &[s("a"), s("b"), s("c"), s("d")],
+        );
+        assert_eq!(t.texts, ["q", "p1", "p2", "r", "pr", "a", "b", "c", "d"]);
+        let emb = circle(&[0.0, 0.05, 0.1, 3.0, 3.02, 3.05, 2.9, 2.8, 2.7]);
+        let o = MineOptions {
+            range_max: 2,
+            margin: Some(0.002),
+            num_negatives: 2,
+            ..MineOptions::default()
+        };
+        assert_eq!(run(&t, &emb, &o).unwrap()[2], vec![6, 7]);
     }
 
     #[test]

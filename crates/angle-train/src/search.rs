@@ -72,6 +72,48 @@ pub fn normalize_rows(x: &mut [f32], dim: usize) {
     });
 }
 
+/// Offers one row of scores (corpus rows `c0..`) to a query's running top-`k`. Almost every score loses to the
+/// worst kept hit once the heap is full, so runs of 16 are first compared with it in one branch-free pass (which
+/// the compiler vectorises); only a run holding a contender goes through the filter (a binary search when mining)
+/// and the heap. A score equal to the worst kept one loses too: its corpus row comes later.
+fn scan(heap: &mut BinaryHeap<Worst>, row: &[f32], c0: usize, k: usize, keep: impl Fn(u32) -> bool) {
+    const RUN: usize = 16;
+    let mut floor = if heap.len() == k {
+        heap.peek().map_or(f32::NEG_INFINITY, |w| w.0.score)
+    } else {
+        f32::NEG_INFINITY
+    };
+    for (i, run) in row.chunks(RUN).enumerate() {
+        // A NaN score goes on to the exact comparison (which ranks it first, as `total_cmp` does).
+        if heap.len() == k && !run.iter().fold(false, |any, &s| any | (s > floor) | s.is_nan()) {
+            continue;
+        }
+        for (j, &score) in run.iter().enumerate() {
+            if heap.len() == k && score <= floor {
+                continue;
+            }
+            let hit = Hit {
+                doc: (c0 + i * RUN + j) as u32,
+                score,
+            };
+            if !keep(hit.doc) {
+                continue;
+            }
+            if heap.len() < k {
+                heap.push(Worst(hit));
+            } else if better(&hit, &heap.peek().unwrap().0) == Ordering::Greater {
+                heap.pop();
+                heap.push(Worst(hit));
+            } else {
+                continue;
+            }
+            if heap.len() == k {
+                floor = heap.peek().unwrap().0.score;
+            }
+        }
+    }
+}
+
 /// The `k` corpus rows most similar (cosine) to each query row, best first. `queries` (`Q × dim`) and `corpus`
 /// (`C × dim`) must be normalised rows ([`normalize_rows`]). `keep(q, doc)` filters candidates before they
 /// compete (mining leaves a query's own positives out); pass `|_, _| true` for plain search.
@@ -99,6 +141,9 @@ where
             "search: {nc} corpus rows (at most 2^32)"
         )));
     }
+    if k == 0 || nc == 0 {
+        return Ok(vec![Vec::new(); nq]);
+    }
     let (bq, bc) = (blocks.queries.max(1), blocks.corpus.max(1));
     let mut heaps: Vec<BinaryHeap<Worst>> = (0..nq).map(|_| BinaryHeap::with_capacity(k + 1)).collect();
     let mut scores = vec![0f32; bq.min(nq) * bc.min(nc)];
@@ -122,23 +167,7 @@ where
                 .par_iter_mut()
                 .zip(s.par_chunks(cols))
                 .enumerate()
-                .for_each(|(r, (heap, row))| {
-                    for (j, &score) in row.iter().enumerate() {
-                        let hit = Hit {
-                            doc: (c0 + j) as u32,
-                            score,
-                        };
-                        if k == 0 || !keep(q0 + r, hit.doc) {
-                            continue;
-                        }
-                        if heap.len() < k {
-                            heap.push(Worst(hit));
-                        } else if better(&hit, &heap.peek().unwrap().0) == Ordering::Greater {
-                            heap.pop();
-                            heap.push(Worst(hit));
-                        }
-                    }
-                });
+                .for_each(|(r, (heap, row))| scan(heap, row, c0, k, |doc| keep(q0 + r, doc)));
         }
     }
     Ok(heaps
