@@ -237,21 +237,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             .output()
             .with_context(|| format!("running the {kind} child"))?;
         let stdout = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() {
-            bail!(
-                "{kind} child failed ({}):\n{stdout}\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
         for line in stdout.lines().filter(|l| !l.starts_with("BENCH ")) {
             println!("{line}");
         }
-        let line = stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("BENCH "))
-            .context("child printed no BENCH line")?;
-        results.push(serde_json::from_str::<Value>(line)?);
+        results.push(child_result(&out, &format!("{kind} child"))?);
     }
     let torch = match &o.torch {
         Some(py) => Some(torch_runs(&o, py)?),
@@ -1088,20 +1077,7 @@ fn data_bench(o: &Opts, args: &[String]) -> anyhow::Result<()> {
         .output()
         .context("running the data child");
     std::fs::remove_dir_all(&dir).ok();
-    let out = out?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!(
-            "data child failed ({}):\n{stdout}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let line = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("BENCH "))
-        .context("child printed no BENCH line")?;
-    let r: Value = serde_json::from_str(line)?;
+    let r = child_result(&out?, "data child")?;
     let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
     println!(
         "data: {} rows ({:.0} MB CSV) -> {} distinct texts, {} tokens: loaded and tokenised in {:.1} s \
@@ -1179,6 +1155,23 @@ fn data_child(o: &Opts) -> anyhow::Result<Value> {
         "threads": o.threads,
         "peak_rss_bytes": peak_rss()?,
     }))
+}
+
+/// The `BENCH {json}` line of a finished child process (`what` names it in errors, with its output).
+pub(crate) fn child_result(out: &std::process::Output, what: &str) -> anyhow::Result<Value> {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}):\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("BENCH "))
+        .with_context(|| format!("{what} printed no BENCH line"))?;
+    Ok(serde_json::from_str(line)?)
 }
 
 #[cfg(test)]

@@ -242,19 +242,7 @@ fn search(o: &Opts, args: &[String]) -> anyhow::Result<Value> {
         .arg("--child")
         .output()
         .context("running the search child")?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!(
-            "search child failed ({}):\n{stdout}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let line = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("BENCH "))
-        .context("the search child printed no BENCH line")?;
-    Ok(serde_json::from_str(line)?)
+    crate::bench::child_result(&out, "the search child")
 }
 
 /// A sentence for text `i` of a kind (`q` query, `p` positive, `c` corpus): STS-B's vocabulary, unique by `i`.

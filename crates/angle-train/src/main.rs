@@ -1028,24 +1028,7 @@ fn run_eval_retrieval(a: &EvalArgs, dir: &Path) -> anyhow::Result<()> {
         v["pooling"] = l.model.pooling().name().into();
         println!("{v}");
     } else if a.markdown {
-        println!(
-            "| set | queries | documents | NDCG@10 | MRR@10 | MAP@100 | R@1 | R@10 | R@100 | Acc@1 | Acc@10 |"
-        );
-        println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-        println!(
-            "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
-            dir.display(),
-            s.queries,
-            s.documents,
-            100.0 * s.ndcg_at_10,
-            100.0 * s.mrr_at_10,
-            100.0 * s.map_at_100,
-            100.0 * s.recall_at_1,
-            100.0 * s.recall_at_10,
-            100.0 * s.recall_at_100,
-            100.0 * s.accuracy_at_1,
-            100.0 * s.accuracy_at_10
-        );
+        println!("{}", retrieval::markdown(dir, &s));
     } else {
         println!("{}", retrieval::summary(dir, &s));
         if set.skipped > 0 {

@@ -367,23 +367,46 @@ pub fn evaluate_retrieval(
     Ok(scores)
 }
 
-/// One line for the log: the headline metrics × 100, as MTEB tables print them.
+/// The headline metrics × 100, as MTEB tables print them: NDCG@10, MRR@10, MAP@100, Recall@1/10/100,
+/// Accuracy@1/10.
+pub fn headline(s: &RetrievalScores) -> [f64; 8] {
+    [
+        s.ndcg_at_10,
+        s.mrr_at_10,
+        s.map_at_100,
+        s.recall_at_1,
+        s.recall_at_10,
+        s.recall_at_100,
+        s.accuracy_at_1,
+        s.accuracy_at_10,
+    ]
+    .map(|v| 100.0 * v)
+}
+
+/// One line for the log.
 pub fn summary(name: &Path, s: &RetrievalScores) -> String {
+    let [ndcg, mrr, map, r1, r10, r100, a1, a10] = headline(s);
     format!(
-        "{}: {} queries, {} documents: NDCG@10 {:.2}, MRR@10 {:.2}, MAP@100 {:.2}, Recall@1/10/100 {:.2} / {:.2} / {:.2}, \
-         Accuracy@1/10 {:.2} / {:.2} ({:.1} s)",
+        "{}: {} queries, {} documents: NDCG@10 {ndcg:.2}, MRR@10 {mrr:.2}, MAP@100 {map:.2}, Recall@1/10/100 \
+         {r1:.2} / {r10:.2} / {r100:.2}, Accuracy@1/10 {a1:.2} / {a10:.2} ({:.1} s)",
         name.display(),
         s.queries,
         s.documents,
-        100.0 * s.ndcg_at_10,
-        100.0 * s.mrr_at_10,
-        100.0 * s.map_at_100,
-        100.0 * s.recall_at_1,
-        100.0 * s.recall_at_10,
-        100.0 * s.recall_at_100,
-        100.0 * s.accuracy_at_1,
-        100.0 * s.accuracy_at_10,
         s.seconds
+    )
+}
+
+/// A markdown table's header and one row.
+pub fn markdown(name: &Path, s: &RetrievalScores) -> String {
+    let cells: Vec<String> = headline(s).iter().map(|v| format!("{v:.2}")).collect();
+    format!(
+        "| set | queries | documents | NDCG@10 | MRR@10 | MAP@100 | R@1 | R@10 | R@100 | Acc@1 | Acc@10 |\n\
+         |{}\n| {} | {} | {} | {} |",
+        " --- |".repeat(11),
+        name.display(),
+        s.queries,
+        s.documents,
+        cells.join(" | ")
     )
 }
 
