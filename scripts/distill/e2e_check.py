@@ -25,12 +25,28 @@ from transformers import AutoModel, AutoTokenizer
 
 
 def pooled(model_dir, texts, pooling, max_length):
+    """get_pooling of the model's float64 last hidden state (`all`: the hidden state itself, padding included)."""
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModel.from_pretrained(model_dir, dtype=torch.float64).eval()
     inputs = tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     with torch.no_grad():
         hidden = model(**inputs).last_hidden_state
     return get_pooling(hidden, inputs, pooling, tok.padding_side)
+
+
+def equal_length_rows(rows, tokenizer_dir, count, max_length):
+    """`count` rows whose two texts have the same number of tokens, all of them (no padding anywhere: angle-emb's
+    `all` then sums over exactly the real tokens, as angle does)."""
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    n = lambda t: len(tok(t, truncation=True, max_length=max_length)["input_ids"])
+    by_len = {}
+    for r in rows:
+        if n(r[0]) == n(r[1]):
+            by_len.setdefault(n(r[0]), []).append(r)
+    best = max(by_len.values(), key=len)
+    if len(best) < count:
+        sys.exit(f"only {len(best)} rows of one length")
+    return best[:count]
 
 
 def main():
@@ -45,11 +61,18 @@ def main():
     ap.add_argument("--tolerance", type=float, default=1e-5)
     ap.add_argument("--student-layers", type=int, default=None,
                     help="the student is the first N layers of --teacher (recorded in the fixture)")
+    ap.add_argument("--equal-length", type=int, default=None,
+                    help="pick this many rows of --data whose texts all have one token length (for --teacher-pooling "
+                         "all, where angle-emb sums over padding too); written to a temporary file")
     ap.add_argument("--write-fixture", default=None,
                     help="also write the inputs and angle-emb's values as JSON (for crates/angle-train/tests)")
     a = ap.parse_args()
     rows = [(r[0], r[1], float(r[2])) for r in csv.reader(open(a.data))]
     with tempfile.TemporaryDirectory() as tmp:
+        if a.equal_length:
+            rows = equal_length_rows(rows, a.teacher, a.equal_length, a.max_length)
+            a.data = os.path.join(tmp, "rows.csv")
+            csv.writer(open(a.data, "w", newline="")).writerows(rows)
         out = os.path.join(tmp, "run")
         subprocess.run(
             [a.angle, "train", "--model", a.student, "--train", a.data, "--output", out, "--max-steps", "1",
@@ -65,9 +88,11 @@ def main():
     labels = torch.tensor([[r[2]] for r in rows for _ in (0, 1)], dtype=torch.float64)
     student = pooled(a.student, texts, a.student_pooling, a.max_length)
     teacher = pooled(a.teacher, texts, a.teacher_pooling, a.max_length)
+    # angle-emb's compute_loss aligns the student's whole last hidden state when the teacher's pooling is `all`.
+    aligned = pooled(a.student, texts, "all", a.max_length) if a.teacher_pooling == "all" else student
     # The default recipe's objective (angle's defaults): cosine 1, in-batch negatives 0, angle 1, all taus 20.
     angle = AngleLoss(cosine_w=1.0, ibn_w=0.0, angle_w=1.0, dataset_format="A")(labels, student)
-    distill = AngleTrainer.compute_distillation_loss(None, student, teacher, mse_weight=0.0, kl_temperature=1.0)
+    distill = AngleTrainer.compute_distillation_loss(None, aligned, teacher, mse_weight=0.0, kl_temperature=1.0)
     theirs = {"loss": float(angle + distill), "distill": float(distill)}
 
     worst = 0.0

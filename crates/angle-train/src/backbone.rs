@@ -80,6 +80,20 @@ pub trait Backbone {
     /// gradients.
     fn backward(&mut self, batch: &Packed<'_>, dpooled: &[f32]) -> Result<()>;
 
+    /// The last hidden state `[N, H]` (every token of the packed batch) of the last forward: train mode
+    /// ([`Backbone::forward_train`]) or eval mode ([`Backbone::embed`]). For objectives over every token
+    /// (`--teacher-pooling all`); `None` where the backbone has no such path.
+    fn token_states(&self, _train: bool) -> Option<&[f32]> {
+        None
+    }
+    /// [`Backbone::backward`] with the gradient of the last hidden state, `dtokens` `[N, H]`, added to the
+    /// pooling's.
+    fn backward_tokens(&mut self, _batch: &Packed<'_>, _dpooled: &[f32], _dtokens: &[f32]) -> Result<()> {
+        Err(TrainError::Config(format!(
+            "{}: no gradient into every token's hidden state (--teacher-pooling all needs one)",
+            self.describe()
+        )))
+    }
     /// Transformer layers (the depth a layered objective such as ESE reads).
     fn num_layers(&self) -> usize;
     /// Train-mode forward that pools the output of each of `layers` (0 = the embeddings, `num_layers()` =
@@ -290,6 +304,32 @@ impl Backbone for BertCpu {
             .train
             .as_mut()
             .ok_or_else(|| TrainError::Config("backward before a training forward".into()))?;
+        self.pooler
+            .backward(acts.dhidden_mut(), dpooled, batch.seq_offsets, h)
+            .map_err(enc_err)?;
+        self.enc.backward(acts).map_err(enc_err)
+    }
+
+    fn token_states(&self, train: bool) -> Option<&[f32]> {
+        let acts = if train { &self.train } else { &self.eval };
+        acts.as_ref().map(|a| a.hidden())
+    }
+
+    fn backward_tokens(&mut self, batch: &Packed<'_>, dpooled: &[f32], dtokens: &[f32]) -> Result<()> {
+        let h = self.enc.config.hidden_size;
+        let acts = self
+            .train
+            .as_mut()
+            .ok_or_else(|| TrainError::Config("backward before a training forward".into()))?;
+        let dhidden = acts.dhidden_mut();
+        if dtokens.len() != dhidden.len() {
+            return Err(TrainError::Config(format!(
+                "token gradient of {} values for {} hidden values",
+                dtokens.len(),
+                dhidden.len()
+            )));
+        }
+        dhidden.iter_mut().zip(dtokens).for_each(|(g, &d)| *g += d);
         self.pooler
             .backward(acts.dhidden_mut(), dpooled, batch.seq_offsets, h)
             .map_err(enc_err)?;

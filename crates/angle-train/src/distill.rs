@@ -7,6 +7,9 @@
 //! - `margin-mse`: sentence-transformers' `MarginMSELoss` on format-C rows (query, positive, negative): the
 //!   student's margin `q·p − q·n` towards the teacher's; any teacher width.
 //!
+//! `--teacher-pooling all` aligns every token's last hidden state instead (angle-emb's `all`), its gradient going
+//! into the student's hidden state through `Backbone::backward_tokens`.
+//!
 //! The teacher runs in eval mode (no dropout, no gradient) on the student's token ids, so its tokenizer must give
 //! the same ids (checked on the first texts of every dataset before training). `--teacher-cache` embeds every
 //! training text once before the first step (the teacher is frozen and deterministic, so the term is the same);
@@ -56,15 +59,21 @@ fn refuse<T>(msg: String) -> Result<T> {
 pub fn check_settings(t: &TeacherSettings, c: &TrainConfig) -> Result<()> {
     DistillKind::parse(&t.kind)?;
     if t.pooling == "all" {
-        return refuse(
-            "--teacher-pooling all (every token's hidden state) is not supported yet: angle aligns pooled \
-             embeddings (cls, mean, max, cls_avg, last or a token index)"
-                .into(),
-        );
-    }
-    if Pooling::parse(&t.pooling).is_none() {
+        if t.cache {
+            return refuse(
+                "--teacher-cache keeps one embedding per text; with --teacher-pooling all (every token's hidden \
+                 state) the teacher runs on every batch: leave --teacher-cache out"
+                    .into(),
+            );
+        }
+        if DistillKind::parse(&t.kind)? == DistillKind::MarginMse {
+            return refuse(
+                "--distill margin-mse compares pooled margins: not with --teacher-pooling all".into(),
+            );
+        }
+    } else if Pooling::parse(&t.pooling).is_none() {
         return refuse(format!(
-            "--teacher-pooling {:?}: cls, mean, max, cls_avg, last or a token index",
+            "--teacher-pooling {:?}: cls, mean, max, cls_avg, last, a token index, or all",
             t.pooling
         ));
     }
@@ -97,7 +106,8 @@ pub struct DistillArgs {
     /// tokenizer): angle-emb's --teacher_name_or_path.
     #[arg(long)]
     pub teacher: Option<PathBuf>,
-    /// The teacher's pooling: cls, mean, max, cls_avg, last or a token index [default: cls, as angle-emb].
+    /// The teacher's pooling: cls, mean, max, cls_avg, last, a token index, or all (every token's hidden state
+    /// against the student's; BERT family on the CPU) [default: cls, as angle-emb].
     #[arg(long, requires = "teacher")]
     pub teacher_pooling: Option<String>,
     /// The term: kl (angle-emb's alignment: KL over the embedding dimension, batchmean), mse, or margin-mse
@@ -144,6 +154,10 @@ pub struct Teacher {
     /// The current batch's teacher embeddings (`rows × width`).
     rows: Vec<f32>,
     width: usize,
+    /// `--teacher-pooling all`: the term is over every real token's last hidden state, and its gradient
+    /// (`tokens × width`) goes into the student's hidden state (`Backbone::backward_tokens`).
+    all_tokens: bool,
+    dtokens: Vec<f32>,
 }
 
 /// The texts of a dataset whose ids the teacher's tokenizer must reproduce.
@@ -166,8 +180,13 @@ impl Teacher {
         rows_max: usize,
     ) -> Result<Self> {
         let kind = DistillKind::parse(&s.kind)?;
-        let pooling = Pooling::parse(&s.pooling)
-            .ok_or_else(|| TrainError::Config(format!("--teacher-pooling {:?}", s.pooling)))?;
+        let all_tokens = s.pooling == "all";
+        // With `all` the teacher's pooled output goes unused (its token states are read).
+        let pooling = match all_tokens {
+            true => Pooling::Mean,
+            false => Pooling::parse(&s.pooling)
+                .ok_or_else(|| TrainError::Config(format!("--teacher-pooling {:?}", s.pooling)))?,
+        };
         let opts = LoadOptions {
             device,
             pooling: Some(pooling),
@@ -214,7 +233,16 @@ impl Teacher {
             cache: Vec::new(),
             rows: Vec::new(),
             width,
+            all_tokens,
+            dtokens: Vec::new(),
         };
+        if all_tokens && t.model.token_states(false).is_none() {
+            return refuse(format!(
+                "--teacher-pooling all: the teacher {} gives no per-token hidden states (BERT family on the CPU \
+                 only)",
+                t.model.describe()
+            ));
+        }
         eprintln!(
             "teacher: {} ({} pooling, {width} dimensions), --distill {} weight {}{}",
             t.model.describe(),
@@ -279,6 +307,56 @@ impl Teacher {
         }
         .map_err(|e| TrainError::Config(format!("distillation term: {e}")))?;
         Ok(self.weight * loss)
+    }
+}
+
+impl Teacher {
+    /// `--teacher-pooling all`: the term is over every token, [`Teacher::add_token_term`].
+    pub fn all_tokens(&self) -> bool {
+        self.all_tokens
+    }
+
+    /// `--teacher-pooling all`: the term between the student's last hidden state (its last train-mode forward,
+    /// `student`) and the teacher's of the same packed batch `b`, over every real token (angle-emb's `all` also
+    /// counts padding positions; unpadded batches agree), batchmean over the batch's sequences. Its gradient
+    /// (weighted) is in [`Teacher::dtokens`] for `Backbone::backward_tokens`; returns `weight · L`.
+    pub fn add_token_term(
+        &mut self,
+        student: &dyn Backbone,
+        b: &PackedBatch,
+        student_width: usize,
+    ) -> Result<f32> {
+        let packed = Packed {
+            input_ids: &b.input_ids,
+            token_type_ids: &b.token_type_ids,
+            seq_offsets: &b.seq_offsets,
+        };
+        self.model.embed(&packed, &mut self.rows)?;
+        let missing = || TrainError::Config("--teacher-pooling all: no token states after a forward".into());
+        let t = self.model.token_states(false).ok_or_else(missing)?;
+        let s = student.token_states(true).ok_or_else(missing)?;
+        let n = b.input_ids.len();
+        let shape = |e: ndarray::ShapeError| TrainError::Config(format!("distillation: {e}"));
+        let s = ArrayView2::from_shape((n, student_width), s).map_err(shape)?;
+        let t = ArrayView2::from_shape((n, self.width), t).map_err(shape)?;
+        self.dtokens.clear();
+        self.dtokens.resize(n * student_width, 0.0);
+        let mut g = ArrayViewMut2::from_shape((n, student_width), &mut self.dtokens[..]).map_err(shape)?;
+        let loss = match self.kind {
+            DistillKind::Kl => kl_into(s, t, self.temperature, b.rows(), self.weight, &mut g),
+            DistillKind::Mse => mse_into(s, t, self.weight, &mut g),
+            DistillKind::MarginMse => return refuse("margin-mse with --teacher-pooling all".into()),
+        }
+        .map_err(|e| TrainError::Config(format!("distillation term: {e}")))?;
+        Ok(self.weight * loss)
+    }
+
+    /// The last [`Teacher::add_token_term`]'s gradient of the student's hidden state, scaled by `scale`.
+    pub fn dtokens(&mut self, scale: f32) -> &[f32] {
+        if scale != 1.0 {
+            self.dtokens.iter_mut().for_each(|g| *g *= scale);
+        }
+        &self.dtokens
     }
 }
 

@@ -266,20 +266,21 @@ fn a_teacher_equal_to_the_student_adds_nothing_at_the_first_step() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny_model(tmp.path(), 6);
     let data = stsb_head(tmp.path(), "train", 16, "t.csv");
-    for kind in ["kl", "mse"] {
+    for (kind, pooling) in [("kl", "mean"), ("mse", "mean"), ("kl", "all"), ("mse", "all")] {
+        let out = tmp.path().join(format!("{kind}-{pooling}"));
         let c = TrainConfig {
             dropout: false,
             max_steps: Some(1),
             teacher: Some(angle_train::config::TeacherSettings {
                 model: model.clone(),
-                pooling: "mean".into(),
+                pooling: pooling.into(),
                 kind: kind.into(),
                 ..Default::default()
             }),
-            ..tiny_config(&model, &data, None, &tmp.path().join(kind))
+            ..tiny_config(&model, &data, None, &out)
         };
         train(c, None, &TrainOptions::default()).unwrap();
-        let recs = read_records(&tmp.path().join(kind).join(METRICS)).unwrap();
+        let recs = read_records(&out.join(METRICS)).unwrap();
         let Some(Record::Train(t)) = recs.iter().find(|r| matches!(r, Record::Train(_))) else {
             panic!("no train record")
         };
@@ -390,9 +391,17 @@ fn bad_inputs_are_named() {
         &["margin-mse", "format A"],
     );
     refused(
-        &train(&["--train", s(&sts), "--teacher", m, "--teacher-pooling", "all"]),
-        "all pooling",
-        &["--teacher-pooling all"],
+        &train(&[
+            "--train",
+            s(&sts),
+            "--teacher",
+            m,
+            "--teacher-pooling",
+            "all",
+            "--teacher-cache",
+        ]),
+        "all pooling with a cache",
+        &["--teacher-cache", "--teacher-pooling all"],
     );
 }
 
@@ -501,5 +510,72 @@ fn first_step_with_a_teacher_equals_angle_emb() {
             );
             assert!(rel < 1e-5, "{}: {name} {ours} against {want}", f.display());
         }
+    }
+}
+
+/// `--teacher-pooling all`: the gradient the term sends into every token's hidden state, through
+/// `Backbone::backward_tokens` and the encoder's backward, against central differences of the term on the
+/// parameters (the tiny BERT in f32, no dropout).
+#[test]
+fn token_term_gradient_matches_finite_differences() {
+    use angle_train::backbone::{Backbone, BertCpu, Packed, Sizes};
+    use ndarray::{Array2, ArrayView2};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tiny_model(tmp.path(), 8);
+    let (enc, tok) = angle_train::embed::load_model(&dir, 32).unwrap();
+    let h = enc.config.hidden_size;
+    let mut bb = BertCpu::new(enc, angle_encoder::Pooling::Mean);
+    bb.reserve(Sizes {
+        train_seqs: 3,
+        embed_seqs: 0,
+        max_len: 32,
+    })
+    .unwrap();
+    let texts = [
+        "a man plays the guitar",
+        "dogs run",
+        "the market fell sharply today",
+    ]
+    .map(String::from);
+    let b = tok.encode_packed(&texts).unwrap();
+    let packed = Packed {
+        input_ids: &b.input_ids,
+        token_type_ids: &b.token_type_ids,
+        seq_offsets: &b.seq_offsets,
+    };
+    let n = b.input_ids.len();
+    let target: Vec<f32> = (0..n * h).map(|i| (i * 37 % 101) as f32 / 50.0 - 1.0).collect();
+    // The term (kl over each token's hidden state, batchmean over the 3 sequences) and its gradient.
+    let term = |bb: &mut BertCpu| -> (f64, Vec<f32>) {
+        let mut pooled = Vec::new();
+        bb.forward_train(&packed, None, &mut pooled).unwrap();
+        let st = ArrayView2::from_shape((n, h), bb.token_states(true).unwrap())
+            .unwrap()
+            .to_owned();
+        let t = ArrayView2::from_shape((n, h), &target[..]).unwrap();
+        let mut g = Array2::<f32>::zeros((n, h));
+        let l = angle_loss::distill::kl_into(st.view(), t, 1.0, 3, 1.0, &mut g.view_mut()).unwrap();
+        (l as f64, g.iter().copied().collect())
+    };
+    bb.zero_grad().unwrap();
+    let (_, d) = term(&mut bb);
+    bb.backward_tokens(&packed, &vec![0.0; 3 * h], &d).unwrap();
+    let grads = bb.enc.buffers.grads.clone();
+    let mut order: Vec<usize> = (0..grads.len()).collect();
+    order.sort_by(|&a, &b| grads[b].abs().total_cmp(&grads[a].abs()));
+    for &i in order.iter().take(8) {
+        let p0 = bb.enc.buffers.params[i];
+        let eps = 1e-2 * p0.abs().max(0.05);
+        bb.enc.buffers.params[i] = p0 + eps;
+        let up = term(&mut bb).0;
+        bb.enc.buffers.params[i] = p0 - eps;
+        let down = term(&mut bb).0;
+        bb.enc.buffers.params[i] = p0;
+        let fd = (up - down) / (2.0 * eps as f64);
+        let g = grads[i] as f64;
+        assert!(
+            (fd - g).abs() <= 0.03 * g.abs() + 1e-5,
+            "parameter {i}: backward {g}, finite differences {fd}"
+        );
     }
 }

@@ -321,6 +321,12 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
     } else {
         None
     };
+    if teacher.as_ref().is_some_and(|t| t.all_tokens()) && model.token_states(true).is_none() {
+        return Err(TrainError::Config(format!(
+            "--teacher-pooling all: the student {} gives no per-token hidden states (BERT family on the CPU only)",
+            model.describe()
+        )));
+    }
     let out = config.output.clone();
     if resume.is_none() && !opts.overwrite {
         refuse_earlier_run(&out)?;

@@ -206,6 +206,7 @@ impl<'a> Stepper<'a> {
                 msg: e.to_string(),
             })?;
         let distill = match self.teacher.as_mut() {
+            Some(t) if t.all_tokens() => Some(t.add_token_term(&*model, b, h)?),
             Some(t) => Some(t.add_term(b, set, &self.pooled, h, &mut self.dpooled)?),
             None => None,
         };
@@ -225,7 +226,10 @@ impl<'a> Stepper<'a> {
         if micro > 1 {
             self.dpooled.iter_mut().for_each(|x| *x *= inv);
         }
-        model.backward(&packed, &self.dpooled)?;
+        match self.teacher.as_mut().filter(|t| t.all_tokens()) {
+            Some(t) => model.backward_tokens(&packed, &self.dpooled, t.dtokens(inv))?,
+            None => model.backward(&packed, &self.dpooled)?,
+        }
         Ok(MicroLoss { loss, parts, distill })
     }
 
