@@ -104,6 +104,20 @@ pub fn resolve_dataset(
     Some(process_hub().dataset_split(&id, split))
 }
 
+/// The folder holding `names` of a `hf://datasets/ORG/NAME[/FOLDER]` argument (a BEIR folder: `corpus.jsonl`,
+/// `queries.jsonl`, `qrels/<split>.tsv`), through the process's cache; `None` when `spec` is not a hub dataset.
+pub fn resolve_dataset_files(spec: impl AsRef<Path>, names: &[&str]) -> Option<Result<PathBuf, HubError>> {
+    let spec = spec.as_ref();
+    if spec.exists() {
+        return None;
+    }
+    let id = match DatasetId::parse(&spec.to_string_lossy())? {
+        Ok(id) => id,
+        Err(e) => return Some(Err(e)),
+    };
+    Some(process_hub().dataset_files(&id, names).map(|s| s.dir))
+}
+
 /// The hub settings read from the environment at first use.
 fn process_hub() -> &'static Hub {
     static HUB: OnceLock<Hub> = OnceLock::new();

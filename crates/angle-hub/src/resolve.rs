@@ -109,6 +109,32 @@ impl Hub {
         ))
     }
 
+    /// Named files of a dataset repository (paths relative to its root, or to the id's folder), fetched into the
+    /// snapshot: for layouts that are files rather than splits (a BEIR folder). The returned snapshot's `dir` is
+    /// the folder they are in.
+    pub fn dataset_files(&self, id: &DatasetId, names: &[&str]) -> Result<Snapshot, HubError> {
+        let repo = &id.repo;
+        let (commit, listing, online) = self.listing(repo)?;
+        let prefix = id
+            .folder
+            .as_deref()
+            .map(|f| format!("{}/", f.trim_matches('/')))
+            .unwrap_or_default();
+        let files: Vec<String> = names.iter().map(|n| format!("{prefix}{n}")).collect();
+        if let Some(absent) = files.iter().find(|f| !listing.contains(f)) {
+            let m = format!("no {absent} (a BEIR folder holds {})", names.join(", "));
+            return Err(self.missing(repo, &commit, online, &m));
+        }
+        self.fetch_all(repo, &commit, &files, online)?;
+        let root = self.snapshot_dir(repo, &commit);
+        Ok(Snapshot {
+            repo: repo.clone(),
+            dir: root.join(prefix.trim_end_matches('/')),
+            commit,
+            files,
+        })
+    }
+
     fn snapshot_dir(&self, repo: &RepoId, commit: &str) -> PathBuf {
         self.repo_folder(repo).join("snapshots").join(commit)
     }

@@ -45,6 +45,16 @@ pub fn data_files(specs: &[PathBuf], split: &str) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// A BEIR folder argument: a local folder is itself, `hf://datasets/ORG/NAME[/FOLDER]` the cached snapshot folder
+/// holding its `corpus.jsonl`, `queries.jsonl` and `qrels/<split>.tsv` (fetched when online).
+pub fn beir_dir(spec: &Path, split: &str) -> Result<PathBuf> {
+    let qrels = format!("qrels/{split}.tsv");
+    match angle_hub::resolve_dataset_files(spec, &["corpus.jsonl", "queries.jsonl", &qrels]) {
+        Some(r) => r.map_err(hub_err),
+        None => Ok(spec.to_path_buf()),
+    }
+}
+
 /// How sources read in messages: `a.csv`, or `a.csv (+3 more)`.
 pub fn describe(specs: &[PathBuf]) -> String {
     match specs {

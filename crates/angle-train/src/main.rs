@@ -997,6 +997,7 @@ fn run_eval_retrieval(a: &EvalArgs, dir: &Path) -> anyhow::Result<()> {
     use angle_train::retrieval;
     // The folder's three parts and the prompts before the model loads; the files are read before it too, so that
     // a bad qrels line is not found after minutes of loading.
+    let dir = &angle_train::hub::beir_dir(dir, &a.split)?;
     retrieval::check_beir_dir(dir, &a.split)?;
     if let Some(out) = &a.save_embeddings {
         angle_train::preflight::check_new_folder("--save-embeddings", out)?;

@@ -126,7 +126,12 @@ pub fn check_train_options(c: &TrainConfig, device: Device) -> Result<()> {
     if let Some(t) = &c.teacher {
         crate::distill::check_settings(t, c)?;
     }
-    if let Some(dir) = &c.valid_retrieval {
+    // A hub dataset is resolved (and checked) when the run reads it.
+    if let Some(dir) = c
+        .valid_retrieval
+        .as_ref()
+        .filter(|d| !d.to_string_lossy().starts_with("hf://"))
+    {
         crate::retrieval::check_beir_dir(dir, "dev")
             .map_err(|e| TrainError::Config(format!("--valid-retrieval: {e}")))?;
     }

@@ -220,3 +220,65 @@ fn train_reads_several_files_a_folder_or_a_hub_dataset_as_one() {
     assert!(!ok);
     assert!(err.contains("\"test\"") && err.contains("train"), "{err}");
 }
+
+/// `angle eval --retrieval hf://datasets/ORG/NAME`: a BEIR dataset repository read from the cache, scored as its
+/// local copy is; a split the repository lacks is named.
+#[test]
+fn retrieval_reads_a_beir_dataset_from_the_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path(), 5);
+    let home = tmp.path().join("hf");
+    let local = tmp.path().join("beir");
+    std::fs::create_dir_all(local.join("qrels")).unwrap();
+    std::fs::write(
+        local.join("corpus.jsonl"),
+        "{\"_id\": \"d1\", \"title\": \"\", \"text\": \"A man plays a guitar.\"}\n\
+         {\"_id\": \"d2\", \"title\": \"Cooking\", \"text\": \"A woman slices an onion.\"}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        local.join("queries.jsonl"),
+        "{\"_id\": \"q1\", \"text\": \"guitar\"}\n{\"_id\": \"q2\", \"text\": \"onion\"}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        local.join("qrels/test.tsv"),
+        "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\n",
+    )
+    .unwrap();
+    let repo = home.join("hub").join("datasets--angle-test--beir");
+    let snap = repo.join("snapshots").join(COMMIT);
+    std::fs::create_dir_all(snap.join("qrels")).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), COMMIT).unwrap();
+    for f in ["corpus.jsonl", "queries.jsonl", "qrels/test.tsv"] {
+        std::fs::copy(local.join(f), snap.join(f)).unwrap();
+    }
+    let eval = |spec: &str, split: &str| {
+        output(angle(&home).args([
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--retrieval",
+            spec,
+            "--split",
+            split,
+            "--json",
+            "--precision",
+            "f32",
+        ]))
+    };
+    let (ok_hub, hub, err) = eval("hf://datasets/angle-test/beir", "test");
+    assert!(ok_hub, "{err}");
+    let (ok_local, local_out, err) = eval(local.to_str().unwrap(), "test");
+    assert!(ok_local, "{err}");
+    let score = |s: &str| -> serde_json::Value {
+        let mut v: serde_json::Value = serde_json::from_str(s.trim().lines().last().unwrap()).unwrap();
+        v.as_object_mut().unwrap().remove("seconds");
+        v
+    };
+    assert_eq!(score(&hub), score(&local_out));
+    let (ok, _, err) = eval("hf://datasets/angle-test/beir", "dev");
+    assert!(!ok);
+    assert!(err.contains("qrels/dev.tsv"), "{err}");
+}

@@ -198,7 +198,11 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
     let valid_files = crate::hub::data_files(&config.valid, &config.valid_split)?;
     crate::preflight::check_data_files(train_files.iter().flat_map(|(_, f)| f).chain(&valid_files))?;
     let retrieval_set = match &config.valid_retrieval {
-        Some(dir) => Some(crate::retrieval::load_beir(dir, "dev", config.skip_invalid)?),
+        Some(spec) => {
+            let dir = crate::hub::beir_dir(spec, "dev")?;
+            crate::retrieval::check_beir_dir(&dir, "dev")?;
+            Some(crate::retrieval::load_beir(&dir, "dev", config.skip_invalid)?)
+        }
         None => None,
     };
 
