@@ -93,29 +93,24 @@ pub fn resolve_dataset(
     spec: impl AsRef<Path>,
     split: &str,
 ) -> Option<Result<(Snapshot, Vec<PathBuf>), HubError>> {
-    let spec = spec.as_ref();
-    if spec.exists() {
-        return None;
-    }
-    let id = match DatasetId::parse(&spec.to_string_lossy())? {
-        Ok(id) => id,
-        Err(e) => return Some(Err(e)),
-    };
-    Some(process_hub().dataset_split(&id, split))
+    let id = dataset_id_of(spec.as_ref())?;
+    Some(id.and_then(|id| process_hub().dataset_split(&id, split)))
 }
 
 /// The folder holding `names` of a `hf://datasets/ORG/NAME[/FOLDER]` argument (a BEIR folder: `corpus.jsonl`,
 /// `queries.jsonl`, `qrels/<split>.tsv`), through the process's cache; `None` when `spec` is not a hub dataset.
 pub fn resolve_dataset_files(spec: impl AsRef<Path>, names: &[&str]) -> Option<Result<PathBuf, HubError>> {
-    let spec = spec.as_ref();
+    let id = dataset_id_of(spec.as_ref())?;
+    Some(id.and_then(|id| process_hub().dataset_files(&id, names).map(|s| s.dir)))
+}
+
+/// The dataset id a `hf://datasets/...` argument names; `None` for anything else, and for an existing local path
+/// (which always wins).
+fn dataset_id_of(spec: &Path) -> Option<Result<DatasetId, HubError>> {
     if spec.exists() {
         return None;
     }
-    let id = match DatasetId::parse(&spec.to_string_lossy())? {
-        Ok(id) => id,
-        Err(e) => return Some(Err(e)),
-    };
-    Some(process_hub().dataset_files(&id, names).map(|s| s.dir))
+    DatasetId::parse(&spec.to_string_lossy())
 }
 
 /// The hub settings read from the environment at first use.
