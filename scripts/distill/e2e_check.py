@@ -58,6 +58,9 @@ def main():
     ap.add_argument("--student-pooling", default="mean")
     ap.add_argument("--teacher-pooling", default="cls")
     ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--cosine-w", type=float, default=1.0)
+    ap.add_argument("--ibn-w", type=float, default=0.0)
+    ap.add_argument("--angle-w", type=float, default=1.0)
     ap.add_argument("--tolerance", type=float, default=1e-5)
     ap.add_argument("--student-layers", type=int, default=None,
                     help="the student is the first N layers of --teacher (recorded in the fixture)")
@@ -78,7 +81,8 @@ def main():
             [a.angle, "train", "--model", a.student, "--train", a.data, "--output", out, "--max-steps", "1",
              "--batch-size", str(len(rows)), "--dropout", "false", "--precision", "f32", "--log-steps", "1",
              "--pooling", a.student_pooling, "--max-length", str(a.max_length), "--teacher", a.teacher,
-             "--teacher-pooling", a.teacher_pooling],
+             "--teacher-pooling", a.teacher_pooling, "--cosine-w", str(a.cosine_w), "--ibn-w", str(a.ibn_w),
+             "--angle-w", str(a.angle_w)],
             check=True, capture_output=True, text=True,
         )
         recs = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
@@ -90,8 +94,8 @@ def main():
     teacher = pooled(a.teacher, texts, a.teacher_pooling, a.max_length)
     # angle-emb's compute_loss aligns the student's whole last hidden state when the teacher's pooling is `all`.
     aligned = pooled(a.student, texts, "all", a.max_length) if a.teacher_pooling == "all" else student
-    # The default recipe's objective (angle's defaults): cosine 1, in-batch negatives 0, angle 1, all taus 20.
-    angle = AngleLoss(cosine_w=1.0, ibn_w=0.0, angle_w=1.0, dataset_format="A")(labels, student)
+    # The objective's weights as given (default: the recipe's cosine 1, in-batch negatives 0, angle 1); taus 20.
+    angle = AngleLoss(cosine_w=a.cosine_w, ibn_w=a.ibn_w, angle_w=a.angle_w, dataset_format="A")(labels, student)
     distill = AngleTrainer.compute_distillation_loss(None, aligned, teacher, mse_weight=0.0, kl_temperature=1.0)
     theirs = {"loss": float(angle + distill), "distill": float(distill)}
 
@@ -105,7 +109,7 @@ def main():
         print(f"| {k} | {ours[k]:.9g} | {theirs[k]:.9g} | {d:.1e} |")
     if a.write_fixture:
         fixture = {
-            "what": "angle-emb 0.6.1 AngleLoss(cosine_w=1, ibn_w=0, angle_w=1, taus 20, format A) + "
+            "what": "angle-emb 0.6.1 AngleLoss(objective's weights, taus 20, format A) + "
                     "AngleTrainer.compute_distillation_loss(mse_weight=0, kl_temperature=1) on transformers' "
                     "float64 forward of one batch (all rows, zigzag), dropout off",
             "teacher": os.path.basename(os.path.normpath(a.teacher)),
@@ -113,6 +117,7 @@ def main():
             "student_pooling": a.student_pooling,
             "teacher_pooling": a.teacher_pooling,
             "max_length": a.max_length,
+            "objective": {"cosine_w": a.cosine_w, "ibn_w": a.ibn_w, "angle_w": a.angle_w},
             "rows": [list(r) for r in rows],
             "loss": theirs["loss"],
             "distill": theirs["distill"],

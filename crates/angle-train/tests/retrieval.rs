@@ -463,6 +463,13 @@ fn first_step_with_a_teacher_equals_angle_emb() {
         w.flush().unwrap();
         let out = tmp.path().join("run");
         let (batch, max_len) = (rows.len().to_string(), fx["max_length"].to_string());
+        let weight = |k: &str| {
+            fx["objective"][k]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{}: no objective.{k}", f.display()))
+                .to_string()
+        };
+        let (cosine_w, ibn_w, angle_w) = (weight("cosine_w"), weight("ibn_w"), weight("angle_w"));
         let o = run(&[
             "train",
             "--model",
@@ -490,11 +497,11 @@ fn first_step_with_a_teacher_equals_angle_emb() {
             "--teacher-pooling",
             fx["teacher_pooling"].as_str().unwrap(),
             "--cosine-w",
-            "1",
+            &cosine_w,
             "--ibn-w",
-            "0",
+            &ibn_w,
             "--angle-w",
-            "1",
+            &angle_w,
         ]);
         ok(&o, "angle train --teacher");
         let recs = read_records(&out.join(METRICS)).unwrap();
