@@ -1,7 +1,7 @@
 //! Batches in the objective's row layout, packed (no padding), shuffled per epoch.
 //!
 //! Row layout: format A is zigzag (rows `2k`, `2k + 1` are the texts of pair `k`, `labels[k]` its label), B is
-//! query/positive interleaved, C query/positive/negative. A batch is packed as `docs/architecture.md` says: the
+//! query/positive interleaved, C query/positive/negative, U two rows per text (its two dropout views). A batch is packed as `docs/architecture.md` says: the
 //! token ids of all rows back to back with `seq_offsets` (length rows + 1); [`PackedBatch::to_padded`] gives the
 //! padded `[B, T]` form with an attention mask for code that wants it.
 //!
@@ -117,7 +117,7 @@ pub struct PackedBatch {
     pub examples: Vec<u32>,
     /// Examples dropped as duplicates ([`DuplicatePolicy::Drop`]).
     pub dropped: usize,
-    /// Rows per example: 2 (A, B) or 3 (C).
+    /// Rows per example: 2 (A, B, U) or 3 (C).
     pub rows_per_example: usize,
 }
 
@@ -250,7 +250,7 @@ impl Dataset {
         if config.length_grouped && kept > 0 {
             // Length of an example in this epoch: its texts' tokens (the alternatives drawn for this epoch).
             let len_of = |e: u32| -> usize {
-                (0..self.format().rows_per_example())
+                (0..self.format().texts_per_example())
                     .map(|s| self.token_len(self.text_of(e as usize, s, config.seed, epoch)))
                     .sum()
             };
@@ -291,18 +291,24 @@ impl Dataset {
                 plan.len()
             )));
         }
-        let s = self.format().rows_per_example();
+        let format = self.format();
         out.clear();
-        out.rows_per_example = s;
-        // Up to 3 texts per example; a fixed array avoids allocating per example.
+        out.rows_per_example = format.rows_per_example();
+        // Up to 3 rows per example; a fixed array avoids allocating per example.
         let mut texts = [0usize; 3];
+        let s = format.rows_per_example();
         for &e in plan.examples(index) {
-            for (slot, t) in texts.iter_mut().enumerate().take(s) {
+            for (slot, t) in texts.iter_mut().enumerate().take(format.texts_per_example()) {
                 *t = self.text_of(e as usize, slot, plan.seed, plan.epoch);
+            }
+            if format == Format::U {
+                // The text's second view: the same tokens in the next row (its own dropout mask there).
+                texts[1] = texts[0];
             }
             if plan.duplicates == DuplicatePolicy::Drop {
                 // Linear scan over the rows so far: O(rows²) identity compares, negligible beside the encoder.
-                let dup = texts[..s]
+                // (Format U's second view is the example's own text, never a duplicate of it.)
+                let dup = texts[..format.texts_per_example()]
                     .iter()
                     .any(|&t| out.text_ids.contains(&self.identity(t)));
                 if dup {
@@ -315,7 +321,7 @@ impl Dataset {
                 out.push_row(ids, types, self.identity(t));
                 out.texts.push(t as u32);
             }
-            if self.format() == Format::A {
+            if format == Format::A {
                 out.labels.push(self.labels()[e as usize]);
             }
             out.examples.push(e);

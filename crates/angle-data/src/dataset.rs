@@ -43,7 +43,7 @@ pub struct Dataset {
     /// Per distinct text: the number of its distinct token sequence. Texts that tokenise alike (case, spacing)
     /// share it, as angle-emb's duplicate check compares token ids.
     identity: Vec<u64>,
-    /// Example `e`, text slot `s` (of `S = format.rows_per_example()`): its alternatives are
+    /// Example `e`, text slot `s` (of `S = format.texts_per_example()`): its alternatives are
     /// `alternatives[alt_offsets[e * S + s]..alt_offsets[e * S + s + 1]]` (text numbers).
     alt_offsets: Vec<usize>,
     alternatives: Vec<u32>,
@@ -209,14 +209,14 @@ impl Dataset {
 
     /// How many alternatives (list-valued JSONL field) text slot `slot` of `example` has.
     pub fn num_alternatives(&self, example: usize, slot: usize) -> usize {
-        let k = example * self.format.rows_per_example() + slot;
+        let k = example * self.format.texts_per_example() + slot;
         self.alt_offsets[k + 1] - self.alt_offsets[k]
     }
 
     /// The text number example `example`'s slot `slot` uses in `epoch`: its only alternative, or one drawn from
     /// (seed, epoch, example, slot), so that the choice is reproducible and a resumed run draws the same.
     pub fn text_of(&self, example: usize, slot: usize, seed: u64, epoch: u64) -> usize {
-        let k = example * self.format.rows_per_example() + slot;
+        let k = example * self.format.texts_per_example() + slot;
         let alts = &self.alternatives[self.alt_offsets[k]..self.alt_offsets[k + 1]];
         let pick = if alts.len() == 1 {
             0

@@ -5,8 +5,9 @@ use std::str::FromStr;
 
 use crate::DataError;
 
-/// angle-emb's data formats. The row layout of a batch follows the format: A is zigzag (rows `2k`, `2k+1` are the two
-/// texts of pair `k`, one label per pair), B interleaves query/positive, C query/positive/negative.
+/// angle-emb's data formats, and the unsupervised one. The row layout of a batch follows the format: A is zigzag (rows
+/// `2k`, `2k+1` are the two texts of pair `k`, one label per pair), B interleaves query/positive, C
+/// query/positive/negative, U repeats each text (rows `2k`, `2k+1` are two views of text `k`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Format {
     /// `text1`, `text2`, `label`: a graded or binary similarity per pair.
@@ -15,21 +16,34 @@ pub enum Format {
     B,
     /// `query`, `positive`, `negative`.
     C,
+    /// `text` (or one sentence per line): unsupervised, SimCSE-style. Each text is its own positive; the two rows
+    /// sit at different positions of the packed batch, so dropout draws an independent mask for each. Never
+    /// detected from the columns: a run asks for it (`--unsupervised`, `--format U`).
+    U,
 }
 
 impl Format {
-    /// The text roles of one example, in row order.
+    /// The text roles of one example as stored, in row order.
     pub fn text_roles(self) -> &'static [Role] {
         match self {
             Format::A => &[Role::Text1, Role::Text2],
             Format::B => &[Role::Query, Role::Positive],
             Format::C => &[Role::Query, Role::Positive, Role::Negative],
+            Format::U => &[Role::Text],
         }
     }
 
-    /// Rows (texts) per example: 2 for A and B, 3 for C.
-    pub fn rows_per_example(self) -> usize {
+    /// Texts stored per example: 2 for A and B, 3 for C, 1 for U.
+    pub fn texts_per_example(self) -> usize {
         self.text_roles().len()
+    }
+
+    /// Rows per example in a batch: 2 for A, B and U (two views of one text), 3 for C.
+    pub fn rows_per_example(self) -> usize {
+        match self {
+            Format::U => 2,
+            f => f.texts_per_example(),
+        }
     }
 
     pub fn has_label(self) -> bool {
@@ -42,6 +56,7 @@ impl Format {
             Format::A => &[Role::Text1, Role::Text2, Role::Label],
             Format::B => &[Role::Query, Role::Positive],
             Format::C => &[Role::Query, Role::Positive, Role::Negative],
+            Format::U => &[Role::Text],
         }
     }
 
@@ -71,8 +86,9 @@ impl FromStr for Format {
             "A" | "a" => Ok(Format::A),
             "B" | "b" => Ok(Format::B),
             "C" | "c" => Ok(Format::C),
+            "U" | "u" => Ok(Format::U),
             other => Err(DataError::Config(format!(
-                "unknown data format {other:?}: expected A, B or C"
+                "unknown data format {other:?}: expected A, B, C or U (unsupervised)"
             ))),
         }
     }
@@ -81,6 +97,8 @@ impl FromStr for Format {
 /// What a column means.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Role {
+    /// Format U's one text.
+    Text,
     Text1,
     Text2,
     Label,
@@ -90,7 +108,8 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 6] = [
+    pub const ALL: [Role; 7] = [
+        Role::Text,
         Role::Text1,
         Role::Text2,
         Role::Label,
@@ -102,6 +121,7 @@ impl Role {
     /// The column name angle-emb uses for the role.
     pub fn name(self) -> &'static str {
         match self {
+            Role::Text => "text",
             Role::Text1 => "text1",
             Role::Text2 => "text2",
             Role::Label => "label",

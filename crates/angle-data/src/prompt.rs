@@ -74,7 +74,7 @@ impl Prompts {
     /// The prompt for a text role.
     pub fn for_role(&self, role: Role) -> Option<&Prompt> {
         match role {
-            Role::Text1 | Role::Text2 => self.text.as_ref(),
+            Role::Text | Role::Text1 | Role::Text2 => self.text.as_ref(),
             Role::Query => self.query.as_ref(),
             Role::Positive | Role::Negative => self.doc.as_ref(),
             Role::Label => None,

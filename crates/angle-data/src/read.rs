@@ -447,7 +447,10 @@ fn read_delimited<R: Read>(
                     layout = Some(column_layout(&first, false, options, &path, line)?);
                     continue;
                 }
-                let names = match options.positional.clone().or_else(|| default_positional(&record)) {
+                // Format U reads a headerless file's one field as its text (a plain file, one sentence per line).
+                let unsupervised = (options.format == Some(Format::U)).then(|| vec!["text".to_string()]);
+                let positional = options.positional.clone().or(unsupervised);
+                let names = match positional.or_else(|| default_positional(&record)) {
                     Some(n) => n,
                     None => {
                         return Err(DataError::UnknownLayout {
@@ -561,7 +564,7 @@ fn delimited_row(
             found: record.len(),
         });
     }
-    let mut texts = Vec::with_capacity(cols.format.rows_per_example());
+    let mut texts = Vec::with_capacity(cols.format.texts_per_example());
     let mut label = None;
     for (&role, (i, name)) in cols.format.roles().iter().zip(&cols.fields) {
         let value = &record[*i];
@@ -738,7 +741,7 @@ pub(crate) fn object_example<'v>(
     path: &Path,
     mut value_of: impl FnMut(Role) -> Result<(&'v str, &'v serde_json::Value), DataError>,
 ) -> Result<RawExample, DataError> {
-    let mut texts = Vec::with_capacity(format.rows_per_example());
+    let mut texts = Vec::with_capacity(format.texts_per_example());
     let mut label = None;
     for &role in format.roles() {
         let (key, value) = value_of(role)?;

@@ -60,6 +60,8 @@ pub enum DataFormat {
     B,
     /// `query, positive, negative`: rows interleaved query, positive, negative.
     C,
+    /// Unsupervised (SimCSE): rows `2k`, `2k + 1` are two dropout views of text `k`.
+    U,
 }
 
 /// Each objective's own (unweighted) value, for logging; `None` where the objective did not run.
@@ -87,7 +89,11 @@ pub struct AngleLossOutput<F> {
 /// - format A: `cosine_w·cosine + ibn_w·in_batch_negative + angle_w·angle` on zigzag pairs;
 /// - format B: `contrastive(query, positive)` with `ibn_tau` (no weights, as in the reference);
 /// - format C: `(ibn_w·contrastive(q, p) + cln_w·contrastive(q, p, n)) / 2` (added only when positive), plus
-///   `angle_w·angle` and `cosine_w·cosine` over the pairs `(q_k, p_k)` labelled 1 followed by `(q_k, n_k)` labelled 0.
+///   `angle_w·angle` and `cosine_w·cosine` over the pairs `(q_k, p_k)` labelled 1 followed by `(q_k, n_k)` labelled 0;
+/// - format U (unsupervised, not in angle-emb): `ibn_w·contrastive(a, b)` over the two views `a_k`, `b_k` of each
+///   text (SimCSE's InfoNCE, sentence-transformers' `MultipleNegativesRankingLoss` on `(s, s)`), plus `angle_w·angle`
+///   and `cosine_w·cosine` over the pairs `(a_k, b_k)` labelled 1 and every in-batch pair `(a_i, b_j)`, `i ≠ j`,
+///   of different texts labelled 0 ([`unsupervised_pairs`]).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct AngleLoss {
     config: AngleLossConfig,
@@ -132,6 +138,7 @@ impl AngleLoss {
             DataFormat::A => self.format_a_into(y_pred, labels, text_ids, grad),
             DataFormat::B => self.format_b_into(y_pred, text_ids, grad),
             DataFormat::C => self.format_c_into(y_pred, text_ids, grad),
+            DataFormat::U => self.format_u_into(y_pred, text_ids, grad),
         }
     }
 
@@ -310,33 +317,92 @@ impl AngleLoss {
                 .chain((0..b).map(|k| (3 * k, 3 * k + 2)))
                 .collect();
             let labels: Vec<f64> = (0..2 * b).map(|k| if k < b { 1.0 } else { 0.0 }).collect();
-            if c.angle_w > 0.0 {
-                let l = pair_objective(
-                    &yv,
-                    &pairs,
-                    &labels,
-                    PairScore::Angle(c.angle_pooling),
-                    c.angle_tau,
-                    c.angle_w,
-                    grad,
-                );
-                loss += c.angle_w * l;
-                parts.angle = Some(F::of(l));
-            }
-            if c.cosine_w > 0.0 {
-                let l = pair_objective(
-                    &yv,
-                    &pairs,
-                    &labels,
-                    PairScore::Cosine,
-                    c.cosine_tau,
-                    c.cosine_w,
-                    grad,
-                );
-                loss += c.cosine_w * l;
-                parts.cosine = Some(F::of(l));
-            }
+            loss += self.pair_terms(&yv, &pairs, &labels, grad, &mut parts);
         }
         Ok((F::of(loss), parts))
     }
+
+    fn format_u_into<F: Real>(
+        &self,
+        y_pred: ArrayView2<'_, F>,
+        text_ids: Option<&[u64]>,
+        grad: &mut ArrayViewMut2<'_, F>,
+    ) -> Result<(F, LossParts<F>), LossError> {
+        self.checked()?;
+        let c = &self.config;
+        let layout = ContrastiveLayout::QueryPositive;
+        check_grouped(&y_pred, layout)?;
+        check::text_ids(text_ids, y_pred.nrows())?;
+        check::grad_shape(grad, &y_pred)?;
+        if c.angle_w > 0.0 {
+            check::even_dim(&y_pred)?;
+        }
+        let y = standard(&y_pred);
+        let yv = y.view();
+        let mut parts = LossParts::default();
+        let mut loss = 0.0f64;
+        if c.ibn_w > 0.0 {
+            // The view's own copy is the target; other copies of the same text elsewhere in the batch are masked.
+            let (xhat, norms) = normalize_rows(&yv);
+            let l = contrastive_core(&xhat, &norms, layout, text_ids, c.ibn_tau, c.ibn_w, grad);
+            loss += c.ibn_w * l;
+            parts.in_batch_negative = Some(F::of(l));
+        }
+        if c.angle_w > 0.0 || c.cosine_w > 0.0 {
+            let (pairs, labels) = unsupervised_pairs(yv.nrows() / 2, text_ids);
+            loss += self.pair_terms(&yv, &pairs, &labels, grad, &mut parts);
+        }
+        Ok((F::of(loss), parts))
+    }
+
+    /// `angle_w·angle + cosine_w·cosine` ranked over `pairs` (rows of `y`) by `labels`; adds the gradients into
+    /// `grad` and records the parts.
+    fn pair_terms<F: Real>(
+        &self,
+        y: &ArrayView2<'_, F>,
+        pairs: &[(usize, usize)],
+        labels: &[f64],
+        grad: &mut ArrayViewMut2<'_, F>,
+        parts: &mut LossParts<F>,
+    ) -> f64 {
+        let c = &self.config;
+        let mut loss = 0.0;
+        if c.angle_w > 0.0 {
+            let score = PairScore::Angle(c.angle_pooling);
+            let l = pair_objective(y, pairs, labels, score, c.angle_tau, c.angle_w, grad);
+            loss += c.angle_w * l;
+            parts.angle = Some(F::of(l));
+        }
+        if c.cosine_w > 0.0 {
+            let l = pair_objective(
+                y,
+                pairs,
+                labels,
+                PairScore::Cosine,
+                c.cosine_tau,
+                c.cosine_w,
+                grad,
+            );
+            loss += c.cosine_w * l;
+            parts.cosine = Some(F::of(l));
+        }
+        loss
+    }
+}
+
+/// Format U's pairs for the angle and cosine terms, over `texts` texts in two views (rows `2k`, `2k + 1`): first
+/// `(2k, 2k + 1)` for every `k`, labelled 1, then `(2i, 2j + 1)` for every `i ≠ j` (row-major) whose texts differ
+/// (by `text_ids`, one per row), labelled 0.
+pub fn unsupervised_pairs(texts: usize, text_ids: Option<&[u64]>) -> (Vec<(usize, usize)>, Vec<f64>) {
+    let same = |i: usize, j: usize| text_ids.is_some_and(|ids| ids[2 * i] == ids[2 * j + 1]);
+    let positives = (0..texts).map(|k| (2 * k, 2 * k + 1));
+    let negatives = (0..texts)
+        .flat_map(|i| (0..texts).map(move |j| (i, j)))
+        .filter(|&(i, j)| i != j && !same(i, j))
+        .map(|(i, j)| (2 * i, 2 * j + 1));
+    let pairs: Vec<(usize, usize)> = positives.chain(negatives).collect();
+    let labels = (0..pairs.len())
+        .map(|k| if k < texts { 1.0 } else { 0.0 })
+        .collect();
+    (pairs, labels)
 }

@@ -82,7 +82,7 @@ mod real;
 mod score;
 mod sym;
 
-pub use combined::{AngleLoss, AngleLossConfig, AngleLossOutput, DataFormat, LossParts};
+pub use combined::{AngleLoss, AngleLossConfig, AngleLossOutput, DataFormat, LossParts, unsupervised_pairs};
 pub use error::LossError;
 pub use ese::{
     BaseObjective, EseConfig, EseOutput, EseParts, distill_loss_into, ese_loss, ese_loss_with_targets,

@@ -110,9 +110,15 @@ struct TrainArgs {
     #[arg(long)]
     precision: Option<Precision>,
 
-    /// Force the data format: A, B or C, or per named dataset NAME=B,OTHER=C [default: from the columns].
+    /// Force the data format: A, B, C or U (unsupervised), or per named dataset NAME=B,OTHER=U [default: from
+    /// the columns; U is never detected].
     #[arg(long)]
     format: Option<String>,
+    /// Unsupervised, SimCSE-style (format U): one text per row (a `text` column, or a plain file of one sentence
+    /// per line); each text is its own positive under two dropout masks, the batch's other texts its negatives.
+    /// The objective defaults become SimCSE's: --ibn-w 1, --cosine-w 0, --angle-w 0 (give them to add terms).
+    #[arg(long)]
+    unsupervised: bool,
     /// Column renames, e.g. sentence1:text1,sentence2:text2,score:label.
     #[arg(long)]
     columns: Option<String>,
@@ -139,13 +145,15 @@ struct TrainArgs {
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     drop_duplicates: Option<bool>,
 
-    /// Weight of the cosine (CoSENT) objective [default: 1].
+    /// Weight of the cosine (CoSENT) objective [default: 1; 0 with --unsupervised].
     #[arg(long)]
     cosine_w: Option<f64>,
-    /// Weight of in-batch negatives (format A) / query-positive contrast (format C) [default: 0].
+    /// Weight of in-batch negatives (format A; format U's InfoNCE over the two views) / query-positive contrast
+    /// (format C) [default: 0; 1 with --unsupervised].
     #[arg(long)]
     ibn_w: Option<f64>,
-    /// Weight of the angle objective [default: 1].
+    /// Weight of the angle objective (format U: the two views labelled 1 against the batch's other pairs
+    /// labelled 0) [default: 1; 0 with --unsupervised].
     #[arg(long)]
     angle_w: Option<f64>,
     /// Weight of the query-positive-negative contrast (format C) [default: 1].
@@ -307,6 +315,23 @@ impl TrainArgs {
             };
         }
         take_opt!(format);
+        if self.unsupervised {
+            // `--format` too is checked by run_train: both must agree.
+            if c.format.is_none() {
+                c.format = Some("U".into());
+                set.push("format".into());
+            }
+            for (given, key, value, target) in [
+                (self.ibn_w, "loss.ibn_w", 1.0, &mut c.loss.ibn_w),
+                (self.cosine_w, "loss.cosine_w", 0.0, &mut c.loss.cosine_w),
+                (self.angle_w, "loss.angle_w", 0.0, &mut c.loss.angle_w),
+            ] {
+                if given.is_none() {
+                    *target = value;
+                    set.push(key.into());
+                }
+            }
+        }
         take_opt!(columns);
         take_opt!(text_prompt);
         take_opt!(query_prompt);
@@ -562,6 +587,11 @@ fn set_threads(n: usize) -> anyhow::Result<()> {
 }
 
 fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
+    if let (true, Some(f)) = (a.unsupervised, &a.format)
+        && f.trim().parse::<angle_data::Format>().ok() != Some(angle_data::Format::U)
+    {
+        bail!("--unsupervised reads every dataset as format U; --format {f:?} says otherwise (leave it out)");
+    }
     let (given, explicit) = a.to_config();
     if let Some(name) = &a.angle_pooling {
         // Parsed through the loss crate's own serde names.

@@ -38,6 +38,8 @@ pub struct ModelShape {
     pub layers: usize,
     /// BERT family: the activation (the GPU has the erf GELU only).
     pub activation: Option<Activation>,
+    /// BERT family: the larger of `hidden_dropout_prob` and `attention_probs_dropout_prob`.
+    pub dropout: f64,
 }
 
 impl ModelShape {
@@ -59,6 +61,7 @@ impl ModelShape {
                 hidden: c.hidden_size,
                 layers: c.num_hidden_layers,
                 activation: None,
+                dropout: 0.0,
             });
         }
         let c =
@@ -70,7 +73,16 @@ impl ModelShape {
             hidden: c.hidden_size,
             layers: c.num_hidden_layers,
             activation: Some(c.hidden_act),
+            dropout: c.hidden_dropout_prob.max(c.attention_probs_dropout_prob) as f64,
         })
+    }
+
+    /// The largest dropout probability a training forward of this model applies under `c`.
+    fn dropout(&self, c: &TrainConfig) -> f64 {
+        match self.family {
+            Family::Bert => self.dropout,
+            Family::Decoder { .. } => c.lora.as_ref().map_or(0.0, |l| l.dropout),
+        }
     }
 
     fn is_decoder(&self) -> bool {
@@ -187,7 +199,36 @@ pub fn check_train_options(c: &TrainConfig, device: Device) -> Result<()> {
             ))
         })?;
     }
+    check_unsupervised_options(c)?;
     check_angle_widths(c, None)
+}
+
+/// Whether some training dataset is read as format U (its two views differ only by dropout).
+fn trains_unsupervised(c: &TrainConfig) -> Result<bool> {
+    let sources = crate::datasets::sources(&c.train)?;
+    let formats = crate::datasets::formats(c.format.as_deref(), &sources)?;
+    Ok(formats.contains(&Some(angle_data::Format::U)))
+}
+
+/// Format U learns from the difference between two dropout masks: without dropout both views are the same
+/// vector and the in-batch objective teaches nothing.
+fn check_unsupervised_options(c: &TrainConfig) -> Result<()> {
+    if !trains_unsupervised(c)? {
+        return Ok(());
+    }
+    if !c.dropout {
+        return refuse(
+            "--dropout false with unsupervised data (format U): its two views of a text differ only by their \
+             dropout masks, so without dropout they are identical and nothing is learned; leave dropout on"
+                .into(),
+        );
+    }
+    if c.teacher.is_some() {
+        return refuse(
+            "--teacher with unsupervised data (format U): distillation runs on formats A, B and C".into(),
+        );
+    }
+    Ok(())
 }
 
 /// `--device cuda` in a build without the `cuda` feature can never run: refused before anything loads.
@@ -290,6 +331,18 @@ pub fn check_train_model(c: &TrainConfig, m: &ModelShape, device: Device) -> Res
         ));
     }
     check_angle_widths(c, Some(h))?;
+    if trains_unsupervised(c)? && m.dropout(c) <= 0.0 {
+        return refuse(format!(
+            "unsupervised data (format U) needs dropout, and {dir} trains without any ({}): the two views of a \
+             text would be identical",
+            match m.family {
+                Family::Bert =>
+                    "hidden_dropout_prob and attention_probs_dropout_prob are 0 in its config.json",
+                Family::Decoder { .. } =>
+                    "decoders drop out only on a LoRA branch: give --lora-r with --lora-dropout > 0",
+            }
+        ));
+    }
     if c.append_eos {
         m.check_append_eos()?;
     }

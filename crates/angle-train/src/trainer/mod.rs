@@ -124,6 +124,7 @@ fn data_format(f: Format) -> DataFormat {
         Format::A => DataFormat::A,
         Format::B => DataFormat::B,
         Format::C => DataFormat::C,
+        Format::U => DataFormat::U,
     }
 }
 
