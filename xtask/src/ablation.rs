@@ -27,7 +27,7 @@ pub const VARIANTS: &[(&str, f64, f64, f64)] = &[
 ];
 
 /// The default recipe apart from the objective weights and the seed (as `cargo xtask train` runs it).
-const RECIPE: &[(&str, &str)] = &[
+pub(crate) const RECIPE: &[(&str, &str)] = &[
     ("--cosine-tau", "20"),
     ("--ibn-tau", "20"),
     ("--angle-tau", "20"),
@@ -83,20 +83,25 @@ fn settings(o: &Options) -> Value {
 }
 
 /// Writes `path` through a temporary file and a rename: a kill leaves the old file or the new one, never half.
-fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
+pub(crate) fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))
 }
 
-fn read_json(path: &Path) -> anyhow::Result<Value> {
+pub(crate) fn read_json(path: &Path) -> anyhow::Result<Value> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
 /// `angle eval --json` of a model on every eval set: file name → cosine Spearman × 100, in order.
 fn eval(o: &Options, model: &Path) -> anyhow::Result<Vec<(String, f64)>> {
-    let out = Command::new(&o.bin)
+    eval_with(&o.bin, &o.eval, model)
+}
+
+/// [`eval`] with the binary and the eval sets given.
+pub(crate) fn eval_with(bin: &Path, sets: &[PathBuf], model: &Path) -> anyhow::Result<Vec<(String, f64)>> {
+    let out = Command::new(bin)
         .args([
             "eval",
             "--json",
@@ -111,9 +116,9 @@ fn eval(o: &Options, model: &Path) -> anyhow::Result<Vec<(String, f64)>> {
         ])
         .arg(model)
         .arg("--data")
-        .args(&o.eval)
+        .args(sets)
         .output()
-        .with_context(|| format!("running {}", o.bin.display()))?;
+        .with_context(|| format!("running {}", bin.display()))?;
     if !out.status.success() {
         bail!(
             "angle eval of {} failed:\n{}",
@@ -138,7 +143,7 @@ fn eval(o: &Options, model: &Path) -> anyhow::Result<Vec<(String, f64)>> {
         .collect()
 }
 
-fn scores_json(s: &[(String, f64)]) -> Value {
+pub(crate) fn scores_json(s: &[(String, f64)]) -> Value {
     Value::Array(s.iter().map(|(n, v)| json!({"data": n, "spearman": v})).collect())
 }
 
@@ -254,7 +259,7 @@ pub fn run_ablation(o: &Options) -> anyhow::Result<Outcome> {
     })
 }
 
-fn spearmans(v: &Value) -> Vec<(String, f64)> {
+pub(crate) fn spearmans(v: &Value) -> Vec<(String, f64)> {
     v["scores"]
         .as_array()
         .map(|a| {
@@ -636,7 +641,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn v(s: &[&str]) -> Vec<String> {
@@ -698,7 +703,7 @@ mod tests {
     /// The debug `angle` binary: the one `cargo test --workspace` built beside this test when it is newer than
     /// every source file (a build here would differ in features and compile the workspace again), else built
     /// here (cargo's lock is free while tests run).
-    fn angle_bin() -> PathBuf {
+    pub(crate) fn angle_bin() -> PathBuf {
         let root = crate::train::workspace_root().unwrap();
         let bin = debug_dir(&root).join("angle");
         let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
@@ -753,7 +758,7 @@ mod tests {
     }
 
     /// A 2-layer hidden-32 BERT with random weights and MiniLM's tokenizer, and heads of STS-B.
-    fn fixtures(dir: &Path) -> (PathBuf, PathBuf, Vec<PathBuf>) {
+    pub(crate) fn fixtures(dir: &Path) -> (PathBuf, PathBuf, Vec<PathBuf>) {
         let root = crate::train::workspace_root().unwrap();
         let shared = root.join("../shared");
         let tokenizer = shared.join("models/all-MiniLM-L6-v2/tokenizer.json");

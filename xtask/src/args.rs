@@ -5,7 +5,7 @@
 use anyhow::bail;
 
 /// The tasks that pass the arguments after `--` on to `angle train`.
-pub const PASSTHROUGH_TASKS: &[&str] = &["train", "ablation"];
+pub const PASSTHROUGH_TASKS: &[&str] = &["train", "ablation", "staged"];
 
 /// Splits at the first `--`: the task's own arguments, and what follows `--` (empty without one).
 pub fn split_passthrough(args: &[String]) -> (&[String], &[String]) {

@@ -2,6 +2,8 @@
 //!
 //! - `train`     the default AnglE recipe end to end (`train.rs`)
 //! - `ablation`  every objective variant × seeds, evaluated on STS sets (`ablation.rs`)
+//! - `staged`    an unsupervised (SimCSE) stage with and without the angle term, then the supervised recipe
+//!   (`staged.rs`)
 //! - `bench`     encoder throughput and memory beside PyTorch's numbers (`bench.rs`)
 //! - `bench-decoder` the decoder family's train step and encode beside PyTorch + peft (`bench_decoder.rs`)
 //! - `bench-mine` hard-negative mining's search at 100k × 1M, and `angle mine` beside sentence-transformers
@@ -16,12 +18,14 @@ mod bench_decoder;
 mod bench_mine;
 mod gpu_check;
 mod kernels;
+mod staged;
 mod train;
 
 /// Every task of the dispatch below.
 const TASKS: &[&str] = &[
     "train",
     "ablation",
+    "staged",
     "bench",
     "bench-decoder",
     "bench-mine",
@@ -39,6 +43,7 @@ fn main() -> anyhow::Result<()> {
     match task.as_str() {
         "train" => train::run(&rest),
         "ablation" => ablation::run(&rest),
+        "staged" => staged::run(&rest),
         "bench" => bench::run(&rest),
         "bench-decoder" => bench_decoder::run(&rest),
         "bench-mine" => bench_mine::run(&rest),

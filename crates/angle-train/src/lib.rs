@@ -26,6 +26,7 @@ pub mod mine;
 pub mod npy;
 pub mod plot;
 pub mod preflight;
+pub mod quantize;
 pub mod retrieval;
 pub mod saturation;
 pub mod schedule;

@@ -9,6 +9,7 @@ use angle_encoder::Pooling;
 use angle_train::backbone::Backbone;
 use angle_train::device::{Device, Precision};
 use angle_train::embed::{Embedder, LoadOptions, ModelDefaults, load_backbone};
+use angle_train::quantize::Quantization;
 use angle_train::stats::cosine;
 use angle_train::{TrainConfig, TrainOptions};
 use anyhow::{Context, bail};
@@ -419,6 +420,15 @@ struct EncodeArgs {
     /// Output: FILE.npy (float32 [n, dim]) or JSONL ({"text", "embedding"} per line) [default: JSONL on stdout].
     #[arg(long)]
     output: Option<PathBuf>,
+    /// Quantize the embeddings as sentence-transformers' quantize_embeddings does: int8 or uint8 (per-dimension
+    /// ranges from the embeddings, or from --calibration), binary or ubinary (sign bits packed 8 to a byte);
+    /// .npy output is then int8 / uint8 ([n, dim], or [n, dim/8] packed), JSONL integers.
+    #[arg(long)]
+    quantize: Option<String>,
+    /// --quantize int8|uint8: calibrate the ranges on the embeddings of this file's texts (one per line)
+    /// instead of the encoded ones.
+    #[arg(long, requires = "quantize")]
+    calibration: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -466,6 +476,10 @@ struct EvalArgs {
     /// Print one JSON object instead of text.
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     json: bool,
+    /// Also score the cosine of quantized embeddings (int8, uint8, binary, ubinary), as sentence-transformers'
+    /// EmbeddingSimilarityEvaluator(precision=...) does: what the quantization costs, beside float32.
+    #[arg(long, conflicts_with = "retrieval")]
+    quantize: Option<String>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -843,6 +857,23 @@ fn embed_lines(l: &mut Loaded, texts: &[String]) -> anyhow::Result<Vec<f32>> {
 }
 
 fn run_encode(a: &EncodeArgs) -> anyhow::Result<()> {
+    let quantize: Option<Quantization> = a.quantize.as_deref().map(str::parse).transpose()?;
+    if a.calibration.is_some() && !quantize.is_some_and(Quantization::needs_ranges) {
+        bail!(
+            "--calibration calibrates int8 / uint8 ranges; --quantize {} takes the sign",
+            a.quantize.as_deref().unwrap_or("")
+        );
+    }
+    let calibration: Option<Vec<String>> = match &a.calibration {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("--calibration: reading {}", p.display()))?
+                .lines()
+                .map(str::to_owned)
+                .collect(),
+        ),
+        None => None,
+    };
     // The output's folder and the input before the model loads: neither is worth a load to find missing.
     if let Some(dir) = a.output.as_deref().and_then(Path::parent)
         && !dir.as_os_str().is_empty()
@@ -879,15 +910,21 @@ fn run_encode(a: &EncodeArgs) -> anyhow::Result<()> {
         embed_lines(&mut l, &texts)?
     };
     if a.normalize {
-        for row in emb.chunks_mut(h) {
-            let norm = row
-                .iter()
-                .map(|&x| (x as f64) * (x as f64))
-                .sum::<f64>()
-                .sqrt()
-                .max(1e-12) as f32;
-            row.iter_mut().for_each(|x| *x /= norm);
-        }
+        normalize_rows(&mut emb, h);
+    }
+    if let Some(q) = quantize {
+        let ranges = match calibration {
+            Some(texts) => {
+                let mut cal = embed_lines(&mut l, &texts)?;
+                if a.normalize {
+                    normalize_rows(&mut cal, h);
+                }
+                Some(angle_train::quantize::Ranges::of(&cal, h).context("--calibration")?)
+            }
+            None => None,
+        };
+        let quantized = angle_train::quantize::quantize(&emb, h, q, ranges.as_ref())?;
+        return write_quantized(a.output.as_deref(), &texts, &quantized);
     }
     match &a.output {
         Some(p) if p.extension().is_some_and(|e| e == "npy") => {
@@ -903,6 +940,49 @@ fn run_encode(a: &EncodeArgs) -> anyhow::Result<()> {
         None => write_jsonl(&mut BufWriter::new(std::io::stdout().lock()), &texts, &emb, h)?,
     }
     Ok(())
+}
+
+fn normalize_rows(emb: &mut [f32], h: usize) {
+    for row in emb.chunks_mut(h) {
+        let norm = row
+            .iter()
+            .map(|&x| (x as f64) * (x as f64))
+            .sum::<f64>()
+            .sqrt()
+            .max(1e-12) as f32;
+        row.iter_mut().for_each(|x| *x /= norm);
+    }
+}
+
+/// `angle encode --quantize`: `.npy` of int8 / uint8, or JSONL with integer embeddings.
+fn write_quantized(
+    output: Option<&Path>,
+    texts: &[String],
+    q: &angle_train::quantize::Quantized,
+) -> anyhow::Result<()> {
+    let jsonl = |w: &mut dyn Write| -> anyhow::Result<()> {
+        for (r, t) in texts.iter().enumerate() {
+            let line =
+                serde_json::json!({"text": t, "embedding": q.row_values(r), "quantization": q.kind.name()});
+            writeln!(w, "{line}")?;
+        }
+        w.flush()?;
+        Ok(())
+    };
+    match output {
+        Some(p) if p.extension().is_some_and(|e| e == "npy") => {
+            let f = std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?;
+            let mut w = BufWriter::new(f);
+            angle_train::npy::write_npy(&mut w, q.npy_descr(), &q.bytes, q.rows, q.cols())?;
+            w.flush()?;
+            Ok(())
+        }
+        Some(p) => {
+            let f = std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?;
+            jsonl(&mut BufWriter::new(f))
+        }
+        None => jsonl(&mut BufWriter::new(std::io::stdout().lock())),
+    }
 }
 
 fn write_jsonl(w: &mut impl Write, texts: &[String], emb: &[f32], h: usize) -> anyhow::Result<()> {
@@ -991,13 +1071,14 @@ fn run_eval(a: &EvalArgs) -> anyhow::Result<()> {
         }
     }
     let files = suite::collect_files(&inputs)?;
+    let quantize: Option<Quantization> = a.quantize.as_deref().map(str::parse).transpose()?;
     let mut l = load(&a.model, true)?;
     let prompts = angle_data::Prompts {
         text: l.prompt.clone(),
         ..Default::default()
     };
     let sets = suite::load_all(&files, &l.tok, &prompts, a.skip_invalid)?;
-    let r = suite::evaluate_all(&mut *l.model, &mut l.emb, &sets)?;
+    let r = suite::evaluate_suite(&mut *l.model, &mut l.emb, &sets, quantize)?;
     if a.json {
         println!("{}", suite::to_json(&r, &l.model.pooling().name()));
     } else if a.markdown {

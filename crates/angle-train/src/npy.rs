@@ -1,11 +1,28 @@
-//! A `.npy` writer for a 2-D little-endian float32 array (NumPy format version 1.0), for `angle encode --output X.npy`.
+//! A `.npy` writer for 2-D little-endian arrays (NumPy format version 1.0): float32 for `angle encode --output X.npy`,
+//! int8 / uint8 for `--quantize`.
 
 use std::io::Write;
 
 /// Write `data` (row-major, `rows × cols`) as a NumPy `<f4` array.
 pub fn write_npy_f32<W: Write>(out: &mut W, data: &[f32], rows: usize, cols: usize) -> std::io::Result<()> {
     debug_assert_eq!(data.len(), rows * cols);
-    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    let mut bytes = Vec::with_capacity(data.len() * 4);
+    for v in data {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    write_npy(out, "<f4", &bytes, rows, cols)
+}
+
+/// Write `bytes` (row-major, `rows × cols` elements of type `descr`, e.g. `|i1`, already little-endian) as a NumPy
+/// array.
+pub fn write_npy<W: Write>(
+    out: &mut W,
+    descr: &str,
+    bytes: &[u8],
+    rows: usize,
+    cols: usize,
+) -> std::io::Result<()> {
+    let dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
     // Magic (6) + version (2) + header length (2) + dict + padding + '\n' must be a multiple of 64.
     let unpadded = 10 + dict.len() + 1;
     let pad = (64 - unpadded % 64) % 64;
@@ -15,11 +32,7 @@ pub fn write_npy_f32<W: Write>(out: &mut W, data: &[f32], rows: usize, cols: usi
     out.write_all(dict.as_bytes())?;
     out.write_all(&vec![b' '; pad])?;
     out.write_all(b"\n")?;
-    let mut bytes = Vec::with_capacity(data.len() * 4);
-    for v in data {
-        bytes.extend_from_slice(&v.to_le_bytes());
-    }
-    out.write_all(&bytes)
+    out.write_all(bytes)
 }
 
 #[cfg(test)]

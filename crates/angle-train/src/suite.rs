@@ -17,6 +17,7 @@ use crate::backbone::Backbone;
 use crate::embed::Embedder;
 use crate::error::{Result, TrainError};
 use crate::evaluate::load_sts;
+use crate::quantize::Quantization;
 use crate::similarity::Measure;
 use crate::stats::{pearson, spearman};
 
@@ -66,6 +67,18 @@ pub struct FileScores {
     pub pairs: usize,
     pub skipped: usize,
     pub scores: MeasureTable,
+    /// `--quantize`: the cosine correlations of the quantized embeddings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantized: Option<QuantizedScores>,
+}
+
+/// The cosine correlations of quantized embeddings, as sentence-transformers' `EmbeddingSimilarityEvaluator` with
+/// `precision` computes them: embeddings normalised, then quantized (the 8-bit kinds with ranges calibrated on the
+/// file's own texts, both sides together), then compared as floats ([`crate::quantize`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuantizedScores {
+    pub quantization: String,
+    pub cosine: Correlation,
 }
 
 /// The scores of every file and their mean.
@@ -74,6 +87,9 @@ pub struct SuiteReport {
     pub files: Vec<FileScores>,
     /// The unweighted mean over files of each measure's correlations.
     pub mean: MeasureTable,
+    /// `--quantize`: the mean over files of the quantized cosine correlations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantized_mean: Option<QuantizedScores>,
     /// Distinct texts embedded (over all files).
     pub texts: usize,
     pub seconds: f64,
@@ -113,6 +129,16 @@ pub fn load_all(
 
 /// Scores every dataset under every measure, embedding each distinct text once.
 pub fn evaluate_all(model: &mut dyn Backbone, emb: &mut Embedder, sets: &[Dataset]) -> Result<SuiteReport> {
+    evaluate_suite(model, emb, sets, None)
+}
+
+/// [`evaluate_all`], and with `quantize` also the cosine correlations of quantized embeddings.
+pub fn evaluate_suite(
+    model: &mut dyn Backbone,
+    emb: &mut Embedder,
+    sets: &[Dataset],
+    quantize: Option<Quantization>,
+) -> Result<SuiteReport> {
     if sets.is_empty() {
         return Err(TrainError::Data("no STS file to evaluate".into()));
     }
@@ -163,11 +189,16 @@ pub fn evaluate_all(model: &mut dyn Backbone, emb: &mut Embedder, sets: &[Datase
                 .collect();
             correlate(set.path(), m, &sims, &gold)
         })?;
+        let quantized = match quantize {
+            Some(q) => Some(quantized_scores(set, map, &vecs, h, q, &gold)?),
+            None => None,
+        };
         files.push(FileScores {
             data: set.path().to_path_buf(),
             pairs: set.len(),
             skipped: set.skip_counts().total,
             scores,
+            quantized,
         });
     }
     let n = files.len() as f64;
@@ -177,11 +208,58 @@ pub fn evaluate_all(model: &mut dyn Backbone, emb: &mut Embedder, sets: &[Datase
             pearson: files.iter().map(|f| f.scores.get(m).pearson).sum::<f64>() / n,
         })
     })?;
+    let quantized_mean = quantize.map(|q| {
+        let per: Vec<&Correlation> = files
+            .iter()
+            .filter_map(|f| f.quantized.as_ref().map(|x| &x.cosine))
+            .collect();
+        QuantizedScores {
+            quantization: q.name().into(),
+            cosine: Correlation {
+                spearman: per.iter().map(|c| c.spearman).sum::<f64>() / n,
+                pearson: per.iter().map(|c| c.pearson).sum::<f64>() / n,
+            },
+        }
+    });
     Ok(SuiteReport {
         files,
         mean,
+        quantized_mean,
         texts: seqs.len(),
         seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// One file's cosine correlations after quantizing its texts' normalised embeddings (`map`: the file's text
+/// numbers into the rows of `vecs`).
+fn quantized_scores(
+    set: &Dataset,
+    map: &[usize],
+    vecs: &[f32],
+    h: usize,
+    q: Quantization,
+    gold: &[f64],
+) -> Result<QuantizedScores> {
+    let mut own = Vec::with_capacity(map.len() * h);
+    for &g in map {
+        let row = &vecs[g * h..(g + 1) * h];
+        let norm = row
+            .iter()
+            .map(|&x| (x as f64) * (x as f64))
+            .sum::<f64>()
+            .sqrt()
+            .max(1e-12);
+        own.extend(row.iter().map(|&x| (x as f64 / norm) as f32));
+    }
+    let quantized = crate::quantize::quantize(&own, h, q, None)?;
+    let (floats, w) = quantized.to_f32();
+    let row = |t: usize| &floats[t * w..(t + 1) * w];
+    let sims: Vec<f64> = (0..set.len())
+        .map(|e| crate::stats::cosine(row(set.text_of(e, 0, 0, 0)), row(set.text_of(e, 1, 0, 0))))
+        .collect();
+    Ok(QuantizedScores {
+        quantization: q.name().into(),
+        cosine: correlate(set.path(), Measure::Cosine, &sims, gold)?,
     })
 }
 
@@ -217,15 +295,30 @@ pub fn render_text(r: &SuiteReport) -> String {
             let _ = writeln!(s, "  {:<10} {:>9.2} {:>9.2}", m.name(), c.spearman, c.pearson);
         }
     };
+    let quantized = |s: &mut String, f32_cosine: Correlation, q: &Option<QuantizedScores>| {
+        if let Some(q) = q {
+            let _ = writeln!(
+                s,
+                "  {:<10} {:>9.2} {:>9.2}   (cosine of {} embeddings; {:+.2} Spearman against float32)",
+                q.quantization,
+                q.cosine.spearman,
+                q.cosine.pearson,
+                q.quantization,
+                q.cosine.spearman - f32_cosine.spearman
+            );
+        }
+    };
     for f in &r.files {
         block(
             &mut s,
             format!("{} ({} pairs, {} skipped)", f.data.display(), f.pairs, f.skipped),
             &f.scores,
         );
+        quantized(&mut s, f.scores.cosine, &f.quantized);
     }
     if r.files.len() > 1 {
         block(&mut s, format!("mean over {} files", r.files.len()), &r.mean);
+        quantized(&mut s, r.mean.cosine, &r.quantized_mean);
     }
     let _ = writeln!(s, "{} distinct texts embedded, {:.1} s", r.texts, r.seconds);
     s
@@ -233,28 +326,45 @@ pub fn render_text(r: &SuiteReport) -> String {
 
 /// Markdown: one row per file (and the mean), Spearman / Pearson per measure.
 pub fn render_markdown(r: &SuiteReport) -> String {
+    let q_name = r.quantized_mean.as_ref().map(|q| q.quantization.clone());
     let mut s = String::from("| data | pairs |");
     for m in Measure::ALL {
         let _ = write!(s, " {} |", m.name());
     }
-    s.push_str("\n| --- | --- |");
-    for _ in Measure::ALL {
-        s.push_str(" --- |");
+    if let Some(q) = &q_name {
+        let _ = write!(s, " cosine, {q} |");
     }
+    s.push_str("\n| --- | --- |");
+    s.push_str(&" --- |".repeat(Measure::ALL.len() + usize::from(q_name.is_some())));
     s.push('\n');
-    let row = |s: &mut String, name: String, pairs: String, t: &MeasureTable| {
+    let row = |s: &mut String, name: String, pairs: String, t: &MeasureTable, q: &Option<QuantizedScores>| {
         let _ = write!(s, "| {name} | {pairs} |");
         for m in Measure::ALL {
             let c = t.get(m);
             let _ = write!(s, " {:.2} / {:.2} |", c.spearman, c.pearson);
         }
+        if let Some(q) = q {
+            let _ = write!(s, " {:.2} / {:.2} |", q.cosine.spearman, q.cosine.pearson);
+        }
         s.push('\n');
     };
     for f in &r.files {
-        row(&mut s, file_label(&f.data), f.pairs.to_string(), &f.scores);
+        row(
+            &mut s,
+            file_label(&f.data),
+            f.pairs.to_string(),
+            &f.scores,
+            &f.quantized,
+        );
     }
     if r.files.len() > 1 {
-        row(&mut s, "**mean**".into(), String::new(), &r.mean);
+        row(
+            &mut s,
+            "**mean**".into(),
+            String::new(),
+            &r.mean,
+            &r.quantized_mean,
+        );
     }
     s.push_str("\nSpearman / Pearson × 100 per similarity measure.\n");
     s
@@ -268,6 +378,7 @@ pub fn to_json(r: &SuiteReport, pooling: &str) -> serde_json::Value {
         "pearson": r.mean.cosine.pearson,
         "files": r.files,
         "mean": r.mean,
+        "quantized_mean": r.quantized_mean,
         "texts": r.texts,
         "seconds": r.seconds,
         "pooling": pooling,
