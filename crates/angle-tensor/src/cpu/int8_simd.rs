@@ -30,6 +30,7 @@ pub(super) fn avx2_available() -> bool {
 }
 
 /// AVX512F + AVX512BW (the quantizer's widest version).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) fn avx512bw_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
