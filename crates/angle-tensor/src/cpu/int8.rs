@@ -762,47 +762,38 @@ unsafe fn run_block(flavor: Flavor, blk: &Block) {
     }
 }
 
-/// The portable micro-block: `mr ≤ 4` rows × the 16 columns of a panel. Each row keeps 64 i32 sums, one
-/// per byte of a group row (`acc[4j + e] += qx[4p + e] · qW[j, 4p + e]`): an elementwise loop over 64 lanes,
-/// which compilers vectorise on any target; the 4 sums of each column are added at the end.
+/// The portable micro-block: i8 × i8 products in i32 over each group, 16 columns of a panel.
 fn portable_block(blk: &Block) {
     let kp = blk.groups * GROUP;
-    // SAFETY: `Block`'s contract: one panel of `groups · 64` bytes, 16 padded column values, `mr` rows
-    // of `kp` input bytes `lda` apart.
-    let (panel, sw, bias, rows) = unsafe {
+    // SAFETY: `Block`'s contract: one panel of `groups · 64` bytes, 16 padded column values.
+    let (panel, sw, bias) = unsafe {
         (
             std::slice::from_raw_parts(blk.b, blk.groups * GROUP_BYTES),
             std::slice::from_raw_parts(blk.sw, PANEL),
             std::slice::from_raw_parts(blk.bias, PANEL),
-            std::array::from_fn::<&[i8], 4, _>(|i| {
-                if i < blk.mr {
-                    std::slice::from_raw_parts(blk.a.add(i * blk.lda) as *const i8, kp)
-                } else {
-                    &[]
-                }
-            }),
         )
     };
-    let mut acc = [[0i32; GROUP_BYTES]; 4];
-    for (p, wg) in panel.chunks_exact(GROUP_BYTES).enumerate() {
-        for (acc, a) in acc.iter_mut().zip(&rows).take(blk.mr) {
-            let a = &a[p * GROUP..p * GROUP + GROUP];
-            for (idx, (s, &w)) in acc.iter_mut().zip(wg).enumerate() {
-                *s += i32::from(a[idx % GROUP]) * i32::from(w);
-            }
-        }
-    }
-    for (i, acc) in acc.iter().enumerate().take(blk.mr) {
-        // SAFETY: row `i < mr`: its scale and its `cols` outputs.
-        let (sx, c) = unsafe {
+    for i in 0..blk.mr {
+        // SAFETY: row `i < mr` of `kp` bytes, its scale, and `cols` outputs of row `i`.
+        let (a, sx, c) = unsafe {
             (
+                std::slice::from_raw_parts(blk.a.add(i * blk.lda) as *const i8, kp),
                 *blk.sx.add(i),
                 std::slice::from_raw_parts_mut(blk.c.add(i * blk.ldc), blk.cols),
             )
         };
+        let mut acc = [0i32; PANEL];
+        for (ag, wg) in a.chunks_exact(GROUP).zip(panel.chunks_exact(GROUP_BYTES)) {
+            for (acc, wj) in acc.iter_mut().zip(wg.chunks_exact(GROUP)) {
+                *acc += ag
+                    .iter()
+                    .zip(wj)
+                    .map(|(&x, &w)| i32::from(x) * i32::from(w))
+                    .sum::<i32>();
+            }
+        }
         for (j, o) in c.iter_mut().enumerate() {
-            let sum: i32 = acc[j * GROUP..(j + 1) * GROUP].iter().sum();
-            *o = dequantize(sum, sx, sw[j], bias[j]);
+            *o = dequantize(acc[j], sx, sw[j], bias[j]);
         }
     }
 }
