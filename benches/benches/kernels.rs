@@ -3,7 +3,11 @@
 //! Throughput is GFLOP/s for the products, elements/s for the rest. Threads: rayon's global
 //! pool (`RAYON_NUM_THREADS` sets it).
 //!
+//! `decoder_linear` times the forward products (f32, bf16 and int8 on every kernel present) on a
+//! decoder's shapes (Qwen3-0.6B: hidden 1024, intermediate 3072), 1,024 rows.
+//!
 //! `cargo bench -p angle-benches --bench kernels`
+//! (`-- '_forward/(Auto|bf16|int8)'`: the forward products only, f32 against bf16 and int8).
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -14,7 +18,8 @@ use angle_tensor::cpu::{
     layernorm_backward, layernorm_forward, linear_backward, linear_forward, set_gemm_backend,
 };
 use angle_tensor::cpu::{
-    PackedBf16, bf16_kernels_present, linear_backward_bf16_with, linear_forward_bf16_with,
+    PackedBf16, PackedI8, bf16_kernels_present, int8_kernels_present, linear_backward_bf16_with,
+    linear_forward_bf16_with, linear_forward_i8_with,
 };
 use criterion::{
     BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main, measurement::WallTime,
@@ -127,6 +132,64 @@ fn linear(c: &mut Criterion) {
                 })
             });
         }
+        int8_forward(&mut g, name, &x, &w, &b, &mut out, n, i, o);
+    }
+}
+
+/// int8 forward products (weight quantized once per channel, input rows quantized per call, which the
+/// time includes) on every kernel this CPU has; GOP/s counts 2 integer operations per product, as the
+/// f32 and bf16 rows count FLOPs.
+#[allow(clippy::too_many_arguments)]
+fn int8_forward(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    out: &mut [f32],
+    n: usize,
+    i: usize,
+    o: usize,
+) {
+    let packed = PackedI8::quantize(w, o, i).unwrap();
+    let (present, absent) = int8_kernels_present();
+    for k in absent {
+        eprintln!(
+            "int8 kernel {} not benchmarked: this CPU lacks {}",
+            k.name(),
+            k.needs()
+        );
+    }
+    g.throughput(Throughput::Elements((2 * n * i * o) as u64));
+    for k in present {
+        g.bench_function(format!("{name}_forward/int8-{}", k.name()), |bch| {
+            bch.iter(|| linear_forward_i8_with(k, out, black_box(x), &packed, Some(b), n).unwrap())
+        });
+    }
+}
+
+/// Forward products on a decoder's shapes (Qwen3-0.6B, 1,024 rows): f32 (faer), bf16 and int8 on
+/// every kernel present, in one run.
+fn decoder_linear(c: &mut Criterion) {
+    const ROWS: usize = 1024;
+    let mut g = group(c, "decoder_linear");
+    for (name, i, o) in [("q", 1024, 2048), ("up", 1024, 3072), ("down", 3072, 1024)] {
+        let (x, w, b) = (data(ROWS * i, 1), data(o * i, 2), data(o, 3));
+        let mut out = vec![0.0f32; ROWS * o];
+        set_gemm_backend(GemmBackend::Auto);
+        g.throughput(Throughput::Elements((2 * ROWS * i * o) as u64));
+        g.bench_function(format!("{name}_forward/Auto"), |bch| {
+            bch.iter(|| linear_forward(&mut out, black_box(&x), &w, Some(&b), ROWS, i, o).unwrap())
+        });
+        let packed = PackedBf16::pack(&w, o, i).unwrap();
+        for k in bf16_kernels_present().0 {
+            g.bench_function(format!("{name}_forward/bf16-{}", k.name()), |bch| {
+                bch.iter(|| {
+                    linear_forward_bf16_with(k, &mut out, black_box(&x), &packed, Some(&b), ROWS).unwrap()
+                })
+            });
+        }
+        int8_forward(&mut g, name, &x, &w, &b, &mut out, ROWS, i, o);
     }
 }
 
@@ -281,5 +344,5 @@ fn attention(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, linear, attention, elementwise);
+criterion_group!(benches, linear, decoder_linear, attention, elementwise);
 criterion_main!(benches);

@@ -11,6 +11,8 @@ mod float;
 mod gelu;
 mod gemm;
 mod gqa;
+mod int8;
+mod int8_simd;
 mod layernorm;
 mod linear;
 mod lora;
@@ -40,6 +42,11 @@ pub use gelu::{GeluKind, erf_f64, gelu_backward, gelu_forward};
 pub use gemm::backend::{GemmBackend, set_gemm_backend};
 pub use gemm::{MatMut, MatRef, gemm};
 pub use gqa::{GqaShape, gqa_attention_backward, gqa_attention_forward};
+pub use int8::{
+    Int8Kernel, MAX_IN_DIM, PackedI8, int8_kernel, int8_kernels_present, int8_self_check, linear_forward_i8,
+    linear_forward_i8_gelu, linear_forward_i8_gelu_with, linear_forward_i8_with, quantize_row_i8,
+    requested_int8_kernel,
+};
 pub use layernorm::{layernorm_backward, layernorm_forward};
 pub use linear::{linear_backward, linear_forward};
 pub use lora::{LoraShape, lora_backward, lora_forward};
