@@ -1182,6 +1182,13 @@ impl Decoder {
     /// (full fine-tuning) are repacked after every AdamW step. Norms, attention, SwiGLU, LoRA's A and B,
     /// master weights and AdamW stay f32. Costs the bf16 bytes of the linear weights, twice when training.
     pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        if precision == Precision::Int8 {
+            return Err(DecoderError::State(
+                "int8 products are not wired into the decoder family yet (the BERT family encodes in int8); \
+                 use f32 or bf16"
+                    .into(),
+            ));
+        }
         self.precision = precision;
         self.bf16.clear();
         self.repack(false)

@@ -4,7 +4,11 @@
 //! rounded to bf16, sums in f32) on CPUs with AMX tiles, about 3x the f32 products on this
 //! project's Xeon. Both default to f32.
 
-use angle_tensor::cpu::{Bf16Kernel, PackedBf16, bf16_kernel};
+use angle_tensor::TensorError;
+use angle_tensor::cpu::{
+    Bf16Kernel, GeluKind, PackedBf16, PackedI8, bf16_kernel, linear_forward_bf16, linear_forward_bf16_gelu,
+    linear_forward_i8, linear_forward_i8_gelu,
+};
 
 use crate::config::BertConfig;
 use crate::error::Result;
@@ -19,14 +23,19 @@ pub enum Precision {
     /// The linear layers' products in bf16 with f32 sums; layer norm, softmax, GELU and
     /// residuals stay f32. Embeddings move by about 1e-3 relative.
     Bf16,
+    /// Eval-mode forwards only: the linear layers' products in int8 (weights per output channel,
+    /// activations per row, both symmetric absmax; i32 sums, f32 scales and bias); everything else
+    /// f32. Embeddings move by about 1e-2 relative (README: STS-B within a few tenths).
+    Int8,
 }
 
 impl Precision {
-    /// `f32` or `bf16`.
+    /// `f32`, `bf16` or `int8`.
     pub fn parse(s: &str) -> Option<Self> {
         match s.to_ascii_lowercase().as_str() {
             "f32" | "fp32" | "float32" => Some(Precision::F32),
             "bf16" | "bfloat16" => Some(Precision::Bf16),
+            "int8" => Some(Precision::Int8),
             _ => None,
         }
     }
@@ -39,6 +48,109 @@ pub(crate) struct Bf16Layer {
     pub attn_out: PackedBf16,
     pub ffn_in: PackedBf16,
     pub ffn_out: PackedBf16,
+}
+
+/// int8 copies of one layer's linear weights (eval-mode forwards).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Int8Layer {
+    pub qkv: PackedI8,
+    pub attn_out: PackedI8,
+    pub ffn_in: PackedI8,
+    pub ffn_out: PackedI8,
+}
+
+/// Quantizes every layer's linear weights from the flat parameter buffer.
+pub(crate) fn quantize_layers(
+    config: &BertConfig,
+    layout: &ParamLayout,
+    params: &[f32],
+) -> Result<Vec<Int8Layer>> {
+    let (h, inter) = (config.hidden_size, config.intermediate_size);
+    let q = |range: &std::ops::Range<usize>, out, inp| PackedI8::quantize(&params[range.clone()], out, inp);
+    layout
+        .layers
+        .iter()
+        .map(|w| {
+            Ok(Int8Layer {
+                qkv: q(&w.qkv_weight, 3 * h, h)?,
+                attn_out: q(&w.attn_out_weight, h, h)?,
+                ffn_in: q(&w.ffn_in_weight, inter, h)?,
+                ffn_out: q(&w.ffn_out_weight, h, inter)?,
+            })
+        })
+        .collect()
+}
+
+/// One layer's packed linear weights, in whichever form the forward's precision packed.
+#[derive(Clone, Copy)]
+pub(crate) enum LayerPack<'a> {
+    Bf16(&'a Bf16Layer),
+    Int8(&'a Int8Layer),
+}
+
+/// One packed linear weight.
+#[derive(Clone, Copy)]
+pub(crate) enum Lin<'a> {
+    Bf16(&'a PackedBf16),
+    Int8(&'a PackedI8),
+}
+
+impl<'a> LayerPack<'a> {
+    pub fn qkv(self) -> Lin<'a> {
+        match self {
+            Self::Bf16(l) => Lin::Bf16(&l.qkv),
+            Self::Int8(l) => Lin::Int8(&l.qkv),
+        }
+    }
+    pub fn attn_out(self) -> Lin<'a> {
+        match self {
+            Self::Bf16(l) => Lin::Bf16(&l.attn_out),
+            Self::Int8(l) => Lin::Int8(&l.attn_out),
+        }
+    }
+    pub fn ffn_in(self) -> Lin<'a> {
+        match self {
+            Self::Bf16(l) => Lin::Bf16(&l.ffn_in),
+            Self::Int8(l) => Lin::Int8(&l.ffn_in),
+        }
+    }
+    pub fn ffn_out(self) -> Lin<'a> {
+        match self {
+            Self::Bf16(l) => Lin::Bf16(&l.ffn_out),
+            Self::Int8(l) => Lin::Int8(&l.ffn_out),
+        }
+    }
+}
+
+impl Lin<'_> {
+    /// `out = inp · Wᵀ + bias` in the weight's form.
+    pub fn forward(
+        self,
+        out: &mut [f32],
+        inp: &[f32],
+        bias: Option<&[f32]>,
+        rows: usize,
+    ) -> std::result::Result<(), TensorError> {
+        match self {
+            Self::Bf16(w) => linear_forward_bf16(out, inp, w, bias, rows),
+            Self::Int8(w) => linear_forward_i8(out, inp, w, bias, rows),
+        }
+    }
+
+    /// `out = gelu(inp · Wᵀ + bias)` (eval mode: no pre-activation kept).
+    pub fn forward_gelu(
+        self,
+        out: &mut [f32],
+        inp: &[f32],
+        bias: Option<&[f32]>,
+        rows: usize,
+        kind: GeluKind,
+    ) -> std::result::Result<(), TensorError> {
+        match self {
+            Self::Bf16(w) => linear_forward_bf16_gelu(out, inp, w, bias, rows, kind),
+            Self::Int8(w) => linear_forward_i8_gelu(out, inp, w, bias, rows, kind),
+        }
+    }
 }
 
 /// bf16 copies of the weights: `fwd` for forwards (`x · Wᵀ`), `bwd` (transposed, for `dy · W`)

@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 use angle_tensor::cpu::{
     AttentionDropout, GeluKind, PackedBf16, attention_backward, attention_forward, attention_probs_len,
     dropout_backward, embedding_backward, embedding_forward, gelu_backward, gelu_forward, layernorm_backward,
-    layernorm_forward, linear_backward, linear_backward_bf16, linear_forward, linear_forward_bf16,
-    linear_forward_bf16_gelu, residual_forward,
+    layernorm_forward, linear_backward, linear_backward_bf16, linear_forward, residual_forward,
 };
 use angle_tensor::rng::derive_seed;
 
@@ -16,7 +15,7 @@ use crate::arena::{Activations, Mode};
 use crate::checkpoint;
 use crate::config::{Activation, BertConfig};
 use crate::error::{EncoderError, Result};
-use crate::inference::{Bf16Packs, Precision, pack_layers};
+use crate::inference::{Bf16Packs, Int8Layer, LayerPack, Precision, pack_layers, quantize_layers};
 use crate::params::{ParamBuffers, ParamLayout};
 use crate::pooling::{Pooler, Pooling};
 use crate::profile::{self, Op};
@@ -88,6 +87,8 @@ pub struct Encoder {
     train_precision: Precision,
     /// bf16 copies of the linear weights while either precision is bf16; shared by clones.
     bf16: Option<std::sync::Arc<Bf16Packs>>,
+    /// int8 copies of the linear weights while the inference precision is int8; shared by clones.
+    int8: Option<std::sync::Arc<Vec<Int8Layer>>>,
 }
 
 impl Encoder {
@@ -119,6 +120,7 @@ impl Encoder {
             inference_precision: Precision::F32,
             train_precision: Precision::F32,
             bf16: None,
+            int8: None,
         }
     }
 
@@ -140,6 +142,7 @@ impl Encoder {
             inference_precision: Precision::F32,
             train_precision: Precision::F32,
             bf16: None,
+            int8: None,
         })
     }
 
@@ -203,17 +206,25 @@ impl Encoder {
             &self.layout.no_decay,
             t,
         )?;
-        if self.bf16.is_some() {
-            // keep the bf16 copies in step with the weights they copy
+        if self.bf16.is_some() || self.int8.is_some() {
+            // keep the bf16 / int8 copies in step with the weights they copy
             self.repack_bf16()?;
         }
         Ok(())
     }
 
-    /// (Re)builds the bf16 copies the two precisions need.
+    /// (Re)builds the bf16 and int8 copies the two precisions need.
     fn repack_bf16(&mut self) -> Result<()> {
+        self.int8 = match self.inference_precision {
+            Precision::Int8 => Some(std::sync::Arc::new(quantize_layers(
+                &self.config,
+                &self.layout,
+                &self.buffers.params,
+            )?)),
+            _ => None,
+        };
         let train = self.train_precision == Precision::Bf16;
-        if !train && self.inference_precision == Precision::F32 {
+        if !train && self.inference_precision != Precision::Bf16 {
             self.bf16 = None;
             return Ok(());
         }
@@ -250,6 +261,11 @@ impl Encoder {
     /// the CPU has it); the weight gradients (`dyᵀ · x`, from f32 activations), the master
     /// weights and AdamW stay f32, as in PyTorch's bf16 autocast. Default f32 (exact).
     pub fn set_train_precision(&mut self, precision: Precision) -> Result<()> {
+        if precision == Precision::Int8 {
+            return Err(EncoderError::Batch(
+                "int8 is an inference precision: training runs in f32 or bf16".into(),
+            ));
+        }
         self.train_precision = precision;
         self.repack_bf16()
     }
@@ -390,8 +406,10 @@ impl Encoder {
         } else {
             self.inference_precision
         };
-        let bf16 = match precision {
-            Precision::Bf16 => self.bf16.as_deref().map(|packs| &packs.fwd[..]),
+        // The layers' packed weights when the products run in bf16 or int8 (`None`: f32 products).
+        let packs = |l: usize| match precision {
+            Precision::Bf16 => self.bf16.as_deref().map(|packs| LayerPack::Bf16(&packs.fwd[l])),
+            Precision::Int8 => self.int8.as_deref().map(|layers| LayerPack::Int8(&layers[l])),
             Precision::F32 => None,
         };
 
@@ -441,15 +459,12 @@ impl Encoder {
             let x_range = in_slot * t_cap * h..in_slot * t_cap * h + n * h;
 
             let qkv = &mut a.qkv[tq..tq + 3 * n * h];
-            let wb = bf16.map(|layers| &layers[l]);
+            let wb = packs(l);
             timed(Op::LinearQkv, || match wb {
-                Some(wb) => linear_forward_bf16(
-                    qkv,
-                    &a.layer_in[x_range.clone()],
-                    &wb.qkv,
-                    Some(&p[w.qkv_bias.clone()]),
-                    n,
-                ),
+                Some(wb) => {
+                    wb.qkv()
+                        .forward(qkv, &a.layer_in[x_range.clone()], Some(&p[w.qkv_bias.clone()]), n)
+                }
                 None => linear_forward(
                     qkv,
                     &a.layer_in[x_range.clone()],
@@ -477,9 +492,9 @@ impl Encoder {
 
             let proj = &mut a.proj[..n * h];
             timed(Op::LinearAttnOut, || match wb {
-                Some(wb) => {
-                    linear_forward_bf16(proj, ctx, &wb.attn_out, Some(&p[w.attn_out_bias.clone()]), n)
-                }
+                Some(wb) => wb
+                    .attn_out()
+                    .forward(proj, ctx, Some(&p[w.attn_out_bias.clone()]), n),
                 None => linear_forward(
                     proj,
                     ctx,
@@ -520,13 +535,11 @@ impl Encoder {
                 // eval mode keeps no pre-activation for a backward: GELU in the product's epilogue
                 Some(wb) if !train => timed(Op::LinearFfnIn, || {
                     let b = Some(&p[w.ffn_in_bias.clone()]);
-                    linear_forward_bf16_gelu(act, ln1, &wb.ffn_in, b, n, self.gelu_kind())
+                    wb.ffn_in().forward_gelu(act, ln1, b, n, self.gelu_kind())
                 })?,
                 _ => {
                     timed(Op::LinearFfnIn, || match wb {
-                        Some(wb) => {
-                            linear_forward_bf16(fc1, ln1, &wb.ffn_in, Some(&p[w.ffn_in_bias.clone()]), n)
-                        }
+                        Some(wb) => wb.ffn_in().forward(fc1, ln1, Some(&p[w.ffn_in_bias.clone()]), n),
                         None => linear_forward(
                             fc1,
                             ln1,
@@ -541,7 +554,9 @@ impl Encoder {
                 }
             }
             timed(Op::LinearFfnOut, || match wb {
-                Some(wb) => linear_forward_bf16(proj, act, &wb.ffn_out, Some(&p[w.ffn_out_bias.clone()]), n),
+                Some(wb) => wb
+                    .ffn_out()
+                    .forward(proj, act, Some(&p[w.ffn_out_bias.clone()]), n),
                 None => linear_forward(
                     proj,
                     act,
@@ -632,7 +647,7 @@ impl Encoder {
         // bf16 training: backward's input gradients through the transposed bf16 weights
         let bwd16 = match self.train_precision {
             Precision::Bf16 => self.bf16.as_deref().map(|packs| &packs.bwd[..]),
-            Precision::F32 => None,
+            Precision::F32 | Precision::Int8 => None,
         };
         for (l, w) in self.layout.layers.iter().enumerate().rev() {
             if l + 1 < depth {

@@ -9,12 +9,14 @@ use std::str::FromStr;
 use crate::device::{Device, Precision};
 use crate::error::{Result, TrainError};
 
-/// A `--precision` value of the inference commands: `auto` or a fixed precision.
+/// A `--precision` value of the inference commands: `auto`, a fixed precision, or int8 products
+/// (the CPU's BERT family; never chosen by `auto`: it changes results).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum CliPrecision {
     #[default]
     Auto,
     Fixed(Precision),
+    Int8,
 }
 
 impl FromStr for CliPrecision {
@@ -22,10 +24,11 @@ impl FromStr for CliPrecision {
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         match s {
             "auto" => Ok(CliPrecision::Auto),
+            "int8" => Ok(CliPrecision::Int8),
             _ => s
                 .parse()
                 .map(CliPrecision::Fixed)
-                .map_err(|e| format!("{e}, or auto")),
+                .map_err(|e| format!("{e}, or auto, or int8")),
         }
     }
 }
@@ -35,6 +38,7 @@ impl fmt::Display for CliPrecision {
         match self {
             CliPrecision::Auto => f.write_str("auto"),
             CliPrecision::Fixed(p) => p.fmt(f),
+            CliPrecision::Int8 => f.write_str("int8"),
         }
     }
 }
@@ -64,6 +68,13 @@ pub fn resolve(
         (Device::Cpu, CliPrecision::Fixed(Precision::F32)) => {
             Ok((Device::Cpu, Some(angle_encoder::Precision::F32)))
         }
+        (Device::Cpu, CliPrecision::Int8) => {
+            eprintln!("precision: int8 ({} kernel)", angle_tensor::cpu::int8_kernel().name());
+            Ok((Device::Cpu, Some(angle_encoder::Precision::Int8)))
+        }
+        (Device::Cuda(_), CliPrecision::Int8) => Err(TrainError::Config(
+            "--precision int8 runs on the CPU (--device cpu); the GPU encodes in f32, tf32 or bf16".into(),
+        )),
         (d, CliPrecision::Auto) => Ok((d.with_precision(None)?, None)),
         (d, CliPrecision::Fixed(p)) => Ok((d.with_precision(Some(p))?, None)),
     }

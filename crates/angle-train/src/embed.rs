@@ -222,6 +222,8 @@ pub struct LoadOptions {
     pub cpu_bf16_inference: bool,
     /// CPU: bf16 products in the training step (forward and both backward products).
     pub cpu_bf16_train: bool,
+    /// CPU: int8 products in eval-mode forwards (`--precision int8`; BERT family).
+    pub cpu_int8_inference: bool,
     /// Decoder family: LoRA, attention, the base of an adapter folder.
     pub decoder: DecoderSettings,
     /// Append the tokenizer's EOS token to every text after truncation.
@@ -295,8 +297,11 @@ fn load_bert_backbone(
     let model: Box<dyn Backbone> = match opts.device {
         Device::Cpu => {
             let err = |e: angle_encoder::EncoderError| TrainError::Encoder(e.to_string());
-            enc.set_inference_precision(bf16(opts.cpu_bf16_inference))
-                .map_err(err)?;
+            let inference = match opts.cpu_int8_inference {
+                true => angle_encoder::Precision::Int8,
+                false => bf16(opts.cpu_bf16_inference),
+            };
+            enc.set_inference_precision(inference).map_err(err)?;
             enc.set_train_precision(bf16(opts.cpu_bf16_train)).map_err(err)?;
             Box::new(BertCpu::new(enc, pooling))
         }
@@ -320,6 +325,13 @@ fn load_decoder_backbone(
         return Err(TrainError::Config(
             "--layers is offered for the BERT family so far (ESE training)".into(),
         ));
+    }
+    if opts.cpu_int8_inference {
+        return Err(TrainError::Config(format!(
+            "--precision int8: {} is a decoder-family model, whose products run in f32 or bf16 so far (the BERT \
+             family encodes in int8)",
+            dir.display()
+        )));
     }
     // A pooling the folder's angle_config.json records (a checkpoint of ours) wins over the decoder's default.
     let pooling = match opts.pooling {

@@ -808,6 +808,7 @@ fn load(m: &ModelArgs, even_width: bool) -> anyhow::Result<Loaded> {
         pooling,
         cpu_bf16_inference: cpu_bf16,
         cpu_bf16_train: false,
+        cpu_int8_inference: cpu_precision == Some(angle_encoder::Precision::Int8),
         decoder: angle_train::decoder::DecoderSettings {
             lora: None,
             bidirectional: m.bidirectional.unwrap_or(defaults.bidirectional),
@@ -818,7 +819,7 @@ fn load(m: &ModelArgs, even_width: bool) -> anyhow::Result<Loaded> {
         layers: m.layers.or(defaults.layers),
     };
     let identity = format!(
-        "{}|base={:?}|layers={:?}|bidirectional={}|append_eos={}|bf16={cpu_bf16}|device={:?}",
+        "{}|base={:?}|layers={:?}|bidirectional={}|append_eos={}|bf16={cpu_bf16}|int8={}|device={:?}",
         angle_train::embed_cache::model_identity(&dir),
         m.base_model
             .as_deref()
@@ -826,6 +827,7 @@ fn load(m: &ModelArgs, even_width: bool) -> anyhow::Result<Loaded> {
         opts.layers,
         opts.decoder.bidirectional,
         opts.append_eos,
+        opts.cpu_int8_inference,
         opts.device,
     );
     let (mut model, tok) = load_backbone(&dir, max_len, opts)?;
