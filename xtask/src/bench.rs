@@ -52,6 +52,8 @@ struct Opts {
     profile: bool,
     /// Also measure encode with bf16 products (ours on AMX; PyTorch with bf16 autocast).
     bf16: bool,
+    /// Also measure encode with int8 products (ours; ONNX Runtime f32 and dynamic int8 with --torch).
+    int8: bool,
     child: Option<String>,
     /// Python with torch and transformers for the same-run PyTorch baseline.
     torch: Option<PathBuf>,
@@ -62,7 +64,7 @@ struct Opts {
 }
 
 fn usage() -> &'static str {
-    "cargo xtask bench [--threads N] [--steps N] [--repeat N] [--streams N] [--profile] [--bf16] [--torch PYTHON] [--model DIR] [--data DIR]\n\n\
+    "cargo xtask bench [--threads N] [--steps N] [--repeat N] [--streams N] [--profile] [--bf16] [--int8] [--torch PYTHON] [--model DIR] [--data DIR]\n\n\
      Encode and train-step throughput of the model (default all-MiniLM-L6-v2) on STS-B with peak memory; with\n\
      --torch, beside PyTorch measured in the same run (the only PyTorch figures a ratio is taken to).\n\
      --threads  rayon threads (default: all cores, as PyTorch's 2 threads on the 2-core build machine)\n\
@@ -72,6 +74,8 @@ fn usage() -> &'static str {
                 format-A CSV of --rows rows (default 1000000)\n\
      --profile  print the time per encoder op\n\
      --bf16     also encode and train with bf16 products (AMX tiles where the CPU has them; PyTorch: bf16 autocast)\n\
+     --int8     also encode with int8 products (`--precision int8`); with --torch, ONNX Runtime f32 and dynamic\n\
+                int8 (scripts/bench/ort_encode.py; the Python needs onnx and onnxruntime) beside them\n\
      --torch PYTHON  then run PyTorch's encode and train step (scripts/bench/torch_cpu_*.py) with this Python\n\
                 (torch + transformers) on the same data and threads, and add a same-run PyTorch column\n\
                 (OMP_WAIT_POLICY=PASSIVE unless set: spinning OpenMP threads collapse on a shared machine)\n\
@@ -101,6 +105,7 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
         only: None,
         profile: false,
         bf16: false,
+        int8: false,
         child: None,
         torch,
         root: root.to_path_buf(),
@@ -122,6 +127,7 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
             "--child" => o.child = Some(val()?.clone()),
             "--profile" => o.profile = true,
             "--bf16" => o.bf16 = true,
+            "--int8" => o.int8 = true,
             "--torch" => o.torch = Some(val()?.into()),
             "--rows" => o.rows = val()?.parse().context("--rows")?,
             "--data-file" => o.data_file = Some(val()?.into()),
@@ -172,11 +178,12 @@ fn unused_options<'a>(only: Option<&str>, args: &'a [String]) -> Vec<&'a str> {
             "--streams",
             "--profile",
             "--bf16",
+            "--int8",
             "--torch",
             "--data-file",
         ],
         Some("encode") => &["--steps", "--rows", "--data-file"],
-        Some("train") => &["--repeat", "--streams", "--rows", "--data-file"],
+        Some("train") => &["--repeat", "--streams", "--int8", "--rows", "--data-file"],
         _ => &["--rows", "--data-file"],
     };
     args.iter()
@@ -195,6 +202,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         let result = match kind.as_str() {
             "encode" => encode(&o, Precision::F32)?,
             "encode-bf16" => encode(&o, Precision::Bf16)?,
+            "encode-int8" => encode(&o, Precision::Int8)?,
             "train" => train(&o, Precision::F32)?,
             "train-bf16" => train(&o, Precision::Bf16)?,
             "data" => data_child(&o)?,
@@ -226,8 +234,11 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         );
     }
     let mut results = Vec::new();
-    for kind in ["encode", "encode-bf16", "train", "train-bf16"] {
-        if o.only.as_deref().is_some_and(|k| !kind.starts_with(k)) || (kind.ends_with("-bf16") && !o.bf16) {
+    for kind in ["encode", "encode-bf16", "encode-int8", "train", "train-bf16"] {
+        if o.only.as_deref().is_some_and(|k| !kind.starts_with(k))
+            || (kind.ends_with("-bf16") && !o.bf16)
+            || (kind.ends_with("-int8") && !o.int8)
+        {
             continue;
         }
         eprintln!("bench: {kind} ({} threads) ...", o.threads);
@@ -266,13 +277,13 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    // encode, [encode-bf16], train, [train-bf16]
-    let (e, t) = (&results[0], &results[if o.bf16 { 2 } else { 1 }]);
-    let (eb, tb16) = if o.bf16 {
-        (Some(&results[1]), Some(&results[3]))
-    } else {
-        (None, None)
-    };
+    // encode, [encode-bf16], [encode-int8], train, [train-bf16]
+    let mut rest = results.iter();
+    let e = rest.next().context("no encode result")?;
+    let eb = if o.bf16 { rest.next() } else { None };
+    let ei8 = if o.int8 { rest.next() } else { None };
+    let t = rest.next().context("no train result")?;
+    let tb16 = if o.bf16 { rest.next() } else { None };
     let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     // PyTorch's same-run values (Null without --torch: those cells and ratios are not printed then)
     let nan = Value::Null;
@@ -427,6 +438,44 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             },
         );
     }
+    if let Some(ei8) = ei8 {
+        let rate = f(ei8, "sentences_per_s");
+        let ort = torch.as_ref().and_then(|r| r.ort.as_ref());
+        let at = rows
+            .iter()
+            .position(|r| r.measure.starts_with("same, PyTorch's batches"))
+            .unwrap_or(1);
+        let ort_f = |k: &str, field: &str| ort.map_or(f64::NAN, |v| f(&v[k], field));
+        rows.insert(
+            at,
+            Row {
+                measure: format!(
+                    "same, int8 products (ours: `--precision int8`, kernel {}, weights per channel, activations per                      row; ONNX Runtime {}: quantize_dynamic per-channel QInt8), sorted; STS-B Spearman ours {:.2}                      (f32 {:.2}), ONNX Runtime {:.2} (f32 {:.2}); ours int8 / ours f32 {}",
+                    ei8["int8_kernel"].as_str().unwrap_or("?"),
+                    ort.and_then(|v| v["onnxruntime"].as_str()).unwrap_or("?"),
+                    f(ei8, "spearman"),
+                    f(e, "spearman"),
+                    ort_f("int8", "spearman"),
+                    ort_f("f32", "spearman"),
+                    ratio(rate, enc_rate),
+                ),
+                torch: format!("{:.0} sentences/s", ort_f("int8", "sentences_per_s")),
+                ours: format!("{rate:.0} sentences/s"),
+                ratio: ratio(rate, ort_f("int8", "sentences_per_s")),
+                torch_only: false,
+            },
+        );
+        rows.insert(
+            at + 1,
+            Row {
+                measure: "same, ONNX Runtime f32 (sorted; the f32 row above is ours against PyTorch)".into(),
+                torch: format!("{:.0} sentences/s", ort_f("f32", "sentences_per_s")),
+                ours: format!("{enc_rate:.0} sentences/s"),
+                ratio: ratio(enc_rate, ort_f("f32", "sentences_per_s")),
+                torch_only: true,
+            },
+        );
+    }
     if let Some(t16) = tb16 {
         let rate = f(t16, "pairs_per_s");
         let at = rows
@@ -561,6 +610,8 @@ struct TorchRuns {
     train: Option<Value>,
     /// bf16 autocast train step (with `--bf16`).
     train_bf16: Option<Value>,
+    /// ONNX Runtime's f32 and int8 encode (with `--int8`): `{"f32": {...}, "int8": {...}, ...}`.
+    ort: Option<Value>,
 }
 
 /// Checks that `python` runs and imports torch and transformers; returns their versions.
@@ -599,6 +650,7 @@ fn torch_runs(o: &Opts, python: &Path) -> anyhow::Result<TorchRuns> {
         encode_bf16: None,
         train_bf16: None,
         train: None,
+        ort: None,
     };
     if wants("encode") {
         let data = o.data.join("stsb-en-test.csv").display().to_string();
@@ -620,6 +672,21 @@ fn torch_runs(o: &Opts, python: &Path) -> anyhow::Result<TorchRuns> {
         eprintln!("bench: PyTorch encode, batches sorted by length ...");
         let sorted: Vec<&str> = args.iter().copied().chain(["--sort"]).collect();
         runs.encode_sorted = Some(run_torch_script(o, python, "torch_cpu_encode.py", &sorted)?);
+        if o.int8 {
+            eprintln!("bench: ONNX Runtime encode, f32 and dynamic int8, sorted ...");
+            let ort = [
+                "--model",
+                &model,
+                "--data",
+                &data,
+                "--threads",
+                &threads,
+                "--repeat",
+                &repeat,
+                "--json",
+            ];
+            runs.ort = Some(run_torch_script(o, python, "ort_encode.py", &ort)?);
+        }
         if o.bf16 {
             eprintln!("bench: PyTorch encode, sorted, bf16 autocast ...");
             let bf16: Vec<&str> = sorted.iter().copied().chain(["--bf16"]).collect();
@@ -898,6 +965,13 @@ fn encode(o: &Opts, precision: Precision) -> anyhow::Result<Value> {
     let secs = median(&mut times);
     // a sanity value: all-MiniLM-L6-v2's mean-pooled embeddings have norms of a few units
     let norm0 = out[..h].iter().map(|x| x * x).sum::<f32>().sqrt();
+    // what the precision costs: STS-B test Spearman × 100 of the cosine (texts are zigzag pairs)
+    let row = |i: usize| &out[i * h..(i + 1) * h];
+    let cos: Vec<f64> = (0..rows.len())
+        .map(|k| cosine(row(2 * k), row(2 * k + 1)))
+        .collect();
+    let gold: Vec<f64> = rows.iter().map(|r| r.2 as f64).collect();
+    let spearman = 100.0 * angle_train::stats::spearman(&cos, &gold).unwrap_or(f64::NAN);
     Ok(json!({
         "sentences": texts.len(),
         "tokens": tokens,
@@ -913,7 +987,13 @@ fn encode(o: &Opts, precision: Precision) -> anyhow::Result<Value> {
         "precision": format!("{precision:?}"),
         "bf16_faster_than_f32": angle_encoder::bf16_is_fast(),
         "bf16_kernel": angle_encoder::bf16_kernel_name(),
+        "int8_kernel": angle_tensor::cpu::int8_kernel().name(),
+        "spearman": spearman,
     }))
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    angle_train::stats::cosine(a, b)
 }
 
 /// Token ids, type ids, sequence offsets, labels of one zigzag batch.

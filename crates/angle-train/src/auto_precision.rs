@@ -69,7 +69,10 @@ pub fn resolve(
             Ok((Device::Cpu, Some(angle_encoder::Precision::F32)))
         }
         (Device::Cpu, CliPrecision::Int8) => {
-            eprintln!("precision: int8 ({} kernel)", angle_tensor::cpu::int8_kernel().name());
+            eprintln!(
+                "precision: int8 ({} kernel)",
+                angle_tensor::cpu::int8_kernel().name()
+            );
             Ok((Device::Cpu, Some(angle_encoder::Precision::Int8)))
         }
         (Device::Cuda(_), CliPrecision::Int8) => Err(TrainError::Config(
