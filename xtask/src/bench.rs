@@ -450,7 +450,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             at,
             Row {
                 measure: format!(
-                    "same, int8 products (ours: `--precision int8`, kernel {}, weights per channel, activations per                      row; ONNX Runtime {}: quantize_dynamic per-channel QInt8), sorted; STS-B Spearman ours {:.2}                      (f32 {:.2}), ONNX Runtime {:.2} (f32 {:.2}); ours int8 / ours f32 {}",
+                    "same, int8 products (ours: `--precision int8`, kernel {}, weights per channel, activations per row; \
+                     ONNX Runtime {}: quantize_dynamic per-channel QInt8), sorted; STS-B Spearman ours {:.2} (f32 {:.2}), \
+                     ONNX Runtime {:.2} (f32 {:.2}); ours int8 / ours f32 {}",
                     ei8["int8_kernel"].as_str().unwrap_or("?"),
                     ort.and_then(|v| v["onnxruntime"].as_str()).unwrap_or("?"),
                     f(ei8, "spearman"),
