@@ -129,9 +129,9 @@ pub fn quantize(emb: &[f32], dim: usize, kind: Quantization, ranges: Option<&Ran
             )));
         }
         let step: Vec<f32> = (0..dim)
-            .map(|j| match (r.max[j] - r.min[j]) / 255.0 {
-                s if s == 0.0 => 1.0,
-                s => s,
+            .map(|j| {
+                let s = (r.max[j] - r.min[j]) / 255.0;
+                if s == 0.0 { 1.0 } else { s }
             })
             .collect();
         for (row, out) in emb.chunks(dim).zip(bytes.chunks_mut(cols)) {
