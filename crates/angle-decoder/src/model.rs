@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 
 use angle_encoder::{AdamW, ParamBuffers, ParamEntry, Pooler, Pooling, Precision};
 use angle_tensor::cpu::{
-    GqaShape, LoraShape, MatMut, MatRef, PackedBf16, attention_probs_len, dropout_backward, dropout_forward,
-    gemm, gqa_attention_backward, gqa_attention_forward, linear_accumulate_bf16, linear_backward,
-    linear_backward_bf16, linear_forward, linear_forward_bf16, lora_backward, lora_forward, rmsnorm_backward,
-    rmsnorm_forward, rope_backward, rope_forward, rope_inv_freq, rope_tables_from, swiglu_backward,
-    swiglu_forward,
+    GqaShape, LoraShape, MatMut, MatRef, PackedBf16, PackedI8, attention_probs_len, dropout_backward,
+    dropout_forward, gemm, gqa_attention_backward, gqa_attention_forward, linear_accumulate_bf16,
+    linear_backward, linear_backward_bf16, linear_forward, linear_forward_bf16, linear_forward_i8,
+    lora_backward, lora_forward, rmsnorm_backward, rmsnorm_forward, rope_backward, rope_forward,
+    rope_inv_freq, rope_tables_from, swiglu_backward, swiglu_forward,
 };
 use angle_tensor::rng::derive_seed;
 
@@ -64,11 +64,13 @@ struct Layer {
     lin: Vec<Linear>,
 }
 
-/// A linear weight rounded to bf16 and packed for the bf16 kernels (`Precision::Bf16`): `fwd` for
-/// `x · Wᵀ`, `bwd` (when a backward will run) for the input gradient `dy · W`.
+/// A linear weight packed for the bf16 kernels (`Precision::Bf16`) or quantized for the int8 ones
+/// (`Precision::Int8`, a model that only encodes): `fwd` for `x · Wᵀ`, `bwd` (bf16, when a backward
+/// will run) for the input gradient `dy · W`.
 #[derive(Debug, Clone, Default)]
 struct Bf16Weight {
     fwd: PackedBf16,
+    int8: Option<PackedI8>,
     bwd: Option<PackedBf16>,
 }
 
@@ -290,6 +292,7 @@ fn lin_forward(
 ) -> Result<()> {
     let b = lin.bias.as_ref().map(|b| small(b, params));
     match bf16 {
+        Some(Bf16Weight { int8: Some(q), .. }) => linear_forward_i8(out, inp, q, b, rows)?,
         Some(p) => linear_forward_bf16(out, inp, &p.fwd, b, rows)?,
         None => {
             let w = values(&lin.weight, params, wbuf);
@@ -1182,10 +1185,10 @@ impl Decoder {
     /// (full fine-tuning) are repacked after every AdamW step. Norms, attention, SwiGLU, LoRA's A and B,
     /// master weights and AdamW stay f32. Costs the bf16 bytes of the linear weights, twice when training.
     pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
-        if precision == Precision::Int8 {
+        if precision == Precision::Int8 && !self.frozen {
             return Err(DecoderError::State(
-                "int8 products are not wired into the decoder family yet (the BERT family encodes in int8); \
-                 use f32 or bf16"
+                "int8 products serve a model that only encodes (loaded frozen, no adapter): training's input \
+                 gradients need f32 or bf16 weights, and a LoRA adapter encodes in int8 once merged (angle merge)"
                     .into(),
             ));
         }
@@ -1198,11 +1201,15 @@ impl Decoder {
         self.precision
     }
 
-    /// Bytes of the bf16 copies ([`Decoder::set_precision`]).
+    /// Bytes of the bf16 or int8 copies ([`Decoder::set_precision`]).
     pub fn bf16_bytes(&self) -> usize {
         let packs = self.bf16.iter().flatten();
         packs
-            .map(|p| p.fwd.bytes() + p.bwd.as_ref().map_or(0, PackedBf16::bytes))
+            .map(|p| {
+                p.fwd.bytes()
+                    + p.bwd.as_ref().map_or(0, PackedBf16::bytes)
+                    + p.int8.as_ref().map_or(0, PackedI8::memory_bytes)
+            })
             .sum()
     }
 
@@ -1221,6 +1228,15 @@ impl Decoder {
                     continue;
                 }
                 let w = values(&lin.weight, &self.buffers.params, &mut wbuf);
+                if self.precision == Precision::Int8 {
+                    // inference only (set_precision): no bf16 copy, no backward copy
+                    pk.int8 = Some(PackedI8::quantize(w, lin.out_dim, lin.in_dim)?);
+                    if let Param::Frozen(f) = &lin.weight {
+                        f.release_pages();
+                    }
+                    continue;
+                }
+                pk.int8 = None;
                 pk.fwd.pack_into(w, lin.out_dim, lin.in_dim)?;
                 pk.bwd = match (backward, pk.bwd.take()) {
                     (true, p) => {

@@ -443,3 +443,44 @@ fn bf16_copies_follow_adamw_steps() {
         println!("{name}: bf16 copies follow the AdamW step");
     }
 }
+
+/// `Precision::Int8` for a model that only encodes (loaded frozen, no adapter): every linear product on the int8
+/// kernels, against the float64 reference with int8's tolerance (hidden states and pooled within 6e-2 relative,
+/// L2); a trainable model or one with an adapter refuses it.
+#[test]
+fn int8_products_encode_close_to_reference() {
+    for dir in cases() {
+        let fx = Reference::load(&dir);
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let mut trainable = open(&fx);
+        assert!(
+            trainable.set_precision(Precision::Int8).is_err(),
+            "{name}: int8 on a trainable model"
+        );
+        let lora: Value = serde_json::from_str(fx.meta("lora")).unwrap();
+        if !lora.is_null() {
+            continue;
+        }
+        let opts = DecoderOptions {
+            lora: None,
+            adapter: None,
+            causal: fx.flag("causal"),
+            pooling: Some(Pooling::parse(fx.meta("pooling")).unwrap()),
+            frozen: true,
+        };
+        let mut dec = Decoder::load(fx.dir.join("model"), opts).unwrap();
+        dec.set_precision(Precision::Int8).unwrap();
+        assert!(dec.bf16_bytes() > 0, "{name}: no int8 copies");
+        let h = dec.config.hidden_size;
+        let hidden = dec.forward(&fx.ids, &fx.seq_offsets, None).unwrap().to_vec();
+        let lhs = fx.floats("last_hidden_state");
+        let (mut got, mut want) = (vec![], vec![]);
+        for (k, &(b, t)) in fx.rows.iter().enumerate() {
+            got.extend(hidden[k * h..(k + 1) * h].iter().map(|&x| x as f64));
+            want.extend_from_slice(&lhs[(b * fx.t + t) * h..][..h]);
+        }
+        let err = rel_l2(&got, &want);
+        println!("{name}: int8 last_hidden_state rel err {err:.3e}");
+        assert!(err < 6e-2 && err > 0.0, "{name}: int8 hidden state rel err {err}");
+    }
+}

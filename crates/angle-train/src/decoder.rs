@@ -168,7 +168,12 @@ impl Backbone for DecoderCpu {
                 angle_tensor::cpu::bf16_kernel().name(),
                 self.dec.bf16_bytes() as f64 / 1e6
             ),
-            angle_encoder::Precision::F32 | angle_encoder::Precision::Int8 => "f32".into(),
+            angle_encoder::Precision::Int8 => format!(
+                "int8 products ({}, {:.0} MB of int8 copies)",
+                angle_tensor::cpu::int8_kernel().name(),
+                self.dec.bf16_bytes() as f64 / 1e6
+            ),
+            angle_encoder::Precision::F32 => "f32".into(),
         };
         format!(
             "{} ({} layers, hidden {}) on the cpu, {}, {products}, {} attention, {} trainable",

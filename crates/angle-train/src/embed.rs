@@ -326,13 +326,6 @@ fn load_decoder_backbone(
             "--layers is offered for the BERT family so far (ESE training)".into(),
         ));
     }
-    if opts.cpu_int8_inference {
-        return Err(TrainError::Config(format!(
-            "--precision int8: {} is a decoder-family model, whose products run in f32 or bf16 so far (the BERT \
-             family encodes in int8)",
-            dir.display()
-        )));
-    }
     // A pooling the folder's angle_config.json records (a checkpoint of ours) wins over the decoder's default.
     let pooling = match opts.pooling {
         Some(p) => Some(p),
@@ -342,7 +335,13 @@ fn load_decoder_backbone(
         None => None,
     };
     let (mut model, tok_dir) = load_decoder(dir, pooling, &opts.decoder)?;
-    if opts.cpu_bf16_inference || opts.cpu_bf16_train {
+    if opts.cpu_int8_inference {
+        // Encoding only (the model is loaded frozen): int8 copies of every linear weight.
+        model
+            .dec
+            .set_precision(angle_encoder::Precision::Int8)
+            .map_err(|e| TrainError::Encoder(e.to_string()))?;
+    } else if opts.cpu_bf16_inference || opts.cpu_bf16_train {
         // One set of products serves both modes here: bf16 copies of every linear weight.
         model
             .dec
