@@ -1,4 +1,4 @@
-//! `cargo xtask kernels [--require NAME,...]`: what this CPU is and which bf16 kernels it runs.
+//! `cargo xtask kernels [--require NAME,...]`: what this CPU is and which bf16 (and int8) kernels it runs.
 //! Prints the CPU's model and the flags the kernels depend on, then every bf16 kernel: absent
 //! (with the features it needs), or present and checked against f64 sums of the same bf16 values
 //! (`bf16_self_check`: forward, accumulate, backward, fused GELU); then what `--precision auto`
@@ -9,7 +9,9 @@
 
 use std::fmt::Write as _;
 
-use angle_tensor::cpu::{Bf16Kernel, bf16_self_check, cpu_flags, cpu_model};
+use angle_tensor::cpu::{
+    Bf16Kernel, Int8Kernel, bf16_self_check, cpu_flags, cpu_model, int8_kernel, int8_self_check,
+};
 use anyhow::bail;
 
 const USAGE: &str = "usage: cargo xtask kernels [--require KERNEL[,KERNEL...]]
@@ -134,6 +136,26 @@ fn report(required: &[(Bf16Kernel, &str)]) -> (String, Vec<String>) {
         };
         let _ = writeln!(text, "  {:<12} {line}{mark}", k.name());
     }
+    // int8 products (`--precision int8`): informational, nothing here is required.
+    let _ = writeln!(
+        text,
+        "int8 kernels (fastest first; `--precision int8` takes {}):",
+        int8_kernel().name()
+    );
+    for k in Int8Kernel::ALL {
+        let line = if !k.available() {
+            format!("absent: needs {}", k.needs())
+        } else {
+            match int8_self_check(k) {
+                Ok(()) => "checked: equal to i64 sums of the same int8 operands".to_string(),
+                Err(why) => {
+                    failures.push(format!("the int8 {} kernel failed its check: {why}", k.name()));
+                    format!("FAILED: {why}")
+                }
+            }
+        };
+        let _ = writeln!(text, "  {:<12} {line}", k.name());
+    }
     (text, failures)
 }
 
@@ -174,8 +196,12 @@ mod tests {
                 assert!(text.contains(&format!("  {:<12} ", other.name())), "{text}");
             }
             assert_eq!(
-                text.matches("checked: ").count(),
+                text.matches("checked: within").count(),
                 angle_tensor::cpu::bf16_kernels_present().0.len()
+            );
+            assert_eq!(
+                text.matches("checked: equal to i64").count(),
+                angle_tensor::cpu::int8_kernels_present().0.len()
             );
             if k.available() {
                 assert!(failures.is_empty(), "{failures:?}");

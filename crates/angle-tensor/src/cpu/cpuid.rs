@@ -91,6 +91,8 @@ pub fn cpu_flags() -> Vec<(&'static str, bool)> {
             ("avx512f", has!("avx512f")),
             ("avx512bw", has!("avx512bw")),
             ("avx512-bf16", has!("avx512bf16")),
+            ("avx512-vnni", has!("avx512vnni")),
+            ("avx-vnni", has!("avxvnni")),
             ("amx-tile", leaf7.edx & (1 << 24) != 0),
             ("amx-bf16", leaf7.edx & (1 << 22) != 0),
         ]
