@@ -290,17 +290,7 @@ fn aggregate(
             .iter()
             .filter_map(|s| results.get(&(vi, *s)))
             .collect();
-        let mut per_set = Vec::new();
-        for (k, set) in sets.iter().enumerate() {
-            let xs: Vec<f64> = runs
-                .iter()
-                .map(|r| spearmans(r).get(k).map_or(f64::NAN, |x| x.1))
-                .collect();
-            let mean = xs.iter().sum::<f64>() / xs.len().max(1) as f64;
-            let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
-            let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            per_set.push(json!({"data": set, "mean": mean, "min": min, "max": max, "seeds": xs}));
-        }
+        let per_set = seed_scores(&runs, &sets);
         let secs: f64 = runs
             .iter()
             .map(|r| r["train_seconds"].as_f64().unwrap_or(0.0))
@@ -317,6 +307,23 @@ fn aggregate(
         "eval_sets": sets, "zero_shot": scores_json(&zs), "variants": variants,
         "total_train_seconds": total_train,
     }))
+}
+
+/// Per eval set (in `sets` order), the mean, min and max of the runs' Spearmans over seeds, and each seed's.
+pub(crate) fn seed_scores(runs: &[&Value], sets: &[String]) -> Vec<Value> {
+    sets.iter()
+        .enumerate()
+        .map(|(k, set)| {
+            let xs: Vec<f64> = runs
+                .iter()
+                .map(|r| spearmans(r).get(k).map_or(f64::NAN, |x| x.1))
+                .collect();
+            let mean = xs.iter().sum::<f64>() / xs.len().max(1) as f64;
+            let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            json!({"data": set, "mean": mean, "min": min, "max": max, "seeds": xs})
+        })
+        .collect()
 }
 
 /// `ablation.md`: variant × eval set, mean ± half the seed range, and the zero-shot row.

@@ -16,7 +16,9 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use crate::ablation::{RECIPE, eval_with, read_json, render_svg, scores_json, spearmans, write_atomic};
+use crate::ablation::{
+    RECIPE, eval_with, read_json, render_svg, scores_json, seed_scores, spearmans, write_atomic,
+};
 
 /// The unsupervised stage's variants: name, cosine_w, ibn_w, angle_w. In format U the cosine and angle terms rank
 /// the two views of each text (label 1) above the batch's other pairs (label 0); 0.02 is angle-emb's weight of the
@@ -291,18 +293,7 @@ fn aggregate(o: &Options, zero_shot: &Value, results: &BTreeMap<(usize, u64), Va
             .iter()
             .filter_map(|s| results.get(&(ri, *s)))
             .collect();
-        let per_set: Vec<Value> = (0..sets.len())
-            .map(|k| {
-                let xs: Vec<f64> = runs
-                    .iter()
-                    .map(|r| spearmans(r).get(k).map_or(f64::NAN, |x| x.1))
-                    .collect();
-                let mean = xs.iter().sum::<f64>() / xs.len().max(1) as f64;
-                let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
-                let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                json!({"data": sets[k], "mean": mean, "min": min, "max": max, "seeds": xs})
-            })
-            .collect();
+        let per_set = seed_scores(&runs, &sets);
         let secs: f64 = runs
             .iter()
             .map(|r| r["train_seconds"].as_f64().unwrap_or(0.0))
