@@ -357,7 +357,11 @@ fn lin_backward(
     } else if let Some(wt) = bf16.and_then(|p| p.bwd.as_ref()) {
         linear_accumulate_bf16(dinp, dout, wt, rows)?;
     } else {
-        let w = values(&lin.weight, params, &mut s.w);
+        // An 8-bit frozen base: the f32 product with the weight its forward used (`q · scale`).
+        let w = match bf16.and_then(|p| p.int8.as_ref()) {
+            Some(q) => q.dequantize_into(&mut s.w),
+            None => values(&lin.weight, params, &mut s.w),
+        };
         gemm(
             1.0,
             MatRef::new(dout, rows, o),
@@ -1184,11 +1188,20 @@ impl Decoder {
     /// sums; a model that trains also gets a transposed copy for the input gradient, and trainable weights
     /// (full fine-tuning) are repacked after every AdamW step. Norms, attention, SwiGLU, LoRA's A and B,
     /// master weights and AdamW stay f32. Costs the bf16 bytes of the linear weights, twice when training.
+    /// [`Precision::Int8`] (a frozen base only: encoding, or LoRA's base, `--load-kbit 8`): every linear
+    /// weight quantized once per output channel (1 byte per weight, the checkpoint's pages released),
+    /// forward products on the int8 kernels (inputs quantized per row), backward's input gradient an f32
+    /// product with the dequantized weight (the one the forward used); LoRA's A and B stay f32.
     pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
-        if precision == Precision::Int8 && !self.frozen {
+        let all_frozen = self
+            .layers
+            .iter()
+            .flat_map(|l| &l.lin)
+            .all(|lin| matches!(lin.weight, Param::Frozen(_) | Param::Small(_)));
+        if precision == Precision::Int8 && !all_frozen {
             return Err(DecoderError::State(
-                "int8 products serve a model that only encodes (loaded frozen, no adapter): training's input \
-                 gradients need f32 or bf16 weights, and a LoRA adapter encodes in int8 once merged (angle merge)"
+                "int8 weights serve a frozen base (encoding, or LoRA's base: --load-kbit 8); full fine-tuning \
+                 trains the linear weights themselves, in f32 or bf16"
                     .into(),
             ));
         }

@@ -97,6 +97,10 @@ pub struct TrainConfig {
     pub append_eos: bool,
     /// LoRA: also write `merged/`, the adapter folded into the base weights (a full checkpoint).
     pub merge_lora: bool,
+    /// LoRA: hold the frozen base's linear weights in this many bits (`8`: int8 per output channel, forward
+    /// products on the int8 kernels); `None`: the checkpoint's dtype (f32 products, or bf16 copies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_kbit: Option<u8>,
     /// On the CPU: the products the run trains with, `f32` or `bf16` (chosen once, at the start: a resumed run
     /// keeps it unless `--precision` says otherwise). `None` in checkpoints written before it was recorded
     /// (those runs resume in f32, as they trained unless asked).
@@ -200,6 +204,7 @@ impl Default for TrainConfig {
             bidirectional: false,
             append_eos: false,
             merge_lora: false,
+            load_kbit: None,
             ese: None,
             matryoshka: None,
             cpu_precision: None,

@@ -192,7 +192,7 @@ impl Teacher {
             pooling: Some(pooling),
             cpu_bf16_inference: cpu_bf16,
             cpu_bf16_train: false,
-            cpu_int8_inference: false,
+            cpu_int8: false,
             decoder: crate::decoder::DecoderSettings {
                 inference_only: true,
                 ..Default::default()

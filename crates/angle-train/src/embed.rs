@@ -222,8 +222,9 @@ pub struct LoadOptions {
     pub cpu_bf16_inference: bool,
     /// CPU: bf16 products in the training step (forward and both backward products).
     pub cpu_bf16_train: bool,
-    /// CPU: int8 products in eval-mode forwards (`--precision int8`; BERT family).
-    pub cpu_int8_inference: bool,
+    /// CPU: int8 copies of the frozen linear weights: eval-mode forwards (`--precision int8`), or a LoRA run's
+    /// frozen base (`--load-kbit 8`, decoder family).
+    pub cpu_int8: bool,
     /// Decoder family: LoRA, attention, the base of an adapter folder.
     pub decoder: DecoderSettings,
     /// Append the tokenizer's EOS token to every text after truncation.
@@ -297,7 +298,7 @@ fn load_bert_backbone(
     let model: Box<dyn Backbone> = match opts.device {
         Device::Cpu => {
             let err = |e: angle_encoder::EncoderError| TrainError::Encoder(e.to_string());
-            let inference = match opts.cpu_int8_inference {
+            let inference = match opts.cpu_int8 {
                 true => angle_encoder::Precision::Int8,
                 false => bf16(opts.cpu_bf16_inference),
             };
@@ -335,7 +336,7 @@ fn load_decoder_backbone(
         None => None,
     };
     let (mut model, tok_dir) = load_decoder(dir, pooling, &opts.decoder)?;
-    if opts.cpu_int8_inference {
+    if opts.cpu_int8 {
         // Encoding only (the model is loaded frozen): int8 copies of every linear weight.
         model
             .dec

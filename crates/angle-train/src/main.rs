@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use angle_encoder::Pooling;
+use angle_train::auto_precision::CliPrecision;
 use angle_train::backbone::Backbone;
 use angle_train::device::{Device, Precision};
 use angle_train::embed::{Embedder, LoadOptions, ModelDefaults, load_backbone};
@@ -238,6 +239,11 @@ struct TrainArgs {
     /// Modules to adapt: names such as q_proj,v_proj, or all-linear [default: all-linear].
     #[arg(long)]
     lora_targets: Option<String>,
+    /// LoRA: hold the frozen base's linear weights in 8 bits (int8 per output channel; forward products on the
+    /// int8 kernels, input gradients through the dequantized weights; LoRA's A and B, norms and AdamW f32), as
+    /// angle-emb's --load_kbit 8 [default: the checkpoint's dtype]. 4 bits is not offered yet.
+    #[arg(long)]
+    load_kbit: Option<u8>,
     /// LoRA: also write <output>/merged, the adapter folded into the base weights [default: false].
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     merge_lora: Option<bool>,
@@ -339,6 +345,7 @@ impl TrainArgs {
         take_opt!(doc_prompt);
         take_opt!(max_steps);
         take!(merge_lora => merge_lora);
+        take_opt!(load_kbit);
         take!(bidirectional => bidirectional);
         take!(append_eos => append_eos);
         if self.lora_r.is_some()
@@ -385,11 +392,15 @@ struct ModelArgs {
     /// Where the encoder runs: cpu, or cuda (a build with `--features cuda`; mean or cls pooling).
     #[arg(long, default_value = "cpu")]
     device: Device,
-    /// Arithmetic: auto, f32, tf32 or bf16 (see `angle train --help`) [default: auto: tf32 on cuda;
+    /// Arithmetic: auto, f32, tf32, bf16 or int8 (see `angle train --help`) [default: auto: tf32 on cuda;
     /// on the CPU bf16 where a bf16 kernel beats f32 there (AMX, AVX512-BF16), else f32; printed].
-    /// On the CPU, bf16 runs the linear layers' products in bf16 with f32 sums (embeddings within ~1e-3).
+    /// On the CPU, bf16 runs the linear layers' products in bf16 with f32 sums (embeddings within ~1e-3), int8
+    /// on int8 weights (per output channel) and activations (per row) with i32 sums (cosine to f32 ~0.997).
     #[arg(long)]
     precision: Option<angle_train::auto_precision::CliPrecision>,
+    /// Hold the linear weights in 8 bits: the same as --precision int8 (angle-emb's --load_kbit 8).
+    #[arg(long)]
+    load_kbit: Option<u8>,
     /// Use only the first N layers (a model trained with --ese) [default: all].
     #[arg(long)]
     layers: Option<usize>,
@@ -651,6 +662,13 @@ fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
     // The model's config.json and the output folder, before the precision is chosen and anything loads.
     angle_train::preflight::check_train(&config, a.resume.as_deref(), device, a.overwrite)?;
     let cpu_bf16 = match (a.precision, a.resume.is_some()) {
+        // An 8-bit base takes its products from the int8 kernels, not bf16 copies.
+        (Some(Precision::Bf16), _) if config.load_kbit.is_some() => {
+            bail!(
+                "--load-kbit 8 with --precision bf16: the frozen base is either int8 or bf16 (leave one out)"
+            )
+        }
+        _ if config.load_kbit.is_some() => false,
         (Some(_), _) => cpu_bf16,
         (None, true) => config.cpu_precision.as_deref() == Some("bf16"),
         (None, false) => matches!(a.device, Device::Cpu) && auto_train_bf16(&config)?,
@@ -788,7 +806,14 @@ fn load(m: &ModelArgs, even_width: bool) -> anyhow::Result<Loaded> {
         None => None,
     };
     // bf16 on the CPU is an inference mode of the encoder, not a device setting.
-    let (device, cpu_precision) = angle_train::auto_precision::resolve(m.device, m.precision)?;
+    let precision = match (m.load_kbit, m.precision) {
+        (None, p) => p,
+        (Some(8), None | Some(CliPrecision::Int8)) => Some(CliPrecision::Int8),
+        (Some(8), Some(p)) => bail!("--load-kbit 8 is --precision int8; --precision {p} says otherwise"),
+        (Some(4), _) => bail!("--load-kbit 4: 4-bit weights are not offered yet; --load-kbit 8 is"),
+        (Some(k), _) => bail!("--load-kbit {k}: 8 is the one offered"),
+    };
+    let (device, cpu_precision) = angle_train::auto_precision::resolve(m.device, precision)?;
     set_threads(m.threads)?;
     let pooling = match &m.pooling {
         Some(p) => Some(Pooling::parse(p).with_context(|| format!("unknown pooling {p:?}"))?),
@@ -798,7 +823,7 @@ fn load(m: &ModelArgs, even_width: bool) -> anyhow::Result<Loaded> {
     // `auto` keeps the decoder family in f32 (`--precision bf16` asks for bf16): its bf16 effect on a real model's
     // scores is not measured yet, only the fixtures' tolerance (docs/decoder.md).
     let auto = matches!(
-        m.precision.unwrap_or_default(),
+        precision.unwrap_or_default(),
         angle_train::auto_precision::CliPrecision::Auto
     );
     let cpu_bf16 = cpu_precision == Some(angle_encoder::Precision::Bf16)
@@ -808,7 +833,7 @@ fn load(m: &ModelArgs, even_width: bool) -> anyhow::Result<Loaded> {
         pooling,
         cpu_bf16_inference: cpu_bf16,
         cpu_bf16_train: false,
-        cpu_int8_inference: cpu_precision == Some(angle_encoder::Precision::Int8),
+        cpu_int8: cpu_precision == Some(angle_encoder::Precision::Int8),
         decoder: angle_train::decoder::DecoderSettings {
             lora: None,
             bidirectional: m.bidirectional.unwrap_or(defaults.bidirectional),
@@ -827,7 +852,7 @@ fn load(m: &ModelArgs, even_width: bool) -> anyhow::Result<Loaded> {
         opts.layers,
         opts.decoder.bidirectional,
         opts.append_eos,
-        opts.cpu_int8_inference,
+        opts.cpu_int8,
         opts.device,
     );
     let (mut model, tok) = load_backbone(&dir, max_len, opts)?;

@@ -175,6 +175,25 @@ pub fn check_train_options(c: &TrainConfig, device: Device) -> Result<()> {
                 .map_err(|e| TrainError::Config(format!("--lora-targets {:?}: {e}", l.targets)))?;
         }
     }
+    match (c.load_kbit, &c.lora) {
+        (None, _) => {}
+        (Some(8), Some(_)) => {
+            if let Device::Cuda(_) = device {
+                return refuse("--load-kbit 8 runs on the CPU's int8 kernels (--device cpu)".into());
+            }
+        }
+        (Some(8), None) => {
+            return refuse(
+                "--load-kbit 8 quantizes the frozen base of a LoRA run: give --lora-r (full fine-tuning trains the \
+                 weights themselves)"
+                    .into(),
+            );
+        }
+        (Some(4), _) => {
+            return refuse("--load-kbit 4: 4-bit bases are not offered yet; --load-kbit 8 is".into());
+        }
+        (Some(k), _) => return refuse(format!("--load-kbit {k}: 8 is the one offered (4 later)")),
+    }
     if let Some(e) = &c.ese {
         if e.compression_size == 0 {
             return refuse("--ese-compression-size 0: must be at least 1".into());

@@ -370,3 +370,92 @@ fn merged_sentence_transformers_files_follow_the_trained_pooling() {
         }
     }
 }
+
+/// `--load-kbit 8`: a LoRA run on an 8-bit base trains (loss finite, the adapter written), resumes bit for bit,
+/// merges into the checkpoint's own base weights, encodes in int8 (`--load-kbit 8` on encode); the options that
+/// cannot hold are refused by name.
+#[test]
+fn lora_on_an_8_bit_base_trains_resumes_and_is_refused_where_it_cannot_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = decoder_model("qwen2-lora-last");
+    let train_file = stsb_head(tmp.path(), "train", 18, "train.csv");
+    let cfg = |out: &str, kbit: Option<u8>| TrainConfig {
+        lora: Some(LoraSettings {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.1,
+            targets: "all-linear".into(),
+        }),
+        load_kbit: kbit,
+        merge_lora: true,
+        ..config(&base, &train_file, None, &tmp.path().join(out))
+    };
+    let full = train(cfg("q8", Some(8)), None, &TrainOptions::default()).unwrap();
+    assert_eq!(full.steps, 10);
+    let last = tmp.path().join("q8").join(CHECKPOINT_LAST);
+    let saved: serde_json::Value = serde_json::from_slice(&read(&last.join("angle_config.json"))).unwrap();
+    assert_eq!(saved["train"]["load_kbit"], 8);
+    // Not the f32 base's run: the same seed and data give other weights.
+    train(cfg("f32", None), None, &TrainOptions::default()).unwrap();
+    let adapter = |d: &str| {
+        read(
+            &tmp.path()
+                .join(d)
+                .join(CHECKPOINT_LAST)
+                .join("adapter_model.safetensors"),
+        )
+    };
+    assert_ne!(adapter("q8"), adapter("f32"));
+    // Interrupted and resumed: the same adapter, bit for bit.
+    let halted = TrainOptions {
+        halt_after: Some(4),
+        ..TrainOptions::default()
+    };
+    train(cfg("part", Some(8)), None, &halted).unwrap();
+    let ckpt = tmp.path().join("part").join(CHECKPOINT_LAST);
+    train(cfg("part", Some(8)), Some(&ckpt), &TrainOptions::default()).unwrap();
+    assert!(adapter("part") == adapter("q8"), "resumed 8-bit run differs");
+    // The merged model encodes; in int8 too.
+    let texts = tmp.path().join("t.txt");
+    std::fs::write(&texts, "a man plays a guitar\nthe cat sleeps\n").unwrap();
+    let merged = tmp.path().join("q8").join("merged");
+    let f = encode(&merged, &texts, &[]);
+    let q = encode(&merged, &texts, &["--load-kbit", "8"]);
+    for (a, b) in f.iter().zip(&q) {
+        assert!(
+            cosine(a, b) > 0.95,
+            "int8 encode of the merged model: cosine {}",
+            cosine(a, b)
+        );
+    }
+
+    for (c, needle) in [
+        (
+            TrainConfig {
+                lora: None,
+                ..cfg("x1", Some(8))
+            },
+            "--lora-r",
+        ),
+        (cfg("x2", Some(4)), "--load-kbit 4"),
+        (cfg("x3", Some(6)), "--load-kbit 6"),
+    ] {
+        let e = train(c, None, &TrainOptions::default()).unwrap_err().to_string();
+        assert!(e.contains(needle), "{e}");
+    }
+    let o = angle()
+        .args(["encode", "--model"])
+        .arg(&merged)
+        .args([
+            "--input",
+            texts.to_str().unwrap(),
+            "--load-kbit",
+            "8",
+            "--precision",
+            "bf16",
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--load-kbit 8 is --precision int8"));
+}

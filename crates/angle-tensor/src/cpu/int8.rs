@@ -247,6 +247,31 @@ impl PackedI8 {
         self.data[((col / PANEL) * self.groups + k / GROUP) * GROUP_BYTES + (col % PANEL) * GROUP + k % GROUP]
     }
 
+    /// The weight the int8 products multiply by, `q · scale` as `[out_dim, in_dim]` f32 (row-major,
+    /// PyTorch's layout), written into `out` (resized): for an f32 product with the same weight, such
+    /// as a backward's input gradient `dy · W` through a frozen 8-bit base.
+    pub fn dequantize_into<'a>(&self, out: &'a mut Vec<f32>) -> &'a [f32] {
+        let (n, k) = (self.out_dim, self.in_dim);
+        out.clear();
+        out.resize(n * k, 0.0);
+        for p in 0..self.panels {
+            for g in 0..self.groups {
+                let block = &self.data[(p * self.groups + g) * GROUP_BYTES..][..GROUP_BYTES];
+                for (c, quad) in block.chunks_exact(GROUP).enumerate() {
+                    let col = p * PANEL + c;
+                    if col >= n {
+                        break;
+                    }
+                    let s = self.scales[col];
+                    for (t, &q) in quad.iter().enumerate().take(k.saturating_sub(g * GROUP)) {
+                        out[col * k + g * GROUP + t] = f32::from(q) * s;
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Bytes held (packed weight with its padding, scales, column sums).
     pub fn memory_bytes(&self) -> usize {
         self.data.len() + self.scales.len() * 4 + self.col_sums.len() * 4
@@ -1064,6 +1089,17 @@ mod tests {
             );
         }
         assert_eq!(p.scales(), &scales[..]);
+        let mut deq = vec![1.0; 3];
+        p.dequantize_into(&mut deq);
+        for j in 0..n {
+            for kk in 0..k {
+                assert_eq!(
+                    deq[j * k + kk],
+                    f32::from(q[j * k + kk]) * scales[j],
+                    "({j}, {kk})"
+                );
+            }
+        }
         assert_eq!((p.panels, p.groups), (4, 6));
         assert_eq!(p.memory_bytes(), 4 * 6 * 64 + 2 * 4 * 64);
         let nonzero = p.data.iter().filter(|&&v| v != 0).count();

@@ -218,7 +218,7 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
         pooling: Some(pooling),
         cpu_bf16_inference: false,
         cpu_bf16_train: cpu_bf16,
-        cpu_int8_inference: false,
+        cpu_int8: config.load_kbit == Some(8),
         decoder: crate::decoder::settings_for(&config),
         append_eos: config.append_eos,
         layers: None,
