@@ -31,17 +31,22 @@ struct Opts {
     only: Option<String>,
     /// Also (the parent) or only (a child) bf16 products: ours with `Precision::Bf16`, PyTorch's autocast.
     bf16: bool,
+    /// Also (the parent) or only (a child) int8 products on the frozen weights: LoRA's 8-bit base
+    /// (`--load-kbit 8`) and int8 encoding; ours only (PyTorch has no CPU int8 LoRA to set beside it).
+    int8: bool,
     /// child: the measurement and the model folder
     child: Option<(String, PathBuf)>,
 }
 
 fn usage() -> &'static str {
-    "cargo xtask bench-decoder [--pairs 32] [--len 64] [--steps 2] [--threads N] [--only lora|full|encode] [--bf16] [--torch PYTHON]\n\n\
+    "cargo xtask bench-decoder [--pairs 32] [--len 64] [--steps 2] [--threads N] [--only lora|full|encode] [--bf16] [--int8] [--torch PYTHON]\n\n\
      Train step of a Qwen3-0.6B shape with LoRA r 32 (all linear), of a Qwen2.5-0.5B shape fully fine-tuned, and\n\
      encode throughput of the 0.6B shape, on random weights; with --torch, the same work in PyTorch + peft\n\
      (scripts/bench/torch_cpu_decoder.py) on the same weights, threads and token ids. --bf16: every row again\n\
      with bf16 products (ours: --precision bf16 on the CPU's bf16 kernel; PyTorch: bf16 autocast, with the base\n\
      loaded in bf16 for LoRA and encoding as angle-emb loads an LLM, f32 master weights for full fine-tuning).\n\
+     --int8: the LoRA and encode rows again with the frozen weights in int8 (ours: --load-kbit 8 / --precision\n\
+     int8; no PyTorch column).\n\
      Each ratio is ours / PyTorch within one row: the same work and precision, measured in this run."
 }
 
@@ -54,6 +59,7 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
         torch: None,
         only: None,
         bf16: false,
+        int8: false,
         child: None,
     };
     let mut unknown = Vec::new();
@@ -68,6 +74,7 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
             "--torch" => o.torch = Some(PathBuf::from(value()?)),
             "--only" => o.only = Some(value()?.clone()),
             "--bf16" => o.bf16 = true,
+            "--int8" => o.int8 = true,
             "--child" => {
                 let kind = value()?.clone();
                 o.child = Some((kind, PathBuf::from(value()?)));
@@ -230,7 +237,9 @@ fn child(o: &Opts, kind: &str, dir: &Path) -> anyhow::Result<Value> {
             ..DecoderOptions::default()
         },
     )?;
-    if o.bf16 {
+    if o.int8 {
+        dec.set_precision(Precision::Int8)?;
+    } else if o.bf16 {
         dec.set_precision(Precision::Bf16)?;
     }
     let load_s = t_load.elapsed().as_secs_f64();
@@ -295,7 +304,7 @@ fn child(o: &Opts, kind: &str, dir: &Path) -> anyhow::Result<Value> {
     Ok(json!({
         "kind": kind, "seconds": s, "texts_per_s": texts as f64 / s, "tokens_per_s": (texts * o.len) as f64 / s,
         "cpu_seconds": cpu, "peak_rss_bytes": peak_rss()?, "load_seconds": load_s,
-        "trainable": dec.buffers.params.len(), "bf16": o.bf16,
+        "trainable": dec.buffers.params.len(), "bf16": o.bf16, "int8": o.int8,
         "bf16_kernel": o.bf16.then(angle_encoder::bf16_kernel_name),
         "bf16_copy_bytes": dec.bf16_bytes(),
     }))
@@ -352,8 +361,14 @@ fn measure(o: &Opts, tmp: &Path) -> anyhow::Result<()> {
                 t.elapsed().as_secs_f64()
             );
         }
-        for bf16 in [false, true].into_iter().filter(|&b| !b || o.bf16) {
-            let row = measure_row(o, kind, model, &dir, bf16)?;
+        let wanted = |p: &str| match p {
+            "bf16" => o.bf16,
+            // full fine-tuning trains the linear weights themselves: no int8 copy of them
+            "int8" => o.int8 && kind != "full",
+            _ => true,
+        };
+        for products in ["f32", "bf16", "int8"].into_iter().filter(|p| wanted(p)) {
+            let row = measure_row(o, kind, model, &dir, products)?;
             rows.push(row);
         }
     }
@@ -361,7 +376,7 @@ fn measure(o: &Opts, tmp: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-type Row<'a> = (&'a str, &'a str, bool, Value, Option<Value>);
+type Row<'a> = (&'a str, &'a str, &'static str, Value, Option<Value>);
 
 /// One row of the table: ours and (with --torch) PyTorch's, each in its own process.
 fn measure_row<'a>(
@@ -369,7 +384,7 @@ fn measure_row<'a>(
     kind: &'a str,
     model: &'a str,
     dir: &Path,
-    bf16: bool,
+    precision: &'static str,
 ) -> anyhow::Result<Row<'a>> {
     let exe = std::env::current_exe()?;
     let root = crate::train::workspace_root()?;
@@ -383,17 +398,16 @@ fn measure_row<'a>(
         "--threads".into(),
         o.threads.to_string(),
     ];
-    if bf16 {
-        common.push("--bf16".into());
+    if precision != "f32" {
+        common.push(format!("--{precision}"));
     }
-    let precision = if bf16 { "bf16" } else { "f32" };
     eprintln!("bench-decoder: angle {kind} on {model}, {precision} ...");
     let mut args = vec!["bench-decoder".to_string()];
     args.extend(common.iter().cloned());
     args.extend(["--child".into(), kind.into(), dir.display().to_string()]);
     // a failed measurement (e.g. out of memory) is a row that says so, not the end of the table
     let ours = run_child(&exe, &args).unwrap_or_else(|e| json!({"error": e.to_string()}));
-    let theirs = match &o.torch {
+    let theirs = match o.torch.as_ref().filter(|_| precision != "int8") {
         Some(py) => {
             eprintln!("bench-decoder: PyTorch + peft {kind} on {model}, {precision} ...");
             let mut a = vec![
@@ -422,7 +436,7 @@ fn measure_row<'a>(
         }
         None => None,
     };
-    Ok((kind, model, bf16, ours, theirs))
+    Ok((kind, model, precision, ours, theirs))
 }
 
 fn print_table(o: &Opts, rows: &[Row<'_>]) {
@@ -442,8 +456,14 @@ fn print_table(o: &Opts, rows: &[Row<'_>]) {
         "| work | model | products | PyTorch tokens/s | angle tokens/s | ratio | PyTorch peak RSS | angle peak RSS |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
-    for (kind, model, bf16, ours, theirs) in rows {
-        let products = if *bf16 {
+    for (kind, model, precision, ours, theirs) in rows {
+        let products = if *precision == "int8" {
+            format!(
+                "int8 frozen weights (ours: {}; {})",
+                angle_tensor::cpu::int8_kernel().name(),
+                if *kind == "lora" { "--load-kbit 8" } else { "--precision int8" }
+            )
+        } else if *precision == "bf16" {
             format!(
                 "bf16 (ours: {}; PyTorch: {})",
                 angle_encoder::bf16_kernel_name(),
