@@ -461,7 +461,11 @@ fn print_table(o: &Opts, rows: &[Row<'_>]) {
             format!(
                 "int8 frozen weights (ours: {}; {})",
                 angle_tensor::cpu::int8_kernel().name(),
-                if *kind == "lora" { "--load-kbit 8" } else { "--precision int8" }
+                if *kind == "lora" {
+                    "--load-kbit 8"
+                } else {
+                    "--precision int8"
+                }
             )
         } else if *precision == "bf16" {
             format!(
