@@ -357,6 +357,19 @@ fn adamw_trajectory_matches_reference() {
     assert!(failures.is_empty(), "mismatches:\n{}", failures.join("\n"));
 }
 
+/// The forward's last hidden state against the reference's (its real tokens), relative L2 error.
+fn hidden_rel_err(dec: &mut Decoder, fx: &Reference) -> f64 {
+    let h = dec.config.hidden_size;
+    let hidden = dec.forward(&fx.ids, &fx.seq_offsets, None).unwrap().to_vec();
+    let lhs = fx.floats("last_hidden_state");
+    let (mut got, mut want) = (vec![], vec![]);
+    for (k, &(b, t)) in fx.rows.iter().enumerate() {
+        got.extend(hidden[k * h..(k + 1) * h].iter().map(|&x| x as f64));
+        want.extend_from_slice(&lhs[(b * fx.t + t) * h..][..h]);
+    }
+    rel_l2(&got, &want)
+}
+
 /// `Precision::Bf16` (every linear product on bf16-rounded inputs and weights, f32 sums) against the same
 /// float64 reference, with bf16's own, looser tolerance: the fixtures' weights are bf16 already, so only the
 /// activations' rounding (8 bits of mantissa) moves the results. Measured on the three fixture cases: hidden
@@ -378,15 +391,11 @@ fn bf16_products_stay_close_to_reference() {
         let mut dec = open(&fx);
         dec.set_precision(Precision::Bf16).unwrap();
         assert!(dec.bf16_bytes() > 0, "{name}: no bf16 copies");
-        let h = dec.config.hidden_size;
-        let hidden = dec.forward(&fx.ids, &fx.seq_offsets, None).unwrap().to_vec();
-        let lhs = fx.floats("last_hidden_state");
-        let (mut got, mut want) = (vec![], vec![]);
-        for (k, &(b, t)) in fx.rows.iter().enumerate() {
-            got.extend(hidden[k * h..(k + 1) * h].iter().map(|&x| x as f64));
-            want.extend_from_slice(&lhs[(b * fx.t + t) * h..][..h]);
-        }
-        check(format!("{name}: last_hidden_state"), rel_l2(&got, &want), 2e-2);
+        check(
+            format!("{name}: last_hidden_state"),
+            hidden_rel_err(&mut dec, &fx),
+            2e-2,
+        );
         let lf = loss_fn(fx.meta("objective"));
         let labels = fx.floats("labels").to_vec();
         let (loss, pooled, dpooled) = loss_of(&mut dec, &fx, &lf, &labels);
@@ -471,15 +480,7 @@ fn int8_products_encode_close_to_reference() {
         let mut dec = Decoder::load(fx.dir.join("model"), opts).unwrap();
         dec.set_precision(Precision::Int8).unwrap();
         assert!(dec.bf16_bytes() > 0, "{name}: no int8 copies");
-        let h = dec.config.hidden_size;
-        let hidden = dec.forward(&fx.ids, &fx.seq_offsets, None).unwrap().to_vec();
-        let lhs = fx.floats("last_hidden_state");
-        let (mut got, mut want) = (vec![], vec![]);
-        for (k, &(b, t)) in fx.rows.iter().enumerate() {
-            got.extend(hidden[k * h..(k + 1) * h].iter().map(|&x| x as f64));
-            want.extend_from_slice(&lhs[(b * fx.t + t) * h..][..h]);
-        }
-        let err = rel_l2(&got, &want);
+        let err = hidden_rel_err(&mut dec, &fx);
         println!("{name}: int8 last_hidden_state rel err {err:.3e}");
         assert!(err < 6e-2 && err > 0.0, "{name}: int8 hidden state rel err {err}");
     }

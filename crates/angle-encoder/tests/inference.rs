@@ -31,6 +31,26 @@ fn minilm_ids() -> (Vec<u32>, [usize; 4]) {
     (ids, [0, 8, 12, 27])
 }
 
+/// Per sequence, the cosine of the mean-pooled embeddings of two hidden states.
+fn pooled_cosines(a: &[f32], b: &[f32], offs: &[usize], h: usize) -> Vec<f32> {
+    let n = offs.len() - 1;
+    let pool = |x: &[f32]| {
+        let mut out = vec![0.0f32; n * h];
+        Pooler::new(Pooling::Mean).forward(&mut out, x, offs, h).unwrap();
+        out
+    };
+    let (pa, pb) = (pool(a), pool(b));
+    (0..n)
+        .map(|s| {
+            let (x, y) = (&pa[s * h..(s + 1) * h], &pb[s * h..(s + 1) * h]);
+            let dot: f32 = x.iter().zip(y).map(|(u, v)| u * v).sum();
+            let nx: f32 = x.iter().map(|u| u * u).sum::<f32>().sqrt();
+            let ny: f32 = y.iter().map(|v| v * v).sum::<f32>().sqrt();
+            dot / (nx * ny)
+        })
+        .collect()
+}
+
 fn rel(a: &[f32], b: &[f32]) -> f64 {
     let a: Vec<f64> = a.iter().map(|&x| f64::from(x)).collect();
     let b: Vec<f64> = b.iter().map(|&x| f64::from(x)).collect();
@@ -61,18 +81,10 @@ fn bf16_minilm_close_to_f32() {
     eprintln!("bf16 vs f32 hidden state: relative error {e:.2e}");
     assert!(e < 1e-2, "hidden state relative error {e}");
     let h = enc.config.hidden_size;
-    let pool = |x: &[f32]| {
-        let mut out = vec![0.0f32; 3 * h];
-        Pooler::new(Pooling::Mean).forward(&mut out, x, &offs, h).unwrap();
-        out
-    };
-    let (p32, p16) = (pool(&f32_hidden), pool(&bf16_hidden));
-    for s in 0..3 {
-        let (a, b) = (&p32[s * h..(s + 1) * h], &p16[s * h..(s + 1) * h]);
-        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-        let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-        let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-        let cos = dot / (na * nb);
+    for (s, cos) in pooled_cosines(&f32_hidden, &bf16_hidden, &offs, h)
+        .into_iter()
+        .enumerate()
+    {
         eprintln!("sentence {s}: cosine(bf16, f32) = {cos:.7}");
         assert!(cos > 0.999, "sentence {s}: cosine {cos}");
     }
@@ -219,18 +231,10 @@ fn int8_minilm_close_to_f32() {
     eprintln!("int8 vs f32 hidden state: relative error {e:.2e}");
     assert!(e < 0.15 && e > 0.0, "hidden state relative error {e}");
     let h = enc.config.hidden_size;
-    let pool = |x: &[f32]| {
-        let mut out = vec![0.0f32; 3 * h];
-        Pooler::new(Pooling::Mean).forward(&mut out, x, &offs, h).unwrap();
-        out
-    };
-    let (p32, p8) = (pool(&f32_hidden), pool(&int8_hidden));
-    for s in 0..3 {
-        let (a, b) = (&p32[s * h..(s + 1) * h], &p8[s * h..(s + 1) * h]);
-        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-        let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-        let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-        let cos = dot / (na * nb);
+    for (s, cos) in pooled_cosines(&f32_hidden, &int8_hidden, &offs, h)
+        .into_iter()
+        .enumerate()
+    {
         eprintln!("sentence {s}: cosine(int8, f32) = {cos:.7}");
         assert!(cos > 0.99, "sentence {s}: cosine {cos}");
     }
