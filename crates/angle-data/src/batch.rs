@@ -1,9 +1,10 @@
 //! Batches in the objective's row layout, packed (no padding), shuffled per epoch.
 //!
 //! Row layout: format A is zigzag (rows `2k`, `2k + 1` are the texts of pair `k`, `labels[k]` its label), B is
-//! query/positive interleaved, C query/positive/negative, U two rows per text (its two dropout views). A batch is packed as `docs/architecture.md` says: the
-//! token ids of all rows back to back with `seq_offsets` (length rows + 1); [`PackedBatch::to_padded`] gives the
-//! padded `[B, T]` form with an attention mask for code that wants it.
+//! query/positive interleaved, C query/positive/negative, U two rows per text (its two dropout views). A batch is
+//! packed as `docs/architecture.md` says: the token ids of all rows back to back with `seq_offsets` (length
+//! rows + 1); [`PackedBatch::to_padded`] gives the padded `[B, T]` form with an attention mask for code that wants
+//! it.
 //!
 //! The data order is a pure function of `(seed, epoch)`: [`Dataset::plan_epoch`] recomputes it, so resuming
 //! mid-epoch needs only the epoch and the index of the next batch.
