@@ -58,6 +58,8 @@ pub enum DecoderError {
     Tensor(#[from] angle_tensor::TensorError),
     #[error(transparent)]
     Encoder(#[from] angle_encoder::EncoderError),
+    #[error(transparent)]
+    Models(#[from] angle_models::ModelError),
 }
 
 pub type Result<T, E = DecoderError> = std::result::Result<T, E>;

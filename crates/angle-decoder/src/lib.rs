@@ -11,7 +11,11 @@ pub mod lora;
 pub mod memory;
 pub mod model;
 pub mod save;
-pub mod weights;
+
+/// The checkpoint I/O every family shares lives in `angle-models`.
+pub mod weights {
+    pub use angle_models::weights::*;
+}
 
 pub use config::{DecoderConfig, ModelType};
 pub use error::{DecoderError, Result};

@@ -712,6 +712,7 @@ impl Decoder {
             n_kv_heads: nkv,
             head_dim: d,
             causal: *causal,
+            window: None,
         };
         let p_drop = lora.as_ref().map_or(0.0, |l| l.dropout);
         acts.ready = false;
@@ -972,6 +973,7 @@ impl Decoder {
             n_kv_heads: nkv,
             head_dim: d,
             causal: *causal,
+            window: None,
         };
         let p_drop = lora.as_ref().map_or(0.0, |l| l.dropout);
         let seed = acts.dropout_seed;

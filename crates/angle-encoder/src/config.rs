@@ -255,13 +255,13 @@ pub(crate) fn cfg_err(path: &Path, key: &str, msg: impl Into<String>) -> Encoder
 }
 
 /// Typed access to a JSON object whose errors name the key.
-pub(crate) struct Keys<'a> {
+pub struct Keys<'a> {
     pub map: &'a Map<String, Value>,
     pub path: &'a Path,
 }
 
 impl Keys<'_> {
-    fn get(&self, key: &str) -> Option<&Value> {
+    pub fn get(&self, key: &str) -> Option<&Value> {
         self.map.get(key).filter(|v| !v.is_null())
     }
 

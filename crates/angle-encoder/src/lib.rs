@@ -29,7 +29,7 @@ pub mod pooling;
 pub mod profile;
 
 pub use arena::{Activations, Capacity, Mode};
-pub use config::{Activation, BertConfig};
+pub use config::{Activation, BertConfig, Keys};
 pub use error::{EncoderError, Result};
 pub use inference::{Precision, bf16_is_fast, bf16_kernel_name, fastest_precision};
 pub use model::{AdamW, Batch, Encoder, LayerGrad};

@@ -20,6 +20,9 @@ pub struct GqaShape {
     pub n_kv_heads: usize,
     pub head_dim: usize,
     pub causal: bool,
+    /// Sliding window: token `i` sees only tokens `j` with `|i - j| <= w` (ModernBERT's local
+    /// attention, `w = local_attention / 2`; with `causal` also `j <= i`). `None`: the whole sequence.
+    pub window: Option<usize>,
 }
 
 fn validate(op: &'static str, s: GqaShape, seq_offsets: &[usize]) -> Result<usize, TensorError> {
@@ -143,10 +146,19 @@ where
     }
 }
 
-/// Row-wise softmax of a `len x len` block, row `i` over columns `0..=i` when causal (the rest 0).
-fn softmax_rows<T: Float>(p: &mut [T], len: usize, causal: bool) {
+/// Row-wise softmax of a `len x len` block, row `i` over the columns its mask leaves (the rest 0):
+/// `0..=i` when causal, within `window` of `i` when windowed.
+fn softmax_rows<T: Float>(p: &mut [T], len: usize, causal: bool, window: Option<usize>) {
     for (i, row) in p.chunks_exact_mut(len).enumerate() {
-        let (live, masked) = row.split_at_mut(if causal { i + 1 } else { len });
+        let lo = window.map_or(0, |w| i.saturating_sub(w));
+        let hi = match (causal, window) {
+            (true, _) => i + 1,
+            (false, Some(w)) => (i + w + 1).min(len),
+            (false, None) => len,
+        };
+        let (head, rest) = row.split_at_mut(hi);
+        rest.fill(T::zero());
+        let (masked, live) = head.split_at_mut(lo);
         masked.fill(T::zero());
         let max = live.iter().copied().fold(T::neg_infinity(), T::max);
         for v in live.iter_mut() {
@@ -177,6 +189,7 @@ pub fn gqa_attention_forward<T: Float>(
         n_kv_heads,
         head_dim: d,
         causal,
+        window,
     } = shape;
     let (qw, kw) = (n_heads * d, n_kv_heads * d);
     check_len(OP, "q", q.len(), rows * qw)?;
@@ -212,7 +225,7 @@ pub fn gqa_attention_forward<T: Float>(
                 let vh = MatRef::strided(&v[g * d..], len, d, kw, 1);
                 let p = &mut probs[h * len * len..(h + 1) * len * len];
                 gemm(scale, qh, kh.t(), T::zero(), MatMut::new(p, len, len))?;
-                softmax_rows(p, len, causal);
+                softmax_rows(p, len, causal, window);
                 let o = MatMut::strided(&mut out[h * d..], len, d, qw, 1);
                 gemm(T::one(), MatRef::new(p, len, len), vh, T::zero(), o)?;
             }
@@ -350,8 +363,8 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(24))]
         #[test]
-        fn finite_differences(lens in proptest::collection::vec(1usize..6, 1..4), nkv in 1usize..3, group in 1usize..3, d in 1usize..5, causal: bool, seed: u64) {
-            let shape = GqaShape { n_heads: nkv * group, n_kv_heads: nkv, head_dim: d, causal };
+        fn finite_differences(lens in proptest::collection::vec(1usize..6, 1..4), nkv in 1usize..3, group in 1usize..3, d in 1usize..5, causal: bool, window in proptest::option::of(0usize..4), seed: u64) {
+            let shape = GqaShape { n_heads: nkv * group, n_kv_heads: nkv, head_dim: d, causal, window };
             let offs = offsets(&lens);
             let rows = *offs.last().unwrap();
             let (qw, kw) = (shape.n_heads * d, nkv * d);
@@ -390,7 +403,7 @@ mod tests {
             crate::cpu::attention_forward(&mut o1, &mut p1, &mut [], &qkv, &offs, nh, hidden, None).unwrap();
             let split = |c: usize| -> Vec<f64> { qkv.chunks(3 * hidden).flat_map(|row| row[c * hidden..(c + 1) * hidden].to_vec()).collect() };
             let (mut o2, mut p2) = (vec![0.0; rows * hidden], vec![0.0; plen]);
-            let shape = GqaShape { n_heads: nh, n_kv_heads: nh, head_dim: d, causal: false };
+            let shape = GqaShape { n_heads: nh, n_kv_heads: nh, head_dim: d, causal: false, window: None };
             gqa_attention_forward(&mut o2, &mut p2, &split(0), &split(1), &split(2), &offs, shape).unwrap();
             assert_close(&o2, &o1, 1e-12);
         }
@@ -403,6 +416,7 @@ mod tests {
             n_kv_heads: 1,
             head_dim: 2,
             causal: true,
+            window: None,
         };
         let mut r = TestRng::new(3);
         let (q, k, v) = (r.vec(3 * 4), r.vec(3 * 2), r.vec(3 * 2));
@@ -417,5 +431,28 @@ mod tests {
             ..shape
         };
         assert!(gqa_attention_forward(&mut o, &mut p, &q, &k, &v, &offs, bad).is_err());
+    }
+
+    #[test]
+    fn sliding_window_masks_by_distance() {
+        let shape = GqaShape {
+            n_heads: 1,
+            n_kv_heads: 1,
+            head_dim: 2,
+            causal: false,
+            window: Some(1),
+        };
+        let mut r = TestRng::new(5);
+        let (q, k, v) = (r.vec(5 * 2), r.vec(5 * 2), r.vec(5 * 2));
+        let offs = [0, 5];
+        let (mut o, mut p) = (vec![0.0; 10], vec![0.0; 25]);
+        gqa_attention_forward(&mut o, &mut p, &q, &k, &v, &offs, shape).unwrap();
+        for i in 0..5 {
+            let row = &p[i * 5..(i + 1) * 5];
+            for (j, &x) in row.iter().enumerate() {
+                assert_eq!(x == 0.0, i.abs_diff(j) > 1, "row {i} col {j}: {x}");
+            }
+            assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        }
     }
 }

@@ -13,7 +13,7 @@ use memmap2::Mmap;
 use safetensors::SafeTensors;
 use safetensors::tensor::Dtype;
 
-use crate::error::{DecoderError, Result, io_err, read_json};
+use crate::error::{ModelError, Result, io_err, read_json};
 
 /// The element types of frozen weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,13 +166,13 @@ impl Checkpoint {
             for s in shards {
                 let p = dir.join(&s);
                 if !p.is_file() {
-                    return Err(DecoderError::MissingShard { index, shard: s });
+                    return Err(ModelError::MissingShard { index, shard: s });
                 }
                 files.push(p);
             }
             files
         } else {
-            return Err(DecoderError::NoWeights { path: dir });
+            return Err(ModelError::NoWeights { path: dir });
         };
         let mut tensors = HashMap::new();
         for path in &files {
@@ -180,7 +180,7 @@ impl Checkpoint {
             // SAFETY: read-only map; a checkpoint is not rewritten in place while we hold it (our own
             // writers rename a new file into place).
             let map = Arc::new(unsafe { Mmap::map(&file) }.map_err(io_err(path))?);
-            let st = SafeTensors::deserialize(&map).map_err(|e| DecoderError::Safetensors {
+            let st = SafeTensors::deserialize(&map).map_err(|e| ModelError::Safetensors {
                 path: path.clone(),
                 msg: e.to_string(),
             })?;
@@ -190,7 +190,7 @@ impl Checkpoint {
                     Dtype::F16 => WeightDtype::F16,
                     Dtype::BF16 => WeightDtype::Bf16,
                     other => {
-                        return Err(DecoderError::UnsupportedDtype {
+                        return Err(ModelError::UnsupportedDtype {
                             path: path.clone(),
                             name: name.to_string(),
                             dtype: format!("{other:?}"),
@@ -215,15 +215,12 @@ impl Checkpoint {
 
     /// The tensor `name`, which must have `shape`.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<&Frozen> {
-        let t = self
-            .tensors
-            .get(name)
-            .ok_or_else(|| DecoderError::MissingTensor {
-                path: self.files.first().cloned().unwrap_or_else(|| self.dir.clone()),
-                name: name.to_string(),
-            })?;
+        let t = self.tensors.get(name).ok_or_else(|| ModelError::MissingTensor {
+            path: self.files.first().cloned().unwrap_or_else(|| self.dir.clone()),
+            name: name.to_string(),
+        })?;
         if t.shape != shape {
-            return Err(DecoderError::ShapeMismatch {
+            return Err(ModelError::ShapeMismatch {
                 path: self.dir.clone(),
                 name: name.to_string(),
                 found: t.shape.clone(),
@@ -252,7 +249,7 @@ pub type F32Tensors = HashMap<String, (Vec<usize>, Vec<f32>)>;
 /// Reads a small safetensors file (adapters) into f32 tensors, F64 included.
 pub fn read_f32_tensors(path: &Path) -> Result<F32Tensors> {
     let bytes = std::fs::read(path).map_err(io_err(path))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| DecoderError::Safetensors {
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::Safetensors {
         path: path.to_path_buf(),
         msg: e.to_string(),
     })?;
@@ -277,7 +274,7 @@ pub fn read_f32_tensors(path: &Path) -> Result<F32Tensors> {
                 .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
             other => {
-                return Err(DecoderError::UnsupportedDtype {
+                return Err(ModelError::UnsupportedDtype {
                     path: path.to_path_buf(),
                     name: name.to_string(),
                     dtype: format!("{other:?}"),
@@ -295,7 +292,7 @@ pub fn write_safetensors(path: &Path, tensors: Vec<(String, Dtype, Vec<usize>, V
         .iter()
         .map(|(n, d, s, b)| {
             let view = safetensors::tensor::TensorView::new(*d, s.clone(), b).map_err(|e| {
-                DecoderError::Safetensors {
+                ModelError::Safetensors {
                     path: path.to_path_buf(),
                     msg: format!("{n}: {e}"),
                 }
@@ -311,7 +308,7 @@ pub fn write_safetensors(path: &Path, tensors: Vec<(String, Dtype, Vec<usize>, V
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
     safetensors::serialize_to_file(views, Some(meta), &tmp).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
-        DecoderError::Safetensors {
+        ModelError::Safetensors {
             path: tmp.clone(),
             msg: e.to_string(),
         }

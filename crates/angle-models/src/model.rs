@@ -1,0 +1,388 @@
+//! A model: a family's blocks, its flat buffers (trainable parameters with gradients and AdamW
+//! moments; frozen ones), the per-use activation states, and pooling.
+//!
+//! Every encoder family has the same shape: embeddings, an optional projection to the hidden size
+//! (ELECTRA, ALBERT), layers (ALBERT runs shared weights: `uses[l]` is the block layer `l` runs), an
+//! optional final norm (ModernBERT). The family files only say how their config and module names map
+//! onto it.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use angle_encoder::{AdamW, Batch, ParamBuffers, Pooler, Pooling, decays};
+use angle_tensor::rng::derive_seed;
+
+use crate::error::{ModelError, Result};
+use crate::families;
+use crate::nn::{
+    Embeddings, EmbeddingsState, Grads, Init, LayerNorm, LayerSeeds, LayerState, Linear, LinearState,
+    LoraSpec, ModernBertDropout, NormState, Store, VarBuilder, Weights, kaiming_uniform,
+};
+use crate::weights::Checkpoint;
+
+/// The blocks of an encoder, as a family builds them.
+#[derive(Debug, Clone)]
+pub struct EncoderBlocks {
+    /// `config.json`'s `model_type`.
+    pub model_type: String,
+    pub embeddings: Embeddings,
+    /// `embedding_size → hidden_size` (ELECTRA's `embeddings_project`, ALBERT's
+    /// `encoder.embedding_hidden_mapping_in`).
+    pub projection: Option<Linear>,
+    pub layers: Vec<crate::nn::Layer>,
+    /// Layer `l` runs `layers[uses[l]]`.
+    pub uses: Vec<usize>,
+    pub final_norm: Option<LayerNorm>,
+    pub hidden_size: usize,
+    /// The prefix of the weight names in checkpoints saved from a head model (`bert.`, `electra.`, ...).
+    pub checkpoint_prefixes: Vec<String>,
+    pub in_layer_dropout: ModernBertDropout,
+}
+
+/// How to load a model.
+#[derive(Debug, Clone, Default)]
+pub struct ModelOptions {
+    /// LoRA adapters on the targeted linear modules; the base is frozen.
+    pub lora: Option<LoraSpec>,
+    /// Nothing will train: no gradients or moments are allocated.
+    pub frozen: bool,
+}
+
+/// Activations of one forward, kept for backward.
+#[derive(Debug, Clone, Default)]
+struct Run {
+    emb: EmbeddingsState,
+    /// The embeddings (width `embedding_size`) and, with a projection, the projected ones.
+    emb_out: Vec<f32>,
+    proj: LinearState,
+    /// The input of layer `l` is `xs[l]`; the last layer's output is `xs[L]`.
+    xs: Vec<Vec<f32>>,
+    layers: Vec<LayerState>,
+    final_norm: NormState,
+    hidden: Vec<f32>,
+    ids: Vec<u32>,
+    offsets: Vec<usize>,
+    seed: Option<u64>,
+    ready: bool,
+}
+
+/// A family's blocks with their buffers.
+pub struct Model {
+    pub blocks: EncoderBlocks,
+    pub vars: VarBuilder,
+    /// Trainable parameters (all, or LoRA's A and B), their gradients and moments.
+    pub buffers: ParamBuffers,
+    /// Frozen parameters (a LoRA run's base).
+    pub frozen: Vec<f32>,
+    no_decay: Vec<Range<usize>>,
+    pub lora: Option<LoraSpec>,
+    pub dir: PathBuf,
+    run: Run,
+    dgrad: [Vec<f32>; 2],
+    demb: Vec<f32>,
+}
+
+impl Model {
+    /// Loads the model in `dir` (`config.json` and `model.safetensors` or its shards).
+    pub fn from_dir(dir: impl AsRef<Path>, opts: &ModelOptions) -> Result<Model> {
+        let dir = dir.as_ref().to_path_buf();
+        let mut vb = VarBuilder::new(opts.lora.is_some());
+        let blocks = families::build(&dir.join("config.json"), &mut vb, opts.lora.as_ref())?;
+        let ckpt = Checkpoint::open(&dir)?;
+        let mut trainable = vec![0.0f32; vb.trainable_len];
+        let mut frozen = vec![0.0f32; vb.frozen_len];
+        for e in &vb.entries {
+            let dst = match e.var.store {
+                Store::Trainable => &mut trainable[e.var.range.clone()],
+                Store::Frozen => &mut frozen[e.var.range.clone()],
+            };
+            match e.init {
+                Init::Checkpoint => {
+                    let t = find(&ckpt, &e.name, &blocks.checkpoint_prefixes, &e.shape)?;
+                    t.widen_range_into(0, dst);
+                }
+                Init::KaimingUniform { fan_in, seed } => kaiming_uniform(dst, fan_in, seed),
+                Init::Zero => dst.fill(0.0),
+            }
+        }
+        let no_decay = vb
+            .entries
+            .iter()
+            .filter(|e| e.var.trainable() && !decays(&e.name))
+            .map(|e| e.var.range.clone())
+            .collect();
+        let mut buffers = ParamBuffers::new(trainable);
+        if !opts.frozen {
+            buffers.alloc_training();
+        }
+        Ok(Model {
+            blocks,
+            vars: vb,
+            buffers,
+            frozen,
+            no_decay,
+            lora: opts.lora.clone(),
+            dir,
+            run: Run::default(),
+            dgrad: Default::default(),
+            demb: Vec::new(),
+        })
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.blocks.hidden_size
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.blocks.uses.len()
+    }
+
+    fn weights(&self) -> Weights<'_> {
+        Weights {
+            trainable: &self.buffers.params,
+            frozen: &self.frozen,
+        }
+    }
+
+    /// The last hidden state `[N, H]` of the packed batch; `dropout` is the step's seed (train mode).
+    pub fn forward(&mut self, batch: &Batch<'_>, dropout: Option<u64>) -> Result<&[f32]> {
+        if dropout.is_some() {
+            for l in &self.blocks.layers {
+                l.check_dropout(self.blocks.in_layer_dropout)?;
+            }
+        }
+        let offs = batch.seq_offsets;
+        if offs.first() != Some(&0) || offs.last() != Some(&batch.input_ids.len()) {
+            return Err(ModelError::Batch(format!(
+                "sequence offsets {:?} do not cover the {} token ids",
+                (offs.first(), offs.last()),
+                batch.input_ids.len()
+            )));
+        }
+        let w = Weights {
+            trainable: &self.buffers.params,
+            frozen: &self.frozen,
+        };
+        let b = &self.blocks;
+        let run = &mut self.run;
+        run.ready = false;
+        run.seed = dropout;
+        let seed = |tag: u64| dropout.map(|s| derive_seed(s, tag));
+        let (n, e, h) = (batch.input_ids.len(), b.embeddings.dim, b.hidden_size);
+        let nl = b.uses.len();
+        run.xs.resize_with(nl + 1, Vec::new);
+        run.layers.resize_with(nl, LayerState::default);
+        run.emb_out.resize(n * e, 0.0);
+        let type_ids = batch.token_type_ids;
+        b.embeddings.forward(
+            &w,
+            &mut run.emb,
+            &mut run.emb_out,
+            batch.input_ids,
+            type_ids,
+            offs,
+            seed(0),
+        )?;
+        run.xs[0].resize(n * h, 0.0);
+        match &b.projection {
+            Some(p) => p.forward(&w, &mut run.proj, &mut run.xs[0], &run.emb_out, n, seed(1 << 20))?,
+            None => run.xs[0].copy_from_slice(&run.emb_out),
+        }
+        for l in 0..nl {
+            let (done, rest) = run.xs.split_at_mut(l + 1);
+            rest[0].resize(n * h, 0.0);
+            let seeds = dropout.map(|s| LayerSeeds {
+                probs: derive_seed(s, 1 + 3 * l as u64),
+                attn_out: derive_seed(s, 2 + 3 * l as u64),
+                ffn_out: derive_seed(s, 3 + 3 * l as u64),
+                lora: derive_seed(s, (1 << 21) + l as u64),
+            });
+            b.layers[b.uses[l]].forward(&w, &mut run.layers[l], &mut rest[0], &done[l], offs, seeds)?;
+        }
+        run.hidden.resize(n * h, 0.0);
+        match &b.final_norm {
+            Some(norm) => norm.forward(&w, &mut run.final_norm, &mut run.hidden, &run.xs[nl], n)?,
+            None => run.hidden.copy_from_slice(&run.xs[nl]),
+        }
+        run.ids.clear();
+        run.ids.extend_from_slice(batch.input_ids);
+        run.offsets.clear();
+        run.offsets.extend_from_slice(offs);
+        run.ready = true;
+        Ok(&self.run.hidden)
+    }
+
+    /// The last hidden state of the last forward.
+    pub fn hidden(&self) -> &[f32] {
+        &self.run.hidden
+    }
+
+    /// The output of layer `l` of the last forward (0: the embeddings, after any projection).
+    pub fn layer_output(&self, l: usize) -> Option<&[f32]> {
+        self.run.xs.get(l).map(|v| &v[..])
+    }
+
+    /// Adds the gradients of the last forward from `dhidden [N, H]`.
+    pub fn backward(&mut self, dhidden: &[f32]) -> Result<()> {
+        if !self.run.ready {
+            return Err(ModelError::State("backward before a forward".into()));
+        }
+        if !self.buffers.is_training() {
+            return Err(ModelError::State("backward on a model loaded frozen".into()));
+        }
+        let w = Weights {
+            trainable: &self.buffers.params,
+            frozen: &self.frozen,
+        };
+        let mut g = Grads {
+            g: &mut self.buffers.grads,
+        };
+        let b = &self.blocks;
+        let run = &mut self.run;
+        let offs = &run.offsets[..];
+        let (n, nl) = (run.ids.len(), b.uses.len());
+        let h = b.hidden_size;
+        let [cur, prev] = &mut self.dgrad;
+        cur.clear();
+        cur.resize(n * h, 0.0);
+        match &b.final_norm {
+            Some(norm) => norm.backward(&w, &mut g, &mut run.final_norm, cur, dhidden, &run.xs[nl], n)?,
+            None => cur.copy_from_slice(dhidden),
+        }
+        for l in (0..nl).rev() {
+            prev.clear();
+            prev.resize(n * h, 0.0);
+            b.layers[b.uses[l]].backward(&w, &mut g, &mut run.layers[l], prev, cur, &run.xs[l], offs)?;
+            std::mem::swap(cur, prev);
+        }
+        let demb: &[f32] = match &b.projection {
+            Some(p) => {
+                self.demb.clear();
+                self.demb.resize(n * b.embeddings.dim, 0.0);
+                p.backward(
+                    &w,
+                    &mut g,
+                    &mut run.proj,
+                    Some(&mut self.demb),
+                    cur,
+                    &run.emb_out,
+                    n,
+                )?;
+                &self.demb
+            }
+            None => cur,
+        };
+        b.embeddings.backward(&w, &mut g, &mut run.emb, demb, &run.ids)
+    }
+
+    /// Clears the gradients (allocating them and the moments on first use).
+    pub fn zero_grad(&mut self) {
+        self.buffers.alloc_training();
+        self.buffers.zero_grad();
+    }
+
+    /// One AdamW step `t` (from 1) over the trainable parameters (no decay on biases and norm weights).
+    pub fn adamw_step(&mut self, hp: &AdamW, t: u64) -> Result<()> {
+        self.buffers.alloc_training();
+        let b = &mut self.buffers;
+        angle_tensor::cpu::adamw_update_masked(
+            &mut b.params,
+            &b.grads,
+            &mut b.adam_m,
+            &mut b.adam_v,
+            hp.lr,
+            hp.beta1,
+            hp.beta2,
+            hp.eps,
+            hp.weight_decay,
+            &self.no_decay,
+            t,
+        )?;
+        Ok(())
+    }
+
+    /// Every tensor with its current values: `(name, shape, values)` in module order; `lora` picks the
+    /// adapters (true) or the base (false).
+    pub fn tensors(&self, lora: bool) -> Vec<(String, Vec<usize>, &[f32])> {
+        let w = self.weights();
+        self.vars
+            .entries
+            .iter()
+            .filter(|e| (e.init != Init::Checkpoint) == lora)
+            .map(|e| (e.name.clone(), e.shape.clone(), w.get(&e.var)))
+            .collect()
+    }
+
+    /// The base weights with every adapter folded in (`W + scale · B·A`), by name.
+    pub fn merged_tensors(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        let w = self.weights();
+        let mut out: Vec<(String, Vec<usize>, Vec<f32>)> = self
+            .tensors(false)
+            .into_iter()
+            .map(|(n, s, v)| (n, s, v.to_vec()))
+            .collect();
+        let index: std::collections::HashMap<String, usize> = out
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _, _))| (n.clone(), i))
+            .collect();
+        for lin in self.linears() {
+            for ad in &lin.adapters {
+                let Some(&i) = index.get(&format!("{}.weight", ad.module)) else {
+                    continue;
+                };
+                let (a, bm) = (w.get(&ad.a), w.get(&ad.b));
+                let wt = &mut out[i].2;
+                let (rows, cols) = (ad.cols.len(), lin.in_dim);
+                for o in 0..rows {
+                    for c in 0..cols {
+                        let s: f32 = (0..ad.r).map(|k| bm[o * ad.r + k] * a[k * cols + c]).sum();
+                        wt[o * cols + c] += (ad.scale as f32) * s;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Every linear block (for adapters).
+    pub fn linears(&self) -> Vec<&Linear> {
+        let b = &self.blocks;
+        let mut v: Vec<&Linear> = b.projection.iter().collect();
+        for l in &b.layers {
+            let (attn, mlp) = match l {
+                crate::nn::Layer::Bert(x) => (&x.attention, &x.mlp),
+                crate::nn::Layer::ModernBert(x) => (&x.attention, &x.mlp),
+            };
+            v.extend([&attn.qkv, &attn.out, &mlp.wi, &mlp.wo]);
+        }
+        v
+    }
+
+    /// A pooler of this model's default kind (from `modules.json` / `1_Pooling`, else `cls`).
+    pub fn default_pooling(&self) -> Pooling {
+        Pooling::from_model_dir(&self.dir).unwrap_or(Pooling::Cls)
+    }
+
+    /// Pools the last hidden state into `out [B, H]`.
+    pub fn pool(&self, pooler: &mut Pooler, out: &mut [f32]) -> Result<()> {
+        pooler.forward(out, &self.run.hidden, &self.run.offsets, self.blocks.hidden_size)?;
+        Ok(())
+    }
+}
+
+/// The checkpoint tensor `name`, under any of the head models' prefixes.
+fn find<'a>(
+    ckpt: &'a Checkpoint,
+    name: &str,
+    prefixes: &[String],
+    shape: &[usize],
+) -> Result<&'a crate::weights::Frozen> {
+    for p in std::iter::once("").chain(prefixes.iter().map(String::as_str)) {
+        let full = format!("{p}{name}");
+        if ckpt.tensors.contains_key(&full) {
+            return ckpt.get(&full, shape);
+        }
+    }
+    ckpt.get(name, shape)
+}
