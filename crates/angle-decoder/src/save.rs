@@ -40,7 +40,10 @@ impl Decoder {
                 (e.name.clone(), Dtype::F32, e.shape.clone(), bytes.to_vec())
             })
             .collect();
-        Ok(write_safetensors(&dir.join("adapter_model.safetensors"), tensors)?)
+        Ok(write_safetensors(
+            &dir.join("adapter_model.safetensors"),
+            tensors,
+        )?)
     }
 
     /// Writes a full checkpoint into `dir` (`model.safetensors` in each tensor's original dtype, plus the

@@ -39,6 +39,22 @@ pub struct EncoderBlocks {
     pub in_layer_dropout: ModernBertDropout,
 }
 
+impl EncoderBlocks {
+    /// Reads a family's `config.json` and builds its blocks without weights (what option checks need).
+    pub fn from_config(config: &Path) -> Result<EncoderBlocks> {
+        families::build(config, &mut VarBuilder::new(false), None)
+    }
+
+    /// The largest dropout probability of the base model (embeddings, layers).
+    pub fn max_dropout(&self) -> f64 {
+        let layers = self.layers.iter().map(|l| match l {
+            crate::nn::Layer::Bert(x) => x.hidden_dropout.max(x.attention.probs_dropout),
+            crate::nn::Layer::ModernBert(_) => self.in_layer_dropout.attention.max(self.in_layer_dropout.mlp),
+        });
+        layers.fold(self.embeddings.dropout, f64::max)
+    }
+}
+
 /// How to load a model.
 #[derive(Debug, Clone, Default)]
 pub struct ModelOptions {
@@ -131,6 +147,19 @@ impl Model {
 
     pub fn hidden_size(&self) -> usize {
         self.blocks.hidden_size
+    }
+
+    /// The longest sequence the model takes (its positions, or its rotary tables).
+    pub fn max_sequence_length(&self) -> usize {
+        let e = &self.blocks.embeddings;
+        if let Some((_, first)) = &e.position {
+            return e.max_positions.saturating_sub(*first);
+        }
+        let rope = self.blocks.layers.iter().find_map(|l| match l {
+            crate::nn::Layer::Bert(x) => x.attention.rope.as_ref(),
+            crate::nn::Layer::ModernBert(x) => x.attention.rope.as_ref(),
+        });
+        rope.map_or(usize::MAX, |r| r.max_len)
     }
 
     pub fn num_layers(&self) -> usize {
@@ -343,6 +372,38 @@ impl Model {
             }
         }
         out
+    }
+
+    /// peft's prefix of adapter tensor names in `adapter_model.safetensors`.
+    pub const PEFT_PREFIX: &'static str = "base_model.model.";
+
+    /// Reads the A and B of every adapter from a peft `adapter_model.safetensors`; a missing or
+    /// misshapen tensor is an error naming it.
+    pub fn load_adapter(&mut self, file: &Path) -> Result<()> {
+        let tensors = crate::weights::read_f32_tensors(file)?;
+        for e in self.vars.entries.iter().filter(|e| e.init != Init::Checkpoint) {
+            let name = format!("{}{}", Self::PEFT_PREFIX, e.name);
+            let (shape, values) = tensors.get(&name).ok_or_else(|| ModelError::MissingTensor {
+                path: file.to_path_buf(),
+                name: name.clone(),
+            })?;
+            if shape != &e.shape {
+                return Err(ModelError::ShapeMismatch {
+                    path: file.to_path_buf(),
+                    name,
+                    found: shape.clone(),
+                    expected: e.shape.clone(),
+                });
+            }
+            self.buffers.params[e.var.range.clone()].copy_from_slice(values);
+        }
+        Ok(())
+    }
+
+    /// The largest dropout probability a training forward applies (embeddings, layers, LoRA).
+    pub fn max_dropout(&self) -> f64 {
+        let lora = self.lora.as_ref().map_or(0.0, |l| l.dropout);
+        self.blocks.max_dropout().max(lora)
     }
 
     /// Every linear block (for adapters).

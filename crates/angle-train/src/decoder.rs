@@ -25,7 +25,12 @@ fn dec_err(e: angle_decoder::DecoderError) -> TrainError {
 /// What a folder holds: a decoder-family checkpoint, a peft adapter on one, or neither.
 pub fn is_decoder_folder(dir: &Path) -> Result<bool> {
     if dir.join(ADAPTER_CONFIG).is_file() {
-        return Ok(true);
+        // an adapter on an encoder base loads through the blocks (`crate::blocks`); one whose base is not
+        // found here is left to the decoder loader, which names what is missing
+        return Ok(match adapter_base(dir, None) {
+            Ok(base) => crate::blocks::model_type(&base)?.is_none_or(|t| DECODER_TYPES.contains(&t.as_str())),
+            Err(_) => true,
+        });
     }
     let p = dir.join("config.json");
     if !p.is_file() {

@@ -241,12 +241,15 @@ pub fn load_backbone(
     opts: LoadOptions,
 ) -> Result<(Box<dyn Backbone>, TextTokenizer)> {
     let dir = &crate::hub::model_dir(dir)?;
-    let (model, tok) = if is_decoder_folder(dir)? {
+    let lora = opts.decoder.lora.is_some();
+    let (model, tok) = if crate::blocks::uses_blocks(dir, lora, opts.decoder.base_model.as_deref())? {
+        load_blocks_backbone(dir, max_len, &opts)?
+    } else if is_decoder_folder(dir)? {
         load_decoder_backbone(dir, max_len, &opts)?
     } else {
-        if opts.decoder.lora.is_some() || opts.decoder.bidirectional {
+        if opts.decoder.bidirectional {
             return Err(TrainError::Config(format!(
-                "{}: LoRA and bidirectional attention are for the decoder family (llama, mistral, qwen2, qwen3)",
+                "{}: --bidirectional is for the decoder family (llama, mistral, qwen2, qwen3)",
                 dir.display()
             )));
         }
@@ -309,6 +312,48 @@ fn load_bert_backbone(
         Device::Cuda(p) => Box::new(GpuBert::new(enc, pooling, p)),
     };
     Ok((model, tok))
+}
+
+/// ELECTRA, ALBERT, ModernBERT, a LoRA run of the BERT family, or an encoder's peft adapter: the blocks of
+/// `angle-models`, on the CPU in f32.
+fn load_blocks_backbone(
+    dir: &Path,
+    max_len: usize,
+    opts: &LoadOptions,
+) -> Result<(Box<dyn Backbone>, TextTokenizer)> {
+    let refuse = |what: &str| {
+        Err(TrainError::Config(format!(
+            "{}: {what} is offered for BERT without LoRA and for the decoder family so far; this model runs              through angle-models' blocks (f32 on the CPU)",
+            dir.display()
+        )))
+    };
+    if opts.device != Device::Cpu {
+        return refuse("--device cuda");
+    }
+    if opts.layers.is_some() {
+        return refuse("--layers");
+    }
+    if opts.cpu_int8 {
+        return refuse("int8 (--precision int8, --load-kbit 8)");
+    }
+    if opts.decoder.bidirectional {
+        return Err(TrainError::Config(format!(
+            "{}: --bidirectional is for the decoder family (an encoder is always bidirectional)",
+            dir.display()
+        )));
+    }
+    let lora = opts.decoder.lora.as_ref().map(crate::blocks::lora_spec);
+    let (model, tok_dir) = crate::blocks::load_blocks(
+        dir,
+        opts.pooling,
+        lora,
+        opts.decoder.base_model.as_deref(),
+        opts.decoder.inference_only,
+    )?;
+    let max_len = max_len.min(model.model.max_sequence_length());
+    let tok = TextTokenizer::from_file(tok_dir.join("tokenizer.json"), max_len)
+        .map_err(|e| TrainError::Data(e.to_string()))?;
+    Ok((Box::new(model), tok))
 }
 
 fn load_decoder_backbone(

@@ -8,6 +8,7 @@
 pub mod atomic;
 pub mod auto_precision;
 pub mod backbone;
+pub mod blocks;
 pub mod checkpoint;
 pub mod config;
 pub mod cputime;

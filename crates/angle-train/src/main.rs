@@ -746,7 +746,9 @@ fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
 /// (printed), for the BERT family; the decoder family stays f32 (as `auto` does for encoding).
 fn auto_train_bf16(config: &TrainConfig) -> anyhow::Result<bool> {
     let dir = angle_train::hub::model_dir(&config.model)?;
-    if angle_train::decoder::is_decoder_folder(&dir)? {
+    if angle_train::decoder::is_decoder_folder(&dir)?
+        || angle_train::blocks::uses_blocks(&dir, config.lora.is_some(), None)?
+    {
         return Ok(false);
     }
     let (choice, line) = angle_encoder::fastest_precision();
@@ -1069,17 +1071,26 @@ fn run_merge(a: &MergeArgs) -> anyhow::Result<()> {
         );
     }
     angle_train::preflight::check_new_folder("--output", &a.output)?;
-    let settings = angle_train::decoder::DecoderSettings {
-        base_model: a.base_model.clone(),
-        ..Default::default()
+    let base = if angle_train::blocks::uses_blocks(&a.adapter, true, a.base_model.as_deref())? {
+        use angle_train::backbone::Backbone;
+        let (mut model, _) =
+            angle_train::blocks::load_blocks(&a.adapter, None, None, a.base_model.as_deref(), true)?;
+        model.write_merged(&a.output, &a.adapter)?;
+        model.base().to_path_buf()
+    } else {
+        let settings = angle_train::decoder::DecoderSettings {
+            base_model: a.base_model.clone(),
+            ..Default::default()
+        };
+        let (model, _) = angle_train::decoder::load_decoder(&a.adapter, None, &settings)?;
+        angle_train::decoder::write_merged(&model, &a.output, &a.adapter)?;
+        model.base
     };
-    let (model, _) = angle_train::decoder::load_decoder(&a.adapter, None, &settings)?;
-    angle_train::decoder::write_merged(&model, &a.output, &a.adapter)?;
     println!(
         "{}: {} merged into {}",
         a.output.display(),
         a.adapter.display(),
-        model.base.display()
+        base.display()
     );
     Ok(())
 }

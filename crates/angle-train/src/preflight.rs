@@ -25,6 +25,11 @@ pub enum Family {
     Decoder {
         adapter: bool,
     },
+    /// ELECTRA, ALBERT, ModernBERT (or a BERT-family base with LoRA): `angle-models`' blocks.
+    /// `adapter`: a peft adapter folder on an encoder base.
+    Blocks {
+        adapter: bool,
+    },
 }
 
 /// What the checks need to know of a model: its family and shape, from `config.json` alone.
@@ -46,6 +51,26 @@ impl ModelShape {
     /// Reads the folder's `config.json` (an adapter folder: its base's, `base_model` overriding the adapter's
     /// `base_model_name_or_path`).
     pub fn read(dir: &Path, base_model: Option<&Path>) -> Result<Self> {
+        let adapter = dir.join(ADAPTER_CONFIG).is_file();
+        let block_type =
+            crate::blocks::model_type(dir)?.is_some_and(|t| crate::blocks::BLOCK_TYPES.contains(&t.as_str()));
+        if block_type || (adapter && crate::blocks::uses_blocks(dir, false, base_model)?) {
+            let base = match adapter {
+                true => crate::decoder::adapter_base(dir, base_model)?,
+                false => dir.to_path_buf(),
+            };
+            let b = angle_models::model::EncoderBlocks::from_config(&base.join("config.json"))
+                .map_err(|e| TrainError::Encoder(e.to_string()))?;
+            return Ok(ModelShape {
+                dir: dir.to_path_buf(),
+                base,
+                family: Family::Blocks { adapter },
+                hidden: b.hidden_size,
+                layers: b.uses.len(),
+                activation: None,
+                dropout: b.max_dropout(),
+            });
+        }
         if is_decoder_folder(dir)? {
             let adapter = dir.join(ADAPTER_CONFIG).is_file();
             let base = match adapter {
@@ -80,7 +105,9 @@ impl ModelShape {
     /// The largest dropout probability a training forward of this model applies under `c`.
     fn dropout(&self, c: &TrainConfig) -> f64 {
         match self.family {
-            Family::Bert => self.dropout,
+            Family::Bert | Family::Blocks { .. } => {
+                self.dropout.max(c.lora.as_ref().map_or(0.0, |l| l.dropout))
+            }
             Family::Decoder { .. } => c.lora.as_ref().map_or(0.0, |l| l.dropout),
         }
     }
@@ -170,9 +197,8 @@ pub fn check_train_options(c: &TrainConfig, device: Device) -> Result<()> {
         if !(0.0..1.0).contains(&l.dropout) {
             return refuse(format!("--lora-dropout {}: must be in [0, 1)", l.dropout));
         }
-        if let Some(lora) = crate::decoder::settings_for(c).lora {
-            lora.target_mask()
-                .map_err(|e| TrainError::Config(format!("--lora-targets {:?}: {e}", l.targets)))?;
+        if l.targets.split(',').all(|t| t.trim().is_empty()) {
+            return refuse("--lora-targets: no target modules".into());
         }
     }
     match (c.load_kbit, &c.lora) {
@@ -294,12 +320,27 @@ fn check_angle_widths(c: &TrainConfig, hidden: Option<usize>) -> Result<()> {
 pub fn check_train_model(c: &TrainConfig, m: &ModelShape, device: Device) -> Result<()> {
     let dir = m.dir.display();
     match m.family {
-        Family::Bert => {
-            if c.lora.is_some() {
-                return refuse(format!(
-                    "--lora-*: {dir} is a BERT-family model; LoRA is for the decoder family (llama, mistral, \
-                     qwen2, qwen3)"
-                ));
+        Family::Bert | Family::Blocks { .. } => {
+            let blocks = c.lora.is_some() || matches!(m.family, Family::Blocks { .. });
+            if blocks {
+                let what = if c.lora.is_some() {
+                    "a LoRA run of an encoder"
+                } else {
+                    "this encoder family"
+                };
+                if c.ese.is_some() {
+                    return refuse(format!(
+                        "--ese: {what} ({dir}) has no layered forward yet; BERT without LoRA has"
+                    ));
+                }
+                if let Device::Cuda(_) = device {
+                    return refuse(format!("--device cuda: {what} ({dir}) runs on the CPU so far"));
+                }
+                if c.load_kbit.is_some() {
+                    return refuse(format!(
+                        "--load-kbit: {what} ({dir}) keeps its base in f32 so far"
+                    ));
+                }
             }
             if c.bidirectional {
                 return refuse(format!(
@@ -322,7 +363,11 @@ pub fn check_train_model(c: &TrainConfig, m: &ModelShape, device: Device) -> Res
             }
         }
     }
-    if c.merge_lora && !matches!(m.family, Family::Decoder { adapter: true }) && c.lora.is_none() {
+    let adapter_folder = matches!(
+        m.family,
+        Family::Decoder { adapter: true } | Family::Blocks { adapter: true }
+    );
+    if c.merge_lora && !adapter_folder && c.lora.is_none() {
         return refuse(format!(
             "--merge-lora needs a LoRA run (--lora-r ...): {dir} trains without an adapter to merge"
         ));
@@ -355,8 +400,8 @@ pub fn check_train_model(c: &TrainConfig, m: &ModelShape, device: Device) -> Res
             "unsupervised data (format U) needs dropout, and {dir} trains without any ({}): the two views of a \
              text would be identical",
             match m.family {
-                Family::Bert =>
-                    "hidden_dropout_prob and attention_probs_dropout_prob are 0 in its config.json",
+                Family::Bert | Family::Blocks { .. } =>
+                    "its config.json sets every dropout to 0 (and no --lora-dropout is given)",
                 Family::Decoder { .. } =>
                     "decoders drop out only on a LoRA branch: give --lora-r with --lora-dropout > 0",
             }
@@ -473,8 +518,8 @@ pub fn check_embed_options(o: &EmbedOptions<'_>) -> Result<()> {
 pub fn check_embed_model(o: &EmbedOptions<'_>, m: &ModelShape) -> Result<()> {
     let dir = m.dir.display();
     if let Some(n) = o.layers {
-        if m.is_decoder() {
-            return refuse("--layers is offered for the BERT family so far (ESE training)".into());
+        if m.family != Family::Bert {
+            return refuse("--layers is offered for BERT, RoBERTa and XLM-R so far (ESE training)".into());
         }
         if n == 0 || n > m.layers {
             let d = m.layers;
@@ -498,9 +543,9 @@ pub fn check_embed_model(o: &EmbedOptions<'_>, m: &ModelShape) -> Result<()> {
         ));
     }
     if let Device::Cuda(_) = o.device {
-        if m.is_decoder() {
+        if m.family != Family::Bert {
             return refuse(format!(
-                "--device cuda: {dir} is a decoder-family model, which runs on the CPU so far (--device cpu)"
+                "--device cuda: {dir} runs on the CPU so far (--device cpu): the GPU has the BERT family"
             ));
         }
         if let Some(p) = o.pooling {

@@ -20,7 +20,7 @@ pub struct Rope {
     pub theta: f64,
     cos: Vec<f32>,
     sin: Vec<f32>,
-    max_len: usize,
+    pub max_len: usize,
 }
 
 impl Rope {

@@ -1,0 +1,234 @@
+//! The encoder families built from `angle-models`' blocks, end to end: a few training steps of every
+//! family fixture (ModernBERT, ELECTRA, ALBERT; `ANGLE_FAMILY_FIXTURES` for others) write a checkpoint
+//! that `angle encode` reads back to the same embeddings; a LoRA run of a BERT model writes a peft
+//! adapter that resumes bit for bit, encodes and merges; unsupported options are refused by name.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use angle_train::checkpoint::OPTIMIZER;
+use angle_train::config::LoraSettings;
+use angle_train::trainer::{CHECKPOINT_LAST, MERGED};
+use angle_train::{TrainConfig, TrainOptions, train};
+use common::{shared, stsb_head, tiny_config, tiny_model};
+
+fn family_models() -> Vec<PathBuf> {
+    let root = std::env::var_os("ANGLE_FAMILY_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| shared("fixtures/families"));
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
+        .filter_map(|e| e.ok().map(|e| e.path().join("model")))
+        .filter(|p| p.join("config.json").is_file())
+        .collect();
+    v.sort();
+    assert!(!v.is_empty(), "no family fixtures under {}", root.display());
+    v
+}
+
+fn read(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn encode(model: &Path, texts: &Path) -> Vec<Vec<f32>> {
+    let o = Command::new(env!("CARGO_BIN_EXE_angle"))
+        .args(["encode", "--model"])
+        .arg(model)
+        .arg("--input")
+        .arg(texts)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        })
+        .collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64) * (*y as f64)).sum();
+    let n = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (n(a) * n(b))
+}
+
+fn texts(dir: &Path) -> PathBuf {
+    let p = dir.join("texts.txt");
+    std::fs::write(
+        &p,
+        "A man is playing a guitar.\nTwo dogs run on the beach.\nA woman slices an onion.\n",
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn every_family_trains_and_its_checkpoint_encodes_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let train_file = stsb_head(tmp.path(), "train", 8, "train.csv");
+    let t = texts(tmp.path());
+    for model in family_models() {
+        let name = model
+            .parent()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
+        let out = tmp.path().join(&name);
+        let cfg = TrainConfig {
+            max_length: 24,
+            batch_size: 4,
+            epochs: 1,
+            lr: 1e-3,
+            pooling: "mean".into(),
+            ..tiny_config(&model, &train_file, None, &out)
+        };
+        let r = train(cfg, None, &TrainOptions::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(r.steps, 2, "{name}");
+        let last = out.join(CHECKPOINT_LAST);
+        assert!(
+            last.join("model.safetensors").is_file() && last.join("config.json").is_file(),
+            "{name}"
+        );
+        let before = encode(&model, &t);
+        let after = encode(&last, &t);
+        assert_eq!(after.len(), 3);
+        // trained: the embeddings moved, and they are finite
+        let moved = before.iter().zip(&after).any(|(a, b)| cosine(a, b) < 0.999_999);
+        assert!(moved, "{name}: training changed nothing");
+        assert!(after.iter().flatten().all(|x| x.is_finite()), "{name}");
+    }
+}
+
+#[test]
+fn lora_on_a_bert_model_writes_a_peft_adapter_that_resumes_encodes_and_merges() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tiny_model(tmp.path(), 7);
+    let train_file = stsb_head(tmp.path(), "train", 18, "train.csv");
+    let cfg = |out: &str| TrainConfig {
+        lora: Some(LoraSettings {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.1,
+            targets: "query,value,output.dense".into(),
+        }),
+        merge_lora: true,
+        max_length: 24,
+        batch_size: 4,
+        epochs: 2,
+        lr: 1e-3,
+        save_steps: 3,
+        ..tiny_config(&base, &train_file, None, &tmp.path().join(out))
+    };
+    let full = train(cfg("full"), None, &TrainOptions::default()).unwrap();
+    assert_eq!(full.steps, 10);
+    let last = tmp.path().join("full").join(CHECKPOINT_LAST);
+    assert!(!last.join("model.safetensors").exists());
+    let adapter: serde_json::Value =
+        serde_json::from_slice(&read(&last.join("adapter_config.json"))).unwrap();
+    assert_eq!(
+        (adapter["peft_type"].as_str(), adapter["r"].as_u64()),
+        (Some("LORA"), Some(4))
+    );
+    let bytes = read(&last.join("adapter_model.safetensors"));
+    let names: Vec<String> = safetensors::SafeTensors::deserialize(&bytes)
+        .unwrap()
+        .names()
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    assert!(
+        names.contains(&"base_model.model.encoder.layer.0.attention.self.query.lora_A.weight".to_string()),
+        "{names:?}"
+    );
+    // query, value, attention.output.dense and output.dense in every layer: A and B each
+    let layers = names.iter().filter(|n| n.contains(".query.lora_A")).count();
+    assert_eq!(names.len(), layers * 4 * 2, "{names:?}");
+
+    // killed after step 7 (saved at 6) and resumed: the same adapter and moments as the straight run
+    let killed = train(
+        cfg("killed"),
+        None,
+        &TrainOptions {
+            halt_after: Some(7),
+            ..TrainOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(killed.interrupted);
+    let ckpt = tmp.path().join("killed").join(CHECKPOINT_LAST);
+    let resumed = train(cfg("killed"), Some(&ckpt), &TrainOptions::default()).unwrap();
+    assert_eq!((resumed.steps, resumed.resumed_from_step), (10, Some(6)));
+    for f in ["adapter_model.safetensors", OPTIMIZER] {
+        assert!(
+            read(&last.join(f)) == read(&ckpt.join(f)),
+            "{f} differs after resume"
+        );
+    }
+
+    // the adapter encodes; the merged full checkpoint gives the same embeddings
+    let t = texts(tmp.path());
+    let from_adapter = encode(&last, &t);
+    let merged = tmp.path().join("full").join(MERGED);
+    let from_merged = encode(&merged, &t);
+    for (a, m) in from_adapter.iter().zip(&from_merged) {
+        let c = cosine(a, m);
+        assert!(c > 0.99999, "merged model drifts from the adapter: cosine {c}");
+    }
+    let from_base = encode(&base, &t);
+    assert!(
+        from_adapter
+            .iter()
+            .zip(&from_base)
+            .any(|(a, b)| cosine(a, b) < 0.999_999)
+    );
+}
+
+#[test]
+fn family_options_that_cannot_run_are_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let train_file = stsb_head(tmp.path(), "train", 8, "train.csv");
+    let model = family_models()[0].clone();
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_angle"))
+            .args(["train", "--model"])
+            .arg(&model)
+            .arg("--train")
+            .arg(&train_file)
+            .arg("--output")
+            .arg(tmp.path().join("out"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{args:?} ran");
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    assert!(run(&["--ese"]).contains("--ese"));
+    assert!(run(&["--load-kbit", "8", "--lora-r", "4"]).contains("--load-kbit"));
+    let cfg = tmp.path().join("bad");
+    std::fs::create_dir_all(&cfg).unwrap();
+    std::fs::write(
+        cfg.join("config.json"),
+        r#"{"model_type": "funnel", "hidden_size": 8}"#,
+    )
+    .unwrap();
+    let err = angle_models::Model::from_dir(&cfg, &Default::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("funnel") && err.contains("modernbert") && err.contains("albert"),
+        "{err}"
+    );
+}
