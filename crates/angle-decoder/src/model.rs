@@ -141,6 +141,9 @@ pub struct DecoderOptions {
     pub adapter: Option<PathBuf>,
     /// Causal attention (as the checkpoints were trained); `false` for bidirectional.
     pub causal: bool,
+    /// BiLLM (angle-emb's `BiLLM_START_INDEX`): layers from this index on attend bidirectionally, the ones
+    /// before causally. `None`: every layer as `causal` says.
+    pub bidirectional_from: Option<usize>,
     /// `None`: the checkpoint's sentence-transformers pooling if it has one, else `last`.
     pub pooling: Option<Pooling>,
     /// Without LoRA: nothing trainable, every weight stays in the checkpoint's dtype and memory map (for
@@ -155,6 +158,7 @@ impl Default for DecoderOptions {
             lora: None,
             adapter: None,
             causal: true,
+            bidirectional_from: None,
             pooling: None,
             frozen: false,
         }
@@ -169,6 +173,8 @@ pub struct Decoder {
     /// `Some` for LoRA training (only A, B trainable).
     pub lora: Option<LoraConfig>,
     pub causal: bool,
+    /// Layers from this index on attend bidirectionally ([`DecoderOptions::bidirectional_from`]).
+    pub bidirectional_from: Option<usize>,
     pub pooling: Pooling,
     /// The trainable tensors, in buffer order: Hugging Face names (full fine-tuning) or peft names (LoRA).
     pub entries: Vec<ParamEntry>,
@@ -425,7 +431,20 @@ impl Decoder {
             }
             None => Pooling::Last,
         };
+        if let Some(k) = opts.bidirectional_from
+            && k > config.num_hidden_layers
+        {
+            return Err(DecoderError::Config {
+                path: dir.join("config.json"),
+                key: "num_hidden_layers".into(),
+                msg: format!(
+                    "bidirectional attention from layer {k}: the model has {} layers (0..={})",
+                    config.num_hidden_layers, config.num_hidden_layers
+                ),
+            });
+        }
         let mut d = Self::build(config, checkpoint, lora, opts.causal, pooling, opts.frozen)?;
+        d.bidirectional_from = opts.bidirectional_from;
         if adapter_cfg && let Some(a) = &opts.adapter {
             d.read_adapter(a)?;
         }
@@ -539,6 +558,7 @@ impl Decoder {
             checkpoint,
             lora,
             causal,
+            bidirectional_from: None,
             pooling,
             no_decay: angle_encoder::no_decay_ranges(&entries),
             entries,
@@ -690,6 +710,7 @@ impl Decoder {
             config: c,
             lora,
             causal,
+            bidirectional_from,
             buffers,
             embed,
             layers,
@@ -818,7 +839,7 @@ impl Decoder {
                 &a.k,
                 &a.v,
                 seq_offsets,
-                shape,
+                layer_shape(shape, l, *bidirectional_from),
             )?;
             let x_mid = sized(&mut a.x_mid, n * h);
             lin_forward(
@@ -945,6 +966,7 @@ impl Decoder {
             config: c,
             lora,
             causal,
+            bidirectional_from,
             buffers,
             embed,
             layers,
@@ -1087,7 +1109,7 @@ impl Decoder {
                 &a.v,
                 &a.probs,
                 offs,
-                shape,
+                layer_shape(shape, l, *bidirectional_from),
             )?;
             rope_backward(&mut dq, rope_cos, rope_sin, offs, nh, d)?;
             rope_backward(&mut dk, rope_cos, rope_sin, offs, nkv, d)?;
@@ -1348,5 +1370,13 @@ fn acts_drop(seed: Option<u64>, p: f64, layer: usize, module: usize) -> Drop {
     match seed {
         Some(s) if p > 0.0 => Some((p as f32, derive_seed(s, (layer * 7 + module) as u64))),
         _ => None,
+    }
+}
+
+/// A layer's attention: causal as the model says, except from layer `from` on (BiLLM), bidirectional.
+fn layer_shape(shape: GqaShape, l: usize, from: Option<usize>) -> GqaShape {
+    GqaShape {
+        causal: shape.causal && from.is_none_or(|k| l < k),
+        ..shape
     }
 }

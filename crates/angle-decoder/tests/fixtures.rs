@@ -36,6 +36,7 @@ fn open(fx: &Reference) -> Decoder {
         lora: None,
         adapter,
         causal: fx.flag("causal"),
+        bidirectional_from: None,
         pooling: Some(Pooling::parse(fx.meta("pooling")).expect("fixture pooling")),
         frozen: false,
     };
@@ -474,6 +475,7 @@ fn int8_products_encode_close_to_reference() {
             lora: None,
             adapter: None,
             causal: fx.flag("causal"),
+            bidirectional_from: None,
             pooling: Some(Pooling::parse(fx.meta("pooling")).unwrap()),
             frozen: true,
         };

@@ -139,6 +139,9 @@ pub struct Checkpoint {
     /// The weight files (one, or the shards in index order).
     pub files: Vec<PathBuf>,
     pub tensors: HashMap<String, Frozen>,
+    /// Tensors of other dtypes (integer buffers such as BERT's `position_ids`), by name: never weights we read,
+    /// so they are kept out of `tensors`; asking for one is an error naming its dtype.
+    pub other_dtypes: HashMap<String, String>,
 }
 
 impl Checkpoint {
@@ -175,6 +178,7 @@ impl Checkpoint {
             return Err(ModelError::NoWeights { path: dir });
         };
         let mut tensors = HashMap::new();
+        let mut other_dtypes = HashMap::new();
         for path in &files {
             let file = File::open(path).map_err(io_err(path))?;
             // SAFETY: read-only map; a checkpoint is not rewritten in place while we hold it (our own
@@ -190,11 +194,8 @@ impl Checkpoint {
                     Dtype::F16 => WeightDtype::F16,
                     Dtype::BF16 => WeightDtype::Bf16,
                     other => {
-                        return Err(ModelError::UnsupportedDtype {
-                            path: path.clone(),
-                            name: name.to_string(),
-                            dtype: format!("{other:?}"),
-                        });
+                        other_dtypes.insert(name.to_string(), format!("{other:?}"));
+                        continue;
                     }
                 };
                 let start = view.data().as_ptr() as usize - map.as_ptr() as usize;
@@ -210,11 +211,23 @@ impl Checkpoint {
                 );
             }
         }
-        Ok(Checkpoint { dir, files, tensors })
+        Ok(Checkpoint {
+            dir,
+            files,
+            tensors,
+            other_dtypes,
+        })
     }
 
     /// The tensor `name`, which must have `shape`.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<&Frozen> {
+        if let Some(dtype) = self.other_dtypes.get(name) {
+            return Err(ModelError::UnsupportedDtype {
+                path: self.dir.clone(),
+                name: name.to_string(),
+                dtype: dtype.clone(),
+            });
+        }
         let t = self.tensors.get(name).ok_or_else(|| ModelError::MissingTensor {
             path: self.files.first().cloned().unwrap_or_else(|| self.dir.clone()),
             name: name.to_string(),

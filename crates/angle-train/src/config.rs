@@ -93,6 +93,10 @@ pub struct TrainConfig {
     pub lora: Option<LoraSettings>,
     /// Decoder family: every real token attends to every real token of its sequence (BiLLM / LLM2Vec style).
     pub bidirectional: bool,
+    /// Decoder family: BiLLM (angle-emb's `BiLLM_START_INDEX`): layers from this index on attend
+    /// bidirectionally, the ones before causally.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bidirectional_from: Option<usize>,
     /// Append the tokenizer's EOS token to every text after truncation (LLM embedders pool it).
     pub append_eos: bool,
     /// LoRA: also write `merged/`, the adapter folded into the base weights (a full checkpoint).
@@ -202,6 +206,7 @@ impl Default for TrainConfig {
             eval_batch_size: 64,
             lora: None,
             bidirectional: false,
+            bidirectional_from: None,
             append_eos: false,
             merge_lora: false,
             load_kbit: None,

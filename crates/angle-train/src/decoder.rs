@@ -96,6 +96,8 @@ pub struct DecoderSettings {
     /// LoRA for a new adapter (ignored when the folder is an adapter: its own settings hold).
     pub lora: Option<LoraConfig>,
     pub bidirectional: bool,
+    /// Layers from this index on attend bidirectionally (BiLLM); `None`: as `bidirectional` says.
+    pub bidirectional_from: Option<usize>,
     /// The base folder of an adapter folder, overriding its `base_model_name_or_path`.
     pub base_model: Option<PathBuf>,
     /// Encoding only: a full checkpoint keeps every weight in its dtype, nothing trainable.
@@ -118,6 +120,7 @@ pub fn settings_for(c: &crate::config::TrainConfig) -> DecoderSettings {
             seed: c.seed,
         }),
         bidirectional: c.bidirectional,
+        bidirectional_from: c.bidirectional_from,
         base_model: None,
         inference_only: false,
     }
@@ -147,6 +150,7 @@ pub fn load_decoder(
         lora: s.lora.clone(),
         adapter: is_adapter.then(|| dir.to_path_buf()),
         causal: !s.bidirectional,
+        bidirectional_from: s.bidirectional_from,
         pooling,
         frozen: s.inference_only,
     };
@@ -186,10 +190,10 @@ impl Backbone for DecoderCpu {
             c.num_hidden_layers,
             c.hidden_size,
             how,
-            if self.dec.causal {
-                "causal"
-            } else {
-                "bidirectional"
+            match (self.dec.causal, self.dec.bidirectional_from) {
+                (false, _) => "bidirectional".to_string(),
+                (true, Some(k)) => format!("causal before layer {k}, bidirectional from it"),
+                (true, None) => "causal".to_string(),
             },
             self.dec.buffers.params.len()
         )

@@ -160,6 +160,8 @@ pub struct ModelDefaults {
     pub text_prompt: Option<String>,
     /// Decoder family: trained with bidirectional attention / with EOS appended (angle_config.json).
     pub bidirectional: bool,
+    /// Decoder family: trained with bidirectional attention from this layer on (BiLLM).
+    pub bidirectional_from: Option<usize>,
     pub append_eos: bool,
     /// Encode-time defaults for `--layers` / `--dim` (angle_config.json's `layers` and `dim`, which
     /// `angle export` writes).
@@ -205,6 +207,9 @@ impl ModelDefaults {
             max_length,
             text_prompt,
             bidirectional: trained("bidirectional"),
+            bidirectional_from: from_angle("train")
+                .and_then(|t| t.get("bidirectional_from").and_then(Value::as_u64))
+                .map(|k| k as usize),
             append_eos: trained("append_eos"),
             layers: from_angle("layers").and_then(|v| v.as_u64()).map(|v| v as usize),
             dim: from_angle("dim").and_then(|v| v.as_u64()).map(|v| v as usize),
@@ -247,9 +252,9 @@ pub fn load_backbone(
     } else if is_decoder_folder(dir)? {
         load_decoder_backbone(dir, max_len, &opts)?
     } else {
-        if opts.decoder.bidirectional {
+        if opts.decoder.bidirectional || opts.decoder.bidirectional_from.is_some() {
             return Err(TrainError::Config(format!(
-                "{}: --bidirectional is for the decoder family (llama, mistral, qwen2, qwen3)",
+                "{}: --bidirectional and --bidirectional-from are for the decoder family (llama, mistral, qwen2, qwen3)",
                 dir.display()
             )));
         }
@@ -336,9 +341,9 @@ fn load_blocks_backbone(
     if opts.cpu_int8 {
         return refuse("int8 (--precision int8, --load-kbit 8)");
     }
-    if opts.decoder.bidirectional {
+    if opts.decoder.bidirectional || opts.decoder.bidirectional_from.is_some() {
         return Err(TrainError::Config(format!(
-            "{}: --bidirectional is for the decoder family (an encoder is always bidirectional)",
+            "{}: --bidirectional and --bidirectional-from are for the decoder family (an encoder is always bidirectional)",
             dir.display()
         )));
     }

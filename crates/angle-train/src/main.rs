@@ -250,6 +250,10 @@ struct TrainArgs {
     /// Decoder family: bidirectional attention instead of causal [default: false].
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     bidirectional: Option<bool>,
+    /// Decoder family: causal attention in the layers before K, bidirectional from layer K on (BiLLM,
+    /// angle-emb's BiLLM_START_INDEX); --bidirectional is every layer.
+    #[arg(long, value_name = "K")]
+    bidirectional_from: Option<usize>,
     /// Append the tokenizer's EOS token to every text after truncation [default: false].
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     append_eos: Option<bool>,
@@ -347,6 +351,7 @@ impl TrainArgs {
         take!(merge_lora => merge_lora);
         take_opt!(load_kbit);
         take!(bidirectional => bidirectional);
+        take_opt!(bidirectional_from);
         take!(append_eos => append_eos);
         if self.lora_r.is_some()
             || self.lora_alpha.is_some()
@@ -413,6 +418,9 @@ struct ModelArgs {
     /// Decoder family: bidirectional attention [default: as the checkpoint was trained, else false].
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     bidirectional: Option<bool>,
+    /// Decoder family: bidirectional attention from layer K on [default: as the checkpoint was trained].
+    #[arg(long, value_name = "K")]
+    bidirectional_from: Option<usize>,
     /// Append the tokenizer's EOS token to every text [default: as the checkpoint was trained, else false].
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     append_eos: Option<bool>,
@@ -839,6 +847,7 @@ fn load(m: &ModelArgs, even_width: bool) -> anyhow::Result<Loaded> {
         decoder: angle_train::decoder::DecoderSettings {
             lora: None,
             bidirectional: m.bidirectional.unwrap_or(defaults.bidirectional),
+            bidirectional_from: m.bidirectional_from.or(defaults.bidirectional_from),
             base_model: m.base_model.clone(),
             inference_only: true,
         },
@@ -846,13 +855,14 @@ fn load(m: &ModelArgs, even_width: bool) -> anyhow::Result<Loaded> {
         layers: m.layers.or(defaults.layers),
     };
     let identity = format!(
-        "{}|base={:?}|layers={:?}|bidirectional={}|append_eos={}|bf16={cpu_bf16}|int8={}|device={:?}",
+        "{}|base={:?}|layers={:?}|bidirectional={}/{:?}|append_eos={}|bf16={cpu_bf16}|int8={}|device={:?}",
         angle_train::embed_cache::model_identity(&dir),
         m.base_model
             .as_deref()
             .map(angle_train::embed_cache::model_identity),
         opts.layers,
         opts.decoder.bidirectional,
+        opts.decoder.bidirectional_from,
         opts.append_eos,
         opts.cpu_int8,
         opts.device,

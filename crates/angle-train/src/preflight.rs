@@ -342,14 +342,28 @@ pub fn check_train_model(c: &TrainConfig, m: &ModelShape, device: Device) -> Res
                     ));
                 }
             }
-            if c.bidirectional {
+            if c.bidirectional || c.bidirectional_from.is_some() {
                 return refuse(format!(
-                    "--bidirectional: {dir} is a BERT-family model (always bidirectional); the option is for the \
-                     decoder family (llama, mistral, qwen2, qwen3)"
+                    "--bidirectional / --bidirectional-from: {dir} is an encoder (always bidirectional); the \
+                     options are for the decoder family (llama, mistral, qwen2, qwen3)"
                 ));
             }
         }
         Family::Decoder { .. } => {
+            if let Some(k) = c.bidirectional_from {
+                if c.bidirectional {
+                    return refuse(format!(
+                        "--bidirectional-from {k} with --bidirectional: the latter makes every layer bidirectional; \
+                         give one"
+                    ));
+                }
+                if k > m.layers {
+                    return refuse(format!(
+                        "--bidirectional-from {k}: {dir} has {} layers (0..={})",
+                        m.layers, m.layers
+                    ));
+                }
+            }
             if c.ese.is_some() {
                 return refuse(format!(
                     "--ese: {dir} is a decoder-family model, which has no layered forward yet (ESE trains every \

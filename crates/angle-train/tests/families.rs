@@ -215,6 +215,7 @@ fn family_options_that_cannot_run_are_refused_by_name() {
         String::from_utf8_lossy(&o.stderr).to_string()
     };
     assert!(run(&["--ese"]).contains("--ese"));
+    assert!(run(&["--bidirectional-from", "1"]).contains("--bidirectional-from"));
     assert!(run(&["--load-kbit", "8", "--lora-r", "4"]).contains("--load-kbit"));
     let cfg = tmp.path().join("bad");
     std::fs::create_dir_all(&cfg).unwrap();
