@@ -408,16 +408,7 @@ impl Model {
 
     /// Every linear block (for adapters).
     pub fn linears(&self) -> Vec<&Linear> {
-        let b = &self.blocks;
-        let mut v: Vec<&Linear> = b.projection.iter().collect();
-        for l in &b.layers {
-            let (attn, mlp) = match l {
-                crate::nn::Layer::Bert(x) => (&x.attention, &x.mlp),
-                crate::nn::Layer::ModernBert(x) => (&x.attention, &x.mlp),
-            };
-            v.extend([&attn.qkv, &attn.out, &mlp.wi, &mlp.wo]);
-        }
-        v
+        families::linears(&self.blocks).collect()
     }
 
     /// A pooler of this model's default kind (from `modules.json` / `1_Pooling`, else `cls`).

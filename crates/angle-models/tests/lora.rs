@@ -203,7 +203,7 @@ fn a_target_that_matches_nothing_is_named() {
     .unwrap()
     .to_string();
     assert!(
-        err.contains("q_proj") && err.contains("match no linear module"),
+        err.contains("q_proj") && err.contains("matches no linear module"),
         "{err}"
     );
 }

@@ -58,6 +58,10 @@ pub struct TrainConfig {
     pub pooling: String,
     /// Dropout as the model's config.json says (true) or none (false).
     pub dropout: bool,
+    /// GradCache: embed each micro-batch in chunks of this many texts, compute the objective on all of
+    /// them, then backpropagate chunk by chunk (`crate::grad_cache`). `None`: one forward per micro-batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_cache: Option<usize>,
 
     pub epochs: u32,
     /// Stop after this many optimizer steps (overrides `epochs` when set).
@@ -206,6 +210,7 @@ impl Default for TrainConfig {
             eval_batch_size: 64,
             lora: None,
             bidirectional: false,
+            grad_cache: None,
             bidirectional_from: None,
             append_eos: false,
             merge_lora: false,

@@ -117,6 +117,7 @@ impl LayeredObjective {
         text_ids: Option<&[u64]>,
         scale: f32,
         step: u64,
+        mut grad_cache: Option<&mut crate::grad_cache::GradCache>,
     ) -> Result<(f32, LossParts<f32>)> {
         let h = model.hidden_size();
         let rows = batch.num_seqs();
@@ -129,6 +130,8 @@ impl LayeredObjective {
                         model.describe()
                     ))
                 })??;
+        } else if let Some(gc) = grad_cache.as_deref_mut() {
+            gc.forward(model, batch, dropout, &mut self.pooled[0])?;
         } else {
             model.forward_train(batch, dropout, &mut self.pooled[0])?;
         }
@@ -165,6 +168,8 @@ impl LayeredObjective {
         }
         if self.ese.is_some() {
             model.backward_layers(&self.layers, &self.grads)?;
+        } else if let Some(gc) = grad_cache {
+            gc.backward(model, batch, dropout, &self.grads[0])?;
         } else {
             model.backward(batch, &self.grads[0])?;
         }

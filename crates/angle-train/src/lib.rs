@@ -21,6 +21,7 @@ pub mod embed_cache;
 pub mod error;
 pub mod ese;
 pub mod evaluate;
+pub mod grad_cache;
 pub mod hub;
 pub mod metrics;
 pub mod mine;

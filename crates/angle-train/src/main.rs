@@ -186,6 +186,11 @@ struct TrainArgs {
     /// Stop after this many optimizer steps (overrides --epochs).
     #[arg(long)]
     max_steps: Option<u64>,
+    /// GradCache (cached in-batch negatives): embed each batch in chunks of N texts, compute the objective on
+    /// the whole batch, backpropagate chunk by chunk: in-batch negatives over the whole batch at the memory of
+    /// N texts, for one more forward per chunk. (--grad-accum splits a step into separate batches instead.)
+    #[arg(long, value_name = "N")]
+    grad_cache: Option<usize>,
     /// Examples (pairs for format A) per micro-batch [default: 32].
     #[arg(long)]
     batch_size: Option<usize>,
@@ -348,6 +353,7 @@ impl TrainArgs {
         take_opt!(query_prompt);
         take_opt!(doc_prompt);
         take_opt!(max_steps);
+        take_opt!(grad_cache);
         take!(merge_lora => merge_lora);
         take_opt!(load_kbit);
         take!(bidirectional => bidirectional);

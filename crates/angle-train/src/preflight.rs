@@ -201,6 +201,25 @@ pub fn check_train_options(c: &TrainConfig, device: Device) -> Result<()> {
             return refuse("--lora-targets: no target modules".into());
         }
     }
+    if let Some(n) = c.grad_cache {
+        if n == 0 {
+            return refuse("--grad-cache 0: a chunk holds at least one text".into());
+        }
+        if c.ese.is_some() {
+            return refuse(
+                "--grad-cache with --ese: ESE backpropagates every layer's pooled output, which a chunked re-run does \
+                 not keep; --matryoshka-dims works with --grad-cache"
+                    .into(),
+            );
+        }
+        if c.teacher.as_ref().is_some_and(|t| t.pooling == "all") {
+            return refuse(
+                "--grad-cache with --teacher-pooling all: the token-level term needs every token of the batch at \
+                 once; pool the teacher (cls, mean, ...) or drop --grad-cache"
+                    .into(),
+            );
+        }
+    }
     match (c.load_kbit, &c.lora) {
         (None, _) => {}
         (Some(8), Some(_)) => {

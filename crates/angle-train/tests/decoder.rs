@@ -257,14 +257,22 @@ fn decoder_options_fail_clearly() {
     };
     let e = train(c, None, &TrainOptions::default()).unwrap_err().to_string();
     assert!(e.contains("attn_c"), "{e}");
-    // LoRA on a BERT model is refused naming the family.
+    // LoRA on a BERT model takes the encoder's module names: a decoder's is named as matching nothing.
     let bert = tiny_model(tmp.path(), 1);
     let c = TrainConfig {
-        lora: Some(LoraSettings::default()),
+        lora: Some(LoraSettings {
+            targets: "query,q_proj".into(),
+            ..LoraSettings::default()
+        }),
+        append_eos: false,
+        pooling: "mean".into(),
         ..config(&bert, &train_file, None, &tmp.path().join("b"))
     };
     let e = train(c, None, &TrainOptions::default()).unwrap_err().to_string();
-    assert!(e.contains("decoder family"), "{e}");
+    assert!(
+        e.contains("q_proj") && e.contains("matches no linear module"),
+        "{e}"
+    );
     // An adapter whose base is gone asks for --base-model.
     let adapter = tmp.path().join("adapter");
     std::fs::create_dir_all(&adapter).unwrap();

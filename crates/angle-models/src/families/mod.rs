@@ -47,18 +47,32 @@ pub fn build(config: &Path, vb: &mut VarBuilder, lora: Option<&LoraSpec>) -> Res
             });
         }
     };
-    if let Some(spec) = lora
-        && !blocks_have_adapters(&blocks)
-    {
-        return Err(ModelError::Lora(format!(
-            "target modules {:?} match no linear module of this {model_type} model",
-            spec.targets
-        )));
+    if let Some(spec) = lora {
+        // every target names some linear module (peft refuses a target that matches nothing)
+        let modules: Vec<&String> = linears(&blocks).flat_map(|l| &l.modules).collect();
+        for t in spec.targets.iter().filter(|t| t.as_str() != "all-linear") {
+            let one = LoraSpec {
+                targets: vec![t.clone()],
+                ..spec.clone()
+            };
+            if !modules.iter().any(|m| one.targets_module(m)) {
+                return Err(ModelError::Lora(format!(
+                    "target module `{t}` matches no linear module of this {model_type} model (e.g. {}), or all-linear",
+                    modules
+                        .iter()
+                        .take(6)
+                        .map(|m| m.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
     }
     Ok(blocks)
 }
 
-fn blocks_have_adapters(b: &EncoderBlocks) -> bool {
+/// Every linear block of the model, in module order.
+pub fn linears(b: &EncoderBlocks) -> impl Iterator<Item = &Linear> {
     let layer_linears = b.layers.iter().flat_map(|l| {
         let (a, m) = match l {
             crate::nn::Layer::Bert(x) => (&x.attention, &x.mlp),
@@ -66,10 +80,7 @@ fn blocks_have_adapters(b: &EncoderBlocks) -> bool {
         };
         [&a.qkv, &a.out, &m.wi, &m.wo]
     });
-    b.projection
-        .iter()
-        .chain(layer_linears)
-        .any(|l| !l.adapters.is_empty())
+    b.projection.iter().chain(layer_linears)
 }
 
 /// `hidden_act` / `hidden_activation` as a GELU kind; anything else is refused by key.

@@ -32,6 +32,8 @@ pub struct Adapter {
 
 #[derive(Debug, Clone)]
 pub struct Linear {
+    /// The Hugging Face modules this block stands for (one, or several fused).
+    pub modules: Vec<String>,
     pub weight: Var,
     pub bias: Option<Var>,
     pub in_dim: usize,
@@ -100,6 +102,7 @@ impl Linear {
             });
         }
         Linear {
+            modules: modules.to_vec(),
             weight,
             bias,
             in_dim,

@@ -296,7 +296,8 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
     // Before anything is written: a missing driver or an unsupported model fails here.
     let embedder = Embedder::new(config.eval_batch_size, max_len);
     model.reserve(Sizes {
-        train_seqs: rows_max,
+        // GradCache: one chunk's activations at a time
+        train_seqs: config.grad_cache.map_or(rows_max, |n| n.min(rows_max)),
         embed_seqs: if valid.is_some() || retrieval_set.is_some() {
             embedder.batch_texts()
         } else {
@@ -349,9 +350,14 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
     // ESE / Matryoshka: every layer's pooled output in the objective, one backward (ese.rs).
     stepper.layered = crate::ese::LayeredObjective::new(&config, &*model)?;
     stepper.teacher = teacher;
+    stepper.grad_cache = config
+        .grad_cache
+        .map(crate::grad_cache::GradCache::new)
+        .transpose()?;
     // The device's fused objective covers one dataset's objective and nothing added to it.
     stepper.fused = stepper.layered.is_none()
         && stepper.teacher.is_none()
+        && stepper.grad_cache.is_none()
         && sets.len() == 1
         && model
             .use_fused_objective(sets[0].loss_fn.config(), sets[0].format)

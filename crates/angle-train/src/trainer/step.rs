@@ -58,6 +58,8 @@ pub(super) struct Stepper<'a> {
     pub layered: Option<crate::ese::LayeredObjective>,
     /// `--teacher`: the frozen teacher whose term joins the objective (`crate::distill`).
     pub teacher: Option<crate::distill::Teacher>,
+    /// `--grad-cache N`: chunked forward and backward (`crate::grad_cache`).
+    pub grad_cache: Option<crate::grad_cache::GradCache>,
     batch: PackedBatch,
     pooled: Vec<f32>,
     dpooled: Vec<f32>,
@@ -82,6 +84,7 @@ impl<'a> Stepper<'a> {
             fused: false,
             layered: None,
             teacher: None,
+            grad_cache: None,
             batch: PackedBatch::default(),
             pooled: Vec::with_capacity(rows_max * hidden),
             dpooled: Vec::with_capacity(rows_max * hidden),
@@ -183,7 +186,16 @@ impl<'a> Stepper<'a> {
         let ids = (!self.config.drop_duplicates).then_some(&b.text_ids[..]);
         if let Some(lo) = self.layered.as_mut() {
             let (loss, parts) = lo.step(
-                model, &packed, dropout, loss_fn, format, &b.labels, ids, inv, step,
+                model,
+                &packed,
+                dropout,
+                loss_fn,
+                format,
+                &b.labels,
+                ids,
+                inv,
+                step,
+                self.grad_cache.as_mut(),
             )?;
             return Ok(MicroLoss {
                 loss,
@@ -191,7 +203,10 @@ impl<'a> Stepper<'a> {
                 distill: None,
             });
         }
-        model.forward_train(&packed, dropout, &mut self.pooled)?;
+        match self.grad_cache.as_mut() {
+            Some(gc) => gc.forward(model, &packed, dropout, &mut self.pooled)?,
+            None => model.forward_train(&packed, dropout, &mut self.pooled)?,
+        }
         let (rows, h) = (b.rows(), model.hidden_size());
         self.dpooled.clear();
         self.dpooled.resize(rows * h, 0.0);
@@ -226,9 +241,13 @@ impl<'a> Stepper<'a> {
         if micro > 1 {
             self.dpooled.iter_mut().for_each(|x| *x *= inv);
         }
-        match self.teacher.as_mut().filter(|t| t.all_tokens()) {
-            Some(t) => model.backward_tokens(&packed, &self.dpooled, t.dtokens(inv))?,
-            None => model.backward(&packed, &self.dpooled)?,
+        match (
+            self.teacher.as_mut().filter(|t| t.all_tokens()),
+            self.grad_cache.as_mut(),
+        ) {
+            (Some(t), _) => model.backward_tokens(&packed, &self.dpooled, t.dtokens(inv))?,
+            (None, Some(gc)) => gc.backward(model, &packed, dropout, &self.dpooled)?,
+            (None, None) => model.backward(&packed, &self.dpooled)?,
         }
         Ok(MicroLoss { loss, parts, distill })
     }
