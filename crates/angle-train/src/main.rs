@@ -803,6 +803,11 @@ fn load(m: &ModelArgs, even_width: bool) -> anyhow::Result<Loaded> {
         even_width,
     };
     check_embed_options(&check)?;
+    if let (Some(true), Some(k)) = (m.bidirectional, m.bidirectional_from) {
+        bail!(
+            "--bidirectional-from {k} with --bidirectional: the latter makes every layer bidirectional; give one"
+        );
+    }
     // A hub id becomes its cache snapshot here; everything below reads a folder.
     let dir = angle_train::hub::model_dir(&m.model)?;
     let defaults = ModelDefaults::from_dir(&dir)?;

@@ -341,6 +341,17 @@ pub fn check_train_model(c: &TrainConfig, m: &ModelShape, device: Device) -> Res
     match m.family {
         Family::Bert | Family::Blocks { .. } => {
             let blocks = c.lora.is_some() || matches!(m.family, Family::Blocks { .. });
+            if let Some(spec) = crate::decoder::settings_for(c)
+                .lora
+                .as_ref()
+                .map(crate::blocks::lora_spec)
+            {
+                // the targets against this encoder's modules, from config.json alone
+                let mut vb = angle_models::nn::VarBuilder::new(true);
+                angle_models::families::build(&m.base.join("config.json"), &mut vb, Some(&spec)).map_err(
+                    |e| TrainError::Config(format!("--lora-targets {:?}: {e}", spec.targets.join(","))),
+                )?;
+            }
             if blocks {
                 let what = if c.lora.is_some() {
                     "a LoRA run of an encoder"
@@ -369,6 +380,11 @@ pub fn check_train_model(c: &TrainConfig, m: &ModelShape, device: Device) -> Res
             }
         }
         Family::Decoder { .. } => {
+            if let Some(lora) = crate::decoder::settings_for(c).lora {
+                lora.target_mask().map_err(|e| {
+                    TrainError::Config(format!("--lora-targets {:?}: {e}", lora.targets.join(",")))
+                })?;
+            }
             if let Some(k) = c.bidirectional_from {
                 if c.bidirectional {
                     return refuse(format!(
@@ -552,7 +568,10 @@ pub fn check_embed_model(o: &EmbedOptions<'_>, m: &ModelShape) -> Result<()> {
     let dir = m.dir.display();
     if let Some(n) = o.layers {
         if m.family != Family::Bert {
-            return refuse("--layers is offered for BERT, RoBERTa and XLM-R so far (ESE training)".into());
+            return refuse(
+                "--layers is offered for the BERT family (BERT, RoBERTa, XLM-R) without LoRA so far (ESE training)"
+                    .into(),
+            );
         }
         if n == 0 || n > m.layers {
             let d = m.layers;

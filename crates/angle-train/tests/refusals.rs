@@ -228,7 +228,13 @@ fn matryoshka_settings_the_model_cannot_take() {
 fn lora_and_attention_options_on_a_bert_model() {
     let tmp = tempfile::tempdir().unwrap();
     let m = bert(tmp.path());
-    train_refused(&m, &["--lora-r", "8"], &["--lora-", "decoder family"]);
+    // LoRA on an encoder takes its module names (checked before any data is read)
+    train_refused(
+        &m,
+        &["--lora-targets", "q_proj"],
+        &["--lora-targets", "q_proj", "attention.self.query"],
+    );
+    train_refused(&m, &["--lora-r", "8", "--ese"], &["--ese", "LoRA"]);
     train_refused(&m, &["--bidirectional"], &["--bidirectional", "decoder family"]);
     train_refused(&m, &["--merge-lora"], &["--merge-lora", "LoRA"]);
 }
@@ -363,6 +369,12 @@ fn inference_options_the_model_cannot_take() {
     embed_refused("encode", &b, &["--dim", "0"], &["--dim 0", "1..=384"]);
     embed_refused("encode", &b, &["--layers", "0"], &["--layers 0", "1..=6"]);
     embed_refused("encode", &d, &["--layers", "1"], &["--layers", "BERT family"]);
+    embed_refused(
+        "encode",
+        &d,
+        &["--bidirectional-from", "1", "--bidirectional"],
+        &["--bidirectional-from"],
+    );
     embed_refused(
         "encode",
         &b,
