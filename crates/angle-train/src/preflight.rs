@@ -449,8 +449,11 @@ pub fn check_train_model(c: &TrainConfig, m: &ModelShape, device: Device) -> Res
             "unsupervised data (format U) needs dropout, and {dir} trains without any ({}): the two views of a \
              text would be identical",
             match m.family {
-                Family::Bert | Family::Blocks { .. } =>
-                    "its config.json sets every dropout to 0 (and no --lora-dropout is given)",
+                Family::Bert =>
+                    "hidden_dropout_prob and attention_probs_dropout_prob are 0 in its config.json (and no \
+                     --lora-dropout is given)",
+                Family::Blocks { .. } =>
+                    "every dropout of its config.json is 0 (and no --lora-dropout is given)",
                 Family::Decoder { .. } =>
                     "decoders drop out only on a LoRA branch: give --lora-r with --lora-dropout > 0",
             }
