@@ -20,28 +20,7 @@ pub enum DecoderError {
     /// A `config.json` / `adapter_config.json` key is missing, malformed or unsupported.
     #[error("{path}: key `{key}`: {msg}")]
     Config { path: PathBuf, key: String, msg: String },
-    #[error("{path}: not a valid safetensors file: {msg}")]
-    Safetensors { path: PathBuf, msg: String },
-    /// A shard named by `model.safetensors.index.json` is not there.
-    #[error("{index}: shard `{shard}` is missing")]
-    MissingShard { index: PathBuf, shard: String },
-    #[error("{path}: no `model.safetensors` or `model.safetensors.index.json`")]
-    NoWeights { path: PathBuf },
-    #[error("{path}: missing tensor `{name}`")]
-    MissingTensor { path: PathBuf, name: String },
-    #[error("{path}: tensor `{name}` has shape {found:?}, expected {expected:?}")]
-    ShapeMismatch {
-        path: PathBuf,
-        name: String,
-        found: Vec<usize>,
-        expected: Vec<usize>,
-    },
-    #[error("{path}: tensor `{name}` has dtype {dtype}; supported: F32, F16, BF16 (and F64 in adapters)")]
-    UnsupportedDtype {
-        path: PathBuf,
-        name: String,
-        dtype: String,
-    },
+    // Checkpoint files (shards, tensors, dtypes): `angle_models::ModelError`, wrapped as `Models`.
     /// An adapter that does not fit this base model.
     #[error("{path}: adapter does not match the base model: {msg}")]
     Adapter { path: PathBuf, msg: String },

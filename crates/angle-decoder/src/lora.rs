@@ -199,14 +199,8 @@ pub fn peft_name(layer: usize, module: usize, b: bool) -> String {
     )
 }
 
-/// peft's (torch's) `kaiming_uniform_(a = √5)` for `A [r, in]`: U(−1/√in, 1/√in), from a seeded counter RNG.
-pub fn kaiming_uniform(out: &mut [f32], fan_in: usize, seed: u64) {
-    let bound = 1.0 / (fan_in as f64).sqrt();
-    for (i, o) in out.iter_mut().enumerate() {
-        let u = angle_tensor::rng::uniform(seed, i as u64);
-        *o = ((2.0 * u - 1.0) * bound) as f32;
-    }
-}
+/// peft's initialisation of A, shared with every family.
+pub use angle_models::nn::kaiming_uniform;
 
 #[cfg(test)]
 mod tests {

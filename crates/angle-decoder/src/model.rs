@@ -1302,21 +1302,7 @@ impl Decoder {
     /// One AdamW step `t` (1-based) over the trainable buffer; norm weights and biases are not decayed,
     /// as in the Hugging Face Trainer (LoRA's A and B are).
     pub fn adamw_step(&mut self, hp: &AdamW, t: u64) -> Result<()> {
-        self.buffers.alloc_training();
-        let b = &mut self.buffers;
-        angle_tensor::cpu::adamw_update_masked(
-            &mut b.params,
-            &b.grads,
-            &mut b.adam_m,
-            &mut b.adam_v,
-            hp.lr,
-            hp.beta1,
-            hp.beta2,
-            hp.eps,
-            hp.weight_decay,
-            &self.no_decay,
-            t,
-        )?;
+        self.buffers.adamw_step(hp, &self.no_decay, t)?;
         // keep the bf16 copies of trainable weights in step with them
         self.repack(true)
     }

@@ -191,21 +191,7 @@ impl Encoder {
     /// One AdamW step `t` (1-based) over the whole flat buffer, with learning rate `hp.lr` (no weight decay
     /// on the layout's `no_decay` ranges).
     pub fn adamw_step(&mut self, hp: &AdamW, t: u64) -> Result<()> {
-        self.buffers.alloc_training();
-        let b = &mut self.buffers;
-        angle_tensor::cpu::adamw_update_masked(
-            &mut b.params,
-            &b.grads,
-            &mut b.adam_m,
-            &mut b.adam_v,
-            hp.lr,
-            hp.beta1,
-            hp.beta2,
-            hp.eps,
-            hp.weight_decay,
-            &self.layout.no_decay,
-            t,
-        )?;
+        self.buffers.adamw_step(hp, &self.layout.no_decay, t)?;
         if self.bf16.is_some() || self.int8.is_some() {
             // keep the bf16 / int8 copies in step with the weights they copy
             self.repack_bf16()?;

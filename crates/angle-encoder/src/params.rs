@@ -242,6 +242,30 @@ impl ParamBuffers {
         use rayon::prelude::*;
         self.grads.par_chunks_mut(1 << 16).for_each(|c| c.fill(0.0));
     }
+
+    /// One AdamW step `t` (1-based) over the whole buffer (allocating the moments on first use), without
+    /// weight decay on the `no_decay` ranges (biases and norm weights, as the Hugging Face Trainer).
+    pub fn adamw_step(
+        &mut self,
+        hp: &crate::AdamW,
+        no_decay: &[Range<usize>],
+        t: u64,
+    ) -> Result<(), angle_tensor::TensorError> {
+        self.alloc_training();
+        angle_tensor::cpu::adamw_update_masked(
+            &mut self.params,
+            &self.grads,
+            &mut self.adam_m,
+            &mut self.adam_v,
+            hp.lr,
+            hp.beta1,
+            hp.beta2,
+            hp.eps,
+            hp.weight_decay,
+            no_decay,
+            t,
+        )
+    }
 }
 
 #[cfg(test)]

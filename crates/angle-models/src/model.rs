@@ -96,6 +96,21 @@ pub struct Model {
     run: Run,
     dgrad: [Vec<f32>; 2],
     demb: Vec<f32>,
+    /// Gradient checkpointing: a forward keeps each layer's input only; backward runs each layer's
+    /// forward again (the same dropout masks) just before its backward.
+    pub checkpointing: bool,
+    /// The recomputed layer's output (not needed, but the forward writes one).
+    recompute_out: Vec<f32>,
+}
+
+/// Layer `l`'s dropout seeds for the step seed `dropout` (train mode).
+fn layer_seeds(dropout: Option<u64>, l: usize) -> Option<LayerSeeds> {
+    dropout.map(|s| LayerSeeds {
+        probs: derive_seed(s, 1 + 3 * l as u64),
+        attn_out: derive_seed(s, 2 + 3 * l as u64),
+        ffn_out: derive_seed(s, 3 + 3 * l as u64),
+        lora: derive_seed(s, (1 << 21) + l as u64),
+    })
 }
 
 impl Model {
@@ -142,6 +157,8 @@ impl Model {
             run: Run::default(),
             dgrad: Default::default(),
             demb: Vec::new(),
+            checkpointing: false,
+            recompute_out: Vec::new(),
         })
     }
 
@@ -200,7 +217,9 @@ impl Model {
         let (n, e, h) = (batch.input_ids.len(), b.embeddings.dim, b.hidden_size);
         let nl = b.uses.len();
         run.xs.resize_with(nl + 1, Vec::new);
-        run.layers.resize_with(nl, LayerState::default);
+        // with checkpointing one state serves every layer: backward recomputes each in turn
+        let states = if self.checkpointing { nl.min(1) } else { nl };
+        run.layers.resize_with(states, LayerState::default);
         run.emb_out.resize(n * e, 0.0);
         let type_ids = batch.token_type_ids;
         b.embeddings.forward(
@@ -220,13 +239,8 @@ impl Model {
         for l in 0..nl {
             let (done, rest) = run.xs.split_at_mut(l + 1);
             rest[0].resize(n * h, 0.0);
-            let seeds = dropout.map(|s| LayerSeeds {
-                probs: derive_seed(s, 1 + 3 * l as u64),
-                attn_out: derive_seed(s, 2 + 3 * l as u64),
-                ffn_out: derive_seed(s, 3 + 3 * l as u64),
-                lora: derive_seed(s, (1 << 21) + l as u64),
-            });
-            b.layers[b.uses[l]].forward(&w, &mut run.layers[l], &mut rest[0], &done[l], offs, seeds)?;
+            let st = &mut run.layers[l.min(states - 1)];
+            b.layers[b.uses[l]].forward(&w, st, &mut rest[0], &done[l], offs, layer_seeds(dropout, l))?;
         }
         run.hidden.resize(n * h, 0.0);
         match &b.final_norm {
@@ -279,9 +293,25 @@ impl Model {
             None => cur.copy_from_slice(dhidden),
         }
         for l in (0..nl).rev() {
+            let layer = &b.layers[b.uses[l]];
+            let st = if self.checkpointing {
+                let out = &mut self.recompute_out;
+                out.resize(n * h, 0.0);
+                layer.forward(
+                    &w,
+                    &mut run.layers[0],
+                    out,
+                    &run.xs[l],
+                    offs,
+                    layer_seeds(run.seed, l),
+                )?;
+                &mut run.layers[0]
+            } else {
+                &mut run.layers[l]
+            };
             prev.clear();
             prev.resize(n * h, 0.0);
-            b.layers[b.uses[l]].backward(&w, &mut g, &mut run.layers[l], prev, cur, &run.xs[l], offs)?;
+            layer.backward(&w, &mut g, st, prev, cur, &run.xs[l], offs)?;
             std::mem::swap(cur, prev);
         }
         let demb: &[f32] = match &b.projection {
@@ -312,21 +342,7 @@ impl Model {
 
     /// One AdamW step `t` (from 1) over the trainable parameters (no decay on biases and norm weights).
     pub fn adamw_step(&mut self, hp: &AdamW, t: u64) -> Result<()> {
-        self.buffers.alloc_training();
-        let b = &mut self.buffers;
-        angle_tensor::cpu::adamw_update_masked(
-            &mut b.params,
-            &b.grads,
-            &mut b.adam_m,
-            &mut b.adam_v,
-            hp.lr,
-            hp.beta1,
-            hp.beta2,
-            hp.eps,
-            hp.weight_decay,
-            &self.no_decay,
-            t,
-        )?;
+        self.buffers.adamw_step(hp, &self.no_decay, t)?;
         Ok(())
     }
 

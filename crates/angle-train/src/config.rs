@@ -62,6 +62,9 @@ pub struct TrainConfig {
     /// them, then backpropagate chunk by chunk (`crate::grad_cache`). `None`: one forward per micro-batch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grad_cache: Option<usize>,
+    /// Keep each layer's input only and recompute the layer inside backward (the families of `angle-models`).
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
 
     pub epochs: u32,
     /// Stop after this many optimizer steps (overrides `epochs` when set).
@@ -211,6 +214,7 @@ impl Default for TrainConfig {
             lora: None,
             bidirectional: false,
             grad_cache: None,
+            gradient_checkpointing: false,
             bidirectional_from: None,
             append_eos: false,
             merge_lora: false,

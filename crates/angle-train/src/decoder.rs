@@ -102,6 +102,8 @@ pub struct DecoderSettings {
     pub base_model: Option<PathBuf>,
     /// Encoding only: a full checkpoint keeps every weight in its dtype, nothing trainable.
     pub inference_only: bool,
+    /// Gradient checkpointing (the encoder families of `angle-models`; refused elsewhere before loading).
+    pub gradient_checkpointing: bool,
 }
 
 /// The decoder settings a training configuration asks for (LoRA's A initialised from the run's seed).
@@ -123,6 +125,7 @@ pub fn settings_for(c: &crate::config::TrainConfig) -> DecoderSettings {
         bidirectional_from: c.bidirectional_from,
         base_model: None,
         inference_only: false,
+        gradient_checkpointing: c.gradient_checkpointing,
     }
 }
 

@@ -355,6 +355,8 @@ fn load_blocks_backbone(
         opts.decoder.base_model.as_deref(),
         opts.decoder.inference_only,
     )?;
+    let mut model = model;
+    model.model.checkpointing = opts.decoder.gradient_checkpointing;
     let max_len = max_len.min(model.model.max_sequence_length());
     let tok = TextTokenizer::from_file(tok_dir.join("tokenizer.json"), max_len)
         .map_err(|e| TrainError::Data(e.to_string()))?;

@@ -191,6 +191,11 @@ struct TrainArgs {
     /// N texts, for one more forward per chunk. (--grad-accum splits a step into separate batches instead.)
     #[arg(long, value_name = "N")]
     grad_cache: Option<usize>,
+    /// Keep each layer's input only and recompute the layer inside backward: activation memory of about one
+    /// hidden state per layer plus one layer's working set, for one more forward (ELECTRA, ALBERT, ModernBERT and
+    /// any encoder with --lora-*) [default: false].
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    gradient_checkpointing: Option<bool>,
     /// Examples (pairs for format A) per micro-batch [default: 32].
     #[arg(long)]
     batch_size: Option<usize>,
@@ -354,6 +359,7 @@ impl TrainArgs {
         take_opt!(doc_prompt);
         take_opt!(max_steps);
         take_opt!(grad_cache);
+        take!(gradient_checkpointing => gradient_checkpointing);
         take!(merge_lora => merge_lora);
         take_opt!(load_kbit);
         take!(bidirectional => bidirectional);
@@ -861,6 +867,7 @@ fn load(m: &ModelArgs, even_width: bool) -> anyhow::Result<Loaded> {
             bidirectional_from: m.bidirectional_from.or(defaults.bidirectional_from),
             base_model: m.base_model.clone(),
             inference_only: true,
+            gradient_checkpointing: false,
         },
         append_eos: m.append_eos.unwrap_or(defaults.append_eos),
         layers: m.layers.or(defaults.layers),

@@ -352,6 +352,12 @@ pub fn check_train_model(c: &TrainConfig, m: &ModelShape, device: Device) -> Res
                     |e| TrainError::Config(format!("--lora-targets {:?}: {e}", spec.targets.join(","))),
                 )?;
             }
+            if c.gradient_checkpointing && !blocks {
+                return refuse(format!(
+                    "--gradient-checkpointing: {dir} trains on angle-encoder's BERT path, which has no recompute yet; \
+                     ELECTRA, ALBERT, ModernBERT and any encoder with --lora-* have it"
+                ));
+            }
             if blocks {
                 let what = if c.lora.is_some() {
                     "a LoRA run of an encoder"
@@ -380,6 +386,12 @@ pub fn check_train_model(c: &TrainConfig, m: &ModelShape, device: Device) -> Res
             }
         }
         Family::Decoder { .. } => {
+            if c.gradient_checkpointing {
+                return refuse(format!(
+                    "--gradient-checkpointing: {dir} is a decoder-family model, which has no recompute yet; the \
+                     encoder families of angle-models have it"
+                ));
+            }
             if let Some(lora) = crate::decoder::settings_for(c).lora {
                 lora.target_mask().map_err(|e| {
                     TrainError::Config(format!("--lora-targets {:?}: {e}", lora.targets.join(",")))

@@ -11,7 +11,7 @@ use angle_train::checkpoint::{OPTIMIZER, TRAINER_STATE};
 use angle_train::config::LoraSettings;
 use angle_train::trainer::{BEST, CHECKPOINT_LAST, MERGED};
 use angle_train::{TrainConfig, TrainOptions, train};
-use common::{shared, stsb_head, tiny_model};
+use common::{cosine, encode, shared, stsb_head, tiny_model};
 
 fn decoder_model(case: &str) -> PathBuf {
     let root = std::env::var_os("ANGLE_DECODER_FIXTURES")
@@ -51,38 +51,6 @@ fn config(model: &Path, train: &Path, valid: Option<&Path>, out: &Path) -> Train
         append_eos: true,
         ..TrainConfig::default()
     }
-}
-
-/// Embeddings of `texts` by the `angle encode` binary.
-fn encode(model: &Path, texts: &Path, extra: &[&str]) -> Vec<Vec<f32>> {
-    let o = angle()
-        .args(["encode", "--model"])
-        .arg(model)
-        .arg("--input")
-        .arg(texts)
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8(o.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v["embedding"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect()
-        })
-        .collect()
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64) * (*y as f64)).sum();
-    let n = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    dot / (n(a) * n(b))
 }
 
 #[test]

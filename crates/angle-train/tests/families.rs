@@ -12,7 +12,7 @@ use angle_train::checkpoint::OPTIMIZER;
 use angle_train::config::LoraSettings;
 use angle_train::trainer::{CHECKPOINT_LAST, MERGED};
 use angle_train::{TrainConfig, TrainOptions, train};
-use common::{shared, stsb_head, tiny_config, tiny_model};
+use common::{cosine, encode, shared, stsb_head, tiny_config, tiny_model};
 
 fn family_models() -> Vec<PathBuf> {
     let root = std::env::var_os("ANGLE_FAMILY_FIXTURES")
@@ -30,36 +30,6 @@ fn family_models() -> Vec<PathBuf> {
 
 fn read(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
-
-fn encode(model: &Path, texts: &Path) -> Vec<Vec<f32>> {
-    let o = Command::new(env!("CARGO_BIN_EXE_angle"))
-        .args(["encode", "--model"])
-        .arg(model)
-        .arg("--input")
-        .arg(texts)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8(o.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v["embedding"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect()
-        })
-        .collect()
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64) * (*y as f64)).sum();
-    let n = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    dot / (n(a) * n(b))
 }
 
 fn texts(dir: &Path) -> PathBuf {
@@ -101,8 +71,8 @@ fn every_family_trains_and_its_checkpoint_encodes_again() {
             last.join("model.safetensors").is_file() && last.join("config.json").is_file(),
             "{name}"
         );
-        let before = encode(&model, &t);
-        let after = encode(&last, &t);
+        let before = encode(&model, &t, &[]);
+        let after = encode(&last, &t, &[]);
         assert_eq!(after.len(), 3);
         // trained: the embeddings moved, and they are finite
         let moved = before.iter().zip(&after).any(|(a, b)| cosine(a, b) < 0.999_999);
@@ -179,14 +149,14 @@ fn lora_on_a_bert_model_writes_a_peft_adapter_that_resumes_encodes_and_merges() 
 
     // the adapter encodes; the merged full checkpoint gives the same embeddings
     let t = texts(tmp.path());
-    let from_adapter = encode(&last, &t);
+    let from_adapter = encode(&last, &t, &[]);
     let merged = tmp.path().join("full").join(MERGED);
-    let from_merged = encode(&merged, &t);
+    let from_merged = encode(&merged, &t, &[]);
     for (a, m) in from_adapter.iter().zip(&from_merged) {
         let c = cosine(a, m);
         assert!(c > 0.99999, "merged model drifts from the adapter: cosine {c}");
     }
-    let from_base = encode(&base, &t);
+    let from_base = encode(&base, &t, &[]);
     assert!(
         from_adapter
             .iter()
@@ -232,4 +202,42 @@ fn family_options_that_cannot_run_are_refused_by_name() {
         err.contains("funnel") && err.contains("modernbert") && err.contains("albert"),
         "{err}"
     );
+}
+
+#[test]
+fn gradient_checkpointing_trains_the_same_weights_bit_for_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let train_file = stsb_head(tmp.path(), "train", 8, "train.csv");
+    for (k, model) in family_models().into_iter().enumerate() {
+        let run = |out: &str, ckpt: bool| {
+            let out = &format!("{out}-{k}");
+            let cfg = TrainConfig {
+                max_length: 24,
+                batch_size: 4,
+                epochs: 1,
+                lr: 1e-3,
+                pooling: "mean".into(),
+                gradient_checkpointing: ckpt,
+                ..tiny_config(&model, &train_file, None, &tmp.path().join(out))
+            };
+            train(cfg, None, &TrainOptions::default()).unwrap();
+            read(
+                &tmp.path()
+                    .join(out)
+                    .join(CHECKPOINT_LAST)
+                    .join("model.safetensors"),
+            )
+        };
+        assert!(run("plain", false) == run("ckpt", true), "{}", model.display());
+    }
+    // the BERT path has no recompute: refused by name before anything runs
+    let bert = tiny_model(tmp.path(), 2);
+    let cfg = TrainConfig {
+        gradient_checkpointing: true,
+        ..tiny_config(&bert, &train_file, None, &tmp.path().join("bert"))
+    };
+    let e = train(cfg, None, &TrainOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--gradient-checkpointing"), "{e}");
 }

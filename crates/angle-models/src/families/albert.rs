@@ -3,12 +3,12 @@
 //! `num_hidden_groups` groups: layer `l` runs group `l / (layers / groups)`, and a shared weight
 //! accumulates the gradient of every layer that runs it.
 
-use super::{BertDims, BertNames, bert_layer, gelu};
+use super::{BertDims, BertNames, bert_layer, factorized_embeddings, gelu};
 use angle_encoder::Keys;
 
 use crate::error::{Result, cfg_err};
 use crate::model::EncoderBlocks;
-use crate::nn::{Embeddings, EmbeddingsConfig, Layer, Linear, LoraSpec, ModernBertDropout, VarBuilder};
+use crate::nn::{Layer, Linear, LoraSpec, ModernBertDropout, VarBuilder};
 
 const ALBERT_NAMES: BertNames = BertNames {
     qkv: ["attention.query", "attention.key", "attention.value"],
@@ -40,25 +40,7 @@ pub(super) fn build(k: &Keys<'_>, vb: &mut VarBuilder, lora: Option<&LoraSpec>) 
             format!("{inner} is not supported; only 1"),
         ));
     }
-    let embeddings = Embeddings::new(
-        vb,
-        "embeddings",
-        &EmbeddingsConfig {
-            dim: e,
-            vocab: k.usize("vocab_size")?,
-            positions: Some((k.usize_or("max_position_embeddings", 512)?, 0)),
-            type_vocab: k.usize_or("type_vocab_size", 2)?,
-            eps,
-            norm_bias: true,
-            dropout: hidden_dropout,
-            names: [
-                "word_embeddings",
-                "position_embeddings",
-                "token_type_embeddings",
-                "LayerNorm",
-            ],
-        },
-    );
+    let embeddings = factorized_embeddings(k, vb, e, eps, hidden_dropout)?;
     let projection = Some(Linear::new(
         vb,
         lora,

@@ -1,37 +1,19 @@
 //! ELECTRA: BERT's layers under factorized embeddings (`embedding_size`, then `embeddings_project`
 //! to the hidden size when the two differ).
 
-use super::{BERT_NAMES, BertDims, bert_layer, gelu};
+use super::{BERT_NAMES, BertDims, bert_layer, factorized_embeddings, gelu};
 use angle_encoder::Keys;
 
 use crate::error::Result;
 use crate::model::EncoderBlocks;
-use crate::nn::{Embeddings, EmbeddingsConfig, Layer, Linear, LoraSpec, ModernBertDropout, VarBuilder, path};
+use crate::nn::{Layer, Linear, LoraSpec, ModernBertDropout, VarBuilder, path};
 
 pub(super) fn build(k: &Keys<'_>, vb: &mut VarBuilder, lora: Option<&LoraSpec>) -> Result<EncoderBlocks> {
     let h = k.usize("hidden_size")?;
     let e = k.usize_or("embedding_size", h)?;
     let eps = k.f64_or("layer_norm_eps", 1e-12)?;
     let hidden_dropout = k.f64_or("hidden_dropout_prob", 0.1)?;
-    let embeddings = Embeddings::new(
-        vb,
-        "embeddings",
-        &EmbeddingsConfig {
-            dim: e,
-            vocab: k.usize("vocab_size")?,
-            positions: Some((k.usize_or("max_position_embeddings", 512)?, 0)),
-            type_vocab: k.usize_or("type_vocab_size", 2)?,
-            eps,
-            norm_bias: true,
-            dropout: hidden_dropout,
-            names: [
-                "word_embeddings",
-                "position_embeddings",
-                "token_type_embeddings",
-                "LayerNorm",
-            ],
-        },
-    );
+    let embeddings = factorized_embeddings(k, vb, e, eps, hidden_dropout)?;
     let projection = (e != h).then(|| Linear::new(vb, lora, "embeddings_project", e, h, true));
     let dims = BertDims {
         hidden: h,

@@ -13,7 +13,9 @@ use angle_tensor::cpu::GeluKind;
 
 use crate::error::{ModelError, Result, read_json};
 use crate::model::EncoderBlocks;
-use crate::nn::{Attention, BertLayer, LayerNorm, Linear, LoraSpec, Mlp, VarBuilder, path};
+use crate::nn::{
+    Attention, BertLayer, Embeddings, EmbeddingsConfig, LayerNorm, Linear, LoraSpec, Mlp, VarBuilder, path,
+};
 
 /// The `model_type`s we build.
 pub const SUPPORTED: &[&str] = &[
@@ -94,6 +96,36 @@ fn gelu(keys: &Keys<'_>, key: &str, default: &str) -> Result<GeluKind> {
             format!("`{other}` is not supported; supported: gelu, gelu_new, gelu_pytorch_tanh, gelu_fast"),
         )),
     }
+}
+
+/// BERT-shaped embeddings (word, absolute position from 0, token type, LayerNorm) of width `embedding_size`
+/// (ELECTRA and ALBERT factorize them below the hidden size).
+fn factorized_embeddings(
+    k: &Keys<'_>,
+    vb: &mut VarBuilder,
+    dim: usize,
+    eps: f64,
+    dropout: f64,
+) -> Result<Embeddings> {
+    Ok(Embeddings::new(
+        vb,
+        "embeddings",
+        &EmbeddingsConfig {
+            dim,
+            vocab: k.usize("vocab_size")?,
+            positions: Some((k.usize_or("max_position_embeddings", 512)?, 0)),
+            type_vocab: k.usize_or("type_vocab_size", 2)?,
+            eps,
+            norm_bias: true,
+            dropout,
+            names: [
+                "word_embeddings",
+                "position_embeddings",
+                "token_type_embeddings",
+                "LayerNorm",
+            ],
+        },
+    ))
 }
 
 /// Module names of a post-norm (BERT-shaped) layer, relative to the layer's path.

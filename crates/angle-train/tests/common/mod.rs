@@ -82,3 +82,35 @@ pub fn tiny_config(model: &Path, train: &Path, valid: Option<&Path>, output: &Pa
         ..TrainConfig::default()
     }
 }
+
+/// Embeddings of `texts` by the `angle encode` binary (one JSON line per text), with `extra` options.
+pub fn encode(model: &Path, texts: &Path, extra: &[&str]) -> Vec<Vec<f32>> {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_angle"))
+        .args(["encode", "--model"])
+        .arg(model)
+        .arg("--input")
+        .arg(texts)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        })
+        .collect()
+}
+
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64) * (*y as f64)).sum();
+    let n = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (n(a) * n(b))
+}
