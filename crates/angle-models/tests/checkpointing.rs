@@ -3,26 +3,10 @@
 //! on (the counter-based masks are drawn again from the same seeds), with and without LoRA, on every family
 //! fixture (`ANGLE_FAMILY_FIXTURES`, default `../shared/fixtures/families`).
 
-use std::path::PathBuf;
+mod common;
 
 use angle_encoder::Batch;
 use angle_models::{LoraSpec, Model, ModelOptions};
-
-fn cases() -> Vec<PathBuf> {
-    let root = std::env::var_os("ANGLE_FAMILY_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/families")
-        });
-    let mut v: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path().join("model")))
-        .filter(|p| p.join("config.json").is_file())
-        .collect();
-    v.sort();
-    assert!(!v.is_empty());
-    v
-}
 
 /// Loss `Σ hidden · probe` after one forward with dropout seed 7; its gradients.
 fn step(m: &mut Model) -> (Vec<f32>, Vec<f32>) {
@@ -45,7 +29,7 @@ fn step(m: &mut Model) -> (Vec<f32>, Vec<f32>) {
 
 #[test]
 fn checkpointed_gradients_are_the_plain_ones_bit_for_bit() {
-    for base in cases() {
+    for base in common::family_models() {
         for lora in [
             None,
             Some(LoraSpec {

@@ -3,29 +3,15 @@
 //! none, every adapter tensor a finite one, and the merged weights give the adapter model's outputs.
 //! Runs on every folder of `ANGLE_FAMILY_FIXTURES` (default `../shared/fixtures/families`).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 
 use angle_encoder::Batch;
 use angle_models::nn::Init;
 use angle_models::weights::write_safetensors;
 use angle_models::{LoraSpec, Model, ModelOptions};
 use safetensors::tensor::Dtype;
-
-fn cases() -> Vec<PathBuf> {
-    let root = std::env::var_os("ANGLE_FAMILY_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/families")
-        });
-    let mut v: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path().join("model")))
-        .filter(|p| p.join("config.json").is_file())
-        .collect();
-    v.sort();
-    assert!(!v.is_empty());
-    v
-}
 
 /// A small packed batch of in-vocabulary ids.
 fn batch(vocab: usize) -> (Vec<u32>, Vec<usize>) {
@@ -62,7 +48,7 @@ fn write_merged(m: &Model, base: &Path, out: &Path) {
 #[test]
 fn adapter_gradients_are_the_weight_gradient_through_the_adapter() {
     let tmp = tempfile::tempdir().unwrap();
-    for base in cases() {
+    for base in common::family_models() {
         let spec = LoraSpec {
             r: 3,
             alpha: 6.0,
@@ -187,7 +173,7 @@ fn adapter_gradients_are_the_weight_gradient_through_the_adapter() {
 
 #[test]
 fn a_target_that_matches_nothing_is_named() {
-    let base = &cases()[0];
+    let base = &common::family_models()[0];
     let spec = LoraSpec {
         targets: vec!["q_proj".into()],
         ..Default::default()
