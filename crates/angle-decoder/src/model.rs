@@ -175,6 +175,8 @@ pub struct Decoder {
     pub causal: bool,
     /// Layers from this index on attend bidirectionally ([`DecoderOptions::bidirectional_from`]).
     pub bidirectional_from: Option<usize>,
+    /// Full and merged saves are split into shards above this size (transformers' `max_shard_size`).
+    pub max_shard_bytes: u64,
     pub pooling: Pooling,
     /// The trainable tensors, in buffer order: Hugging Face names (full fine-tuning) or peft names (LoRA).
     pub entries: Vec<ParamEntry>,
@@ -559,6 +561,7 @@ impl Decoder {
             lora,
             causal,
             bidirectional_from: None,
+            max_shard_bytes: crate::weights::DEFAULT_MAX_SHARD_BYTES,
             pooling,
             no_decay: angle_encoder::no_decay_ranges(&entries),
             entries,

@@ -8,7 +8,7 @@ use safetensors::tensor::Dtype;
 use crate::error::{DecoderError, Result, io_err};
 use crate::lora::{MODULES, module_parent, peft_name};
 use crate::model::Decoder;
-use crate::weights::write_safetensors;
+use crate::weights::{TensorSpec, write_safetensors, write_sharded};
 
 /// Files copied from the base folder next to a full checkpoint (those that exist). Not the base's
 /// sentence-transformers files: they describe the base's pooling, and whoever saves knows the pooling
@@ -61,20 +61,38 @@ impl Decoder {
 
     fn write_full(&self, dir: &Path, trained_f32: bool) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let p = &self.buffers.params;
         let mut names: Vec<&String> = self.checkpoint.tensors.keys().collect();
         names.sort();
-        let mut out = Vec::with_capacity(names.len());
-        for name in names {
+        // the dtype of each tensor first (the shard headers need every size), then the bytes tensor by tensor
+        let specs: Vec<TensorSpec> = names
+            .iter()
+            .map(|&name| {
+                let f = &self.checkpoint.tensors[name];
+                let trained = self.entry(name).is_some() && trained_f32;
+                let dtype = if trained {
+                    crate::weights::WeightDtype::F32
+                } else {
+                    f.dtype
+                };
+                TensorSpec {
+                    name: name.clone(),
+                    dtype: dtype.safetensors(),
+                    shape: f.shape.clone(),
+                }
+            })
+            .collect();
+        let p = &self.buffers.params;
+        write_sharded(dir, &specs, self.max_shard_bytes, |i, bytes| {
+            let name = names[i];
             let f = &self.checkpoint.tensors[name];
-            let mut bytes = Vec::new();
-            let mut dtype = f.dtype;
             if let Some(e) = self.entry(name) {
                 // full fine-tuning: the trained values, rounded to the file's dtype unless kept f32
-                if trained_f32 {
-                    dtype = crate::weights::WeightDtype::F32;
-                }
-                dtype.encode(&p[e.range()], &mut bytes);
+                let dtype = if trained_f32 {
+                    crate::weights::WeightDtype::F32
+                } else {
+                    f.dtype
+                };
+                dtype.encode(&p[e.range()], bytes);
             } else if let Some((a, b, scale)) = self.lora_of(name) {
                 let mut w = f.to_f32();
                 let (o, i) = (f.shape[0], f.shape[1]);
@@ -85,14 +103,14 @@ impl Decoder {
                     MatRef::new(a, r, i),
                     1.0,
                     MatMut::new(&mut w, o, i),
-                )?;
-                f.dtype.encode(&w, &mut bytes);
+                )
+                .map_err(angle_models::ModelError::from)?;
+                f.dtype.encode(&w, bytes);
             } else {
                 bytes.extend_from_slice(f.bytes());
             }
-            out.push((name.clone(), dtype.safetensors(), f.shape.clone(), bytes));
-        }
-        write_safetensors(&dir.join("model.safetensors"), out)?;
+            Ok(())
+        })?;
         for f in COPIED {
             let src = self.checkpoint.dir.join(f);
             if src.is_file() {

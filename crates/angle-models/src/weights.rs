@@ -328,3 +328,143 @@ pub fn write_safetensors(path: &Path, tensors: Vec<(String, Dtype, Vec<usize>, V
     })?;
     std::fs::rename(&tmp, path).map_err(io_err(path))
 }
+
+/// transformers' default `max_shard_size` ("5GB", decimal).
+pub const DEFAULT_MAX_SHARD_BYTES: u64 = 5_000_000_000;
+
+/// A tensor to be written: its name, dtype and shape (its bytes come later, one tensor at a time).
+#[derive(Debug, Clone)]
+pub struct TensorSpec {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+}
+
+impl TensorSpec {
+    pub fn bytes(&self) -> u64 {
+        let elem = match self.dtype {
+            Dtype::F64 | Dtype::I64 | Dtype::U64 => 8,
+            Dtype::F32 | Dtype::I32 | Dtype::U32 => 4,
+            Dtype::F16 | Dtype::BF16 | Dtype::I16 | Dtype::U16 => 2,
+            _ => 1,
+        };
+        self.shape.iter().product::<usize>() as u64 * elem
+    }
+}
+
+/// Parses a shard size as transformers writes it: `5GB`, `500MB`, `200KB` (decimal), `2GiB`, `10MiB` (binary),
+/// or a number of bytes.
+pub fn parse_shard_size(s: &str) -> Option<u64> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let scale = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1.0,
+        "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "KIB" => 1024.0,
+        "MIB" => 1024.0 * 1024.0,
+        "GIB" => 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let bytes = (n * scale).round();
+    (bytes >= 1.0).then_some(bytes as u64)
+}
+
+/// Writes a checkpoint into the folder `dir` tensor by tensor: `model.safetensors`, or, above `max_shard_bytes`,
+/// `model-0000i-of-0000n.safetensors` shards (in order, a shard closed before a tensor would overflow it; a larger
+/// tensor gets a shard of its own, as transformers does) with `model.safetensors.index.json`. `fill(i, buf)` puts
+/// tensor `i`'s little-endian bytes into `buf` (cleared first): the extra memory of a save is one tensor. Each file
+/// is written under a temporary name and renamed when complete; the index comes last.
+pub fn write_sharded(
+    dir: &Path,
+    specs: &[TensorSpec],
+    max_shard_bytes: u64,
+    mut fill: impl FnMut(usize, &mut Vec<u8>) -> Result<()>,
+) -> Result<Vec<PathBuf>> {
+    use std::io::Write;
+    let mut shards: Vec<Vec<usize>> = vec![vec![]];
+    let mut size = 0u64;
+    for (i, s) in specs.iter().enumerate() {
+        let b = s.bytes();
+        if size > 0 && size + b > max_shard_bytes {
+            shards.push(vec![]);
+            size = 0;
+        }
+        shards.last_mut().expect("one shard").push(i);
+        size += b;
+    }
+    let n = shards.len();
+    let file_name = |k: usize| match n {
+        1 => "model.safetensors".to_string(),
+        _ => format!("model-{:05}-of-{:05}.safetensors", k + 1, n),
+    };
+    let mut written = Vec::new();
+    let mut buf = Vec::new();
+    for (k, shard) in shards.iter().enumerate() {
+        let path = dir.join(file_name(k));
+        let mut header = serde_json::Map::new();
+        header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
+        let mut offset = 0u64;
+        for &i in shard {
+            let s = &specs[i];
+            let dtype = format!("{:?}", s.dtype);
+            header.insert(
+                s.name.clone(),
+                serde_json::json!({"dtype": dtype, "shape": s.shape, "data_offsets": [offset, offset + s.bytes()]}),
+            );
+            offset += s.bytes();
+        }
+        let mut head = serde_json::to_vec(&header).expect("a JSON map serialises");
+        // pad with spaces to a multiple of 8, as the safetensors writers do, so the data stays aligned
+        head.resize(head.len().div_ceil(8) * 8, b' ');
+        let tmp = path.with_file_name(format!(".{}.tmp{}", file_name(k), std::process::id()));
+        let file = File::create(&tmp).map_err(io_err(&tmp))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+        w.write_all(&(head.len() as u64).to_le_bytes())
+            .map_err(io_err(&tmp))?;
+        w.write_all(&head).map_err(io_err(&tmp))?;
+        for &i in shard {
+            buf.clear();
+            fill(i, &mut buf)?;
+            if buf.len() as u64 != specs[i].bytes() {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(ModelError::Safetensors {
+                    path: path.clone(),
+                    msg: format!(
+                        "{}: {} bytes for {} expected",
+                        specs[i].name,
+                        buf.len(),
+                        specs[i].bytes()
+                    ),
+                });
+            }
+            w.write_all(&buf).map_err(io_err(&tmp))?;
+        }
+        let file = w.into_inner().map_err(|e| e.into_error()).map_err(io_err(&tmp))?;
+        file.sync_all().map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        written.push(path);
+    }
+    if n > 1 {
+        let mut map = serde_json::Map::new();
+        for (k, shard) in shards.iter().enumerate() {
+            for &i in shard {
+                map.insert(specs[i].name.clone(), file_name(k).into());
+            }
+        }
+        let total: u64 = specs.iter().map(TensorSpec::bytes).sum();
+        let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": map});
+        let path = dir.join("model.safetensors.index.json");
+        let tmp = dir.join(format!(".model.safetensors.index.json.tmp{}", std::process::id()));
+        let text = serde_json::to_string_pretty(&index).expect("JSON");
+        std::fs::write(&tmp, text).map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        written.push(path);
+    }
+    Ok(written)
+}

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use angle_encoder::{AdamW, Batch, Pooler, Pooling};
-use angle_models::weights::{Checkpoint, write_safetensors};
+use angle_models::weights::{Checkpoint, TensorSpec, write_safetensors, write_sharded};
 use angle_models::{LoraSpec, Model, ModelOptions};
 use safetensors::tensor::Dtype;
 use serde_json::json;
@@ -33,6 +33,8 @@ pub struct BlocksCpu {
     base: PathBuf,
     /// `d loss / d hidden`, reused across steps.
     dhidden: Vec<f32>,
+    /// Full and merged saves are split into shards above this size.
+    pub max_shard_bytes: u64,
 }
 
 /// `config.json`'s `model_type` of a folder (`None` without one).
@@ -124,6 +126,7 @@ pub fn load_blocks(
             pooler: Pooler::new(pooling),
             base,
             dhidden: Vec::new(),
+            max_shard_bytes: angle_models::weights::DEFAULT_MAX_SHARD_BYTES,
         },
         tok_dir,
     ))
@@ -163,33 +166,41 @@ impl BlocksCpu {
         let ckpt = Checkpoint::open(&self.base).map_err(model_err)?;
         let prefixes = &self.model.blocks.checkpoint_prefixes;
         let known: std::collections::HashSet<&str> = ours.iter().map(|(n, _, _)| n.as_str()).collect();
-        let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = ours
-            .iter()
-            .map(|(n, s, v)| {
-                (
-                    n.clone(),
-                    Dtype::F32,
-                    s.clone(),
-                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                )
+        // ours (f32), then every checkpoint tensor the model does not use, in its own dtype
+        let mut carried: Vec<&String> = ckpt
+            .tensors
+            .keys()
+            .filter(|name| {
+                let bare = prefixes
+                    .iter()
+                    .find_map(|p| name.strip_prefix(p.as_str()))
+                    .unwrap_or(name);
+                !known.contains(bare)
             })
             .collect();
-        for (name, t) in &ckpt.tensors {
-            let bare = prefixes
-                .iter()
-                .find_map(|p| name.strip_prefix(p.as_str()))
-                .unwrap_or(name);
-            if !known.contains(bare) {
-                tensors.push((
-                    name.clone(),
-                    t.dtype.safetensors(),
-                    t.shape.clone(),
-                    t.bytes().to_vec(),
-                ));
+        carried.sort();
+        let specs: Vec<TensorSpec> = ours
+            .iter()
+            .map(|(n, shape, _)| TensorSpec {
+                name: n.clone(),
+                dtype: Dtype::F32,
+                shape: shape.clone(),
+            })
+            .chain(carried.iter().map(|&n| TensorSpec {
+                name: n.clone(),
+                dtype: ckpt.tensors[n].dtype.safetensors(),
+                shape: ckpt.tensors[n].shape.clone(),
+            }))
+            .collect();
+        write_sharded(dir, &specs, self.max_shard_bytes, |i, bytes| {
+            match ours.get(i) {
+                Some((_, _, v)) => v.iter().for_each(|x| bytes.extend_from_slice(&x.to_le_bytes())),
+                None => bytes.extend_from_slice(ckpt.tensors[carried[i - ours.len()]].bytes()),
             }
-        }
-        tensors.sort_by(|a, b| a.0.cmp(&b.0));
-        write_safetensors(&dir.join("model.safetensors"), tensors).map_err(model_err)
+            Ok(())
+        })
+        .map_err(model_err)?;
+        Ok(())
     }
 
     /// peft's adapter folder: `adapter_config.json` and `adapter_model.safetensors`.
@@ -335,19 +346,21 @@ impl Backbone for BlocksCpu {
                 dir.display()
             )));
         }
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        self.write_full(dir, true)?;
-        for name in angle_hub::select::TOKENIZER_FILES {
-            let from = [settings_from, &self.base].map(|d| d.join(name));
-            if let Some(src) = from.iter().find(|p| p.is_file()) {
-                std::fs::copy(src, dir.join(name)).map_err(io_err(src))?;
-            }
-        }
         let pooling = if settings_from.join(crate::checkpoint::ANGLE_CONFIG).is_file() {
             crate::embed::ModelDefaults::from_dir(settings_from)?.pooling
         } else {
             self.pooler.kind
         };
-        crate::checkpoint::copy_settings(settings_from, dir, pooling, self.model.hidden_size())
+        // the folder appears complete or not at all
+        crate::atomic::write_dir_atomic(dir, |tmp| {
+            self.write_full(tmp, true)?;
+            for name in angle_hub::select::TOKENIZER_FILES {
+                let from = [settings_from, &self.base].map(|d| d.join(name));
+                if let Some(src) = from.iter().find(|p| p.is_file()) {
+                    std::fs::copy(src, tmp.join(name)).map_err(io_err(src))?;
+                }
+            }
+            crate::checkpoint::copy_settings(settings_from, tmp, pooling, self.model.hidden_size())
+        })
     }
 }

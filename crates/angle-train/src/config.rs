@@ -65,6 +65,10 @@ pub struct TrainConfig {
     /// Keep each layer's input only and recompute the layer inside backward (the families of `angle-models`).
     #[serde(default)]
     pub gradient_checkpointing: bool,
+    /// Full and merged saves above this size are split into shards (`5GB`, `500MB`, bytes; transformers'
+    /// `max_shard_size`). `None`: 5GB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_shard_size: Option<String>,
 
     pub epochs: u32,
     /// Stop after this many optimizer steps (overrides `epochs` when set).
@@ -215,6 +219,7 @@ impl Default for TrainConfig {
             bidirectional: false,
             grad_cache: None,
             gradient_checkpointing: false,
+            max_shard_size: None,
             bidirectional_from: None,
             append_eos: false,
             merge_lora: false,

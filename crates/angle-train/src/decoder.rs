@@ -10,7 +10,7 @@ use angle_decoder::{Decoder, DecoderOptions, LoraConfig};
 use angle_encoder::{AdamW, Pooling};
 
 use crate::backbone::{Backbone, Packed, Sizes, clip_or_norm, moments_of, set_moments_of};
-use crate::error::{Result, TrainError, io_err};
+use crate::error::{Result, TrainError};
 
 /// The file that makes a folder a peft adapter.
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
@@ -104,6 +104,8 @@ pub struct DecoderSettings {
     pub inference_only: bool,
     /// Gradient checkpointing (the encoder families of `angle-models`; refused elsewhere before loading).
     pub gradient_checkpointing: bool,
+    /// Shard size of full and merged saves (`None`: 5GB).
+    pub max_shard_bytes: Option<u64>,
 }
 
 /// The decoder settings a training configuration asks for (LoRA's A initialised from the run's seed).
@@ -126,6 +128,10 @@ pub fn settings_for(c: &crate::config::TrainConfig) -> DecoderSettings {
         base_model: None,
         inference_only: false,
         gradient_checkpointing: c.gradient_checkpointing,
+        max_shard_bytes: c
+            .max_shard_size
+            .as_deref()
+            .and_then(angle_models::weights::parse_shard_size),
     }
 }
 
@@ -157,7 +163,10 @@ pub fn load_decoder(
         pooling,
         frozen: s.inference_only,
     };
-    let dec = Decoder::load(&base, opts).map_err(dec_err)?;
+    let mut dec = Decoder::load(&base, opts).map_err(dec_err)?;
+    if let Some(b) = s.max_shard_bytes {
+        dec.max_shard_bytes = b;
+    }
     let tok_dir = if dir.join("tokenizer.json").is_file() {
         dir.to_path_buf()
     } else {
@@ -296,8 +305,6 @@ pub fn write_merged(model: &DecoderCpu, out: &Path, settings_from: &Path) -> Res
             out.display()
         )));
     }
-    std::fs::create_dir_all(out).map_err(io_err(out))?;
-    model.dec.save_merged(out).map_err(dec_err)?;
     // the pooling trained with: the adapter folder's record when it has one (`angle merge` loads the
     // model with the base's default), else the model's
     let pooling = if settings_from.join(crate::checkpoint::ANGLE_CONFIG).is_file() {
@@ -305,5 +312,9 @@ pub fn write_merged(model: &DecoderCpu, out: &Path, settings_from: &Path) -> Res
     } else {
         model.dec.pooling
     };
-    crate::checkpoint::copy_settings(settings_from, out, pooling, model.dec.config.hidden_size)
+    // the folder appears complete or not at all
+    crate::atomic::write_dir_atomic(out, |tmp| {
+        model.dec.save_merged(tmp).map_err(dec_err)?;
+        crate::checkpoint::copy_settings(settings_from, tmp, pooling, model.dec.config.hidden_size)
+    })
 }

@@ -357,6 +357,9 @@ fn load_blocks_backbone(
     )?;
     let mut model = model;
     model.model.checkpointing = opts.decoder.gradient_checkpointing;
+    if let Some(b) = opts.decoder.max_shard_bytes {
+        model.max_shard_bytes = b;
+    }
     let max_len = max_len.min(model.model.max_sequence_length());
     let tok = TextTokenizer::from_file(tok_dir.join("tokenizer.json"), max_len)
         .map_err(|e| TrainError::Data(e.to_string()))?;

@@ -67,6 +67,9 @@ struct MergeArgs {
     /// A new folder for the merged model.
     #[arg(long)]
     output: PathBuf,
+    /// Split the weights into shards above this size (`5GB`, `500MB`, bytes), with model.safetensors.index.json.
+    #[arg(long, default_value = "5GB")]
+    max_shard_size: String,
 }
 
 /// Boolean options (`--dropout`, `--skip-invalid`, ...) take `true` or `false` and mean it; alone they mean true.
@@ -196,6 +199,10 @@ struct TrainArgs {
     /// any encoder with --lora-*) [default: false].
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     gradient_checkpointing: Option<bool>,
+    /// Full and merged saves above this size are split into shards with model.safetensors.index.json
+    /// (`5GB`, `500MB`, bytes; transformers' max_shard_size) [default: 5GB].
+    #[arg(long, value_name = "SIZE")]
+    max_shard_size: Option<String>,
     /// Examples (pairs for format A) per micro-batch [default: 32].
     #[arg(long)]
     batch_size: Option<usize>,
@@ -360,6 +367,7 @@ impl TrainArgs {
         take_opt!(max_steps);
         take_opt!(grad_cache);
         take!(gradient_checkpointing => gradient_checkpointing);
+        take_opt!(max_shard_size);
         take!(merge_lora => merge_lora);
         take_opt!(load_kbit);
         take!(bidirectional => bidirectional);
@@ -868,6 +876,7 @@ fn load(m: &ModelArgs, even_width: bool) -> anyhow::Result<Loaded> {
             base_model: m.base_model.clone(),
             inference_only: true,
             gradient_checkpointing: false,
+            max_shard_bytes: None,
         },
         append_eos: m.append_eos.unwrap_or(defaults.append_eos),
         layers: m.layers.or(defaults.layers),
@@ -1099,15 +1108,23 @@ fn run_merge(a: &MergeArgs) -> anyhow::Result<()> {
         );
     }
     angle_train::preflight::check_new_folder("--output", &a.output)?;
+    let shard = angle_models::weights::parse_shard_size(&a.max_shard_size).with_context(|| {
+        format!(
+            "--max-shard-size {:?}: give 5GB, 500MB, 2GiB or a number of bytes",
+            a.max_shard_size
+        )
+    })?;
     let base = if angle_train::blocks::uses_blocks(&a.adapter, true, a.base_model.as_deref())? {
         use angle_train::backbone::Backbone;
         let (mut model, _) =
             angle_train::blocks::load_blocks(&a.adapter, None, None, a.base_model.as_deref(), true)?;
+        model.max_shard_bytes = shard;
         model.write_merged(&a.output, &a.adapter)?;
         model.base().to_path_buf()
     } else {
         let settings = angle_train::decoder::DecoderSettings {
             base_model: a.base_model.clone(),
+            max_shard_bytes: Some(shard),
             ..Default::default()
         };
         let (model, _) = angle_train::decoder::load_decoder(&a.adapter, None, &settings)?;

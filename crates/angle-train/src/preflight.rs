@@ -201,6 +201,13 @@ pub fn check_train_options(c: &TrainConfig, device: Device) -> Result<()> {
             return refuse("--lora-targets: no target modules".into());
         }
     }
+    if let Some(m) = &c.max_shard_size
+        && angle_models::weights::parse_shard_size(m).is_none()
+    {
+        return refuse(format!(
+            "--max-shard-size {m:?}: give 5GB, 500MB, 2GiB or a number of bytes"
+        ));
+    }
     if let Some(n) = c.grad_cache {
         if n == 0 {
             return refuse("--grad-cache 0: a chunk holds at least one text".into());
