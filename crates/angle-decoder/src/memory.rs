@@ -16,6 +16,9 @@ pub struct MemoryEstimate {
     pub trainable_state: usize,
     /// Activations saved for backward per sequence of `seq_len` tokens (f32).
     pub activations_per_seq: usize,
+    /// The same with gradient checkpointing: every layer's input, one layer's working set (the slot forward
+    /// runs every layer in and backward recomputes each layer into) and the final norm's.
+    pub activations_per_seq_checkpointed: usize,
 }
 
 impl MemoryEstimate {
@@ -52,13 +55,17 @@ impl MemoryEstimate {
         };
         let per_token_layer = 3 * h + 2 + qd + 2 * kvd + qk_norm + qd + h + 3 * i + lora_acts;
         let probs = c.num_attention_heads * t * t;
-        let acts = l * (t * per_token_layer + probs) + t * (2 * h + 1);
+        let layer = t * per_token_layer + probs;
+        let last = t * (2 * h + 1);
+        let acts = l * layer + last;
+        let checkpointed = l.min(1) * (layer - t * h) + l * t * h + last;
         MemoryEstimate {
             params,
             trainable,
             weights,
             trainable_state: 12 * trainable,
             activations_per_seq: 4 * acts,
+            activations_per_seq_checkpointed: 4 * checkpointed,
         }
     }
 }
@@ -115,12 +122,13 @@ mod tests {
                 };
                 assert_eq!(m.weights, weights, "{name} {mode}");
                 println!(
-                    "{name} {mode}: params {:.1} M, trainable {:.1} M, weights {:.2} GB, trainable state {:.2} GB, activations/seq(64 tok) {:.2} MB",
+                    "{name} {mode}: params {:.1} M, trainable {:.1} M, weights {:.2} GB, trainable state {:.2} GB, activations/seq(64 tok) {:.2} MB ({:.2} MB checkpointed)",
                     m.params as f64 / 1e6,
                     m.trainable as f64 / 1e6,
                     m.weights as f64 / 1e9,
                     m.trainable_state as f64 / 1e9,
-                    m.activations_per_seq as f64 / 1e6
+                    m.activations_per_seq as f64 / 1e6,
+                    m.activations_per_seq_checkpointed as f64 / 1e6
                 );
             }
         }

@@ -101,6 +101,8 @@ struct LayerActs {
 #[derive(Debug, Clone, Default)]
 struct Acts {
     layers: Vec<LayerActs>,
+    /// With checkpointing: every layer's input, from which backward recomputes the layer.
+    inputs: Vec<Vec<f32>>,
     x_out: Vec<f32>,
     rstd_f: Vec<f32>,
     hidden: Vec<f32>,
@@ -130,6 +132,8 @@ struct Scratch {
     dup: Vec<f32>,
     dact: Vec<f32>,
     dprobs: Vec<f32>,
+    /// A recomputed layer's output (checkpointing), not read.
+    recomputed: Vec<f32>,
 }
 
 /// How to build a [`Decoder`].
@@ -195,6 +199,8 @@ pub struct Decoder {
     scratch: Scratch,
     /// Loaded `frozen` with nothing trainable: no backward, so forward keeps two layers' activations, not all.
     frozen: bool,
+    /// Gradient checkpointing: forward keeps each layer's input only; backward recomputes every layer.
+    pub checkpointing: bool,
     /// The linear layers' products: f32 on the widened weights, or bf16 with f32 sums.
     precision: Precision,
     /// With bf16 products, every layer's seven packed weights ([`MODULES`] order); empty in f32.
@@ -577,6 +583,7 @@ impl Decoder {
             acts: Acts::default(),
             scratch: Scratch::default(),
             frozen,
+            checkpointing: false,
             precision: Precision::F32,
             bf16: Vec::new(),
         })
@@ -701,6 +708,8 @@ impl Decoder {
 
     /// Runs the backbone on packed sequences and returns the final-norm hidden states `[N, H]`.
     /// `dropout_seed`: `Some` in train mode (LoRA dropout, one mask per module and step), `None` in eval.
+    /// With [`Decoder::checkpointing`] only each layer's input is kept (one layer slot serves them all);
+    /// backward recomputes the rest, layer by layer, into that slot.
     pub fn forward(
         &mut self,
         ids: &[u32],
@@ -723,21 +732,12 @@ impl Decoder {
             acts,
             scratch,
             frozen,
+            checkpointing,
             bf16: packs,
             ..
         } = self;
         let params = &buffers.params;
-        let (n, h, inter) = (ids.len(), c.hidden_size, c.intermediate_size);
-        let (nh, nkv, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        let (qd, kvd) = (c.q_dim(), c.kv_dim());
-        let eps = c.rms_norm_eps as f32;
-        let shape = GqaShape {
-            n_heads: nh,
-            n_kv_heads: nkv,
-            head_dim: d,
-            causal: *causal,
-            window: None,
-        };
+        let (n, h) = (ids.len(), c.hidden_size);
         let p_drop = lora.as_ref().map_or(0.0, |l| l.dropout);
         acts.ready = false;
         acts.ids.clear();
@@ -745,13 +745,34 @@ impl Decoder {
         acts.offsets.clear();
         acts.offsets.extend_from_slice(seq_offsets);
         acts.dropout_seed = dropout_seed.filter(|_| p_drop > 0.0);
-        let drop_of = |l: usize, m: usize| acts_drop(dropout_seed, p_drop, l, m);
+        let cx = LayerCtx::new(
+            c,
+            (*causal, *bidirectional_from),
+            params,
+            (rope_cos, rope_sin),
+            seq_offsets,
+            acts.dropout_seed,
+            p_drop,
+        );
         let nl = layers.len();
-        let slots = if *frozen { nl.clamp(1, 2) } else { nl.max(1) };
+        // Frozen (no backward): two slots taken in turn. Checkpointing: one slot, every layer's input kept.
+        let ckpt = *checkpointing && !*frozen && nl > 0;
+        let slots = match (*frozen, ckpt) {
+            (true, _) => nl.clamp(1, 2),
+            (false, true) => 1,
+            (false, false) => nl.max(1),
+        };
         acts.layers.resize_with(slots, LayerActs::default);
-        // embedding
+        acts.inputs.resize_with(if ckpt { nl } else { 0 }, Vec::new);
+        // embedding: the first layer's input (kept as such with checkpointing, the slot's own input empty)
         {
-            let x0 = sized(&mut acts.layers[0].x_in, n * h);
+            let x0 = if ckpt {
+                acts.layers[0].x_in = Vec::new();
+                &mut acts.inputs[0]
+            } else {
+                &mut acts.layers[0].x_in
+            };
+            let x0 = sized(x0, n * h);
             for (row, &id) in x0.chunks_exact_mut(h).zip(ids) {
                 let id = id as usize;
                 match embed {
@@ -761,155 +782,25 @@ impl Decoder {
                 }
             }
         }
-        let plen = attention_probs_len(seq_offsets, nh);
         for (l, lay) in layers.iter().enumerate() {
-            let (a, next_slot) = layer_slots(&mut acts.layers, l, nl, *frozen);
-            let s = &mut *scratch;
-            rmsnorm_forward(
-                sized(&mut a.h1, n * h),
-                sized(&mut a.rstd1, n),
-                &a.x_in,
-                small(&lay.input_norm, params),
-                n,
-                h,
-                eps,
-            )?;
-            let [xq, xk, xv, xo, xg, xu, xd] = &mut a.xa;
-            lin_forward(
-                &lay.lin[0],
-                packs.get(l).map(|p| &p[0]),
-                params,
-                &mut s.w,
-                &mut s.tmp,
-                sized(&mut a.q, n * qd),
-                xq,
-                &a.h1,
-                n,
-                drop_of(l, 0),
-            )?;
-            lin_forward(
-                &lay.lin[1],
-                packs.get(l).map(|p| &p[1]),
-                params,
-                &mut s.w,
-                &mut s.tmp,
-                sized(&mut a.k, n * kvd),
-                xk,
-                &a.h1,
-                n,
-                drop_of(l, 1),
-            )?;
-            lin_forward(
-                &lay.lin[2],
-                packs.get(l).map(|p| &p[2]),
-                params,
-                &mut s.w,
-                &mut s.tmp,
-                sized(&mut a.v, n * kvd),
-                xv,
-                &a.h1,
-                n,
-                drop_of(l, 2),
-            )?;
-            if let (Some(qn), Some(kn)) = (&lay.q_norm, &lay.k_norm) {
-                std::mem::swap(&mut a.q, &mut a.q_raw);
-                std::mem::swap(&mut a.k, &mut a.k_raw);
-                rmsnorm_forward(
-                    sized(&mut a.q, n * qd),
-                    sized(&mut a.rstd_q, n * nh),
-                    &a.q_raw,
-                    small(qn, params),
-                    n * nh,
-                    d,
-                    eps,
-                )?;
-                rmsnorm_forward(
-                    sized(&mut a.k, n * kvd),
-                    sized(&mut a.rstd_k, n * nkv),
-                    &a.k_raw,
-                    small(kn, params),
-                    n * nkv,
-                    d,
-                    eps,
-                )?;
+            let packs = packs.get(l).map(Vec::as_slice);
+            if ckpt {
+                // the one slot holds layer l's input while it runs; its output is layer l+1's kept input
+                let (kept, rest) = acts.inputs.split_at_mut(l + 1);
+                let a = &mut acts.layers[0];
+                std::mem::swap(&mut a.x_in, &mut kept[l]);
+                let next = rest.first_mut().unwrap_or(&mut acts.x_out);
+                let r = layer_forward(&cx, lay, packs, l, a, scratch, next);
+                std::mem::swap(&mut a.x_in, &mut kept[l]);
+                r?;
+            } else {
+                let (a, next_slot) = layer_slots(&mut acts.layers, l, nl, *frozen);
+                let next = match next_slot {
+                    Some(slot) => &mut slot.x_in,
+                    None => &mut acts.x_out,
+                };
+                layer_forward(&cx, lay, packs, l, a, scratch, next)?;
             }
-            rope_forward(&mut a.q, rope_cos, rope_sin, seq_offsets, nh, d)?;
-            rope_forward(&mut a.k, rope_cos, rope_sin, seq_offsets, nkv, d)?;
-            gqa_attention_forward(
-                sized(&mut a.att, n * qd),
-                sized(&mut a.probs, plen),
-                &a.q,
-                &a.k,
-                &a.v,
-                seq_offsets,
-                layer_shape(shape, l, *bidirectional_from),
-            )?;
-            let x_mid = sized(&mut a.x_mid, n * h);
-            lin_forward(
-                &lay.lin[3],
-                packs.get(l).map(|p| &p[3]),
-                params,
-                &mut s.w,
-                &mut s.tmp,
-                x_mid,
-                xo,
-                &a.att,
-                n,
-                drop_of(l, 3),
-            )?;
-            add_into(x_mid, &a.x_in);
-            rmsnorm_forward(
-                sized(&mut a.h2, n * h),
-                sized(&mut a.rstd2, n),
-                &a.x_mid,
-                small(&lay.post_norm, params),
-                n,
-                h,
-                eps,
-            )?;
-            lin_forward(
-                &lay.lin[4],
-                packs.get(l).map(|p| &p[4]),
-                params,
-                &mut s.w,
-                &mut s.tmp,
-                sized(&mut a.gate, n * inter),
-                xg,
-                &a.h2,
-                n,
-                drop_of(l, 4),
-            )?;
-            lin_forward(
-                &lay.lin[5],
-                packs.get(l).map(|p| &p[5]),
-                params,
-                &mut s.w,
-                &mut s.tmp,
-                sized(&mut a.up, n * inter),
-                xu,
-                &a.h2,
-                n,
-                drop_of(l, 5),
-            )?;
-            swiglu_forward(sized(&mut a.act, n * inter), &a.gate, &a.up, n * inter)?;
-            let next = match next_slot {
-                Some(slot) => &mut slot.x_in,
-                None => &mut acts.x_out,
-            };
-            let next = sized(next, n * h);
-            lin_forward(
-                &lay.lin[6],
-                packs.get(l).map(|p| &p[6]),
-                params,
-                &mut s.w,
-                &mut s.tmp,
-                next,
-                xd,
-                &a.act,
-                n,
-                drop_of(l, 6),
-            )?;
-            add_into(next, &a.x_mid);
         }
         if nl == 0 {
             acts.x_out = acts.layers[0].x_in.clone();
@@ -921,7 +812,7 @@ impl Decoder {
             small(final_norm, params),
             n,
             h,
-            eps,
+            cx.eps,
         )?;
         acts.ready = true;
         Ok(&acts.hidden)
@@ -983,221 +874,63 @@ impl Decoder {
         } = self;
         let ParamBuffers { params, grads, .. } = buffers;
         let (params, grads) = (&params[..], &mut grads[..]);
-        let (n, h, inter) = (acts.ids.len(), c.hidden_size, c.intermediate_size);
+        let Acts {
+            layers: slots,
+            inputs,
+            x_out,
+            rstd_f,
+            ids,
+            offsets,
+            dropout_seed,
+            ..
+        } = acts;
+        let (n, h) = (ids.len(), c.hidden_size);
         if dhidden.len() != n * h {
             return Err(DecoderError::Batch(format!(
                 "dhidden has {} floats, expected {n} x {h}",
                 dhidden.len()
             )));
         }
-        let (nh, nkv, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        let (qd, kvd) = (c.q_dim(), c.kv_dim());
-        let offs = &acts.offsets[..];
-        let shape = GqaShape {
-            n_heads: nh,
-            n_kv_heads: nkv,
-            head_dim: d,
-            causal: *causal,
-            window: None,
-        };
         let p_drop = lora.as_ref().map_or(0.0, |l| l.dropout);
-        let seed = acts.dropout_seed;
-        let drop_of = |l: usize, m: usize| acts_drop(seed, p_drop, l, m);
-        let plen = attention_probs_len(offs, nh);
+        let cx = LayerCtx::new(
+            c,
+            (*causal, *bidirectional_from),
+            params,
+            (rope_cos, rope_sin),
+            offsets,
+            *dropout_seed,
+            p_drop,
+        );
         let mut dx = std::mem::take(&mut s.dx);
         zeroed(&mut dx, n * h);
         rmsnorm_backward(
             &mut dx,
             grad_of(final_norm, grads),
             dhidden,
-            &acts.x_out,
+            x_out,
             small(final_norm, params),
-            &acts.rstd_f,
+            rstd_f,
             n,
             h,
         )?;
+        let recompute = !inputs.is_empty();
+        let mut discard = std::mem::take(&mut s.recomputed);
         for (l, lay) in layers.iter().enumerate().rev() {
-            let a = &acts.layers[l];
-            // MLP
-            let mut dact = std::mem::take(&mut s.dact);
-            zeroed(&mut dact, n * inter);
-            lin_backward(
-                &lay.lin[6],
-                packs.get(l).map(|p| &p[6]),
-                params,
-                grads,
-                s,
-                &mut dact,
-                &dx,
-                &a.act,
-                &a.xa[6],
-                n,
-                drop_of(l, 6),
-            )?;
-            let (mut dgate, mut dup) = (std::mem::take(&mut s.dgate), std::mem::take(&mut s.dup));
-            zeroed(&mut dgate, n * inter);
-            zeroed(&mut dup, n * inter);
-            swiglu_backward(&mut dgate, &mut dup, &dact, &a.gate, &a.up, n * inter)?;
-            let mut dh = std::mem::take(&mut s.dh);
-            zeroed(&mut dh, n * h);
-            lin_backward(
-                &lay.lin[4],
-                packs.get(l).map(|p| &p[4]),
-                params,
-                grads,
-                s,
-                &mut dh,
-                &dgate,
-                &a.h2,
-                &a.xa[4],
-                n,
-                drop_of(l, 4),
-            )?;
-            lin_backward(
-                &lay.lin[5],
-                packs.get(l).map(|p| &p[5]),
-                params,
-                grads,
-                s,
-                &mut dh,
-                &dup,
-                &a.h2,
-                &a.xa[5],
-                n,
-                drop_of(l, 5),
-            )?;
-            rmsnorm_backward(
-                &mut dx,
-                grad_of(&lay.post_norm, grads),
-                &dh,
-                &a.x_mid,
-                small(&lay.post_norm, params),
-                &a.rstd2,
-                n,
-                h,
-            )?;
-            (s.dact, s.dgate, s.dup) = (dact, dgate, dup);
-            // attention
-            let mut datt = std::mem::take(&mut s.datt);
-            zeroed(&mut datt, n * qd);
-            lin_backward(
-                &lay.lin[3],
-                packs.get(l).map(|p| &p[3]),
-                params,
-                grads,
-                s,
-                &mut datt,
-                &dx,
-                &a.att,
-                &a.xa[3],
-                n,
-                drop_of(l, 3),
-            )?;
-            let (mut dq, mut dk, mut dv) = (
-                std::mem::take(&mut s.dq),
-                std::mem::take(&mut s.dk),
-                std::mem::take(&mut s.dv),
-            );
-            zeroed(&mut dq, n * qd);
-            zeroed(&mut dk, n * kvd);
-            zeroed(&mut dv, n * kvd);
-            gqa_attention_backward(
-                &mut dq,
-                &mut dk,
-                &mut dv,
-                sized(&mut s.dprobs, plen),
-                &datt,
-                &a.q,
-                &a.k,
-                &a.v,
-                &a.probs,
-                offs,
-                layer_shape(shape, l, *bidirectional_from),
-            )?;
-            rope_backward(&mut dq, rope_cos, rope_sin, offs, nh, d)?;
-            rope_backward(&mut dk, rope_cos, rope_sin, offs, nkv, d)?;
-            if let (Some(qn), Some(kn)) = (&lay.q_norm, &lay.k_norm) {
-                let (mut dqr, mut dkr) = (std::mem::take(&mut s.dq_raw), std::mem::take(&mut s.dk_raw));
-                zeroed(&mut dqr, n * qd);
-                zeroed(&mut dkr, n * kvd);
-                rmsnorm_backward(
-                    &mut dqr,
-                    grad_of(qn, grads),
-                    &dq,
-                    &a.q_raw,
-                    small(qn, params),
-                    &a.rstd_q,
-                    n * nh,
-                    d,
-                )?;
-                rmsnorm_backward(
-                    &mut dkr,
-                    grad_of(kn, grads),
-                    &dk,
-                    &a.k_raw,
-                    small(kn, params),
-                    &a.rstd_k,
-                    n * nkv,
-                    d,
-                )?;
-                std::mem::swap(&mut dq, &mut dqr);
-                std::mem::swap(&mut dk, &mut dkr);
-                (s.dq_raw, s.dk_raw) = (dqr, dkr);
+            let lp = packs.get(l).map(Vec::as_slice);
+            let a = &mut slots[if recompute { 0 } else { l }];
+            if recompute {
+                // checkpointing: this layer's activations again, from its kept input and its own seeds
+                std::mem::swap(&mut a.x_in, &mut inputs[l]);
+                layer_forward(&cx, lay, lp, l, a, s, &mut discard)?;
             }
-            zeroed(&mut dh, n * h);
-            lin_backward(
-                &lay.lin[0],
-                packs.get(l).map(|p| &p[0]),
-                params,
-                grads,
-                s,
-                &mut dh,
-                &dq,
-                &a.h1,
-                &a.xa[0],
-                n,
-                drop_of(l, 0),
-            )?;
-            lin_backward(
-                &lay.lin[1],
-                packs.get(l).map(|p| &p[1]),
-                params,
-                grads,
-                s,
-                &mut dh,
-                &dk,
-                &a.h1,
-                &a.xa[1],
-                n,
-                drop_of(l, 1),
-            )?;
-            lin_backward(
-                &lay.lin[2],
-                packs.get(l).map(|p| &p[2]),
-                params,
-                grads,
-                s,
-                &mut dh,
-                &dv,
-                &a.h1,
-                &a.xa[2],
-                n,
-                drop_of(l, 2),
-            )?;
-            rmsnorm_backward(
-                &mut dx,
-                grad_of(&lay.input_norm, grads),
-                &dh,
-                &a.x_in,
-                small(&lay.input_norm, params),
-                &a.rstd1,
-                n,
-                h,
-            )?;
-            (s.datt, s.dq, s.dk, s.dv, s.dh) = (datt, dq, dk, dv, dh);
+            layer_backward(&cx, lay, lp, l, a, grads, s, &mut dx)?;
+            if recompute {
+                std::mem::swap(&mut a.x_in, &mut inputs[l]);
+            }
         }
+        s.recomputed = discard;
         if let Param::Train(r) = embed {
-            for (row, &id) in dx.chunks_exact(h).zip(&acts.ids) {
+            for (row, &id) in dx.chunks_exact(h).zip(ids.iter()) {
                 if Some(id) == c.pad_token_id {
                     continue; // padding_idx: no gradient, as torch
                 }
@@ -1310,8 +1043,8 @@ impl Decoder {
         self.repack(true)
     }
 
-    /// Bytes of the activations the last forward saved for backward (every layer's slot, the final norm's
-    /// input, statistics and output): what [`crate::MemoryEstimate`] predicts per batch.
+    /// Bytes of the activations the last forward saved for backward (every layer's slot, or with
+    /// checkpointing one slot and every layer's input; the final norm's input, statistics and output): what [`crate::MemoryEstimate`] predicts per batch.
     pub fn activation_bytes(&self) -> usize {
         let layer = |a: &LayerActs| {
             let saved = [
@@ -1321,8 +1054,12 @@ impl Decoder {
             saved.iter().map(|v| v.len()).sum::<usize>() + a.xa.iter().map(Vec::len).sum::<usize>()
         };
         let a = &self.acts;
-        let floats =
-            a.layers.iter().map(layer).sum::<usize>() + a.x_out.len() + a.rstd_f.len() + a.hidden.len();
+        let kept = a.inputs.iter().map(Vec::len).sum::<usize>();
+        let floats = a.layers.iter().map(layer).sum::<usize>()
+            + kept
+            + a.x_out.len()
+            + a.rstd_f.len()
+            + a.hidden.len();
         4 * floats
     }
 
@@ -1330,6 +1067,313 @@ impl Decoder {
     pub fn grad_norm(&self) -> f64 {
         angle_tensor::cpu::grad_norm(&self.buffers.grads)
     }
+}
+
+/// What every layer's forward and backward share within one step.
+struct LayerCtx<'a> {
+    params: &'a [f32],
+    rope_cos: &'a [f32],
+    rope_sin: &'a [f32],
+    offsets: &'a [usize],
+    n: usize,
+    h: usize,
+    inter: usize,
+    nh: usize,
+    nkv: usize,
+    d: usize,
+    eps: f32,
+    /// floats of one layer's attention probabilities
+    plen: usize,
+    shape: GqaShape,
+    bidirectional_from: Option<usize>,
+    seed: Option<u64>,
+    p_drop: f64,
+}
+
+impl<'a> LayerCtx<'a> {
+    fn new(
+        c: &DecoderConfig,
+        (causal, bidirectional_from): (bool, Option<usize>),
+        params: &'a [f32],
+        (rope_cos, rope_sin): (&'a [f32], &'a [f32]),
+        offsets: &'a [usize],
+        seed: Option<u64>,
+        p_drop: f64,
+    ) -> Self {
+        let nh = c.num_attention_heads;
+        LayerCtx {
+            params,
+            rope_cos,
+            rope_sin,
+            offsets,
+            n: offsets.last().copied().unwrap_or(0),
+            h: c.hidden_size,
+            inter: c.intermediate_size,
+            nh,
+            nkv: c.num_key_value_heads,
+            d: c.head_dim,
+            eps: c.rms_norm_eps as f32,
+            plen: attention_probs_len(offsets, nh),
+            shape: GqaShape {
+                n_heads: nh,
+                n_kv_heads: c.num_key_value_heads,
+                head_dim: c.head_dim,
+                causal,
+                window: None,
+            },
+            bidirectional_from,
+            seed,
+            p_drop,
+        }
+    }
+
+    fn drop(&self, layer: usize, module: usize) -> Drop {
+        acts_drop(self.seed, self.p_drop, layer, module)
+    }
+
+    fn attention(&self, layer: usize) -> GqaShape {
+        layer_shape(self.shape, layer, self.bidirectional_from)
+    }
+}
+
+/// Layer `l` from `a.x_in`: saves in `a` what its backward reads and writes the layer's output to `next`.
+fn layer_forward(
+    cx: &LayerCtx,
+    lay: &Layer,
+    packs: Option<&[Bf16Weight]>,
+    l: usize,
+    a: &mut LayerActs,
+    s: &mut Scratch,
+    next: &mut Vec<f32>,
+) -> Result<()> {
+    let LayerCtx {
+        params,
+        n,
+        h,
+        inter,
+        nh,
+        nkv,
+        d,
+        eps,
+        ..
+    } = *cx;
+    let (qd, kvd) = (nh * d, nkv * d);
+    let lin = |m: usize, out: &mut [f32], xa: &mut Vec<f32>, inp: &[f32], s: &mut Scratch| {
+        let pack = packs.map(|p| &p[m]);
+        lin_forward(
+            &lay.lin[m],
+            pack,
+            params,
+            &mut s.w,
+            &mut s.tmp,
+            out,
+            xa,
+            inp,
+            n,
+            cx.drop(l, m),
+        )
+    };
+    rmsnorm_forward(
+        sized(&mut a.h1, n * h),
+        sized(&mut a.rstd1, n),
+        &a.x_in,
+        small(&lay.input_norm, params),
+        n,
+        h,
+        eps,
+    )?;
+    let [xq, xk, xv, xo, xg, xu, xd] = &mut a.xa;
+    lin(0, sized(&mut a.q, n * qd), xq, &a.h1, s)?;
+    lin(1, sized(&mut a.k, n * kvd), xk, &a.h1, s)?;
+    lin(2, sized(&mut a.v, n * kvd), xv, &a.h1, s)?;
+    if let (Some(qn), Some(kn)) = (&lay.q_norm, &lay.k_norm) {
+        std::mem::swap(&mut a.q, &mut a.q_raw);
+        std::mem::swap(&mut a.k, &mut a.k_raw);
+        rmsnorm_forward(
+            sized(&mut a.q, n * qd),
+            sized(&mut a.rstd_q, n * nh),
+            &a.q_raw,
+            small(qn, params),
+            n * nh,
+            d,
+            eps,
+        )?;
+        rmsnorm_forward(
+            sized(&mut a.k, n * kvd),
+            sized(&mut a.rstd_k, n * nkv),
+            &a.k_raw,
+            small(kn, params),
+            n * nkv,
+            d,
+            eps,
+        )?;
+    }
+    rope_forward(&mut a.q, cx.rope_cos, cx.rope_sin, cx.offsets, nh, d)?;
+    rope_forward(&mut a.k, cx.rope_cos, cx.rope_sin, cx.offsets, nkv, d)?;
+    gqa_attention_forward(
+        sized(&mut a.att, n * qd),
+        sized(&mut a.probs, cx.plen),
+        &a.q,
+        &a.k,
+        &a.v,
+        cx.offsets,
+        cx.attention(l),
+    )?;
+    let x_mid = sized(&mut a.x_mid, n * h);
+    lin(3, x_mid, xo, &a.att, s)?;
+    add_into(x_mid, &a.x_in);
+    rmsnorm_forward(
+        sized(&mut a.h2, n * h),
+        sized(&mut a.rstd2, n),
+        &a.x_mid,
+        small(&lay.post_norm, params),
+        n,
+        h,
+        eps,
+    )?;
+    lin(4, sized(&mut a.gate, n * inter), xg, &a.h2, s)?;
+    lin(5, sized(&mut a.up, n * inter), xu, &a.h2, s)?;
+    swiglu_forward(sized(&mut a.act, n * inter), &a.gate, &a.up, n * inter)?;
+    let next = sized(next, n * h);
+    lin(6, next, xd, &a.act, s)?;
+    add_into(next, &a.x_mid);
+    Ok(())
+}
+
+/// Layer `l`'s backward from what its forward saved in `a`: `dx` holds the gradient of the layer's output
+/// on entry and of its input on return; parameter gradients are added into `grads`.
+#[allow(clippy::too_many_arguments)] // the forward's arguments, plus where the gradients go
+fn layer_backward(
+    cx: &LayerCtx,
+    lay: &Layer,
+    packs: Option<&[Bf16Weight]>,
+    l: usize,
+    a: &LayerActs,
+    grads: &mut [f32],
+    s: &mut Scratch,
+    dx: &mut [f32],
+) -> Result<()> {
+    let LayerCtx {
+        params,
+        n,
+        h,
+        inter,
+        nh,
+        nkv,
+        d,
+        ..
+    } = *cx;
+    let (qd, kvd) = (nh * d, nkv * d);
+    let lin = |m: usize, dinp: &mut [f32], dout: &[f32], inp: &[f32], grads: &mut [f32], s: &mut Scratch| {
+        let pack = packs.map(|p| &p[m]);
+        lin_backward(
+            &lay.lin[m],
+            pack,
+            params,
+            grads,
+            s,
+            dinp,
+            dout,
+            inp,
+            &a.xa[m],
+            n,
+            cx.drop(l, m),
+        )
+    };
+    // MLP
+    let mut dact = std::mem::take(&mut s.dact);
+    zeroed(&mut dact, n * inter);
+    lin(6, &mut dact, dx, &a.act, grads, s)?;
+    let (mut dgate, mut dup) = (std::mem::take(&mut s.dgate), std::mem::take(&mut s.dup));
+    zeroed(&mut dgate, n * inter);
+    zeroed(&mut dup, n * inter);
+    swiglu_backward(&mut dgate, &mut dup, &dact, &a.gate, &a.up, n * inter)?;
+    let mut dh = std::mem::take(&mut s.dh);
+    zeroed(&mut dh, n * h);
+    lin(4, &mut dh, &dgate, &a.h2, grads, s)?;
+    lin(5, &mut dh, &dup, &a.h2, grads, s)?;
+    rmsnorm_backward(
+        dx,
+        grad_of(&lay.post_norm, grads),
+        &dh,
+        &a.x_mid,
+        small(&lay.post_norm, params),
+        &a.rstd2,
+        n,
+        h,
+    )?;
+    (s.dact, s.dgate, s.dup) = (dact, dgate, dup);
+    // attention
+    let mut datt = std::mem::take(&mut s.datt);
+    zeroed(&mut datt, n * qd);
+    lin(3, &mut datt, dx, &a.att, grads, s)?;
+    let (mut dq, mut dk, mut dv) = (
+        std::mem::take(&mut s.dq),
+        std::mem::take(&mut s.dk),
+        std::mem::take(&mut s.dv),
+    );
+    zeroed(&mut dq, n * qd);
+    zeroed(&mut dk, n * kvd);
+    zeroed(&mut dv, n * kvd);
+    gqa_attention_backward(
+        &mut dq,
+        &mut dk,
+        &mut dv,
+        sized(&mut s.dprobs, cx.plen),
+        &datt,
+        &a.q,
+        &a.k,
+        &a.v,
+        &a.probs,
+        cx.offsets,
+        cx.attention(l),
+    )?;
+    rope_backward(&mut dq, cx.rope_cos, cx.rope_sin, cx.offsets, nh, d)?;
+    rope_backward(&mut dk, cx.rope_cos, cx.rope_sin, cx.offsets, nkv, d)?;
+    if let (Some(qn), Some(kn)) = (&lay.q_norm, &lay.k_norm) {
+        let (mut dqr, mut dkr) = (std::mem::take(&mut s.dq_raw), std::mem::take(&mut s.dk_raw));
+        zeroed(&mut dqr, n * qd);
+        zeroed(&mut dkr, n * kvd);
+        rmsnorm_backward(
+            &mut dqr,
+            grad_of(qn, grads),
+            &dq,
+            &a.q_raw,
+            small(qn, params),
+            &a.rstd_q,
+            n * nh,
+            d,
+        )?;
+        rmsnorm_backward(
+            &mut dkr,
+            grad_of(kn, grads),
+            &dk,
+            &a.k_raw,
+            small(kn, params),
+            &a.rstd_k,
+            n * nkv,
+            d,
+        )?;
+        std::mem::swap(&mut dq, &mut dqr);
+        std::mem::swap(&mut dk, &mut dkr);
+        (s.dq_raw, s.dk_raw) = (dqr, dkr);
+    }
+    zeroed(&mut dh, n * h);
+    lin(0, &mut dh, &dq, &a.h1, grads, s)?;
+    lin(1, &mut dh, &dk, &a.h1, grads, s)?;
+    lin(2, &mut dh, &dv, &a.h1, grads, s)?;
+    rmsnorm_backward(
+        dx,
+        grad_of(&lay.input_norm, grads),
+        &dh,
+        &a.x_in,
+        small(&lay.input_norm, params),
+        &a.rstd1,
+        n,
+        h,
+    )?;
+    (s.datt, s.dq, s.dk, s.dv, s.dh) = (datt, dq, dk, dv, dh);
+    Ok(())
 }
 
 /// Layer `l`'s activations and the next layer's slot, whose `x_in` layer `l` writes (`None` after the last

@@ -1,6 +1,6 @@
 //! `MemoryEstimate` against what the decoder really holds, on the fixture models (full fine-tuning and
 //! LoRA; Qwen3's q/k norms included): parameter and trainable counts, the weights' bytes, and the
-//! activations one forward of one sequence saves for backward.
+//! activations one forward of one sequence saves for backward, with and without checkpointing.
 
 mod common;
 
@@ -53,6 +53,20 @@ fn estimate_equals_what_the_decoder_allocates() {
             let two: Vec<u32> = ids.iter().chain(&ids).copied().collect();
             dec.forward(&two, &[0, t, 2 * t], Some(5)).unwrap();
             assert_eq!(2 * est.activations_per_seq, dec.activation_bytes(), "{what}");
+            // checkpointing: every layer's input and one layer's working set
+            dec.checkpointing = true;
+            dec.forward(&ids, &[0, t], Some(5)).unwrap();
+            assert_eq!(
+                est.activations_per_seq_checkpointed,
+                dec.activation_bytes(),
+                "{what}"
+            );
+            dec.forward(&two, &[0, t, 2 * t], Some(5)).unwrap();
+            assert_eq!(
+                2 * est.activations_per_seq_checkpointed,
+                dec.activation_bytes(),
+                "{what}"
+            );
         }
     }
 }

@@ -248,8 +248,12 @@ impl Backbone for BlocksCpu {
             Some(l) => format!("LoRA r {} alpha {} on {}", l.r, l.alpha, l.targets.join(",")),
             None => "full fine-tuning".into(),
         };
+        let ckpt = match self.model.checkpointing {
+            true => ", gradient checkpointing",
+            false => "",
+        };
         format!(
-            "{} ({} layers, hidden {}) on the cpu, f32, {how}, {} trainable",
+            "{} ({} layers, hidden {}) on the cpu, f32, {how}{ckpt}, {} trainable",
             b.model_type,
             b.uses.len(),
             b.hidden_size,

@@ -102,7 +102,8 @@ pub struct DecoderSettings {
     pub base_model: Option<PathBuf>,
     /// Encoding only: a full checkpoint keeps every weight in its dtype, nothing trainable.
     pub inference_only: bool,
-    /// Gradient checkpointing (the encoder families of `angle-models`; refused elsewhere before loading).
+    /// Gradient checkpointing: layer inputs kept, each layer recomputed inside backward (the decoder family and
+    /// angle-models' encoders; a BERT-family run that asks for it goes through angle-models' blocks).
     pub gradient_checkpointing: bool,
     /// Shard size of full and merged saves (`None`: 5GB).
     pub max_shard_bytes: Option<u64>,
@@ -164,6 +165,7 @@ pub fn load_decoder(
         frozen: s.inference_only,
     };
     let mut dec = Decoder::load(&base, opts).map_err(dec_err)?;
+    dec.checkpointing = s.gradient_checkpointing;
     if let Some(b) = s.max_shard_bytes {
         dec.max_shard_bytes = b;
     }
@@ -182,6 +184,10 @@ impl Backbone for DecoderCpu {
         let how = match &self.dec.lora {
             Some(l) => format!("LoRA r {} alpha {} on {}", l.r, l.alpha, l.targets.join(",")),
             None => "full fine-tuning".into(),
+        };
+        let how = match self.dec.checkpointing {
+            true => format!("{how}, gradient checkpointing"),
+            false => how,
         };
         let products = match self.dec.precision() {
             angle_encoder::Precision::Bf16 => format!(

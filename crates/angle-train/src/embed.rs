@@ -246,8 +246,9 @@ pub fn load_backbone(
     opts: LoadOptions,
 ) -> Result<(Box<dyn Backbone>, TextTokenizer)> {
     let dir = &crate::hub::model_dir(dir)?;
-    let lora = opts.decoder.lora.is_some();
-    let (model, tok) = if crate::blocks::uses_blocks(dir, lora, opts.decoder.base_model.as_deref())? {
+    // LoRA and gradient checkpointing of a BERT-family encoder run on angle-models' blocks
+    let blocks = opts.decoder.lora.is_some() || opts.decoder.gradient_checkpointing;
+    let (model, tok) = if crate::blocks::uses_blocks(dir, blocks, opts.decoder.base_model.as_deref())? {
         load_blocks_backbone(dir, max_len, &opts)?
     } else if is_decoder_folder(dir)? {
         load_decoder_backbone(dir, max_len, &opts)?

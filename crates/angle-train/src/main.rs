@@ -775,7 +775,11 @@ fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
 fn auto_train_bf16(config: &TrainConfig) -> anyhow::Result<bool> {
     let dir = angle_train::hub::model_dir(&config.model)?;
     if angle_train::decoder::is_decoder_folder(&dir)?
-        || angle_train::blocks::uses_blocks(&dir, config.lora.is_some(), None)?
+        || angle_train::blocks::uses_blocks(
+            &dir,
+            config.lora.is_some() || config.gradient_checkpointing,
+            None,
+        )?
     {
         return Ok(false);
     }

@@ -347,7 +347,9 @@ pub fn check_train_model(c: &TrainConfig, m: &ModelShape, device: Device) -> Res
     let dir = m.dir.display();
     match m.family {
         Family::Bert | Family::Blocks { .. } => {
-            let blocks = c.lora.is_some() || matches!(m.family, Family::Blocks { .. });
+            // LoRA or checkpointing of a BERT-family encoder: angle-models' blocks (as `load_backbone` does)
+            let blocks =
+                c.lora.is_some() || c.gradient_checkpointing || matches!(m.family, Family::Blocks { .. });
             if let Some(spec) = crate::decoder::settings_for(c)
                 .lora
                 .as_ref()
@@ -359,21 +361,17 @@ pub fn check_train_model(c: &TrainConfig, m: &ModelShape, device: Device) -> Res
                     |e| TrainError::Config(format!("--lora-targets {:?}: {e}", spec.targets.join(","))),
                 )?;
             }
-            if c.gradient_checkpointing && !blocks {
-                return refuse(format!(
-                    "--gradient-checkpointing: {dir} trains on angle-encoder's BERT path, which has no recompute yet; \
-                     ELECTRA, ALBERT, ModernBERT and any encoder with --lora-* have it"
-                ));
-            }
             if blocks {
                 let what = if c.lora.is_some() {
                     "a LoRA run of an encoder"
+                } else if c.gradient_checkpointing && matches!(m.family, Family::Bert) {
+                    "a gradient-checkpointed BERT-family run (angle-models' blocks)"
                 } else {
                     "this encoder family"
                 };
                 if c.ese.is_some() {
                     return refuse(format!(
-                        "--ese: {what} ({dir}) has no layered forward yet; BERT without LoRA has"
+                        "--ese: {what} ({dir}) has no layered forward yet; BERT without LoRA or checkpointing has"
                     ));
                 }
                 if let Device::Cuda(_) = device {
@@ -393,12 +391,6 @@ pub fn check_train_model(c: &TrainConfig, m: &ModelShape, device: Device) -> Res
             }
         }
         Family::Decoder { .. } => {
-            if c.gradient_checkpointing {
-                return refuse(format!(
-                    "--gradient-checkpointing: {dir} is a decoder-family model, which has no recompute yet; the \
-                     encoder families of angle-models have it"
-                ));
-            }
             if let Some(lora) = crate::decoder::settings_for(c).lora {
                 lora.target_mask().map_err(|e| {
                     TrainError::Config(format!("--lora-targets {:?}: {e}", lora.targets.join(",")))
