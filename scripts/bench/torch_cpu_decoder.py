@@ -47,6 +47,7 @@ def main():
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast for the model's forward")
+    ap.add_argument("--checkpointing", action="store_true", help="gradient_checkpointing_enable() in training")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     from transformers import AutoModelForCausalLM
@@ -66,6 +67,10 @@ def main():
         stack = model.get_base_model().model
     else:
         stack = model.model
+    if a.checkpointing and a.kind != "encode":
+        # transformers' own recompute; non-reentrant, so a frozen embedding needs no input gradient hook
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
     load_s = time.perf_counter() - t0
     texts = 2 * a.pairs
 

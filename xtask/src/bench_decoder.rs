@@ -31,6 +31,9 @@ struct Opts {
     only: Option<String>,
     /// Also (the parent) or only (a child) bf16 products: ours with `Precision::Bf16`, PyTorch's autocast.
     bf16: bool,
+    /// Gradient checkpointing in the train rows (ours: `Decoder::checkpointing`; PyTorch:
+    /// `gradient_checkpointing_enable()`).
+    checkpointing: bool,
     /// Also (the parent) or only (a child) int8 products on the frozen weights: LoRA's 8-bit base
     /// (`--load-kbit 8`) and int8 encoding; ours only (PyTorch has no CPU int8 LoRA to set beside it).
     int8: bool,
@@ -39,14 +42,15 @@ struct Opts {
 }
 
 fn usage() -> &'static str {
-    "cargo xtask bench-decoder [--pairs 32] [--len 64] [--steps 2] [--threads N] [--only lora|full|encode] [--bf16] [--int8] [--torch PYTHON]\n\n\
+    "cargo xtask bench-decoder [--pairs 32] [--len 64] [--steps 2] [--threads N] [--only lora|full|encode] [--bf16] [--int8] [--checkpointing] [--torch PYTHON]\n\n\
      Train step of a Qwen3-0.6B shape with LoRA r 32 (all linear), of a Qwen2.5-0.5B shape fully fine-tuned, and\n\
      encode throughput of the 0.6B shape, on random weights; with --torch, the same work in PyTorch + peft\n\
      (scripts/bench/torch_cpu_decoder.py) on the same weights, threads and token ids. --bf16: every row again\n\
      with bf16 products (ours: --precision bf16 on the CPU's bf16 kernel; PyTorch: bf16 autocast, with the base\n\
      loaded in bf16 for LoRA and encoding as angle-emb loads an LLM, f32 master weights for full fine-tuning).\n\
      --int8: the LoRA and encode rows again with the frozen weights in int8 (ours: --load-kbit 8 / --precision\n\
-     int8; no PyTorch column).\n\
+     int8; no PyTorch column). --checkpointing: gradient checkpointing in the train rows on both sides\n\
+     (PyTorch: gradient_checkpointing_enable(), non-reentrant).\n\
      Each ratio is ours / PyTorch within one row: the same work and precision, measured in this run."
 }
 
@@ -59,6 +63,7 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
         torch: None,
         only: None,
         bf16: false,
+        checkpointing: false,
         int8: false,
         child: None,
     };
@@ -74,6 +79,7 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
             "--torch" => o.torch = Some(PathBuf::from(value()?)),
             "--only" => o.only = Some(value()?.clone()),
             "--bf16" => o.bf16 = true,
+            "--checkpointing" => o.checkpointing = true,
             "--int8" => o.int8 = true,
             "--child" => {
                 let kind = value()?.clone();
@@ -169,7 +175,7 @@ fn tensor_shapes(c: &Value) -> Vec<(String, Vec<usize>)> {
 
 /// Writes `config.json` and a bf16 `model.safetensors` of random weights (norms 1, the rest uniform with the
 /// standard deviation 0.02 of transformers' initialisation) into `dir`.
-fn write_model(dir: &Path, name: &str) -> anyhow::Result<()> {
+pub(crate) fn write_model(dir: &Path, name: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let c = config(name);
     std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&c)?)?;
@@ -242,6 +248,7 @@ fn child(o: &Opts, kind: &str, dir: &Path) -> anyhow::Result<Value> {
     } else if o.bf16 {
         dec.set_precision(Precision::Bf16)?;
     }
+    dec.checkpointing = o.checkpointing;
     let load_s = t_load.elapsed().as_secs_f64();
     let h = dec.config.hidden_size;
     let texts = 2 * o.pairs;
@@ -401,6 +408,9 @@ fn measure_row<'a>(
     if precision != "f32" {
         common.push(format!("--{precision}"));
     }
+    if o.checkpointing {
+        common.push("--checkpointing".into());
+    }
     eprintln!("bench-decoder: angle {kind} on {model}, {precision} ...");
     let mut args = vec!["bench-decoder".to_string()];
     args.extend(common.iter().cloned());
@@ -446,11 +456,16 @@ fn print_table(o: &Opts, rows: &[Row<'_>]) {
         _ => "encode (eval mode, last-token pooling)",
     };
     println!(
-        "\n{} texts of {} tokens per step/pass ({} pairs), {} threads, random weights\n",
+        "\n{} texts of {} tokens per step/pass ({} pairs), {} threads, random weights{}\n",
         2 * o.pairs,
         o.len,
         o.pairs,
-        o.threads
+        o.threads,
+        if o.checkpointing {
+            ", gradient checkpointing in the train steps"
+        } else {
+            ""
+        }
     );
     println!(
         "| work | model | products | PyTorch tokens/s | angle tokens/s | ratio | PyTorch peak RSS | angle peak RSS |"

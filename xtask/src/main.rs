@@ -8,6 +8,7 @@
 //! - `bench-decoder` the decoder family's train step and encode beside PyTorch + peft (`bench_decoder.rs`)
 //! - `bench-mine` hard-negative mining's search at 100k × 1M, and `angle mine` beside sentence-transformers
 //!   (`bench_mine.rs`)
+//! - `memory-check` the start-up memory estimate against the peak resident set of real runs (`memory_check.rs`)
 //! - `gpu-check` prepares and describes the one GPU run (`gpu_check.rs`)
 //! - `kernels`   the CPU's bf16 kernels: present ones checked, `--require NAME` fails on a missing one (`kernels.rs`)
 
@@ -18,6 +19,7 @@ mod bench_decoder;
 mod bench_mine;
 mod gpu_check;
 mod kernels;
+mod memory_check;
 mod staged;
 mod train;
 
@@ -31,6 +33,7 @@ const TASKS: &[&str] = &[
     "bench-mine",
     "gpu-check",
     "kernels",
+    "memory-check",
 ];
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +52,7 @@ fn main() -> anyhow::Result<()> {
         "bench-mine" => bench_mine::run(&rest),
         "gpu-check" => gpu_check::run(&rest),
         "kernels" => kernels::run(&rest),
+        "memory-check" => memory_check::run(&rest),
         other => {
             anyhow::bail!("unknown task {other:?}; tasks: {}", TASKS.join(", "))
         }

@@ -19,6 +19,12 @@ pub struct MemoryEstimate {
     /// The same with gradient checkpointing: every layer's input, one layer's working set (the slot forward
     /// runs every layer in and backward recomputes each layer into) and the final norm's.
     pub activations_per_seq_checkpointed: usize,
+    /// Backward's work buffers per sequence (gradients of one layer's activations, its attention
+    /// probabilities, LoRA dropout's inputs; with checkpointing, the recomputed layer's output).
+    pub working_per_seq: usize,
+    pub working_per_seq_checkpointed: usize,
+    /// Work buffers that do not grow with the batch: one frozen weight widened to f32 for its product.
+    pub working_fixed: usize,
 }
 
 impl MemoryEstimate {
@@ -59,6 +65,16 @@ impl MemoryEstimate {
         let last = t * (2 * h + 1);
         let acts = l * layer + last;
         let checkpointed = l.min(1) * (layer - t * h) + l * t * h + last;
+        // backward's scratch: dx, dh, dhidden; dq, datt (+ dq_raw), dk, dv (+ dk_raw); dgate, dup, dact;
+        // LoRA dropout's masked input and its gradient; LoRA's dxa; one layer's dprobs
+        let qk = usize::from(c.qk_norm);
+        let dropout = lora.is_some_and(|lc| lc.dropout > 0.0);
+        let widest_in = linear.iter().map(|(a, _)| *a).max().unwrap_or(0);
+        let work_token =
+            3 * h + (2 + qk) * qd + (2 + qk) * kvd + 3 * i + if dropout { 2 * widest_in } else { 0 } + r;
+        let working = t * work_token + probs;
+        let widest = linear.iter().map(|(a, b)| a * b).max().unwrap_or(0);
+        let working_fixed = if lora.is_some() { 4 * widest } else { 0 };
         MemoryEstimate {
             params,
             trainable,
@@ -66,6 +82,9 @@ impl MemoryEstimate {
             trainable_state: 12 * trainable,
             activations_per_seq: 4 * acts,
             activations_per_seq_checkpointed: 4 * checkpointed,
+            working_per_seq: 4 * working,
+            working_per_seq_checkpointed: 4 * (working + t * h),
+            working_fixed,
         }
     }
 }

@@ -255,6 +255,23 @@ impl Model {
         Ok(&self.run.hidden)
     }
 
+    /// Bytes of every activation and work buffer the model holds (grown to the largest batch so far):
+    /// what one batch costs beyond the weights and the trainable state.
+    pub fn activation_bytes(&self) -> usize {
+        let r = &self.run;
+        let floats = r.emb.floats()
+            + r.emb_out.len()
+            + r.proj.floats()
+            + r.xs.iter().map(Vec::len).sum::<usize>()
+            + r.layers.iter().map(LayerState::floats).sum::<usize>()
+            + r.final_norm.floats()
+            + r.hidden.len()
+            + self.dgrad.iter().map(Vec::len).sum::<usize>()
+            + self.demb.len()
+            + self.recompute_out.len();
+        4 * floats
+    }
+
     /// The last hidden state of the last forward.
     pub fn hidden(&self) -> &[f32] {
         &self.run.hidden

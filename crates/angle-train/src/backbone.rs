@@ -146,6 +146,12 @@ pub trait Backbone {
     fn moments(&mut self) -> Result<(&[f32], &[f32])>;
     /// Restores the moments of a resumed run.
     fn set_moments(&mut self, m: Vec<f32>, v: Vec<f32>) -> Result<()>;
+    /// The run's resident memory at `sizes` (after [`Backbone::reserve`]): weights, trainable state,
+    /// activations and work buffers, on the host. `None` where the backbone has no estimate (it runs
+    /// unchecked, and says so).
+    fn memory_plan(&self, _sizes: Sizes) -> Option<crate::memory::MemoryPlan> {
+        None
+    }
     /// Writes the model's own files into the checkpoint folder `dir` (`config.json` and weights, or an
     /// adapter); `files_from` is the folder the model was loaded from (for files to carry along).
     fn write_weights(&mut self, dir: &Path, files_from: &Path) -> Result<()>;
@@ -287,6 +293,24 @@ impl Backbone for BertCpu {
 
     fn embed(&mut self, batch: &Packed<'_>, pooled: &mut Vec<f32>) -> Result<()> {
         self.pool(batch, false, None, pooled)
+    }
+
+    fn memory_plan(&self, _sizes: Sizes) -> Option<crate::memory::MemoryPlan> {
+        let c = &self.enc.config;
+        let params = self.enc.buffers.params.len();
+        // bf16 copies of the linear weights: one for the forward, one more for backward's `dy · W`
+        let linear = c.num_hidden_layers
+            * (4 * c.hidden_size * c.hidden_size + 2 * c.hidden_size * c.intermediate_size);
+        let copies = usize::from(self.enc.train_precision() == angle_encoder::Precision::Bf16) * 2
+            + usize::from(self.enc.inference_precision() == angle_encoder::Precision::Bf16);
+        let arena = |a: &Option<Activations>| a.as_ref().map_or(0, Activations::bytes_reserved);
+        Some(crate::memory::MemoryPlan {
+            weights: 4 * params + 2 * linear * copies.min(2),
+            trainable_state: 12 * params,
+            // the train arena holds backward's scratch too
+            activations: arena(&self.train),
+            working: arena(&self.eval) + crate::memory::PROCESS_BYTES,
+        })
     }
 
     fn forward_train(

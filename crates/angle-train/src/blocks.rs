@@ -35,6 +35,10 @@ pub struct BlocksCpu {
     dhidden: Vec<f32>,
     /// Full and merged saves are split into shards above this size.
     pub max_shard_bytes: u64,
+    /// Activation and work bytes of one training sequence of the longest length, and those that do not
+    /// grow with the batch ([`Backbone::reserve`]).
+    bytes_per_seq: usize,
+    bytes_fixed: usize,
 }
 
 /// `config.json`'s `model_type` of a folder (`None` without one).
@@ -127,6 +131,8 @@ pub fn load_blocks(
             base,
             dhidden: Vec::new(),
             max_shard_bytes: angle_models::weights::DEFAULT_MAX_SHARD_BYTES,
+            bytes_per_seq: 0,
+            bytes_fixed: 0,
         },
         tok_dir,
     ))
@@ -269,9 +275,43 @@ impl Backbone for BlocksCpu {
         self.pooler.kind
     }
 
-    fn reserve(&mut self, _sizes: Sizes) -> Result<()> {
-        // Each block's state grows to the largest batch at its first forward and is reused.
+    fn reserve(&mut self, sizes: Sizes) -> Result<()> {
+        // Each block's state grows to the largest batch at its first forward and is reused. For the memory
+        // estimate, what a batch holds is measured here on train steps of one and of two sequences of the
+        // longest length: every buffer grows linearly with the sequences, a few (gradient sinks) not at all.
+        if sizes.train_seqs > 0 && sizes.max_len > 0 && !self.model.buffers.params.is_empty() {
+            let mut held = [0usize; 2];
+            for (k, seqs) in [1usize, 2].into_iter().enumerate() {
+                let ids = vec![0u32; seqs * sizes.max_len];
+                let offsets: Vec<usize> = (0..=seqs).map(|s| s * sizes.max_len).collect();
+                let probe = Packed {
+                    input_ids: &ids,
+                    token_type_ids: &[],
+                    seq_offsets: &offsets,
+                };
+                let mut pooled = Vec::new();
+                self.forward_train(&probe, Some(0), &mut pooled)?;
+                let zeros = vec![0.0f32; pooled.len()];
+                self.backward(&probe, &zeros)?;
+                held[k] = self.model.activation_bytes();
+            }
+            self.model.zero_grad();
+            self.bytes_per_seq = held[1].saturating_sub(held[0]);
+            self.bytes_fixed = held[0].saturating_sub(self.bytes_per_seq);
+        }
         Ok(())
+    }
+
+    fn memory_plan(&self, sizes: Sizes) -> Option<crate::memory::MemoryPlan> {
+        let m = &self.model;
+        let trainable = m.buffers.params.len();
+        Some(crate::memory::MemoryPlan {
+            weights: 4 * (trainable + m.frozen.len()),
+            trainable_state: 12 * trainable,
+            // an evaluation batch runs through the same (grow-only) states
+            activations: self.bytes_fixed + self.bytes_per_seq * sizes.train_seqs.max(sizes.embed_seqs),
+            working: crate::memory::PROCESS_BYTES,
+        })
     }
 
     fn embed(&mut self, batch: &Packed<'_>, pooled: &mut Vec<f32>) -> Result<()> {

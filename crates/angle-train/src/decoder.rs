@@ -217,6 +217,33 @@ impl Backbone for DecoderCpu {
         )
     }
 
+    fn memory_plan(&self, sizes: Sizes) -> Option<crate::memory::MemoryPlan> {
+        let d = &self.dec;
+        let weight_bytes = d
+            .checkpoint
+            .tensors
+            .get("model.embed_tokens.weight")
+            .map_or(4, |t| t.dtype.bytes());
+        let e = angle_decoder::MemoryEstimate::new(&d.config, d.lora.as_ref(), weight_bytes, sizes.max_len);
+        let (acts, work) = match d.checkpointing {
+            true => (e.activations_per_seq_checkpointed, e.working_per_seq_checkpointed),
+            false => (e.activations_per_seq, e.working_per_seq),
+        };
+        // Full fine-tuning read every weight through the checkpoint's map: its pages stay resident. A LoRA
+        // run's frozen embedding table stays in the map, where only the rows of the tokens used get paged in.
+        let (mapped, unread) = match d.lora {
+            None => (weight_bytes * e.params, 0),
+            Some(_) => (0, weight_bytes * d.config.vocab_size * d.config.hidden_size),
+        };
+        Some(crate::memory::MemoryPlan {
+            weights: (e.weights + mapped + d.bf16_bytes()).saturating_sub(unread),
+            trainable_state: e.trainable_state,
+            // an evaluation batch runs through the same (grow-only) buffers as a training one
+            activations: sizes.train_seqs.max(sizes.embed_seqs) * acts,
+            working: sizes.train_seqs * work + e.working_fixed + crate::memory::PROCESS_BYTES,
+        })
+    }
+
     fn hidden_size(&self) -> usize {
         self.dec.config.hidden_size
     }

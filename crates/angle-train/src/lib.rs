@@ -23,6 +23,7 @@ pub mod ese;
 pub mod evaluate;
 pub mod grad_cache;
 pub mod hub;
+pub mod memory;
 pub mod metrics;
 pub mod mine;
 pub mod npy;

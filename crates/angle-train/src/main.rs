@@ -105,6 +105,10 @@ struct TrainArgs {
     /// Replace an earlier run's checkpoints in --output (refused without it).
     #[arg(long)]
     overwrite: bool,
+    /// Run even where the memory estimate printed at start-up exceeds the memory this machine has
+    /// available (refused without it).
+    #[arg(long)]
+    no_memory_check: bool,
     /// Where the encoder trains: cpu, or cuda (a build with `--features cuda`; mean or cls pooling).
     #[arg(long, default_value = "cpu")]
     device: Device,
@@ -724,6 +728,7 @@ fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
         device,
         cpu_bf16,
         overwrite: a.overwrite,
+        no_memory_check: a.no_memory_check,
     };
     let s = angle_train::train(config, a.resume.as_deref(), &opts)?;
     println!("== run summary");
@@ -762,6 +767,15 @@ fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
         "skipped rows: train {}, valid {}; texts truncated: {}",
         s.skipped_train_rows, s.skipped_valid_rows, s.truncated_texts
     );
+    if let Some(peak) = s.peak_rss_bytes {
+        let estimate = s
+            .memory_estimate_bytes
+            .map_or("none".to_string(), angle_train::memory::gb);
+        println!(
+            "peak resident set {} (estimate at start-up {estimate})",
+            angle_train::memory::gb(peak)
+        );
+    }
     println!("output: {}", s.output.display());
     if s.interrupted {
         std::process::exit(130);

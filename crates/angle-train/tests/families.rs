@@ -276,3 +276,51 @@ fn gradient_checkpointing_trains_the_same_weights_bit_for_bit() {
         "BERT with checkpointing drifts from the plain step by {worst}"
     );
 }
+
+/// The memory estimate of a blocks model (one sequence measured at `reserve`, times the sequences of a
+/// batch) against what a real batch of that many full-length sequences makes the model hold, with and
+/// without checkpointing and LoRA.
+#[test]
+fn memory_estimate_equals_what_a_batch_allocates() {
+    use angle_train::backbone::{Backbone, Packed, Sizes};
+    let lora = angle_decoder::LoraConfig {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.1,
+        targets: vec!["all-linear".into()],
+        seed: 1,
+    };
+    for model in family_models() {
+        for (ckpt, l) in [
+            (false, None),
+            (true, None),
+            (false, Some(&lora)),
+            (true, Some(&lora)),
+        ] {
+            let spec = l.map(angle_train::blocks::lora_spec);
+            let (mut b, _) = angle_train::blocks::load_blocks(&model, None, spec, None, false).unwrap();
+            b.model.checkpointing = ckpt;
+            let (seqs, len) = (3, 7);
+            let sizes = Sizes {
+                train_seqs: seqs,
+                embed_seqs: 0,
+                max_len: len,
+            };
+            b.reserve(sizes).unwrap();
+            let plan = b.memory_plan(sizes).unwrap();
+            let ids: Vec<u32> = (0..(seqs * len) as u32).map(|i| 1 + i % 5).collect();
+            let offsets: Vec<usize> = (0..=seqs).map(|s| s * len).collect();
+            let batch = Packed {
+                input_ids: &ids,
+                token_type_ids: &[],
+                seq_offsets: &offsets,
+            };
+            let mut pooled = Vec::new();
+            b.forward_train(&batch, Some(3), &mut pooled).unwrap();
+            b.backward(&batch, &vec![0.01; pooled.len()]).unwrap();
+            let what = format!("{} (checkpointing {ckpt}, LoRA {})", model.display(), l.is_some());
+            assert_eq!(plan.activations, b.model.activation_bytes(), "{what}");
+            assert_eq!(plan.trainable_state, 12 * b.trainable_len(), "{what}");
+        }
+    }
+}

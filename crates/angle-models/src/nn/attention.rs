@@ -69,6 +69,31 @@ pub struct AttentionState {
     probs_seed: Option<u64>,
 }
 
+impl AttentionState {
+    /// Floats held (activations and work buffers).
+    pub fn floats(&self) -> usize {
+        [
+            &self.qkv,
+            &self.q,
+            &self.k,
+            &self.v,
+            &self.probs,
+            &self.scratch,
+            &self.ctx,
+            &self.dctx,
+            &self.dq,
+            &self.dk,
+            &self.dv,
+            &self.dqkv,
+        ]
+        .iter()
+        .map(|v| v.len())
+        .sum::<usize>()
+            + self.lin_qkv.floats()
+            + self.lin_out.floats()
+    }
+}
+
 /// Dropout seeds of one use: probabilities, and the LoRA dropouts of the two products.
 #[derive(Debug, Clone, Copy)]
 pub struct AttentionSeeds {

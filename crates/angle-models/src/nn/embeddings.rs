@@ -53,6 +53,19 @@ pub struct EmbeddingsState {
     seed: Option<u64>,
 }
 
+impl EmbeddingsState {
+    /// Floats held (ids counted as one float each).
+    pub fn floats(&self) -> usize {
+        self.positions.len()
+            + self.types.len()
+            + [&self.sum, &self.normed, &self.dsum, &self.dnormed]
+                .iter()
+                .map(|v| v.len())
+                .sum::<usize>()
+            + self.norm.floats()
+    }
+}
+
 impl Embeddings {
     pub fn new(vb: &mut VarBuilder, module: &str, c: &EmbeddingsConfig) -> Embeddings {
         let [w, p, t, n] = c.names;

@@ -67,6 +67,29 @@ pub struct LayerState {
     seeds: Option<LayerSeeds>,
 }
 
+impl LayerState {
+    /// Floats held (activations and work buffers of this use).
+    pub fn floats(&self) -> usize {
+        [
+            &self.attn_out,
+            &self.res1,
+            &self.h1,
+            &self.ffn,
+            &self.res2,
+            &self.d1,
+            &self.d2,
+            &self.d3,
+        ]
+        .iter()
+        .map(|v| v.len())
+        .sum::<usize>()
+            + self.attn.floats()
+            + self.mlp.floats()
+            + self.n1.floats()
+            + self.n2.floats()
+    }
+}
+
 fn zeroed(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     v.clear();
     v.resize(n, 0.0);

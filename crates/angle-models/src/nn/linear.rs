@@ -54,6 +54,14 @@ pub struct LinearState {
     seed: Option<u64>,
 }
 
+impl LinearState {
+    /// Floats held (LoRA's saved inputs and work buffers).
+    pub fn floats(&self) -> usize {
+        let per_adapter: usize = self.xd.iter().chain(&self.xa).map(Vec::len).sum();
+        per_adapter + self.cols.len() + self.dxa.len() + self.dxd.len()
+    }
+}
+
 impl Linear {
     /// The module at `module` (`{module}.weight`, `{module}.bias`).
     pub fn new(

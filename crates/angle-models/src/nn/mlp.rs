@@ -35,6 +35,20 @@ pub struct MlpState {
     lin_o: LinearState,
 }
 
+impl MlpState {
+    /// Floats held (activations and work buffers).
+    pub fn floats(&self) -> usize {
+        [
+            &self.pre, &self.a, &self.act, &self.mid, &self.dmid, &self.dact, &self.da, &self.dpre,
+        ]
+        .iter()
+        .map(|v| v.len())
+        .sum::<usize>()
+            + self.lin_i.floats()
+            + self.lin_o.floats()
+    }
+}
+
 impl Mlp {
     fn inter(&self) -> usize {
         self.wo.in_dim

@@ -24,6 +24,13 @@ pub struct NormState {
     sink_b: Vec<f32>,
 }
 
+impl NormState {
+    /// Floats held.
+    pub fn floats(&self) -> usize {
+        self.mean.len() + self.rstd.len() + self.sink_w.len() + self.sink_b.len()
+    }
+}
+
 impl LayerNorm {
     /// The module at `module` (`{module}.weight`, and `{module}.bias` when `bias`).
     pub fn new(vb: &mut VarBuilder, module: &str, dim: usize, eps: f64, bias: bool) -> LayerNorm {

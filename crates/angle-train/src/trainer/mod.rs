@@ -60,6 +60,8 @@ pub struct TrainOptions {
     pub cpu_bf16: bool,
     /// A new run may replace an earlier run's files in the output folder (else it is refused).
     pub overwrite: bool,
+    /// Run even where the memory estimate exceeds the memory available (`--no-memory-check`).
+    pub no_memory_check: bool,
 }
 
 /// What a run did.
@@ -93,6 +95,12 @@ pub struct RunSummary {
     pub interrupted: bool,
     pub resumed_from_step: Option<u64>,
     pub output: PathBuf,
+    /// The memory estimate printed at start-up (`None` where the backbone has none).
+    #[serde(default)]
+    pub memory_estimate_bytes: Option<u64>,
+    /// The process's peak resident set (`VmHWM`), at the end of the run.
+    #[serde(default)]
+    pub peak_rss_bytes: Option<u64>,
 }
 
 fn read_options(c: &TrainConfig, format: Option<Format>) -> Result<ReadOptions> {
@@ -295,7 +303,7 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
             .unwrap_or(2);
     // Before anything is written: a missing driver or an unsupported model fails here.
     let embedder = Embedder::new(config.eval_batch_size, max_len);
-    model.reserve(Sizes {
+    let sizes = Sizes {
         // GradCache: one chunk's activations at a time
         train_seqs: config.grad_cache.map_or(rows_max, |n| n.min(rows_max)),
         embed_seqs: if valid.is_some() || retrieval_set.is_some() {
@@ -304,7 +312,23 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
             0
         },
         max_len,
-    })?;
+    };
+    model.reserve(sizes)?;
+    // The memory the run will take, against what this machine has left (before anything is written).
+    let memory = model.memory_plan(sizes);
+    match &memory {
+        Some(plan) => {
+            let held = crate::memory::resident_bytes();
+            let line = crate::memory::check(
+                plan,
+                held,
+                crate::memory::available_bytes(),
+                opts.no_memory_check,
+            )?;
+            eprintln!("{line}");
+        }
+        None => eprintln!("memory estimate: none for {} yet (not checked)", model.describe()),
+    }
 
     // The teacher before anything is written: a width or tokenizer it does not share is refused here.
     let teacher = if let Some(t) = &config.teacher {
@@ -553,6 +577,8 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
         interrupted,
         resumed_from_step,
         output: out.clone(),
+        memory_estimate_bytes: memory.map(|p| p.total() as u64),
+        peak_rss_bytes: crate::memory::peak_resident_bytes(),
     };
     let p = out.join(SUMMARY);
     let text = serde_json::to_string_pretty(&summary).map_err(|source| TrainError::Json {
