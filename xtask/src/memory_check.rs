@@ -192,14 +192,14 @@ fn gb_after(text: &str, key: &str) -> Option<f64> {
     text[at..].split_whitespace().next()?.parse().ok()
 }
 
-/// `n` format-A rows whose texts are 300 common words each: cut at any `--max-length` up to 256.
+/// `n` format-A rows whose texts are 600 common words each: cut at any `--max-length` up to 512.
 fn write_pairs(path: &Path, n: usize) -> anyhow::Result<PathBuf> {
     const WORDS: &[&str] = &[
         "the", "man", "is", "playing", "a", "guitar", "woman", "dog", "runs", "in", "park", "child", "reads",
         "book", "car", "drives", "on", "road", "cat", "sleeps", "house", "red", "blue", "small", "large",
     ];
     let text = |row: usize, col: usize| {
-        (0..300)
+        (0..600)
             .map(|i| WORDS[(splitmix((row * 2 + col) as u64, i) % WORDS.len() as u64) as usize])
             .collect::<Vec<_>>()
             .join(" ")

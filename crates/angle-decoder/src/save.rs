@@ -10,16 +10,10 @@ use crate::lora::{MODULES, module_parent, peft_name};
 use crate::model::Decoder;
 use crate::weights::{TensorSpec, write_safetensors, write_sharded};
 
-/// Files copied from the base folder next to a full checkpoint (those that exist). Not the base's
-/// sentence-transformers files: they describe the base's pooling, and whoever saves knows the pooling
-/// it trained with (angle's trainer writes them for it).
-const COPIED: [&str; 5] = [
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-];
+/// Files copied from the base folder next to a full checkpoint (those that exist), besides the tokenizer's
+/// ([`angle_models::weights::TOKENIZER_FILES`]). Not the base's sentence-transformers files: they describe the
+/// base's pooling, and whoever saves knows the pooling it trained with (angle's trainer writes them for it).
+const COPIED: [&str; 2] = ["config.json", "generation_config.json"];
 
 impl Decoder {
     /// Writes `adapter_config.json` and `adapter_model.safetensors` (f32, peft's names) into `dir`.
@@ -111,7 +105,7 @@ impl Decoder {
             }
             Ok(())
         })?;
-        for f in COPIED {
+        for f in COPIED.iter().chain(angle_models::weights::TOKENIZER_FILES) {
             let src = self.checkpoint.dir.join(f);
             if src.is_file() {
                 std::fs::copy(&src, dir.join(f)).map_err(io_err(&src))?;

@@ -2,7 +2,9 @@
 //! `pytorch_model.bin`, ONNX or other copies), or a dataset split's data files.
 
 /// A model's tokenizer files: `tokenizer.json` (what angle reads) and those a checkpoint carries along for other
-/// tools (BERT, RoBERTa and XLM-R vocabularies).
+/// tools (BERT, RoBERTa and XLM-R vocabularies, the LLaMA family's sentencepiece model). The same list as
+/// `angle_models::weights::TOKENIZER_FILES`, which every save copies from (angle-train's tests hold them equal;
+/// this crate stays free of the model crates).
 pub const TOKENIZER_FILES: &[&str] = &[
     "tokenizer.json",
     "tokenizer_config.json",
@@ -12,6 +14,7 @@ pub const TOKENIZER_FILES: &[&str] = &[
     "merges.txt",
     "added_tokens.json",
     "sentencepiece.bpe.model",
+    "tokenizer.model",
 ];
 
 /// Other small files read or carried into checkpoints when the repository has them.

@@ -329,6 +329,22 @@ pub fn write_safetensors(path: &Path, tensors: Vec<(String, Dtype, Vec<usize>, V
     std::fs::rename(&tmp, path).map_err(io_err(path))
 }
 
+/// A model's tokenizer files: `tokenizer.json` (what angle reads) and those a checkpoint carries along for
+/// other tools (BERT, RoBERTa and XLM-R vocabularies, the LLaMA family's sentencepiece model). The one list
+/// every save copies from (the trainer's checkpoints, merged models, the decoder's full saves); `angle-hub`
+/// downloads the same files (a test there holds its list equal to this one).
+pub const TOKENIZER_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+];
+
 /// transformers' default `max_shard_size` ("5GB", decimal).
 pub const DEFAULT_MAX_SHARD_BYTES: u64 = 5_000_000_000;
 

@@ -398,7 +398,7 @@ impl Backbone for BlocksCpu {
         // the folder appears complete or not at all
         crate::atomic::write_dir_atomic(dir, |tmp| {
             self.write_full(tmp, true)?;
-            for name in angle_hub::select::TOKENIZER_FILES {
+            for name in angle_models::weights::TOKENIZER_FILES {
                 let from = [settings_from, &self.base].map(|d| d.join(name));
                 if let Some(src) = from.iter().find(|p| p.is_file()) {
                     std::fs::copy(src, tmp.join(name)).map_err(io_err(src))?;

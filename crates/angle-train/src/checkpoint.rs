@@ -169,7 +169,7 @@ pub fn write_model_files(
 ) -> Result<()> {
     model.write_weights(dir, files_from)?;
     let pooling = model.pooling();
-    for name in angle_hub::select::TOKENIZER_FILES.iter().chain(COPIED) {
+    for name in angle_models::weights::TOKENIZER_FILES.iter().chain(COPIED) {
         let src = files_from.join(name);
         if src.is_file() {
             std::fs::copy(&src, dir.join(name)).map_err(io_err(&src))?;

@@ -89,11 +89,12 @@ pub fn check(plan: &MemoryPlan, already: u64, available: Option<u64>, insist: bo
     };
     match available {
         Some(a) if need > a && !insist => Err(TrainError::Config(format!(
-            "this run needs about {} more memory than it holds now, and this machine has {} available ({line}); \
+            "this run needs about {} more memory than it holds now, and this machine has {} available ({}); \
              fewer pairs per batch, --max-length, --grad-cache N, --gradient-checkpointing or LoRA lower it, \
              --no-memory-check runs it anyway",
             gb(need),
-            gb(a)
+            gb(a),
+            plan.describe()
         ))),
         _ => Ok(line),
     }

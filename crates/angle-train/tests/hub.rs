@@ -282,3 +282,12 @@ fn retrieval_reads_a_beir_dataset_from_the_cache() {
     assert!(!ok);
     assert!(err.contains("qrels/dev.tsv"), "{err}");
 }
+
+/// The tokenizer files the Hub client downloads are the ones every save carries along.
+#[test]
+fn the_hub_downloads_the_tokenizer_files_a_checkpoint_carries() {
+    assert_eq!(
+        angle_hub::select::TOKENIZER_FILES,
+        angle_models::weights::TOKENIZER_FILES
+    );
+}

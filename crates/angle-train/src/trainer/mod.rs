@@ -319,12 +319,8 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
     match &memory {
         Some(plan) => {
             let held = crate::memory::resident_bytes();
-            let line = crate::memory::check(
-                plan,
-                held,
-                crate::memory::available_bytes(),
-                opts.no_memory_check,
-            )?;
+            let line =
+                crate::memory::check(plan, held, crate::memory::available_bytes(), opts.no_memory_check)?;
             eprintln!("{line}");
         }
         None => eprintln!("memory estimate: none for {} yet (not checked)", model.describe()),
