@@ -14,9 +14,10 @@ use std::time::Instant;
 
 use angle_decoder::{Decoder, DecoderOptions, LoraConfig, WeightDtype};
 use angle_encoder::{AdamW, Pooling, Precision};
+use angle_models::weights::{DEFAULT_MAX_SHARD_BYTES, TensorSpec, write_sharded};
 use anyhow::{Context, bail};
 use ndarray::ArrayView2;
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::tensor::Dtype;
 use serde_json::{Value, json};
 
 use crate::bench::{bench_objective, cpu_seconds, median, peak_rss, splitmix};
@@ -122,6 +123,13 @@ fn config(name: &str) -> Value {
             "num_key_value_heads": 8, "head_dim": 128, "max_position_embeddings": 40960, "eos_token_id": 151645,
             "attention_bias": false,
         }),
+        "mistral-7b" => json!({
+            "architectures": ["MistralForCausalLM"], "model_type": "mistral", "hidden_size": 4096,
+            "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+            "num_key_value_heads": 8, "head_dim": 128, "max_position_embeddings": 32768, "vocab_size": 32000,
+            "rope_theta": 10000.0, "rms_norm_eps": 1e-5, "sliding_window": 4096, "bos_token_id": 1,
+            "eos_token_id": 2,
+        }),
         _ => json!({
             "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 896,
             "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
@@ -147,7 +155,7 @@ fn tensor_shapes(c: &Value) -> Vec<(String, Vec<usize>)> {
         g("num_key_value_heads"),
     );
     let hd = c["head_dim"].as_u64().map_or(h / heads, |d| d as usize);
-    let qwen3 = c["model_type"] == "qwen3";
+    let (qwen3, qwen2) = (c["model_type"] == "qwen3", c["model_type"] == "qwen2");
     let mut t = vec![("model.embed_tokens.weight".to_string(), vec![g("vocab_size"), h])];
     for l in 0..layers {
         let p = |s: &str| format!("model.layers.{l}.{s}");
@@ -160,7 +168,7 @@ fn tensor_shapes(c: &Value) -> Vec<(String, Vec<usize>)> {
         if qwen3 {
             t.push((p("self_attn.q_norm.weight"), vec![hd]));
             t.push((p("self_attn.k_norm.weight"), vec![hd]));
-        } else {
+        } else if qwen2 {
             t.push((p("self_attn.q_proj.bias"), vec![heads * hd]));
             t.push((p("self_attn.k_proj.bias"), vec![kv * hd]));
             t.push((p("self_attn.v_proj.bias"), vec![kv * hd]));
@@ -173,41 +181,40 @@ fn tensor_shapes(c: &Value) -> Vec<(String, Vec<usize>)> {
     t
 }
 
-/// Writes `config.json` and a bf16 `model.safetensors` of random weights (norms 1, the rest uniform with the
-/// standard deviation 0.02 of transformers' initialisation) into `dir`.
+/// Writes `config.json` and bf16 safetensors of random weights (norms 1, the rest uniform with the standard
+/// deviation 0.02 of transformers' initialisation) into `dir`, tensor by tensor: in shards with
+/// `model.safetensors.index.json` above 5 GB (a Mistral-7B shape), never more than one tensor in memory.
 pub(crate) fn write_model(dir: &Path, name: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let c = config(name);
     std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&c)?)?;
     let shapes = tensor_shapes(&c);
-    let half_width = 0.02 * 3f64.sqrt();
-    let data: Vec<Vec<u8>> = shapes
+    let specs: Vec<TensorSpec> = shapes
         .iter()
-        .enumerate()
-        .map(|(ti, (tname, shape))| {
-            let n: usize = shape.iter().product();
-            let norm = tname.ends_with("norm.weight");
-            let values: Vec<f32> = (0..n)
-                .map(|i| {
-                    if norm {
-                        1.0
-                    } else {
-                        let u = (splitmix(ti as u64, i as u64) >> 11) as f64 / (1u64 << 53) as f64;
-                        ((2.0 * u - 1.0) * half_width) as f32
-                    }
-                })
-                .collect();
-            let mut bytes = Vec::with_capacity(2 * n);
-            WeightDtype::Bf16.encode(&values, &mut bytes);
-            bytes
+        .map(|(n, s)| TensorSpec {
+            name: n.clone(),
+            dtype: Dtype::BF16,
+            shape: s.clone(),
         })
         .collect();
-    let views: Vec<(String, TensorView<'_>)> = shapes
-        .iter()
-        .zip(&data)
-        .map(|((n, s), d)| Ok((n.clone(), TensorView::new(Dtype::BF16, s.clone(), d)?)))
-        .collect::<anyhow::Result<_>>()?;
-    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors"))?;
+    let half_width = 0.02 * 3f64.sqrt();
+    let mut values = Vec::new();
+    write_sharded(dir, &specs, DEFAULT_MAX_SHARD_BYTES, |ti, bytes| {
+        let (tname, shape) = &shapes[ti];
+        let n: usize = shape.iter().product();
+        let norm = tname.ends_with("norm.weight");
+        values.clear();
+        values.extend((0..n).map(|i| {
+            if norm {
+                1.0
+            } else {
+                let u = (splitmix(ti as u64, i as u64) >> 11) as f64 / (1u64 << 53) as f64;
+                ((2.0 * u - 1.0) * half_width) as f32
+            }
+        }));
+        WeightDtype::Bf16.encode(&values, bytes);
+        Ok(())
+    })?;
     Ok(())
 }
 
