@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use angle_encoder::{AdamW, ParamBuffers, ParamEntry, Pooler, Pooling, Precision};
+use angle_encoder::{AdamW, ParamBuffers, ParamEntry, Pooler, Pooling};
+use angle_tensor::Precision;
 use angle_tensor::cpu::{
     GqaShape, LoraShape, MatMut, MatRef, PackedBf16, PackedI8, attention_probs_len, dropout_backward,
     dropout_forward, gemm, gqa_attention_backward, gqa_attention_forward, linear_accumulate_bf16,
@@ -953,6 +954,11 @@ impl Decoder {
     /// forward products on the int8 kernels (inputs quantized per row), backward's input gradient an f32
     /// product with the dequantized weight (the one the forward used); LoRA's A and B stay f32.
     pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        if precision == Precision::Tf32 {
+            return Err(DecoderError::State(
+                "tf32 is a GPU precision: the CPU's products run in f32, bf16 or int8".into(),
+            ));
+        }
         let all_frozen = self
             .layers
             .iter()

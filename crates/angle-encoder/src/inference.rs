@@ -4,6 +4,7 @@
 //! rounded to bf16, sums in f32) on CPUs with AMX tiles, about 3x the f32 products on this
 //! project's Xeon. Both default to f32.
 
+pub use angle_tensor::Precision;
 use angle_tensor::TensorError;
 use angle_tensor::cpu::{
     Bf16Kernel, GeluKind, PackedBf16, PackedI8, bf16_kernel, linear_forward_bf16, linear_forward_bf16_gelu,
@@ -13,33 +14,6 @@ use angle_tensor::cpu::{
 use crate::config::BertConfig;
 use crate::error::Result;
 use crate::params::ParamLayout;
-
-/// Precision of the linear layers' products.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Precision {
-    /// f32 everywhere (the default; training is always f32).
-    #[default]
-    F32,
-    /// The linear layers' products in bf16 with f32 sums; layer norm, softmax, GELU and
-    /// residuals stay f32. Embeddings move by about 1e-3 relative.
-    Bf16,
-    /// Eval-mode forwards only: the linear layers' products in int8 (weights per output channel,
-    /// activations per row, both symmetric absmax; i32 sums, f32 scales and bias); everything else
-    /// f32. Embeddings move by about 1e-2 relative (README: STS-B within a few tenths).
-    Int8,
-}
-
-impl Precision {
-    /// `f32`, `bf16` or `int8`.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "f32" | "fp32" | "float32" => Some(Precision::F32),
-            "bf16" | "bfloat16" => Some(Precision::Bf16),
-            "int8" => Some(Precision::Int8),
-            _ => None,
-        }
-    }
-}
 
 /// bf16 copies of one layer's linear weights, packed for the products.
 #[derive(Debug, Clone, Default)]

@@ -233,6 +233,11 @@ impl Encoder {
     /// [`Encoder::set_train_precision`] instead. [`Encoder::adamw_step`] refreshes the copies;
     /// after writing `buffers.params` directly, call this again.
     pub fn set_inference_precision(&mut self, precision: Precision) -> Result<()> {
+        if precision == Precision::Tf32 {
+            return Err(EncoderError::Batch(
+                "tf32 is a GPU precision: the CPU encodes in f32, bf16 or int8".into(),
+            ));
+        }
         self.inference_precision = precision;
         self.repack_bf16()
     }
@@ -247,10 +252,10 @@ impl Encoder {
     /// the CPU has it); the weight gradients (`dyᵀ · x`, from f32 activations), the master
     /// weights and AdamW stay f32, as in PyTorch's bf16 autocast. Default f32 (exact).
     pub fn set_train_precision(&mut self, precision: Precision) -> Result<()> {
-        if precision == Precision::Int8 {
-            return Err(EncoderError::Batch(
-                "int8 is an inference precision: training runs in f32 or bf16".into(),
-            ));
+        if matches!(precision, Precision::Int8 | Precision::Tf32) {
+            return Err(EncoderError::Batch(format!(
+                "{precision} products do not train on the CPU: training runs in f32 or bf16"
+            )));
         }
         self.train_precision = precision;
         self.repack_bf16()
@@ -396,7 +401,7 @@ impl Encoder {
         let packs = |l: usize| match precision {
             Precision::Bf16 => self.bf16.as_deref().map(|packs| LayerPack::Bf16(&packs.fwd[l])),
             Precision::Int8 => self.int8.as_deref().map(|layers| LayerPack::Int8(&layers[l])),
-            Precision::F32 => None,
+            Precision::F32 | Precision::Tf32 => None,
         };
 
         timed(Op::Embedding, || {
@@ -633,7 +638,7 @@ impl Encoder {
         // bf16 training: backward's input gradients through the transposed bf16 weights
         let bwd16 = match self.train_precision {
             Precision::Bf16 => self.bf16.as_deref().map(|packs| &packs.bwd[..]),
-            Precision::F32 | Precision::Int8 => None,
+            Precision::F32 | Precision::Tf32 | Precision::Int8 => None,
         };
         for (l, w) in self.layout.layers.iter().enumerate().rev() {
             if l + 1 < depth {

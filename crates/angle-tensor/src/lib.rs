@@ -19,7 +19,9 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod error;
+mod precision;
 pub mod rng;
 
 pub use cpu::Float;
 pub use error::TensorError;
+pub use precision::Precision;

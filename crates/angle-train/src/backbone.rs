@@ -15,6 +15,7 @@ use angle_encoder::{
 use angle_loss::{AngleLossConfig, DataFormat, LossParts};
 
 use crate::error::{Result, TrainError};
+use crate::precision::Precision;
 
 /// A batch of packed sequences: token `t` of sequence `b` is row `seq_offsets[b] + t`.
 #[derive(Debug, Clone, Copy)]
@@ -262,8 +263,8 @@ impl BertCpu {
 
 impl Backbone for BertCpu {
     fn describe(&self) -> String {
-        let bf16 = self.enc.train_precision() == angle_encoder::Precision::Bf16
-            || self.enc.inference_precision() == angle_encoder::Precision::Bf16;
+        let bf16 = self.enc.train_precision() == Precision::Bf16
+            || self.enc.inference_precision() == Precision::Bf16;
         format!(
             "{} ({} layers, hidden {}) on the cpu, {}",
             self.enc.config.model_type,
@@ -301,8 +302,8 @@ impl Backbone for BertCpu {
         // bf16 copies of the linear weights: one for the forward, one more for backward's `dy · W`
         let linear = c.num_hidden_layers
             * (4 * c.hidden_size * c.hidden_size + 2 * c.hidden_size * c.intermediate_size);
-        let copies = usize::from(self.enc.train_precision() == angle_encoder::Precision::Bf16) * 2
-            + usize::from(self.enc.inference_precision() == angle_encoder::Precision::Bf16);
+        let copies = usize::from(self.enc.train_precision() == Precision::Bf16) * 2
+            + usize::from(self.enc.inference_precision() == Precision::Bf16);
         let arena = |a: &Option<Activations>| a.as_ref().map_or(0, Activations::bytes_reserved);
         Some(crate::memory::MemoryPlan {
             weights: 4 * params + 2 * linear * copies.min(2),

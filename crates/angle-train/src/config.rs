@@ -116,10 +116,12 @@ pub struct TrainConfig {
     /// products on the int8 kernels); `None`: the checkpoint's dtype (f32 products, or bf16 copies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_kbit: Option<u8>,
-    /// On the CPU: the products the run trains with, `f32` or `bf16` (chosen once, at the start: a resumed run
-    /// keeps it unless `--precision` says otherwise). `None` in checkpoints written before it was recorded
-    /// (those runs resume in f32, as they trained unless asked).
-    pub cpu_precision: Option<String>,
+    /// On the CPU: the products the run trains with, `f32`, `bf16` or (`--load-kbit 8`) `int8` (chosen once, at
+    /// the start, by [`crate::precision::for_training`]: a resumed run keeps it unless `--precision` says
+    /// otherwise). `None` in checkpoints written before it was recorded (those runs resume in f32, as they
+    /// trained unless asked).
+    #[serde(default, with = "crate::precision::by_name")]
+    pub cpu_precision: Option<crate::precision::Precision>,
 }
 
 /// Distillation from a frozen teacher (`crate::distill`).

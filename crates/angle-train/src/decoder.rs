@@ -11,6 +11,7 @@ use angle_encoder::{AdamW, Pooling};
 
 use crate::backbone::{Backbone, Packed, Sizes, clip_or_norm, moments_of, set_moments_of};
 use crate::error::{Result, TrainError};
+use crate::precision::Precision;
 
 /// The file that makes a folder a peft adapter.
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
@@ -190,17 +191,17 @@ impl Backbone for DecoderCpu {
             false => how,
         };
         let products = match self.dec.precision() {
-            angle_encoder::Precision::Bf16 => format!(
+            Precision::Bf16 => format!(
                 "bf16 products ({}, {:.0} MB of bf16 copies)",
                 angle_tensor::cpu::bf16_kernel().name(),
                 self.dec.bf16_bytes() as f64 / 1e6
             ),
-            angle_encoder::Precision::Int8 => format!(
+            Precision::Int8 => format!(
                 "int8 products ({}, {:.0} MB of int8 copies)",
                 angle_tensor::cpu::int8_kernel().name(),
                 self.dec.bf16_bytes() as f64 / 1e6
             ),
-            angle_encoder::Precision::F32 => "f32".into(),
+            Precision::F32 | Precision::Tf32 => "f32".into(),
         };
         format!(
             "{} ({} layers, hidden {}) on the cpu, {}, {products}, {} attention, {} trainable",

@@ -1,5 +1,6 @@
 //! Where the encoder runs: `--device cpu` (the default) or `--device cuda` (with the `cuda` feature),
-//! and in which precision: `--precision f32 | tf32 | bf16` ([`Precision`]; the CPU computes in f32).
+//! and on the GPU in which precision (`--precision f32 | tf32 | bf16`: [`Precision`], the one type every device
+//! and model shares; [`crate::precision`] decides what each device offers).
 //!
 //! On the GPU the encoder's forward, pooling, backward, gradient norm, clipping and AdamW run on the
 //! device ([`angle_encoder::gpu::GpuEncoder`]: f32 with TF32 products by default, exact f32, or bf16
@@ -18,6 +19,7 @@ use std::str::FromStr;
 
 use angle_encoder::{AdamW, Encoder, Pooling};
 use angle_loss::{AngleLossConfig, DataFormat, LossParts};
+pub use angle_tensor::Precision;
 
 use crate::backbone::{Backbone, BertCpu, Packed, Sizes};
 use crate::error::{Result, TrainError};
@@ -32,41 +34,6 @@ pub const MAX_DEVICE_OBJECTIVE_PAIRS: usize = 1000;
 /// The environment variable that keeps the objective on the host in a GPU run.
 pub const HOST_LOSS_ENV: &str = "ANGLE_GPU_HOST_LOSS";
 
-/// Arithmetic of the GPU encoder.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Precision {
-    /// f32 everywhere, exact f32 matrix products.
-    F32,
-    /// f32 activations and weights, matrix products on TF32 tensor cores (f32 accumulation).
-    #[default]
-    Tf32,
-    /// Mixed precision: bf16 activations and weight copies, f32 master weights, gradients,
-    /// optimizer state, pooled embeddings and loss.
-    Bf16,
-}
-
-impl FromStr for Precision {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "f32" | "fp32" => Ok(Precision::F32),
-            "tf32" => Ok(Precision::Tf32),
-            "bf16" => Ok(Precision::Bf16),
-            _ => Err(format!("unknown precision {s:?} (f32, tf32 or bf16)")),
-        }
-    }
-}
-
-impl fmt::Display for Precision {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Precision::F32 => "f32",
-            Precision::Tf32 => "tf32",
-            Precision::Bf16 => "bf16",
-        })
-    }
-}
-
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Device {
     #[default]
@@ -74,27 +41,13 @@ pub enum Device {
     Cuda(Precision),
 }
 
-impl Device {
-    /// This device with `--precision p` (when given): the CPU computes in f32 only, so anything
-    /// else there is an error naming both options.
-    pub fn with_precision(self, p: Option<Precision>) -> Result<Device> {
-        match (self, p) {
-            (d, None) => Ok(d),
-            (Device::Cpu, Some(Precision::F32)) => Ok(Device::Cpu),
-            (Device::Cpu, Some(p)) => Err(TrainError::Config(format!(
-                "--precision {p} needs --device cuda (the CPU computes in f32, or bf16 with --precision bf16)"
-            ))),
-            (Device::Cuda(_), Some(p)) => Ok(Device::Cuda(p)),
-        }
-    }
-}
-
 impl FromStr for Device {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         match s {
             "cpu" => Ok(Device::Cpu),
-            "cuda" | "gpu" => Ok(Device::Cuda(Precision::default())),
+            // TF32 tensor cores unless --precision says otherwise
+            "cuda" | "gpu" => Ok(Device::Cuda(Precision::Tf32)),
             _ => Err(format!("unknown device {s:?} (cpu or cuda)")),
         }
     }
@@ -300,6 +253,11 @@ mod imp {
             Ok(match precision {
                 Precision::F32 | Precision::Tf32 => Inner::F32(Model::new(gpu, enc, pooling, cap)?),
                 Precision::Bf16 => Inner::Bf16(Model::new(gpu, enc, pooling, cap)?),
+                Precision::Int8 => {
+                    return Err(TrainError::Config(
+                        "int8 products run on the CPU; the GPU computes in f32, tf32 or bf16".into(),
+                    ));
+                }
             })
         }
 
@@ -705,26 +663,6 @@ mod tests {
         assert!("tpu".parse::<Device>().is_err());
         assert_eq!("bf16".parse::<Precision>(), Ok(Precision::Bf16));
         assert!("fp16".parse::<Precision>().is_err());
-    }
-
-    #[test]
-    fn precision_other_than_f32_needs_cuda() {
-        let e = Device::Cpu.with_precision(Some(Precision::Bf16)).unwrap_err();
-        assert!(e.to_string().contains("--device cuda"), "{e}");
-        assert_eq!(
-            Device::Cpu.with_precision(Some(Precision::F32)).unwrap(),
-            Device::Cpu
-        );
-        assert_eq!(
-            Device::Cuda(Precision::Tf32)
-                .with_precision(Some(Precision::Bf16))
-                .unwrap(),
-            Device::Cuda(Precision::Bf16)
-        );
-        assert_eq!(
-            Device::Cuda(Precision::Tf32).with_precision(None).unwrap(),
-            Device::Cuda(Precision::Tf32)
-        );
     }
 
     #[test]

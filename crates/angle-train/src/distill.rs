@@ -27,6 +27,7 @@ use crate::config::{TeacherSettings, TrainConfig};
 use crate::device::Device;
 use crate::embed::{Embedder, LoadOptions, load_backbone};
 use crate::error::{Result, TrainError};
+use crate::precision::{CpuPath, Precision};
 
 /// Texts compared between the student's and the teacher's tokenizer, per dataset.
 const TOKENIZER_PROBE: usize = 256;
@@ -175,7 +176,7 @@ impl Teacher {
         student_width: usize,
         sets: &[Probe<'_>],
         device: Device,
-        cpu_bf16: bool,
+        student_products: Precision,
         append_eos: bool,
         rows_max: usize,
     ) -> Result<Self> {
@@ -187,12 +188,14 @@ impl Teacher {
             false => Pooling::parse(&s.pooling)
                 .ok_or_else(|| TrainError::Config(format!("--teacher-pooling {:?}", s.pooling)))?,
         };
+        // The teacher encodes with the student's bf16 products where its implementation has them (not the blocks).
+        let bf16 = student_products == Precision::Bf16
+            && CpuPath::of(&crate::hub::model_dir(&s.model)?, false, None)? != CpuPath::Blocks;
         let opts = LoadOptions {
             device,
             pooling: Some(pooling),
-            cpu_bf16_inference: cpu_bf16,
-            cpu_bf16_train: false,
-            cpu_int8: false,
+            cpu_inference: if bf16 { Precision::Bf16 } else { Precision::F32 },
+            cpu_train: Precision::F32,
             decoder: crate::decoder::DecoderSettings {
                 inference_only: true,
                 ..Default::default()

@@ -9,9 +9,10 @@ use angle_encoder::{Encoder, Pooling};
 use serde_json::Value;
 
 use crate::backbone::{Backbone, BertCpu, Packed, Sizes};
-use crate::decoder::{DecoderSettings, is_decoder_folder, load_decoder};
+use crate::decoder::{DecoderSettings, load_decoder};
 use crate::device::{Device, GpuBert};
 use crate::error::{Result, TrainError};
+use crate::precision::{CpuPath, Precision};
 
 /// The buffers of one packed batch, reused for every batch.
 pub struct Embedder {
@@ -223,13 +224,11 @@ pub struct LoadOptions {
     pub device: Device,
     /// `None`: the model folder's own pooling ([`ModelDefaults`]).
     pub pooling: Option<Pooling>,
-    /// CPU: bf16 products in eval-mode forwards (AMX, or the portable path at f32 speed).
-    pub cpu_bf16_inference: bool,
-    /// CPU: bf16 products in the training step (forward and both backward products).
-    pub cpu_bf16_train: bool,
-    /// CPU: int8 copies of the frozen linear weights: eval-mode forwards (`--precision int8`), or a LoRA run's
-    /// frozen base (`--load-kbit 8`, decoder family).
-    pub cpu_int8: bool,
+    /// CPU: the products of eval-mode forwards ([`crate::precision::for_encoding`]).
+    pub cpu_inference: Precision,
+    /// CPU: the products of the training step ([`crate::precision::for_training`]): bf16 runs the forward and
+    /// backward's input gradients in bf16; int8 is a LoRA run's frozen base (`--load-kbit 8`).
+    pub cpu_train: Precision,
     /// Decoder family: LoRA, attention, the base of an adapter folder.
     pub decoder: DecoderSettings,
     /// Append the tokenizer's EOS token to every text after truncation.
@@ -248,18 +247,18 @@ pub fn load_backbone(
     let dir = &crate::hub::model_dir(dir)?;
     // LoRA and gradient checkpointing of a BERT-family encoder run on angle-models' blocks
     let blocks = opts.decoder.lora.is_some() || opts.decoder.gradient_checkpointing;
-    let (model, tok) = if crate::blocks::uses_blocks(dir, blocks, opts.decoder.base_model.as_deref())? {
-        load_blocks_backbone(dir, max_len, &opts)?
-    } else if is_decoder_folder(dir)? {
-        load_decoder_backbone(dir, max_len, &opts)?
-    } else {
-        if opts.decoder.bidirectional || opts.decoder.bidirectional_from.is_some() {
-            return Err(TrainError::Config(format!(
-                "{}: --bidirectional and --bidirectional-from are for the decoder family (llama, mistral, qwen2, qwen3)",
-                dir.display()
-            )));
+    let (model, tok) = match CpuPath::of(dir, blocks, opts.decoder.base_model.as_deref())? {
+        CpuPath::Blocks => load_blocks_backbone(dir, max_len, &opts)?,
+        CpuPath::Decoder => load_decoder_backbone(dir, max_len, &opts)?,
+        CpuPath::Encoder => {
+            if opts.decoder.bidirectional || opts.decoder.bidirectional_from.is_some() {
+                return Err(TrainError::Config(format!(
+                    "{}: --bidirectional and --bidirectional-from are for the decoder family (llama, mistral, qwen2, qwen3)",
+                    dir.display()
+                )));
+            }
+            load_bert_backbone(dir, max_len, &opts)?
         }
-        load_bert_backbone(dir, max_len, &opts)?
     };
     let tok = match opts.append_eos {
         true => {
@@ -297,22 +296,11 @@ fn load_bert_backbone(
         }
         enc = enc.truncated(n).map_err(|e| TrainError::Encoder(e.to_string()))?;
     }
-    let bf16 = |on: bool| {
-        if on {
-            angle_encoder::Precision::Bf16
-        } else {
-            angle_encoder::Precision::F32
-        }
-    };
     let model: Box<dyn Backbone> = match opts.device {
         Device::Cpu => {
             let err = |e: angle_encoder::EncoderError| TrainError::Encoder(e.to_string());
-            let inference = match opts.cpu_int8 {
-                true => angle_encoder::Precision::Int8,
-                false => bf16(opts.cpu_bf16_inference),
-            };
-            enc.set_inference_precision(inference).map_err(err)?;
-            enc.set_train_precision(bf16(opts.cpu_bf16_train)).map_err(err)?;
+            enc.set_inference_precision(opts.cpu_inference).map_err(err)?;
+            enc.set_train_precision(opts.cpu_train).map_err(err)?;
             Box::new(BertCpu::new(enc, pooling))
         }
         Device::Cuda(p) => Box::new(GpuBert::new(enc, pooling, p)),
@@ -339,8 +327,17 @@ fn load_blocks_backbone(
     if opts.layers.is_some() {
         return refuse("--layers");
     }
-    if opts.cpu_int8 {
-        return refuse("int8 (--precision int8, --load-kbit 8)");
+    if let Some(p) = [opts.cpu_inference, opts.cpu_train]
+        .into_iter()
+        .find(|&p| p != Precision::F32)
+    {
+        return refuse(&format!(
+            "{p} products (--precision {p}{})",
+            match p {
+                Precision::Int8 => ", --load-kbit 8",
+                _ => "",
+            }
+        ));
     }
     if opts.decoder.bidirectional || opts.decoder.bidirectional_from.is_some() {
         return Err(TrainError::Config(format!(
@@ -392,19 +389,17 @@ fn load_decoder_backbone(
         None => None,
     };
     let (mut model, tok_dir) = load_decoder(dir, pooling, &opts.decoder)?;
-    if opts.cpu_int8 {
-        // Encoding only (the model is loaded frozen): int8 copies of every linear weight.
-        model
-            .dec
-            .set_precision(angle_encoder::Precision::Int8)
-            .map_err(|e| TrainError::Encoder(e.to_string()))?;
-    } else if opts.cpu_bf16_inference || opts.cpu_bf16_train {
-        // One set of products serves both modes here: bf16 copies of every linear weight.
-        model
-            .dec
-            .set_precision(angle_encoder::Precision::Bf16)
-            .map_err(|e| TrainError::Encoder(e.to_string()))?;
-    }
+    // One set of products serves both modes here: int8 copies of a frozen base (encoding, or --load-kbit 8),
+    // else bf16 copies of every linear weight when either mode asks for them.
+    let modes = [opts.cpu_inference, opts.cpu_train];
+    let products = [Precision::Int8, Precision::Bf16]
+        .into_iter()
+        .find(|p| modes.contains(p))
+        .unwrap_or(Precision::F32);
+    model
+        .dec
+        .set_precision(products)
+        .map_err(|e| TrainError::Encoder(e.to_string()))?;
     let max_len = max_len.min(model.dec.config.max_position_embeddings.max(1));
     let tok = TextTokenizer::from_file(tok_dir.join("tokenizer.json"), max_len)
         .map_err(|e| TrainError::Data(e.to_string()))?;

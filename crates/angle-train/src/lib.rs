@@ -6,7 +6,6 @@
 //! it: [`trainer`] runs the loop, [`checkpoint`] writes and reads checkpoints, [`evaluate`] scores STS data.
 
 pub mod atomic;
-pub mod auto_precision;
 pub mod backbone;
 pub mod blocks;
 pub mod checkpoint;
@@ -28,6 +27,7 @@ pub mod metrics;
 pub mod mine;
 pub mod npy;
 pub mod plot;
+pub mod precision;
 pub mod preflight;
 pub mod quantize;
 pub mod retrieval;

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use angle_encoder::Pooling;
-use angle_train::auto_precision::CliPrecision;
 use angle_train::backbone::Backbone;
-use angle_train::device::{Device, Precision};
+use angle_train::device::Device;
 use angle_train::embed::{Embedder, LoadOptions, ModelDefaults, load_backbone};
+use angle_train::precision::{CpuPath, Requested};
 use angle_train::quantize::Quantization;
 use angle_train::stats::cosine;
 use angle_train::{TrainConfig, TrainOptions};
@@ -112,12 +112,12 @@ struct TrainArgs {
     /// Where the encoder trains: cpu, or cuda (a build with `--features cuda`; mean or cls pooling).
     #[arg(long, default_value = "cpu")]
     device: Device,
-    /// Arithmetic of the products: f32 (exact), tf32 (GPU: TF32 tensor cores) or bf16 (bf16 products, f32
-    /// master weights and optimizer state; on the GPU bf16 activations too) [default: tf32 on cuda; on the
-    /// CPU bf16 where a bf16 kernel beats f32 here (AMX, AVX512-BF16 on AMD Zen 4; printed as `precision: …`)
-    /// for the BERT family, else f32].
-    #[arg(long)]
-    precision: Option<Precision>,
+    /// Arithmetic of the products: auto, f32 (exact), tf32 (GPU: TF32 tensor cores) or bf16 (bf16 products,
+    /// f32 master weights and optimizer state; on the GPU bf16 activations too) [default: auto: tf32 on cuda;
+    /// on the CPU a resumed run's own, else bf16 where a bf16 kernel beats f32 here (AMX, AVX512-BF16 on AMD
+    /// Zen 4; printed as `precision: …`) for the BERT family, else f32]. An 8-bit base is --load-kbit 8.
+    #[arg(long, default_value = "auto")]
+    precision: Requested,
 
     /// Force the data format: A, B, C or U (unsupervised), or per named dataset NAME=B,OTHER=U [default: from
     /// the columns; U is never detected].
@@ -425,8 +425,8 @@ struct ModelArgs {
     /// on the CPU bf16 where a bf16 kernel beats f32 there (AMX, AVX512-BF16), else f32; printed].
     /// On the CPU, bf16 runs the linear layers' products in bf16 with f32 sums (embeddings within ~1e-3), int8
     /// on int8 weights (per output channel) and activations (per row) with i32 sums (cosine to f32 ~0.997).
-    #[arg(long)]
-    precision: Option<angle_train::auto_precision::CliPrecision>,
+    #[arg(long, default_value = "auto")]
+    precision: Requested,
     /// Hold the linear weights in 8 bits: the same as --precision int8 (angle-emb's --load_kbit 8).
     #[arg(long)]
     load_kbit: Option<u8>,
@@ -621,7 +621,7 @@ fn run() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    angle_train::auto_precision::check_bf16_kernel_env()?;
+    angle_train::precision::check_bf16_kernel_env()?;
     match cli.command {
         Command::Train(a) => run_train(&a),
         Command::Encode(a) => run_encode(&a),
@@ -661,14 +661,8 @@ fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
         given.loss.angle_pooling = serde_json::from_value(serde_json::Value::String(name.clone()))?;
         explicit.push("loss.angle_pooling".into());
     }
-    // Before anything is read or written: a precision the device lacks is refused here. bf16 on
-    // the CPU is the encoder's train precision (AMX products), not a device setting.
-    let cpu_bf16 = matches!(a.device, Device::Cpu) && a.precision == Some(Precision::Bf16);
-    let device = if cpu_bf16 {
-        Device::Cpu
-    } else {
-        a.device.with_precision(a.precision)?
-    };
+    // Before anything is read or written: a precision the device lacks is refused here.
+    let device = angle_train::precision::device(a.device, a.precision)?;
     let config = match &a.resume {
         Some(dir) => {
             angle_train::preflight::resume_dir(dir)?;
@@ -688,26 +682,13 @@ fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
             given
         }
     };
-    // No --precision on the CPU: a resumed run keeps its products; a new one takes bf16 where it is faster here
-    // (the default recipe scores the same with them: 85.90 / 87.12 on AMX and on AVX512-BF16, as in f32; README).
-    let mut config = config;
     // The model's config.json and the output folder, before the precision is chosen and anything loads.
     angle_train::preflight::check_train(&config, a.resume.as_deref(), device, a.overwrite)?;
-    let cpu_bf16 = match (a.precision, a.resume.is_some()) {
-        // An 8-bit base takes its products from the int8 kernels, not bf16 copies.
-        (Some(Precision::Bf16), _) if config.load_kbit.is_some() => {
-            bail!(
-                "--load-kbit 8 with --precision bf16: the frozen base is either int8 or bf16 (leave one out)"
-            )
-        }
-        _ if config.load_kbit.is_some() => false,
-        (Some(_), _) => cpu_bf16,
-        (None, true) => config.cpu_precision.as_deref() == Some("bf16"),
-        (None, false) => matches!(a.device, Device::Cpu) && auto_train_bf16(&config)?,
+    // `auto` decided (and printed) here; the trainer records the choice in the checkpoints
+    let cpu_precision = match device {
+        Device::Cpu => angle_train::precision::for_training(a.precision, &config, a.resume.is_some())?,
+        Device::Cuda(_) => Default::default(),
     };
-    if matches!(a.device, Device::Cpu) {
-        config.cpu_precision = Some(if cpu_bf16 { "bf16" } else { "f32" }.into());
-    }
     set_threads(config.threads)?;
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -726,7 +707,7 @@ fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
         progress: a.progress.unwrap_or(true),
         halt_after: None,
         device,
-        cpu_bf16,
+        cpu_precision,
         overwrite: a.overwrite,
         no_memory_check: a.no_memory_check,
     };
@@ -784,24 +765,6 @@ fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
 }
 
 /// The `train` section of a checkpoint's angle_config.json.
-/// `angle train` without `--precision` on the CPU: bf16 products where a bf16 kernel beats f32 on this CPU
-/// (printed), for the BERT family; the decoder family stays f32 (as `auto` does for encoding).
-fn auto_train_bf16(config: &TrainConfig) -> anyhow::Result<bool> {
-    let dir = angle_train::hub::model_dir(&config.model)?;
-    if angle_train::decoder::is_decoder_folder(&dir)?
-        || angle_train::blocks::uses_blocks(
-            &dir,
-            config.lora.is_some() || config.gradient_checkpointing,
-            None,
-        )?
-    {
-        return Ok(false);
-    }
-    let (choice, line) = angle_encoder::fastest_precision();
-    eprintln!("{line} for the training step's products (--precision f32 to train in f32)");
-    Ok(choice == angle_encoder::Precision::Bf16)
-}
-
 fn read_saved_config(dir: &Path) -> anyhow::Result<TrainConfig> {
     let dir = angle_train::atomic::resolve(dir)?;
     let path = dir.join(angle_train::checkpoint::ANGLE_CONFIG);
@@ -858,35 +821,26 @@ fn load(m: &ModelArgs, even_width: bool) -> anyhow::Result<Loaded> {
         })?),
         None => None,
     };
-    // bf16 on the CPU is an inference mode of the encoder, not a device setting.
-    let precision = match (m.load_kbit, m.precision) {
-        (None, p) => p,
-        (Some(8), None | Some(CliPrecision::Int8)) => Some(CliPrecision::Int8),
-        (Some(8), Some(p)) => bail!("--load-kbit 8 is --precision int8; --precision {p} says otherwise"),
-        (Some(4), _) => bail!("--load-kbit 4: 4-bit weights are not offered yet; --load-kbit 8 is"),
-        (Some(k), _) => bail!("--load-kbit {k}: 8 is the one offered"),
+    let device = angle_train::precision::device(m.device, m.precision)?;
+    let cpu_precision = match device {
+        Device::Cpu => {
+            let path = CpuPath::of(&dir, false, m.base_model.as_deref())?;
+            angle_train::precision::for_encoding(m.precision, m.load_kbit, path)?
+        }
+        Device::Cuda(_) if m.load_kbit.is_some() => bail!("--load-kbit 8 runs on the CPU (--device cpu)"),
+        Device::Cuda(_) => Default::default(),
     };
-    let (device, cpu_precision) = angle_train::auto_precision::resolve(m.device, precision)?;
     set_threads(m.threads)?;
     let pooling = match &m.pooling {
         Some(p) => Some(Pooling::parse(p).with_context(|| format!("unknown pooling {p:?}"))?),
         None => None,
     };
     let max_len = m.max_length.or(defaults.max_length).unwrap_or(512);
-    // `auto` keeps the decoder family in f32 (`--precision bf16` asks for bf16): its bf16 effect on a real model's
-    // scores is not measured yet, only the fixtures' tolerance (docs/decoder.md).
-    let auto = matches!(
-        precision.unwrap_or_default(),
-        angle_train::auto_precision::CliPrecision::Auto
-    );
-    let cpu_bf16 = cpu_precision == Some(angle_encoder::Precision::Bf16)
-        && !(auto && angle_train::decoder::is_decoder_folder(&dir)?);
     let opts = LoadOptions {
         device,
         pooling,
-        cpu_bf16_inference: cpu_bf16,
-        cpu_bf16_train: false,
-        cpu_int8: cpu_precision == Some(angle_encoder::Precision::Int8),
+        cpu_inference: cpu_precision,
+        cpu_train: Default::default(),
         decoder: angle_train::decoder::DecoderSettings {
             lora: None,
             bidirectional: m.bidirectional.unwrap_or(defaults.bidirectional),
@@ -900,7 +854,7 @@ fn load(m: &ModelArgs, even_width: bool) -> anyhow::Result<Loaded> {
         layers: m.layers.or(defaults.layers),
     };
     let identity = format!(
-        "{}|base={:?}|layers={:?}|bidirectional={}/{:?}|append_eos={}|bf16={cpu_bf16}|int8={}|device={:?}",
+        "{}|base={:?}|layers={:?}|bidirectional={}/{:?}|append_eos={}|precision={cpu_precision}|device={:?}",
         angle_train::embed_cache::model_identity(&dir),
         m.base_model
             .as_deref()
@@ -909,7 +863,6 @@ fn load(m: &ModelArgs, even_width: bool) -> anyhow::Result<Loaded> {
         opts.decoder.bidirectional,
         opts.decoder.bidirectional_from,
         opts.append_eos,
-        opts.cpu_int8,
         opts.device,
     );
     let (mut model, tok) = load_backbone(&dir, max_len, opts)?;

@@ -31,6 +31,7 @@ use crate::error::{Result, TrainError, io_err};
 use crate::evaluate::{StsScores, load_sts_files};
 use crate::metrics::{MetricsWriter, Record, read_records};
 use crate::plot::write_svg;
+use crate::precision::{Precision, Requested};
 use crate::schedule::LinearSchedule;
 use log::{Window, progress_bar, say};
 use step::{StepResult, Stepper};
@@ -55,9 +56,10 @@ pub struct TrainOptions {
     pub halt_after: Option<u64>,
     /// Where the encoder trains (see [`crate::device`]); evaluation stays on the host.
     pub device: Device,
-    /// On the CPU: bf16 products in the training step (AMX; `angle train --precision bf16`),
-    /// f32 weight gradients, master weights and AdamW. Validation stays f32.
-    pub cpu_bf16: bool,
+    /// On the CPU: the training step's products ([`crate::precision::for_training`]): f32, bf16 (forward and
+    /// input gradients; f32 weight gradients, master weights and AdamW) or int8 (`--load-kbit 8`: a LoRA run's
+    /// frozen base). Validation stays f32.
+    pub cpu_precision: Precision,
     /// A new run may replace an earlier run's files in the output folder (else it is refused).
     pub overwrite: bool,
     /// Run even where the memory estimate exceeds the memory available (`--no-memory-check`).
@@ -220,13 +222,23 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
         Some(dir) => crate::atomic::resolve(dir)?,
         None => config.model.clone(),
     };
-    let cpu_bf16 = opts.cpu_bf16 && matches!(opts.device, Device::Cpu);
+    // The policy has the last word (an 8-bit base is int8 whatever the caller said); checkpoints record it.
+    let mut config = config;
+    let cpu_train = match opts.device {
+        Device::Cpu => {
+            let asked = Requested::Exactly(opts.cpu_precision);
+            let p = crate::precision::for_training(asked, &config, resume.is_some())?;
+            config.cpu_precision = Some(p);
+            p
+        }
+        Device::Cuda(_) => Precision::F32,
+    };
+    let cpu_bf16 = cpu_train == Precision::Bf16;
     let load = LoadOptions {
         device: opts.device,
         pooling: Some(pooling),
-        cpu_bf16_inference: false,
-        cpu_bf16_train: cpu_bf16,
-        cpu_int8: config.load_kbit == Some(8),
+        cpu_inference: Precision::F32,
+        cpu_train,
         decoder: crate::decoder::settings_for(&config),
         append_eos: config.append_eos,
         layers: None,
@@ -341,7 +353,7 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
             model.hidden_size(),
             &probes,
             opts.device,
-            cpu_bf16,
+            cpu_train,
             config.append_eos,
             rows_max,
         )?)
