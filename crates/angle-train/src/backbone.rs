@@ -194,6 +194,8 @@ pub struct BertCpu {
     layer_poolers: Vec<Pooler>,
     train: Option<Activations>,
     eval: Option<Activations>,
+    /// Saves are split into shards above this size (transformers' `max_shard_size`, 5 GB by default).
+    pub max_shard_bytes: u64,
 }
 
 impl BertCpu {
@@ -204,6 +206,7 @@ impl BertCpu {
             layer_poolers: Vec::new(),
             train: None,
             eval: None,
+            max_shard_bytes: angle_models::weights::DEFAULT_MAX_SHARD_BYTES,
         }
     }
 
@@ -420,6 +423,6 @@ impl Backbone for BertCpu {
     }
 
     fn write_weights(&mut self, dir: &Path, files_from: &Path) -> Result<()> {
-        crate::checkpoint::write_bert_weights(dir, &self.enc, files_from)
+        crate::checkpoint::write_bert_weights(dir, &self.enc, files_from, self.max_shard_bytes)
     }
 }

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use angle_encoder::{Encoder, Pooling};
+use angle_models::weights::TensorSpec;
 
 use crate::backbone::Backbone;
 use safetensors::SafeTensors;
@@ -120,7 +121,9 @@ pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> 
 }
 
 /// Writes a BERT-family encoder's `config.json` and `model.safetensors` into `dir`.
-pub fn write_bert_weights(dir: &Path, enc: &Encoder, files_from: &Path) -> Result<()> {
+/// The weights go tensor by tensor into `model.safetensors`, or into shards above `max_shard_bytes` with
+/// `model.safetensors.index.json` (`angle_models::weights::write_sharded`: one tensor of extra memory).
+pub fn write_bert_weights(dir: &Path, enc: &Encoder, files_from: &Path, max_shard_bytes: u64) -> Result<()> {
     // config.json is copied when the source has one, so keys we do not model (`_name_or_path`,
     // `architectures`, ...) survive; the weights keep the layout it describes.
     let src_cfg = files_from.join("config.json");
@@ -148,14 +151,31 @@ pub fn write_bert_weights(dir: &Path, enc: &Encoder, files_from: &Path) -> Resul
             );
         }
     }
-    angle_encoder::checkpoint::save_with(
-        dir.join("model.safetensors"),
-        &enc.layout,
-        &enc.buffers.params,
-        &enc.name_prefix,
-        &carried,
-    )
-    .map_err(err)
+    let entries = &enc.layout.entries;
+    let specs: Vec<TensorSpec> = entries
+        .iter()
+        .map(|e| TensorSpec {
+            name: format!("{}{}", enc.name_prefix, e.name),
+            dtype: Dtype::F32,
+            shape: e.shape.clone(),
+        })
+        .chain(carried.iter().map(|c| TensorSpec {
+            name: c.name.clone(),
+            dtype: c.dtype,
+            shape: c.shape.clone(),
+        }))
+        .collect();
+    let params = &enc.buffers.params;
+    angle_models::weights::write_sharded(dir, &specs, max_shard_bytes, |i, buf| {
+        match entries.get(i) {
+            // safetensors is little-endian, as every target we build for
+            Some(e) => buf.extend_from_slice(bytemuck::cast_slice(&params[e.range()])),
+            None => buf.extend_from_slice(&carried[i - entries.len()].data),
+        }
+        Ok(())
+    })
+    .map_err(|e| TrainError::Encoder(e.to_string()))?;
+    Ok(())
 }
 
 /// Writes the model files of a checkpoint into `dir` (which exists and is empty): the backbone's own

@@ -476,6 +476,12 @@ pub struct GpuBert {
 }
 
 impl GpuBert {
+    /// Saves (from the host copy) split into shards above `bytes`.
+    pub fn with_max_shard_bytes(mut self, bytes: u64) -> Self {
+        self.host.max_shard_bytes = bytes;
+        self
+    }
+
     pub fn new(enc: Encoder, pooling: Pooling, precision: Precision) -> Self {
         GpuBert {
             host: BertCpu::new(enc, pooling),

@@ -296,14 +296,20 @@ fn load_bert_backbone(
         }
         enc = enc.truncated(n).map_err(|e| TrainError::Encoder(e.to_string()))?;
     }
+    let shard = opts
+        .decoder
+        .max_shard_bytes
+        .unwrap_or(angle_models::weights::DEFAULT_MAX_SHARD_BYTES);
     let model: Box<dyn Backbone> = match opts.device {
         Device::Cpu => {
             let err = |e: angle_encoder::EncoderError| TrainError::Encoder(e.to_string());
             enc.set_inference_precision(opts.cpu_inference).map_err(err)?;
             enc.set_train_precision(opts.cpu_train).map_err(err)?;
-            Box::new(BertCpu::new(enc, pooling))
+            let mut cpu = BertCpu::new(enc, pooling);
+            cpu.max_shard_bytes = shard;
+            Box::new(cpu)
         }
-        Device::Cuda(p) => Box::new(GpuBert::new(enc, pooling, p)),
+        Device::Cuda(p) => Box::new(GpuBert::new(enc, pooling, p).with_max_shard_bytes(shard)),
     };
     Ok((model, tok))
 }

@@ -54,6 +54,9 @@ struct ExportArgs {
     /// A new folder for the exported model.
     #[arg(long)]
     output: PathBuf,
+    /// Split the weights into shards above this size (`5GB`, `500MB`, bytes), with model.safetensors.index.json.
+    #[arg(long, default_value = "5GB")]
+    max_shard_size: String,
 }
 
 #[derive(Args)]
@@ -786,6 +789,11 @@ struct Loaded {
 
 /// `even_width`: the command scores the angle measure (`eval`), which needs an even embedding width.
 fn load(m: &ModelArgs, even_width: bool) -> anyhow::Result<Loaded> {
+    load_sharded(m, even_width, None)
+}
+
+/// [`load`] for a model that will be saved in shards above `max_shard_bytes` (`angle export`).
+fn load_sharded(m: &ModelArgs, even_width: bool, max_shard_bytes: Option<u64>) -> anyhow::Result<Loaded> {
     use angle_train::preflight::{EmbedOptions, ModelShape, check_embed_model, check_embed_options};
     let mut check = EmbedOptions {
         device: m.device,
@@ -848,7 +856,7 @@ fn load(m: &ModelArgs, even_width: bool) -> anyhow::Result<Loaded> {
             base_model: m.base_model.clone(),
             inference_only: true,
             gradient_checkpointing: false,
-            max_shard_bytes: None,
+            max_shard_bytes,
         },
         append_eos: m.append_eos.unwrap_or(defaults.append_eos),
         layers: m.layers.or(defaults.layers),
@@ -1044,7 +1052,8 @@ fn run_similarity(a: &SimilarityArgs) -> anyhow::Result<()> {
 
 fn run_export(a: &ExportArgs) -> anyhow::Result<()> {
     angle_train::preflight::check_new_folder("--output", &a.output)?;
-    let mut l = load(&a.model, false)?;
+    let shard = parse_shard_size(&a.max_shard_size)?;
+    let mut l = load_sharded(&a.model, false, Some(shard))?;
     let dir = angle_train::hub::model_dir(&a.model.model)?;
     // The source's training record carries over (prompts, pooling, how it was trained); else a fresh one.
     let saved = dir.join(angle_train::checkpoint::ANGLE_CONFIG);
@@ -1070,6 +1079,12 @@ fn run_export(a: &ExportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--max-shard-size` in bytes.
+fn parse_shard_size(text: &str) -> anyhow::Result<u64> {
+    angle_models::weights::parse_shard_size(text)
+        .with_context(|| format!("--max-shard-size {text:?}: give 5GB, 500MB, 2GiB or a number of bytes"))
+}
+
 fn run_merge(a: &MergeArgs) -> anyhow::Result<()> {
     if !a.adapter.join(angle_train::decoder::ADAPTER_CONFIG).is_file() {
         bail!(
@@ -1079,12 +1094,7 @@ fn run_merge(a: &MergeArgs) -> anyhow::Result<()> {
         );
     }
     angle_train::preflight::check_new_folder("--output", &a.output)?;
-    let shard = angle_models::weights::parse_shard_size(&a.max_shard_size).with_context(|| {
-        format!(
-            "--max-shard-size {:?}: give 5GB, 500MB, 2GiB or a number of bytes",
-            a.max_shard_size
-        )
-    })?;
+    let shard = parse_shard_size(&a.max_shard_size)?;
     let base = if angle_train::blocks::uses_blocks(&a.adapter, true, a.base_model.as_deref())? {
         use angle_train::backbone::Backbone;
         let (mut model, _) =

@@ -1,5 +1,5 @@
-//! Sharded saves (`--max-shard-size`): full checkpoints of the block families and merged LoRA models of the
-//! decoder family are written tensor by tensor into `model-0000i-of-0000n.safetensors` with
+//! Sharded saves (`--max-shard-size`): full checkpoints of the BERT family and the block families, `angle
+//! export`, and merged LoRA models of the decoder family are written tensor by tensor into `model-0000i-of-0000n.safetensors` with
 //! `model.safetensors.index.json` above the size, and load back to the very same embeddings as an unsharded
 //! save; a size that does not parse is refused by name.
 
@@ -11,7 +11,7 @@ use std::process::Command;
 use angle_train::config::LoraSettings;
 use angle_train::trainer::{CHECKPOINT_LAST, MERGED};
 use angle_train::{TrainConfig, TrainOptions, train};
-use common::{encode, shared, stsb_head, tiny_config};
+use common::{encode, minilm_dir, shared, stsb_head, tiny_config, tiny_model};
 
 fn shards(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -53,6 +53,57 @@ fn a_block_family_checkpoint_in_shards_encodes_as_one_file() {
     assert!(many.join("model.safetensors.index.json").is_file() && !many.join("model.safetensors").exists());
     let t = texts(tmp.path());
     assert_eq!(encode(&one, &t, &[]), encode(&many, &t, &[]));
+}
+
+/// The BERT family's own path (angle-encoder): a checkpoint in shards encodes and resumes as one file does, and
+/// `angle export` of all-MiniLM-L6-v2 in shards carries its untrained pooler too.
+#[test]
+fn a_bert_checkpoint_and_an_export_in_shards_encode_as_one_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path(), 7);
+    let data = stsb_head(tmp.path(), "train", 16, "train.csv");
+    let cfg = |out: &str, shard: Option<&str>| TrainConfig {
+        max_length: 24,
+        batch_size: 4,
+        epochs: 1,
+        max_shard_size: shard.map(str::to_string),
+        save_steps: 2,
+        ..tiny_config(&model, &data, None, &tmp.path().join(out))
+    };
+    train(cfg("one", None), None, &TrainOptions::default()).unwrap();
+    train(cfg("many", Some("1MB")), None, &TrainOptions::default()).unwrap();
+    let (one, many) = (
+        tmp.path().join("one").join(CHECKPOINT_LAST),
+        tmp.path().join("many").join(CHECKPOINT_LAST),
+    );
+    assert!(one.join("model.safetensors").is_file() && shards(&one).is_empty());
+    assert!(shards(&many).len() >= 2, "{:?}", shards(&many));
+    assert!(many.join("model.safetensors.index.json").is_file() && !many.join("model.safetensors").exists());
+    let t = texts(tmp.path());
+    assert_eq!(encode(&one, &t, &[]), encode(&many, &t, &[]));
+    // interrupted after a sharded save and resumed from it: the same weights as the run that went through
+    let halted = TrainOptions {
+        halt_after: Some(3),
+        ..TrainOptions::default()
+    };
+    train(cfg("part", Some("1MB")), None, &halted).unwrap();
+    let part = tmp.path().join("part").join(CHECKPOINT_LAST);
+    train(cfg("part", Some("1MB")), Some(&part), &TrainOptions::default()).unwrap();
+    assert_eq!(encode(&part, &t, &[]), encode(&one, &t, &[]));
+
+    let exported = tmp.path().join("exported");
+    let o = Command::new(env!("CARGO_BIN_EXE_angle"))
+        .args(["export", "--max-shard-size", "20MB", "--model"])
+        .arg(minilm_dir())
+        .arg("--output")
+        .arg(&exported)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(shards(&exported).len() >= 4, "{:?}", shards(&exported));
+    let index = std::fs::read_to_string(exported.join("model.safetensors.index.json")).unwrap();
+    assert!(index.contains("pooler.dense.weight"), "the untrained pooler is carried");
+    assert_eq!(encode(&exported, &t, &[]), encode(&minilm_dir(), &t, &[]));
 }
 
 #[test]
