@@ -17,7 +17,7 @@ pub enum Precision {
     /// Operands rounded to bf16, f32 sums: the CPU's bf16 kernels (AMX, AVX512-BF16), the GPU's
     /// mixed precision (bf16 activations too there).
     Bf16,
-    /// Frozen weights quantized per output channel, inputs per row (symmetric absmax), i32 sums:
+    /// Frozen weights quantized per output channel (symmetric), inputs per row (u8 over the row's range), i32 sums:
     /// the CPU's int8 kernels, for encoding and for a LoRA run's frozen base.
     Int8,
 }

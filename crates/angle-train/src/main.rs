@@ -427,7 +427,7 @@ struct ModelArgs {
     /// Arithmetic: auto, f32, tf32, bf16 or int8 (see `angle train --help`) [default: auto: tf32 on cuda;
     /// on the CPU bf16 where a bf16 kernel beats f32 there (AMX, AVX512-BF16), else f32; printed].
     /// On the CPU, bf16 runs the linear layers' products in bf16 with f32 sums (embeddings within ~1e-3), int8
-    /// on int8 weights (per output channel) and activations (per row) with i32 sums (cosine to f32 ~0.997).
+    /// on int8 weights (per output channel) and u8 activations (per row) with i32 sums (cosine to f32 ~0.999).
     #[arg(long, default_value = "auto")]
     precision: Requested,
     /// Hold the linear weights in 8 bits: the same as --precision int8 (angle-emb's --load_kbit 8).

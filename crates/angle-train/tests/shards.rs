@@ -102,7 +102,10 @@ fn a_bert_checkpoint_and_an_export_in_shards_encode_as_one_file() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(shards(&exported).len() >= 4, "{:?}", shards(&exported));
     let index = std::fs::read_to_string(exported.join("model.safetensors.index.json")).unwrap();
-    assert!(index.contains("pooler.dense.weight"), "the untrained pooler is carried");
+    assert!(
+        index.contains("pooler.dense.weight"),
+        "the untrained pooler is carried"
+    );
     assert_eq!(encode(&exported, &t, &[]), encode(&minilm_dir(), &t, &[]));
 }
 

@@ -4,16 +4,17 @@
 //! holding 16 columns' 4 values, one 32-bit lane per column.
 //!
 //! - **AVX512-VNNI**: 12 rows × 32 columns of i32 sums in 24 zmm registers; per group of 4 features,
-//!   two weight loads, one 32-bit broadcast of each row's 4 inputs (`qx + 128` as u8) and one
-//!   `vpdpbusd` (64 u8 × i8 products summed into 16 i32 lanes) per row and 16 columns. Sums start
-//!   from `-128 · Σ_k qW[j, k]` to take the offset away.
+//!   two weight loads, one 32-bit broadcast of each row's 4 inputs (`u` as u8) and one `vpdpbusd` (64
+//!   u8 × i8 products summed into 16 i32 lanes) per row and 16 columns. Sums start from
+//!   `−zx · Σ_k qW[j, k]` to take the row's zero point away.
 //! - **AVX-VNNI**: the same loop on ymm (6 rows × 16 columns), `vpdpbusd` in its VEX encoding
 //!   (`_mm256_dpbusd_avx_epi32`). Tests also run this loop with the EVEX encoding of the same
 //!   instruction (`_mm256_dpbusd_epi32`, AVX512-VNNI + AVX512VL), so CPUs with AVX512-VNNI but no
 //!   AVX-VNNI (AMD Zen 4) check everything but the encoding.
-//! - **AVX2**: no offset (`vpmaddubsw` saturates its i16 pair sums, and `255 · 127 · 2` does not fit):
-//!   `vpmaddubsw(|qx|, qW · sign qx)` (pair sums at most `2 · 127²` = 32,258, exact), `vpmaddwd` by
-//!   ones to i32, `vpaddd`; 4 rows × 16 columns.
+//! - **AVX2**: the inputs as `v = u − 128` (`vpmaddubsw` saturates its i16 pair sums, and `255 · 127
+//!   · 2` does not fit): `vpmaddubsw(|v|, qW · sign v)` (pair sums at most `2 · 128 · 127` = 32,512,
+//!   exact), `vpmaddwd` by ones to i32, `vpaddd`; 4 rows × 16 columns; sums start from
+//!   `(128 − zx) · Σ_k qW[j, k]`.
 //!
 //! Every kernel ends in the same epilogue, `f32(acc) · (sx · sW) + b` (`vcvtdq2ps`, two `vmulps`,
 //! `vaddps`: no fused multiply-add), the bits of the portable kernel's.
@@ -143,11 +144,17 @@ mod x86 {
         unsafe {
             let b0 = blk.b;
             let b1 = blk.b.add(blk.groups * GROUP_BYTES);
-            let start = |off: usize| {
-                let s = _mm512_loadu_si512(blk.col_sums.add(off) as *const __m512i);
-                _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<7>(s))
-            };
-            let mut acc = [[start(0), start(PANEL)]; MR];
+            let sums = [
+                _mm512_loadu_si512(blk.col_sums as *const __m512i),
+                _mm512_loadu_si512(blk.col_sums.add(PANEL) as *const __m512i),
+            ];
+            let mut acc: [[__m512i; 2]; MR] = std::array::from_fn(|i| {
+                let corr = _mm512_set1_epi32(*blk.corr.add(i));
+                [
+                    _mm512_mullo_epi32(corr, sums[0]),
+                    _mm512_mullo_epi32(corr, sums[1]),
+                ]
+            });
             for p in 0..blk.groups {
                 let w0 = _mm512_loadu_si512(b0.add(p * GROUP_BYTES) as *const __m512i);
                 let w1 = _mm512_loadu_si512(b1.add(p * GROUP_BYTES) as *const __m512i);
@@ -187,8 +194,9 @@ mod x86 {
         }
     }
 
-    /// AVX2's exact signed product of groups: `|x| · (w · sign x)` by `vpmaddubsw` (pair sums at most
-    /// 2 · 127², no saturation), then the pairs summed into i32 by `vpmaddwd` with ones.
+    /// AVX2's exact signed product of groups: `|x| · (w · sign x)` by `vpmaddubsw` (`|x| ≤ 128` read as
+    /// unsigned, `|w| ≤ 127`: pair sums at most 2 · 128 · 127, no saturation), then the pairs summed into
+    /// i32 by `vpmaddwd` with ones.
     #[inline]
     #[target_feature(enable = "avx2")]
     fn dot_avx2(acc: __m256i, x: __m256i, w: __m256i) -> __m256i {
@@ -212,9 +220,9 @@ mod x86 {
     }
 
     /// Declares a 256-bit micro-kernel: `MR` rows × one 16-column panel, `$dot` per group and 8
-    /// columns; with `$offset`, the inputs are `qx + 128` and the sums start from `-128 · Σ qW`.
+    /// columns, the sums started from each row's correction times `Σ qW`.
     macro_rules! block256 {
-        ($(#[$meta:meta])* $name:ident, $features:literal, $dot:ident, $offset:literal) => {
+        ($(#[$meta:meta])* $name:ident, $features:literal, $dot:ident) => {
             $(#[$meta])*
             /// # Safety
             /// The CPU has the features named; `blk` as [`Block`] with `mr == MR`, one panel.
@@ -223,16 +231,14 @@ mod x86 {
                 // SAFETY: every pointer below stays inside what `Block` addresses (one panel of
                 // `groups` group rows, 16 padded column values, `MR` input rows, `MR` × `cols` outputs).
                 unsafe {
-                    let (s0, s1) = if $offset {
-                        let load = |off: usize| {
-                            let s = _mm256_loadu_si256(blk.col_sums.add(off) as *const __m256i);
-                            _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<7>(s))
-                        };
-                        (load(0), load(8))
-                    } else {
-                        (_mm256_setzero_si256(), _mm256_setzero_si256())
-                    };
-                    let mut acc = [[s0, s1]; MR];
+                    let sums = [
+                        _mm256_loadu_si256(blk.col_sums as *const __m256i),
+                        _mm256_loadu_si256(blk.col_sums.add(8) as *const __m256i),
+                    ];
+                    let mut acc: [[__m256i; 2]; MR] = std::array::from_fn(|i| {
+                        let corr = _mm256_set1_epi32(*blk.corr.add(i));
+                        [_mm256_mullo_epi32(corr, sums[0]), _mm256_mullo_epi32(corr, sums[1])]
+                    });
                     for p in 0..blk.groups {
                         let w = blk.b.add(p * GROUP_BYTES);
                         let w0 = _mm256_loadu_si256(w as *const __m256i);
@@ -268,13 +274,12 @@ mod x86 {
         };
     }
 
-    block256!(avx_vnni, "avx2,avxvnni", dot_avx_vnni, true);
+    block256!(avx_vnni, "avx2,avxvnni", dot_avx_vnni);
     block256!(
         #[cfg(test)]
         avx_vnni_evex,
         "avx2,avx512f,avx512vl,avx512vnni",
-        dot_evex,
-        true
+        dot_evex
     );
-    block256!(avx2, "avx2", dot_avx2, false);
+    block256!(avx2, "avx2", dot_avx2);
 }
