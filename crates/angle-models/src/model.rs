@@ -15,8 +15,8 @@ use angle_tensor::rng::derive_seed;
 use crate::error::{ModelError, Result};
 use crate::families;
 use crate::nn::{
-    Embeddings, EmbeddingsState, Grads, Init, LayerNorm, LayerSeeds, LayerState, Linear, LinearState,
-    LoraSpec, ModernBertDropout, NormState, Store, VarBuilder, Weights, kaiming_uniform,
+    Embeddings, EmbeddingsState, Grads, Init, Int8Weights, LayerNorm, LayerSeeds, LayerState, Linear,
+    LinearState, LoraSpec, ModernBertDropout, NormState, Store, VarBuilder, Weights, kaiming_uniform,
 };
 use crate::weights::Checkpoint;
 
@@ -90,6 +90,8 @@ pub struct Model {
     pub buffers: ParamBuffers,
     /// Frozen parameters (a LoRA run's base).
     pub frozen: Vec<f32>,
+    /// int8 copies of the linear weights that do not train ([`Model::set_int8`]).
+    int8: Int8Weights,
     no_decay: Vec<Range<usize>>,
     pub lora: Option<LoraSpec>,
     pub dir: PathBuf,
@@ -151,6 +153,7 @@ impl Model {
             vars: vb,
             buffers,
             frozen,
+            int8: Int8Weights::default(),
             no_decay,
             lora: opts.lora.clone(),
             dir,
@@ -187,6 +190,7 @@ impl Model {
         Weights {
             trainable: &self.buffers.params,
             frozen: &self.frozen,
+            int8: &self.int8,
         }
     }
 
@@ -208,6 +212,7 @@ impl Model {
         let w = Weights {
             trainable: &self.buffers.params,
             frozen: &self.frozen,
+            int8: &self.int8,
         };
         let b = &self.blocks;
         let run = &mut self.run;
@@ -293,6 +298,7 @@ impl Model {
         let w = Weights {
             trainable: &self.buffers.params,
             frozen: &self.frozen,
+            int8: &self.int8,
         };
         let mut g = Grads {
             g: &mut self.buffers.grads,
@@ -437,6 +443,39 @@ impl Model {
     pub fn max_dropout(&self) -> f64 {
         let lora = self.lora.as_ref().map_or(0.0, |l| l.dropout);
         self.blocks.max_dropout().max(lora)
+    }
+
+    /// int8 products for every linear layer (`on`), or f32 again: each weight quantized once per output
+    /// channel (`PackedI8::quantize`), the inputs per row per call; norms, attention, activations, LoRA's A
+    /// and B stay f32, and backward's input gradient multiplies by the dequantized weight. Only weights that
+    /// do not train may be quantized: a model that only encodes, or a LoRA run's frozen base (`--load-kbit
+    /// 8`); the f32 weights stay (merges and saves read them).
+    pub fn set_int8(&mut self, on: bool) -> Result<()> {
+        self.int8 = Int8Weights::default();
+        if !on {
+            return Ok(());
+        }
+        let training = self.buffers.is_training();
+        let mut int8 = Int8Weights::default();
+        for lin in self.linears() {
+            if training && lin.weight.trainable() {
+                return Err(ModelError::State(format!(
+                    "{}: int8 weights serve a base that does not train (encoding, or LoRA's base: --load-kbit 8); \
+                     full fine-tuning trains the linear weights themselves, in f32",
+                    lin.modules.join(", ")
+                )));
+            }
+            let w = self.weights().get(&lin.weight);
+            let q = angle_tensor::cpu::PackedI8::quantize(w, lin.out_dim, lin.in_dim)?;
+            int8.insert(&lin.weight, q);
+        }
+        self.int8 = int8;
+        Ok(())
+    }
+
+    /// Bytes of the int8 copies ([`Model::set_int8`]).
+    pub fn int8_bytes(&self) -> usize {
+        self.int8.bytes()
     }
 
     /// Every linear block (for adapters).

@@ -323,7 +323,8 @@ fn load_blocks_backbone(
 ) -> Result<(Box<dyn Backbone>, TextTokenizer)> {
     let refuse = |what: &str| {
         Err(TrainError::Config(format!(
-            "{}: {what} is offered for BERT without LoRA and for the decoder family so far; this model runs              through angle-models' blocks (f32 on the CPU)",
+            "{}: {what} is offered for BERT without LoRA and for the decoder family so far; this model runs \
+             through angle-models' blocks (f32 or int8 on the CPU)",
             dir.display()
         )))
     };
@@ -333,17 +334,12 @@ fn load_blocks_backbone(
     if opts.layers.is_some() {
         return refuse("--layers");
     }
-    if let Some(p) = [opts.cpu_inference, opts.cpu_train]
+    let modes = [opts.cpu_inference, opts.cpu_train];
+    if let Some(p) = modes
         .into_iter()
-        .find(|&p| p != Precision::F32)
+        .find(|&p| !matches!(p, Precision::F32 | Precision::Int8))
     {
-        return refuse(&format!(
-            "{p} products (--precision {p}{})",
-            match p {
-                Precision::Int8 => ", --load-kbit 8",
-                _ => "",
-            }
-        ));
+        return refuse(&format!("{p} products (--precision {p})"));
     }
     if opts.decoder.bidirectional || opts.decoder.bidirectional_from.is_some() {
         return Err(TrainError::Config(format!(
@@ -360,6 +356,11 @@ fn load_blocks_backbone(
         opts.decoder.inference_only,
     )?;
     let mut model = model;
+    // int8 copies of the linear weights that do not train: encoding, or a LoRA run's base (--load-kbit 8)
+    model
+        .model
+        .set_int8(modes.contains(&Precision::Int8))
+        .map_err(|e| TrainError::Encoder(e.to_string()))?;
     model.model.checkpointing = opts.decoder.gradient_checkpointing;
     if let Some(b) = opts.decoder.max_shard_bytes {
         model.max_shard_bytes = b;

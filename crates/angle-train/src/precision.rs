@@ -9,7 +9,7 @@
 //! | GPU (BERT family) | tf32 | f32, bf16 |
 //! | CPU, BERT family (angle-encoder) | bf16 where a bf16 kernel beats f32 (AMX; AVX512-BF16 on AMD), else f32 | f32, bf16; int8 to encode |
 //! | CPU, decoder family | f32 (bf16's effect on a real model's scores is not measured yet) | bf16; int8 to encode and as LoRA's frozen base (`--load-kbit 8`) |
-//! | CPU, angle-models' blocks (ModernBERT, ELECTRA, ALBERT, LoRA or checkpointing on the BERT family) | f32 | nothing else yet |
+//! | CPU, angle-models' blocks (ModernBERT, ELECTRA, ALBERT, LoRA or checkpointing on the BERT family) | f32 | int8 to encode and as LoRA's frozen base (`--load-kbit 8`) |
 
 use std::fmt;
 use std::path::Path;
@@ -60,7 +60,7 @@ pub enum CpuPath {
     /// angle-decoder: LLaMA, Mistral, Qwen2, Qwen3 (with or without LoRA).
     Decoder,
     /// angle-models' blocks: ModernBERT, ELECTRA, ALBERT, and the BERT family with LoRA or
-    /// gradient checkpointing (f32).
+    /// gradient checkpointing (f32; int8 for weights that do not train).
     Blocks,
 }
 
@@ -196,7 +196,9 @@ fn offered(p: Precision, path: CpuPath, training: bool) -> Result<()> {
         (Precision::Tf32, _) => {
             refuse("a GPU precision (--device cuda); the CPU computes in f32, bf16 or int8")
         }
-        (_, CpuPath::Blocks) => refuse(&format!("{} run in f32 on the CPU so far", path.name())),
+        (Precision::Bf16, CpuPath::Blocks) => {
+            refuse(&format!("{} run in f32 or int8 on the CPU so far", path.name()))
+        }
         (Precision::Int8, _) if training => refuse(
             "int8 products encode (encode, eval, similarity); a LoRA run holds its frozen base in int8 with --load-kbit 8",
         ),
@@ -305,6 +307,10 @@ mod tests {
         }
         let e = exactly(Precision::Bf16, CpuPath::Blocks).unwrap_err();
         assert!(e.to_string().contains("blocks"), "{e}");
+        assert_eq!(
+            exactly(Precision::Int8, CpuPath::Blocks).unwrap(),
+            Precision::Int8
+        );
         assert_eq!(
             for_encoding(Requested::Auto, Some(8), CpuPath::Encoder).unwrap(),
             Precision::Int8

@@ -377,11 +377,6 @@ pub fn check_train_model(c: &TrainConfig, m: &ModelShape, device: Device) -> Res
                 if let Device::Cuda(_) = device {
                     return refuse(format!("--device cuda: {what} ({dir}) runs on the CPU so far"));
                 }
-                if c.load_kbit.is_some() {
-                    return refuse(format!(
-                        "--load-kbit: {what} ({dir}) keeps its base in f32 so far"
-                    ));
-                }
             }
             if c.bidirectional || c.bidirectional_from.is_some() {
                 return refuse(format!(

@@ -165,6 +165,77 @@ fn lora_on_a_bert_model_writes_a_peft_adapter_that_resumes_encodes_and_merges() 
     );
 }
 
+/// `--load-kbit 8` on angle-models' blocks: a LoRA run of a BERT model on an 8-bit base trains (not the f32
+/// base's adapter), resumes bit for bit and encodes; every block family encodes with `--precision int8` close
+/// to f32.
+#[test]
+fn an_8_bit_base_trains_lora_on_the_blocks_and_every_family_encodes_in_int8() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tiny_model(tmp.path(), 7);
+    let train_file = stsb_head(tmp.path(), "train", 18, "train.csv");
+    let cfg = |out: &str, kbit: Option<u8>| TrainConfig {
+        lora: Some(LoraSettings {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.1,
+            targets: "all-linear".into(),
+        }),
+        load_kbit: kbit,
+        max_length: 24,
+        batch_size: 4,
+        epochs: 2,
+        lr: 1e-3,
+        save_steps: 3,
+        ..tiny_config(&base, &train_file, None, &tmp.path().join(out))
+    };
+    train(cfg("q8", Some(8)), None, &TrainOptions::default()).unwrap();
+    train(cfg("f32", None), None, &TrainOptions::default()).unwrap();
+    let adapter = |d: &str| {
+        read(
+            &tmp.path()
+                .join(d)
+                .join(CHECKPOINT_LAST)
+                .join("adapter_model.safetensors"),
+        )
+    };
+    assert_ne!(adapter("q8"), adapter("f32"));
+    let saved: serde_json::Value = serde_json::from_slice(&read(
+        &tmp.path()
+            .join("q8")
+            .join(CHECKPOINT_LAST)
+            .join("angle_config.json"),
+    ))
+    .unwrap();
+    assert_eq!(
+        (
+            saved["train"]["load_kbit"].as_u64(),
+            saved["train"]["cpu_precision"].as_str()
+        ),
+        (Some(8), Some("int8"))
+    );
+    let halted = TrainOptions {
+        halt_after: Some(7),
+        ..TrainOptions::default()
+    };
+    train(cfg("part", Some(8)), None, &halted).unwrap();
+    let ckpt = tmp.path().join("part").join(CHECKPOINT_LAST);
+    train(cfg("part", Some(8)), Some(&ckpt), &TrainOptions::default()).unwrap();
+    assert!(adapter("part") == adapter("q8"), "resumed 8-bit run differs");
+
+    let t = texts(tmp.path());
+    let adapted = tmp.path().join("q8").join(CHECKPOINT_LAST);
+    for model in family_models().iter().chain([&adapted]) {
+        let (f, q) = (
+            encode(model, &t, &[]),
+            encode(model, &t, &["--precision", "int8"]),
+        );
+        for (a, b) in f.iter().zip(&q) {
+            let c = cosine(a, b);
+            assert!(c > 0.99 && c < 1.0, "{}: int8 cosine {c}", model.display());
+        }
+    }
+}
+
 #[test]
 fn family_options_that_cannot_run_are_refused_by_name() {
     let tmp = tempfile::tempdir().unwrap();
@@ -186,7 +257,9 @@ fn family_options_that_cannot_run_are_refused_by_name() {
     };
     assert!(run(&["--ese"]).contains("--ese"));
     assert!(run(&["--bidirectional-from", "1"]).contains("--bidirectional-from"));
-    assert!(run(&["--load-kbit", "8", "--lora-r", "4"]).contains("--load-kbit"));
+    assert!(run(&["--load-kbit", "8"]).contains("--lora-r"));
+    assert!(run(&["--load-kbit", "4", "--lora-r", "4"]).contains("--load-kbit 4"));
+    assert!(run(&["--precision", "bf16"]).contains("--precision bf16"));
     let cfg = tmp.path().join("bad");
     std::fs::create_dir_all(&cfg).unwrap();
     std::fs::write(

@@ -3,13 +3,22 @@
 //! One block holds every weight form, so every family gets every form: trainable f32, frozen (a LoRA
 //! run's base), and adapters on any of the Hugging Face modules it stands for. Several modules may be
 //! fused into one block (BERT's query, key and value: one `[3H, H]` product); each keeps its own
-//! adapter, which adds into its own columns of the output.
+//! adapter, which adds into its own columns of the output. A weight that does not train may have an int8
+//! copy ([`Int8Weights`](super::vars::Int8Weights)): its forward then runs on the int8 kernels, and
+//! backward's input gradient multiplies by that copy dequantized (the weight the forward used).
+
+thread_local! {
+    /// A dequantized int8 weight for backward's `dy · W` (grown once, reused).
+    static DEQUANTIZED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
 
 use std::ops::Range;
 
+use std::cell::RefCell;
+
 use angle_tensor::cpu::{
     LoraShape, MatMut, MatRef, dropout_backward, dropout_forward, gemm, linear_backward, linear_forward,
-    lora_backward, lora_forward,
+    linear_forward_i8, lora_backward, lora_forward,
 };
 use angle_tensor::rng::derive_seed;
 
@@ -131,15 +140,18 @@ impl Linear {
         dropout: Option<u64>,
     ) -> Result<()> {
         let bias = self.bias.as_ref().map(|b| w.get(b));
-        linear_forward(
-            out,
-            inp,
-            w.get(&self.weight),
-            bias,
-            rows,
-            self.in_dim,
-            self.out_dim,
-        )?;
+        match w.int8.get(&self.weight) {
+            Some(q) => linear_forward_i8(out, inp, q, bias, rows)?,
+            None => linear_forward(
+                out,
+                inp,
+                w.get(&self.weight),
+                bias,
+                rows,
+                self.in_dim,
+                self.out_dim,
+            )?,
+        }
         if self.adapters.is_empty() {
             return Ok(());
         }
@@ -205,14 +217,20 @@ impl Linear {
                     }
                 }
                 if let Some(dx) = dinp.as_deref_mut() {
-                    // frozen weight: only the input's gradient, dx += dy · W
-                    gemm(
-                        1.0,
-                        MatRef::new(dout, rows, o),
-                        MatRef::new(weight, o, i),
-                        1.0,
-                        MatMut::new(dx, rows, i),
-                    )?;
+                    // frozen weight: only the input's gradient, dx += dy · W (W as the forward used it)
+                    let mut product = |weight: &[f32]| {
+                        gemm(
+                            1.0,
+                            MatRef::new(dout, rows, o),
+                            MatRef::new(weight, o, i),
+                            1.0,
+                            MatMut::new(dx, rows, i),
+                        )
+                    };
+                    match w.int8.get(&self.weight) {
+                        Some(q) => DEQUANTIZED.with(|d| product(q.dequantize_into(&mut d.borrow_mut())))?,
+                        None => product(weight)?,
+                    }
                 }
             }
         }

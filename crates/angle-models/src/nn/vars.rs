@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 
 /// Which flat buffer a tensor lives in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Store {
     Trainable,
     Frozen,
@@ -144,11 +144,39 @@ impl VarBuilder {
     }
 }
 
-/// Read access to both buffers.
+/// int8 copies of linear weights that do not train (`Model::set_int8`: a model that only encodes, or a
+/// LoRA run's base), by the tensor they copy; a [`Linear`](super::Linear) with one runs its forward on the
+/// int8 kernels.
+#[derive(Debug, Clone, Default)]
+pub struct Int8Weights {
+    packs: HashMap<(Store, usize), angle_tensor::cpu::PackedI8>,
+}
+
+impl Int8Weights {
+    pub fn insert(&mut self, v: &Var, pack: angle_tensor::cpu::PackedI8) {
+        self.packs.insert((v.store, v.range.start), pack);
+    }
+
+    pub fn get(&self, v: &Var) -> Option<&angle_tensor::cpu::PackedI8> {
+        self.packs.get(&(v.store, v.range.start))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.packs.is_empty()
+    }
+
+    /// Bytes held by the copies.
+    pub fn bytes(&self) -> usize {
+        self.packs.values().map(|p| p.memory_bytes()).sum()
+    }
+}
+
+/// Read access to both buffers (and the int8 copies, when there are any).
 #[derive(Debug, Clone, Copy)]
 pub struct Weights<'a> {
     pub trainable: &'a [f32],
     pub frozen: &'a [f32],
+    pub int8: &'a Int8Weights,
 }
 
 impl<'a> Weights<'a> {
