@@ -19,11 +19,8 @@ fn step(m: &mut Model) -> (Vec<f32>, Vec<f32>) {
         seq_offsets: &offs,
     };
     let hidden = m.forward(&batch, Some(7)).unwrap().to_vec();
-    let probe: Vec<f32> = (0..hidden.len())
-        .map(|i| ((i * 7919) % 101) as f32 / 101.0 - 0.5)
-        .collect();
     m.zero_grad();
-    m.backward(&probe).unwrap();
+    m.backward(&common::probe(hidden.len())).unwrap();
     (hidden, m.buffers.grads.clone())
 }
 

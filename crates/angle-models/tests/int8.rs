@@ -5,23 +5,9 @@
 
 mod common;
 
-use angle_encoder::Batch;
 use angle_models::nn::Init;
 use angle_models::{LoraSpec, Model, ModelOptions};
-
-fn batch(vocab: usize) -> (Vec<u32>, Vec<usize>) {
-    let ids: Vec<u32> = (0..23u32).map(|i| 2 + (i * 37) % (vocab as u32 - 2)).collect();
-    (ids, vec![0, 9, 14, 23])
-}
-
-fn forward(m: &mut Model, ids: &[u32], offs: &[usize]) -> Vec<f32> {
-    let b = Batch {
-        input_ids: ids,
-        token_type_ids: None,
-        seq_offsets: offs,
-    };
-    m.forward(&b, None).unwrap().to_vec()
-}
+use common::{batch, forward, probe};
 
 /// Relative L2 distance.
 fn rel(a: &[f32], b: &[f32]) -> f64 {
@@ -81,11 +67,8 @@ fn lora_on_an_int8_base_has_close_adapter_gradients() {
             m.set_int8(int8).unwrap();
             let (ids, offs) = batch(m.blocks.embeddings.vocab);
             let hidden = forward(&mut m, &ids, &offs);
-            let probe: Vec<f32> = (0..hidden.len())
-                .map(|i| ((i * 7919) % 101) as f32 / 101.0 - 0.5)
-                .collect();
             m.zero_grad();
-            m.backward(&probe).unwrap();
+            m.backward(&probe(hidden.len())).unwrap();
             (hidden, m.buffers.grads.clone())
         };
         let ((h32, g32), (h8, g8)) = (grads(false), grads(true));

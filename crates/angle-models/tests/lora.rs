@@ -7,31 +7,11 @@ mod common;
 
 use std::path::Path;
 
-use angle_encoder::Batch;
 use angle_models::nn::Init;
 use angle_models::weights::write_safetensors;
 use angle_models::{LoraSpec, Model, ModelOptions};
+use common::{batch, forward, probe};
 use safetensors::tensor::Dtype;
-
-/// A small packed batch of in-vocabulary ids.
-fn batch(vocab: usize) -> (Vec<u32>, Vec<usize>) {
-    let ids: Vec<u32> = (0..23u32).map(|i| 2 + (i * 37) % (vocab as u32 - 2)).collect();
-    (ids, vec![0, 9, 14, 23])
-}
-
-/// `Σ hidden · probe`: a scalar objective with a fixed gradient.
-fn probe(n: usize) -> Vec<f32> {
-    (0..n).map(|i| ((i * 7919) % 101) as f32 / 101.0 - 0.5).collect()
-}
-
-fn forward(m: &mut Model, ids: &[u32], offs: &[usize]) -> Vec<f32> {
-    let b = Batch {
-        input_ids: ids,
-        token_type_ids: None,
-        seq_offsets: offs,
-    };
-    m.forward(&b, None).unwrap().to_vec()
-}
 
 /// Writes the model's merged weights as a full checkpoint next to the base's config.
 fn write_merged(m: &Model, base: &Path, out: &Path) {

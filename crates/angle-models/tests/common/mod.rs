@@ -3,6 +3,9 @@
 
 use std::path::PathBuf;
 
+use angle_encoder::Batch;
+use angle_models::Model;
+
 /// Every folder under `ANGLE_FAMILY_FIXTURES` (default `../shared/fixtures/families`) that holds a model.
 pub fn family_models() -> Vec<PathBuf> {
     let root = std::env::var_os("ANGLE_FAMILY_FIXTURES")
@@ -18,4 +21,25 @@ pub fn family_models() -> Vec<PathBuf> {
     v.sort();
     assert!(!v.is_empty(), "no family fixtures under {}", root.display());
     v
+}
+
+/// A small packed batch of in-vocabulary ids (three sequences of 9, 5 and 9 tokens).
+pub fn batch(vocab: usize) -> (Vec<u32>, Vec<usize>) {
+    let ids: Vec<u32> = (0..23u32).map(|i| 2 + (i * 37) % (vocab as u32 - 2)).collect();
+    (ids, vec![0, 9, 14, 23])
+}
+
+/// `Σ hidden · probe`: a scalar objective with a fixed gradient.
+pub fn probe(n: usize) -> Vec<f32> {
+    (0..n).map(|i| ((i * 7919) % 101) as f32 / 101.0 - 0.5).collect()
+}
+
+/// The eval-mode last hidden state of `ids` packed at `offs`.
+pub fn forward(m: &mut Model, ids: &[u32], offs: &[usize]) -> Vec<f32> {
+    let b = Batch {
+        input_ids: ids,
+        token_type_ids: None,
+        seq_offsets: offs,
+    };
+    m.forward(&b, None).unwrap().to_vec()
 }
