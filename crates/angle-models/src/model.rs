@@ -10,13 +10,16 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use angle_encoder::{AdamW, Batch, ParamBuffers, Pooler, Pooling, decays};
+use angle_tensor::Precision;
+use angle_tensor::cpu::{PackedBf16, PackedI8};
 use angle_tensor::rng::derive_seed;
 
 use crate::error::{ModelError, Result};
 use crate::families;
 use crate::nn::{
-    Embeddings, EmbeddingsState, Grads, Init, Int8Weights, LayerNorm, LayerSeeds, LayerState, Linear,
-    LinearState, LoraSpec, ModernBertDropout, NormState, Store, VarBuilder, Weights, kaiming_uniform,
+    Embeddings, EmbeddingsState, Grads, Init, LayerNorm, LayerSeeds, LayerState, Linear, LinearState,
+    LoraSpec, ModernBertDropout, NormState, Packed, PackedWeights, Store, VarBuilder, Weights,
+    kaiming_uniform,
 };
 use crate::weights::Checkpoint;
 
@@ -90,8 +93,8 @@ pub struct Model {
     pub buffers: ParamBuffers,
     /// Frozen parameters (a LoRA run's base).
     pub frozen: Vec<f32>,
-    /// int8 copies of the linear weights that do not train ([`Model::set_int8`]).
-    int8: Int8Weights,
+    /// Packed copies of the linear weights that do not train ([`Model::set_precision`]).
+    packed: PackedWeights,
     no_decay: Vec<Range<usize>>,
     pub lora: Option<LoraSpec>,
     pub dir: PathBuf,
@@ -153,7 +156,7 @@ impl Model {
             vars: vb,
             buffers,
             frozen,
-            int8: Int8Weights::default(),
+            packed: PackedWeights::default(),
             no_decay,
             lora: opts.lora.clone(),
             dir,
@@ -190,7 +193,7 @@ impl Model {
         Weights {
             trainable: &self.buffers.params,
             frozen: &self.frozen,
-            int8: &self.int8,
+            packed: &self.packed,
         }
     }
 
@@ -212,7 +215,7 @@ impl Model {
         let w = Weights {
             trainable: &self.buffers.params,
             frozen: &self.frozen,
-            int8: &self.int8,
+            packed: &self.packed,
         };
         let b = &self.blocks;
         let run = &mut self.run;
@@ -298,7 +301,7 @@ impl Model {
         let w = Weights {
             trainable: &self.buffers.params,
             frozen: &self.frozen,
-            int8: &self.int8,
+            packed: &self.packed,
         };
         let mut g = Grads {
             g: &mut self.buffers.grads,
@@ -445,37 +448,52 @@ impl Model {
         self.blocks.max_dropout().max(lora)
     }
 
-    /// int8 products for every linear layer (`on`), or f32 again: each weight quantized once per output
-    /// channel (`PackedI8::quantize`), the inputs per row per call; norms, attention, activations, LoRA's A
-    /// and B stay f32, and backward's input gradient multiplies by the dequantized weight. Only weights that
-    /// do not train may be quantized: a model that only encodes, or a LoRA run's frozen base (`--load-kbit
-    /// 8`); the f32 weights stay (merges and saves read them).
-    pub fn set_int8(&mut self, on: bool) -> Result<()> {
-        self.int8 = Int8Weights::default();
-        if !on {
+    /// The linear layers' products: [`Precision::F32`] (the default), or, for weights that do not train (a
+    /// model that only encodes, or a LoRA run's frozen base), [`Precision::Int8`] (each weight quantized once
+    /// per output channel, the inputs per row per call; backward's input gradient through the dequantized
+    /// weight: `--precision int8`, `--load-kbit 8`) or [`Precision::Bf16`] (each weight packed once for the bf16
+    /// kernels, transposed too for backward's `dy · W`; f32 sums). Norms, attention, activations, LoRA's A and
+    /// B stay f32; the f32 weights stay too (merges and saves read them).
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        self.packed = PackedWeights::default();
+        if precision == Precision::F32 {
             return Ok(());
         }
+        if precision == Precision::Tf32 {
+            return Err(ModelError::State(
+                "tf32 is a GPU precision: the CPU runs f32, bf16 or int8".into(),
+            ));
+        }
         let training = self.buffers.is_training();
-        let mut int8 = Int8Weights::default();
+        let mut packed = PackedWeights::default();
         for lin in self.linears() {
             if training && lin.weight.trainable() {
                 return Err(ModelError::State(format!(
-                    "{}: int8 weights serve a base that does not train (encoding, or LoRA's base: --load-kbit 8); \
-                     full fine-tuning trains the linear weights themselves, in f32",
+                    "{}: {precision} copies serve weights that do not train (encoding, or LoRA's base: --load-kbit 8, \
+                     --precision bf16); full fine-tuning trains the linear weights themselves, in f32",
                     lin.modules.join(", ")
                 )));
             }
             let w = self.weights().get(&lin.weight);
-            let q = angle_tensor::cpu::PackedI8::quantize(w, lin.out_dim, lin.in_dim)?;
-            int8.insert(&lin.weight, q);
+            let (o, i) = (lin.out_dim, lin.in_dim);
+            let pack = match precision {
+                Precision::Int8 => Packed::Int8(PackedI8::quantize(w, o, i)?),
+                _ => Packed::Bf16 {
+                    fwd: PackedBf16::pack(w, o, i)?,
+                    bwd: training
+                        .then(|| PackedBf16::pack_transposed(w, o, i))
+                        .transpose()?,
+                },
+            };
+            packed.insert(&lin.weight, pack);
         }
-        self.int8 = int8;
+        self.packed = packed;
         Ok(())
     }
 
-    /// Bytes of the int8 copies ([`Model::set_int8`]).
-    pub fn int8_bytes(&self) -> usize {
-        self.int8.bytes()
+    /// Bytes of the packed copies ([`Model::set_precision`]).
+    pub fn packed_bytes(&self) -> usize {
+        self.packed.bytes()
     }
 
     /// Every linear block (for adapters).

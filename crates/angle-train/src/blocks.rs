@@ -306,7 +306,7 @@ impl Backbone for BlocksCpu {
         let m = &self.model;
         let trainable = m.buffers.params.len();
         Some(crate::memory::MemoryPlan {
-            weights: 4 * (trainable + m.frozen.len()) + m.int8_bytes(),
+            weights: 4 * (trainable + m.frozen.len()) + m.packed_bytes(),
             trainable_state: 12 * trainable,
             // an evaluation batch runs through the same (grow-only) states
             activations: self.bytes_fixed + self.bytes_per_seq * sizes.train_seqs.max(sizes.embed_seqs),

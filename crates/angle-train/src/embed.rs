@@ -324,7 +324,7 @@ fn load_blocks_backbone(
     let refuse = |what: &str| {
         Err(TrainError::Config(format!(
             "{}: {what} is offered for BERT without LoRA and for the decoder family so far; this model runs \
-             through angle-models' blocks (f32 or int8 on the CPU)",
+             through angle-models' blocks (f32, bf16 or int8 on the CPU)",
             dir.display()
         )))
     };
@@ -334,10 +334,9 @@ fn load_blocks_backbone(
     if opts.layers.is_some() {
         return refuse("--layers");
     }
-    let modes = [opts.cpu_inference, opts.cpu_train];
-    if let Some(p) = modes
+    if let Some(p) = [opts.cpu_inference, opts.cpu_train]
         .into_iter()
-        .find(|&p| !matches!(p, Precision::F32 | Precision::Int8))
+        .find(|&p| p == Precision::Tf32)
     {
         return refuse(&format!("{p} products (--precision {p})"));
     }
@@ -356,10 +355,10 @@ fn load_blocks_backbone(
         opts.decoder.inference_only,
     )?;
     let mut model = model;
-    // int8 copies of the linear weights that do not train: encoding, or a LoRA run's base (--load-kbit 8)
+    // int8 or bf16 copies of the linear weights that do not train: encoding, or a LoRA run's base
     model
         .model
-        .set_int8(modes.contains(&Precision::Int8))
+        .set_precision(products(opts))
         .map_err(|e| TrainError::Encoder(e.to_string()))?;
     model.model.checkpointing = opts.decoder.gradient_checkpointing;
     if let Some(b) = opts.decoder.max_shard_bytes {
@@ -396,21 +395,24 @@ fn load_decoder_backbone(
         None => None,
     };
     let (mut model, tok_dir) = load_decoder(dir, pooling, &opts.decoder)?;
-    // One set of products serves both modes here: int8 copies of a frozen base (encoding, or --load-kbit 8),
-    // else bf16 copies of every linear weight when either mode asks for them.
-    let modes = [opts.cpu_inference, opts.cpu_train];
-    let products = [Precision::Int8, Precision::Bf16]
-        .into_iter()
-        .find(|p| modes.contains(p))
-        .unwrap_or(Precision::F32);
     model
         .dec
-        .set_precision(products)
+        .set_precision(products(opts))
         .map_err(|e| TrainError::Encoder(e.to_string()))?;
     let max_len = max_len.min(model.dec.config.max_position_embeddings.max(1));
     let tok = TextTokenizer::from_file(tok_dir.join("tokenizer.json"), max_len)
         .map_err(|e| TrainError::Data(e.to_string()))?;
     Ok((Box::new(model), tok))
+}
+
+/// The one set of products a decoder or a blocks model runs in both modes: int8 copies of a frozen base
+/// (encoding, or `--load-kbit 8`), else bf16 copies when either mode asks for them, else f32.
+fn products(opts: &LoadOptions) -> Precision {
+    let modes = [opts.cpu_inference, opts.cpu_train];
+    [Precision::Int8, Precision::Bf16]
+        .into_iter()
+        .find(|p| modes.contains(p))
+        .unwrap_or(Precision::F32)
 }
 
 /// Loads a model directory's encoder and tokenizer (`tokenizer.json` beside `config.json`).

@@ -9,7 +9,7 @@
 //! | GPU (BERT family) | tf32 | f32, bf16 |
 //! | CPU, BERT family (angle-encoder) | bf16 where a bf16 kernel beats f32 (AMX; AVX512-BF16 on AMD), else f32 | f32, bf16; int8 to encode |
 //! | CPU, decoder family | f32 (bf16's effect on a real model's scores is not measured yet) | bf16; int8 to encode and as LoRA's frozen base (`--load-kbit 8`) |
-//! | CPU, angle-models' blocks (ModernBERT, ELECTRA, ALBERT, LoRA or checkpointing on the BERT family) | f32 | int8 to encode and as LoRA's frozen base (`--load-kbit 8`) |
+//! | CPU, angle-models' blocks (ModernBERT, ELECTRA, ALBERT, LoRA or checkpointing on the BERT family) | f32 | bf16 to encode and for LoRA's frozen base; int8 to encode and as LoRA's frozen base (`--load-kbit 8`) |
 
 use std::fmt;
 use std::path::Path;
@@ -60,7 +60,7 @@ pub enum CpuPath {
     /// angle-decoder: LLaMA, Mistral, Qwen2, Qwen3 (with or without LoRA).
     Decoder,
     /// angle-models' blocks: ModernBERT, ELECTRA, ALBERT, and the BERT family with LoRA or
-    /// gradient checkpointing (f32; int8 for weights that do not train).
+    /// gradient checkpointing (f32; bf16 or int8 copies of weights that do not train).
     Blocks,
 }
 
@@ -175,7 +175,15 @@ pub fn for_training(requested: Requested, config: &TrainConfig, resumed: bool) -
         Requested::Exactly(Precision::F32) => Ok(Precision::F32),
         Requested::Exactly(p) => {
             // (the trainer says which bf16 kernel runs, and whether it beats f32 here)
-            offered(p, path()?, true)?;
+            let path = path()?;
+            offered(p, path, true)?;
+            if path == CpuPath::Blocks && p == Precision::Bf16 && config.lora.is_none() {
+                return Err(TrainError::Config(format!(
+                    "--precision bf16: {} train in f32 when every weight trains; with --lora-r the frozen base runs \
+                     in bf16",
+                    path.name()
+                )));
+            }
             Ok(p)
         }
         Requested::Auto if resumed => Ok(config.cpu_precision.unwrap_or_default()),
@@ -195,9 +203,6 @@ fn offered(p: Precision, path: CpuPath, training: bool) -> Result<()> {
         (Precision::F32, _) => Ok(()),
         (Precision::Tf32, _) => {
             refuse("a GPU precision (--device cuda); the CPU computes in f32, bf16 or int8")
-        }
-        (Precision::Bf16, CpuPath::Blocks) => {
-            refuse(&format!("{} run in f32 or int8 on the CPU so far", path.name()))
         }
         (Precision::Int8, _) if training => refuse(
             "int8 products encode (encode, eval, similarity); a LoRA run holds its frozen base in int8 with --load-kbit 8",
@@ -305,12 +310,10 @@ mod tests {
             }
             assert!(exactly(Precision::Tf32, path).is_err());
         }
-        let e = exactly(Precision::Bf16, CpuPath::Blocks).unwrap_err();
-        assert!(e.to_string().contains("blocks"), "{e}");
-        assert_eq!(
-            exactly(Precision::Int8, CpuPath::Blocks).unwrap(),
-            Precision::Int8
-        );
+        for p in [Precision::Bf16, Precision::Int8] {
+            assert_eq!(exactly(p, CpuPath::Blocks).unwrap(), p);
+        }
+        assert!(exactly(Precision::Tf32, CpuPath::Blocks).is_err());
         assert_eq!(
             for_encoding(Requested::Auto, Some(8), CpuPath::Encoder).unwrap(),
             Precision::Int8

@@ -165,11 +165,11 @@ fn lora_on_a_bert_model_writes_a_peft_adapter_that_resumes_encodes_and_merges() 
     );
 }
 
-/// `--load-kbit 8` on angle-models' blocks: a LoRA run of a BERT model on an 8-bit base trains (not the f32
-/// base's adapter), resumes bit for bit and encodes; every block family encodes with `--precision int8` close
-/// to f32.
+/// `--load-kbit 8` and `--precision bf16` on angle-models' blocks: a LoRA run of a BERT model on an 8-bit or a
+/// bf16 base trains (not the f32 base's adapter), the 8-bit one resumes bit for bit, and every block family
+/// encodes with `--precision int8` and `bf16` close to f32.
 #[test]
-fn an_8_bit_base_trains_lora_on_the_blocks_and_every_family_encodes_in_int8() {
+fn packed_bases_train_lora_on_the_blocks_and_every_family_encodes_in_int8_and_bf16() {
     let tmp = tempfile::tempdir().unwrap();
     let base = tiny_model(tmp.path(), 7);
     let train_file = stsb_head(tmp.path(), "train", 18, "train.csv");
@@ -199,6 +199,12 @@ fn an_8_bit_base_trains_lora_on_the_blocks_and_every_family_encodes_in_int8() {
         )
     };
     assert_ne!(adapter("q8"), adapter("f32"));
+    let bf16 = TrainOptions {
+        cpu_precision: angle_train::precision::Precision::Bf16,
+        ..TrainOptions::default()
+    };
+    train(cfg("bf16", None), None, &bf16).unwrap();
+    assert_ne!(adapter("bf16"), adapter("f32"));
     let saved: serde_json::Value = serde_json::from_slice(&read(
         &tmp.path()
             .join("q8")
@@ -225,13 +231,12 @@ fn an_8_bit_base_trains_lora_on_the_blocks_and_every_family_encodes_in_int8() {
     let t = texts(tmp.path());
     let adapted = tmp.path().join("q8").join(CHECKPOINT_LAST);
     for model in family_models().iter().chain([&adapted]) {
-        let (f, q) = (
-            encode(model, &t, &[]),
-            encode(model, &t, &["--precision", "int8"]),
-        );
-        for (a, b) in f.iter().zip(&q) {
-            let c = cosine(a, b);
-            assert!(c > 0.99 && c < 1.0, "{}: int8 cosine {c}", model.display());
+        let f = encode(model, &t, &[]);
+        for (p, min) in [("int8", 0.99), ("bf16", 0.999)] {
+            for (a, b) in f.iter().zip(&encode(model, &t, &["--precision", p])) {
+                let c = cosine(a, b);
+                assert!(c > min && c < 1.0, "{}: {p} cosine {c}", model.display());
+            }
         }
     }
 }

@@ -3,9 +3,10 @@
 //! One block holds every weight form, so every family gets every form: trainable f32, frozen (a LoRA
 //! run's base), and adapters on any of the Hugging Face modules it stands for. Several modules may be
 //! fused into one block (BERT's query, key and value: one `[3H, H]` product); each keeps its own
-//! adapter, which adds into its own columns of the output. A weight that does not train may have an int8
-//! copy ([`Int8Weights`](super::vars::Int8Weights)): its forward then runs on the int8 kernels, and
-//! backward's input gradient multiplies by that copy dequantized (the weight the forward used).
+//! adapter, which adds into its own columns of the output. A weight that does not train may have a packed
+//! copy ([`PackedWeights`](super::vars::PackedWeights)): int8, whose forward runs on the int8 kernels and
+//! whose backward input gradient multiplies by the copy dequantized (the weight the forward used); or bf16,
+//! both products on the bf16 kernels (f32 sums).
 
 thread_local! {
     /// A dequantized int8 weight for backward's `dy · W` (grown once, reused).
@@ -17,13 +18,13 @@ use std::ops::Range;
 use std::cell::RefCell;
 
 use angle_tensor::cpu::{
-    LoraShape, MatMut, MatRef, dropout_backward, dropout_forward, gemm, linear_backward, linear_forward,
-    linear_forward_i8, lora_backward, lora_forward,
+    LoraShape, MatMut, MatRef, dropout_backward, dropout_forward, gemm, linear_accumulate_bf16,
+    linear_backward, linear_forward, linear_forward_bf16, linear_forward_i8, lora_backward, lora_forward,
 };
 use angle_tensor::rng::derive_seed;
 
 use super::lora::LoraSpec;
-use super::vars::{Grads, Init, Var, VarBuilder, Weights, path};
+use super::vars::{Grads, Init, Packed, Var, VarBuilder, Weights, path};
 use crate::error::Result;
 
 /// A LoRA adapter on the output columns `cols` of a [`Linear`].
@@ -140,8 +141,9 @@ impl Linear {
         dropout: Option<u64>,
     ) -> Result<()> {
         let bias = self.bias.as_ref().map(|b| w.get(b));
-        match w.int8.get(&self.weight) {
-            Some(q) => linear_forward_i8(out, inp, q, bias, rows)?,
+        match w.packed.get(&self.weight) {
+            Some(Packed::Int8(q)) => linear_forward_i8(out, inp, q, bias, rows)?,
+            Some(Packed::Bf16 { fwd, .. }) => linear_forward_bf16(out, inp, fwd, bias, rows)?,
             None => linear_forward(
                 out,
                 inp,
@@ -227,9 +229,14 @@ impl Linear {
                             MatMut::new(dx, rows, i),
                         )
                     };
-                    match w.int8.get(&self.weight) {
-                        Some(q) => DEQUANTIZED.with(|d| product(q.dequantize_into(&mut d.borrow_mut())))?,
-                        None => product(weight)?,
+                    match w.packed.get(&self.weight) {
+                        Some(Packed::Int8(q)) => {
+                            DEQUANTIZED.with(|d| product(q.dequantize_into(&mut d.borrow_mut())))?
+                        }
+                        Some(Packed::Bf16 { bwd: Some(bwd), .. }) => {
+                            linear_accumulate_bf16(dx, dout, bwd, rows)?
+                        }
+                        _ => product(weight)?,
                     }
                 }
             }

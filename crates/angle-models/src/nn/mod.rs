@@ -20,4 +20,4 @@ pub use linear::{Adapter, Linear, LinearState};
 pub use lora::{LoraSpec, kaiming_uniform};
 pub use mlp::{Mlp, MlpState};
 pub use norm::{LayerNorm, NormState};
-pub use vars::{Grads, Init, Int8Weights, Store, Var, VarBuilder, VarEntry, Weights, path};
+pub use vars::{Grads, Init, Packed, PackedWeights, Store, Var, VarBuilder, VarEntry, Weights, path};

@@ -9,6 +9,8 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
+use angle_tensor::cpu::{PackedBf16, PackedI8};
+
 /// Which flat buffer a tensor lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Store {
@@ -144,20 +146,32 @@ impl VarBuilder {
     }
 }
 
-/// int8 copies of linear weights that do not train (`Model::set_int8`: a model that only encodes, or a
-/// LoRA run's base), by the tensor they copy; a [`Linear`](super::Linear) with one runs its forward on the
-/// int8 kernels.
-#[derive(Debug, Clone, Default)]
-pub struct Int8Weights {
-    packs: HashMap<(Store, usize), angle_tensor::cpu::PackedI8>,
+/// A linear weight that does not train, copied for other products: int8 (quantized per output channel)
+/// or bf16 (packed for `x · Wᵀ`, and transposed for backward's `dy · W`).
+#[derive(Debug, Clone)]
+pub enum Packed {
+    Int8(PackedI8),
+    /// `bwd` (transposed) only where a backward will run.
+    Bf16 {
+        fwd: PackedBf16,
+        bwd: Option<PackedBf16>,
+    },
 }
 
-impl Int8Weights {
-    pub fn insert(&mut self, v: &Var, pack: angle_tensor::cpu::PackedI8) {
+/// The packed copies of the linear weights that do not train (`Model::set_precision`: a model that only
+/// encodes, or a LoRA run's base), by the tensor they copy; a [`Linear`](super::Linear) with one runs its
+/// products on them.
+#[derive(Debug, Clone, Default)]
+pub struct PackedWeights {
+    packs: HashMap<(Store, usize), Packed>,
+}
+
+impl PackedWeights {
+    pub fn insert(&mut self, v: &Var, pack: Packed) {
         self.packs.insert((v.store, v.range.start), pack);
     }
 
-    pub fn get(&self, v: &Var) -> Option<&angle_tensor::cpu::PackedI8> {
+    pub fn get(&self, v: &Var) -> Option<&Packed> {
         self.packs.get(&(v.store, v.range.start))
     }
 
@@ -167,16 +181,20 @@ impl Int8Weights {
 
     /// Bytes held by the copies.
     pub fn bytes(&self) -> usize {
-        self.packs.values().map(|p| p.memory_bytes()).sum()
+        let bytes = |p: &Packed| match p {
+            Packed::Int8(q) => q.memory_bytes(),
+            Packed::Bf16 { fwd, bwd } => fwd.bytes() + bwd.as_ref().map_or(0, PackedBf16::bytes),
+        };
+        self.packs.values().map(bytes).sum()
     }
 }
 
-/// Read access to both buffers (and the int8 copies, when there are any).
+/// Read access to both buffers (and the packed copies, when there are any).
 #[derive(Debug, Clone, Copy)]
 pub struct Weights<'a> {
     pub trainable: &'a [f32],
     pub frozen: &'a [f32],
-    pub int8: &'a Int8Weights,
+    pub packed: &'a PackedWeights,
 }
 
 impl<'a> Weights<'a> {
