@@ -29,28 +29,8 @@ fn write_merged(m: &Model, base: &Path, out: &Path) {
 fn adapter_gradients_are_the_weight_gradient_through_the_adapter() {
     let tmp = tempfile::tempdir().unwrap();
     for base in common::family_models() {
-        let spec = LoraSpec {
-            r: 3,
-            alpha: 6.0,
-            dropout: 0.0,
-            targets: vec!["all-linear".into()],
-            seed: 5,
-        };
-        let mut lora = Model::from_dir(
-            &base,
-            &ModelOptions {
-                lora: Some(spec),
-                frozen: false,
-            },
-        )
-        .unwrap();
+        let mut lora = common::lora_model(&base);
         assert!(!lora.frozen.is_empty() && lora.buffers.params.len() < lora.frozen.len());
-        // B starts at zero (peft): give it values so that every product is exercised
-        for e in lora.vars.entries.iter().filter(|e| e.init == Init::Zero) {
-            for (i, x) in lora.buffers.params[e.var.range.clone()].iter_mut().enumerate() {
-                *x = ((i * 31 % 17) as f32 - 8.0) * 0.01;
-            }
-        }
         let vocab = lora.blocks.embeddings.vocab;
         let (ids, offs) = batch(vocab);
         let hidden = forward(&mut lora, &ids, &offs);

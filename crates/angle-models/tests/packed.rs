@@ -5,8 +5,7 @@
 
 mod common;
 
-use angle_models::nn::Init;
-use angle_models::{LoraSpec, Model, ModelOptions};
+use angle_models::{Model, ModelOptions};
 use angle_tensor::Precision;
 use common::{batch, forward, probe};
 
@@ -60,25 +59,8 @@ fn lora_on_a_packed_base_has_close_adapter_gradients() {
         .into_iter()
         .flat_map(|d| [(d.clone(), Precision::Int8), (d, Precision::Bf16)])
     {
-        let spec = LoraSpec {
-            r: 3,
-            alpha: 6.0,
-            dropout: 0.0,
-            targets: vec!["all-linear".into()],
-            seed: 5,
-        };
-        let opts = ModelOptions {
-            lora: Some(spec),
-            frozen: false,
-        };
         let grads = |precision: Precision| {
-            let mut m = Model::from_dir(&dir, &opts).unwrap();
-            // B starts at zero (peft): give it values so that every product is exercised
-            for e in m.vars.entries.iter().filter(|e| e.init == Init::Zero) {
-                for (i, x) in m.buffers.params[e.var.range.clone()].iter_mut().enumerate() {
-                    *x = ((i * 31 % 17) as f32 - 8.0) * 0.01;
-                }
-            }
+            let mut m = common::lora_model(&dir);
             m.set_precision(precision).unwrap();
             let (ids, offs) = batch(m.blocks.embeddings.vocab);
             let hidden = forward(&mut m, &ids, &offs);

@@ -43,3 +43,31 @@ pub fn forward(m: &mut Model, ids: &[u32], offs: &[usize]) -> Vec<f32> {
     };
     m.forward(&b, None).unwrap().to_vec()
 }
+
+/// A LoRA r 3 model of `dir` (all linear modules, no dropout) whose B matrices, zero at peft's start, hold
+/// values, so that every product of the adapters is exercised.
+pub fn lora_model(dir: &std::path::Path) -> Model {
+    let spec = angle_models::LoraSpec {
+        r: 3,
+        alpha: 6.0,
+        dropout: 0.0,
+        targets: vec!["all-linear".into()],
+        seed: 5,
+    };
+    let opts = angle_models::ModelOptions {
+        lora: Some(spec),
+        frozen: false,
+    };
+    let mut m = Model::from_dir(dir, &opts).unwrap();
+    for e in m
+        .vars
+        .entries
+        .iter()
+        .filter(|e| e.init == angle_models::nn::Init::Zero)
+    {
+        for (i, x) in m.buffers.params[e.var.range.clone()].iter_mut().enumerate() {
+            *x = ((i * 31 % 17) as f32 - 8.0) * 0.01;
+        }
+    }
+    m
+}
