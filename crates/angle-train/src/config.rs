@@ -122,6 +122,14 @@ pub struct TrainConfig {
     /// trained unless asked).
     #[serde(default, with = "crate::precision::by_name")]
     pub cpu_precision: Option<crate::precision::Precision>,
+    /// On the CPU: the products of validation's embeddings (`--valid-precision`; `None`: f32, or the training
+    /// products where one set serves both, [`crate::precision::for_validation`]).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::precision::by_name"
+    )]
+    pub valid_precision: Option<crate::precision::Precision>,
 }
 
 /// Distillation from a frozen teacher (`crate::distill`).
@@ -229,6 +237,7 @@ impl Default for TrainConfig {
             ese: None,
             matryoshka: None,
             cpu_precision: None,
+            valid_precision: None,
         }
     }
 }

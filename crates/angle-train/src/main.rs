@@ -210,6 +210,10 @@ struct TrainArgs {
     /// (`5GB`, `500MB`, bytes; transformers' max_shard_size) [default: 5GB].
     #[arg(long, value_name = "SIZE")]
     max_shard_size: Option<String>,
+    /// The products of validation's embeddings on the CPU: f32, bf16 or int8 (the BERT family; the decoder
+    /// family and angle-models' blocks validate in their training products) [default: f32].
+    #[arg(long, value_name = "PRECISION")]
+    valid_precision: Option<angle_train::precision::Precision>,
     /// Examples (pairs for format A) per micro-batch [default: 32].
     #[arg(long)]
     batch_size: Option<usize>,
@@ -375,6 +379,7 @@ impl TrainArgs {
         take_opt!(grad_cache);
         take!(gradient_checkpointing => gradient_checkpointing);
         take_opt!(max_shard_size);
+        take_opt!(valid_precision);
         take!(merge_lora => merge_lora);
         take_opt!(load_kbit);
         take!(bidirectional => bidirectional);

@@ -196,6 +196,31 @@ pub fn for_training(requested: Requested, config: &TrainConfig, resumed: bool) -
     }
 }
 
+/// The CPU products of validation (`--valid-precision`; `training`: the run's own, from [`for_training`]). The
+/// BERT family's encoder keeps separate copies for eval-mode forwards, so it validates in f32 (the default),
+/// bf16 or int8 whatever it trains with (`int8` shows what a run's checkpoints will score when encoded in int8).
+/// The decoder family and the blocks run one set of products in both modes: they validate in the training
+/// products, and refuse any other.
+pub fn for_validation(config: &TrainConfig, training: Precision) -> Result<Precision> {
+    let path = || {
+        let dir = crate::hub::model_dir(&config.model)?;
+        CpuPath::of(&dir, config.lora.is_some() || config.gradient_checkpointing, None)
+    };
+    match config.valid_precision {
+        Some(Precision::Tf32) => Err(TrainError::Config(
+            "--valid-precision tf32: a GPU precision; the CPU validates in f32, bf16 or int8".into(),
+        )),
+        p if path()? == CpuPath::Encoder => Ok(p.unwrap_or(Precision::F32)),
+        None => Ok(training),
+        Some(p) if p == training => Ok(p),
+        Some(p) => Err(TrainError::Config(format!(
+            "--valid-precision {p}: {} run one set of products in training and validation ({training} in this run); \
+             leave the option out",
+            path()?.name()
+        ))),
+    }
+}
+
 /// Refuses `p` where `path` does not offer it (`training`: a training step rather than encoding).
 fn offered(p: Precision, path: CpuPath, training: bool) -> Result<()> {
     let refuse = |why: &str| Err(TrainError::Config(format!("--precision {p}: {why}")));

@@ -10,6 +10,7 @@ use std::sync::atomic::AtomicBool;
 
 use angle_train::checkpoint::{ANGLE_CONFIG, OPTIMIZER, TRAINER_STATE};
 use angle_train::embed::{Embedder, LoadOptions, ModelDefaults, load_backbone};
+use angle_train::precision::Precision;
 use angle_train::trainer::{BEST, CHECKPOINT_LAST, METRICS, PLOT, SUMMARY};
 use angle_train::{TrainConfig, TrainOptions, train};
 use common::{stsb_head, tiny_config, tiny_model};
@@ -484,4 +485,43 @@ fn ctrl_c_saves_a_resumable_checkpoint_and_exits_130() {
     let state: serde_json::Value =
         serde_json::from_slice(&read(&out.join(CHECKPOINT_LAST).join(TRAINER_STATE))).unwrap();
     assert!(state["step"].as_u64().unwrap() >= 1);
+}
+
+/// `--valid-precision int8` on the BERT family: the same weights as an f32-validated run (validation has its own
+/// copies), validation scores from the int8 products, and the choice recorded; the decoder family, whose one set
+/// of products serves both modes, refuses a validation precision other than its training one.
+#[test]
+fn validation_runs_in_its_own_precision() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path(), 3);
+    let train_file = stsb_head(tmp.path(), "train", 24, "train.csv");
+    let valid_file = stsb_head(tmp.path(), "dev", 40, "dev.csv");
+    let cfg = |out: &str, p: Option<Precision>| TrainConfig {
+        valid_precision: p,
+        ..tiny_config(&model, &train_file, Some(&valid_file), &tmp.path().join(out))
+    };
+    let f = train(cfg("f32", None), None, &quiet()).unwrap();
+    let q = train(cfg("int8", Some(Precision::Int8)), None, &quiet()).unwrap();
+    let last = |d: &str| tmp.path().join(d).join(CHECKPOINT_LAST);
+    assert!(read(&last("f32").join("model.safetensors")) == read(&last("int8").join("model.safetensors")));
+    // Pearson: 40 pairs' ranks need not move, the scores do
+    let (fs, qs) = (f.last_eval.unwrap().pearson, q.last_eval.unwrap().pearson);
+    assert!(fs != qs && (fs - qs).abs() < 5.0, "f32 {fs}, int8 {qs}");
+    let saved: serde_json::Value =
+        serde_json::from_slice(&read(&last("int8").join("angle_config.json"))).unwrap();
+    assert_eq!(saved["train"]["valid_precision"], "int8");
+
+    let decoder = common::shared("fixtures/decoder/qwen2-lora-last/model");
+    let e = train(
+        TrainConfig {
+            valid_precision: Some(Precision::Bf16),
+            pooling: "last".into(),
+            ..tiny_config(&decoder, &train_file, Some(&valid_file), &tmp.path().join("dec"))
+        },
+        None,
+        &quiet(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("--valid-precision bf16"), "{e}");
 }

@@ -234,10 +234,22 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, opts: &TrainOptions) ->
         Device::Cuda(_) => Precision::F32,
     };
     let cpu_bf16 = cpu_train == Precision::Bf16;
+    let cpu_valid = match opts.device {
+        Device::Cpu => crate::precision::for_validation(&config, cpu_train)?,
+        Device::Cuda(_) if config.valid_precision.is_some_and(|p| p != Precision::F32) => {
+            return Err(TrainError::Config(
+                "--valid-precision: a GPU run validates on the host copy in f32".into(),
+            ));
+        }
+        Device::Cuda(_) => Precision::F32,
+    };
+    if cpu_valid != Precision::F32 {
+        eprintln!("validation: {cpu_valid} products");
+    }
     let load = LoadOptions {
         device: opts.device,
         pooling: Some(pooling),
-        cpu_inference: Precision::F32,
+        cpu_inference: cpu_valid,
         cpu_train,
         decoder: crate::decoder::settings_for(&config),
         append_eos: config.append_eos,
