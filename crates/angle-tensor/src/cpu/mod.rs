@@ -45,7 +45,7 @@ pub use gqa::{GqaShape, gqa_attention_backward, gqa_attention_forward};
 pub use int8::{
     Int8Kernel, MAX_IN_DIM, PackedI8, int8_kernel, int8_kernels_present, int8_self_check, linear_forward_i8,
     linear_forward_i8_gelu, linear_forward_i8_gelu_with, linear_forward_i8_with, quantize_row_i8,
-    quantize_row_u8, requested_int8_kernel,
+    quantize_row_u8, requested_int8_kernel, weight_levels,
 };
 pub use layernorm::{layernorm_backward, layernorm_forward};
 pub use linear::{linear_backward, linear_forward};
