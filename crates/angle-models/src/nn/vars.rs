@@ -175,10 +175,6 @@ impl PackedWeights {
         self.packs.get(&(v.store, v.range.start))
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.packs.is_empty()
-    }
-
     /// Bytes held by the copies.
     pub fn bytes(&self) -> usize {
         let bytes = |p: &Packed| match p {
